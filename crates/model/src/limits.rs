@@ -1,0 +1,152 @@
+//! The documented limits of Cloud IoT Core and the checks that enforce them.
+
+use crate::ids::printable;
+use crate::{EventNotificationConfig, Invalid};
+use std::collections::BTreeMap;
+
+pub const MAX_DEVICE_CREDENTIALS: usize = 3;
+pub const MAX_REGISTRY_CREDENTIALS: usize = 10;
+pub const MAX_EVENT_NOTIFICATION_CONFIGS: usize = 10;
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+pub const MAX_STATE_BYTES: usize = 64 * 1024;
+pub const MAX_TELEMETRY_BYTES: usize = 256 * 1024;
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+pub const MAX_SUBFOLDER_BYTES: usize = 256;
+pub const MAX_METADATA_PAIRS: usize = 500;
+pub const MAX_METADATA_KEY_BYTES: usize = 128;
+pub const MAX_METADATA_VALUE_BYTES: usize = 32 * 1024;
+pub const MAX_METADATA_TOTAL_BYTES: usize = 256 * 1024;
+/// Config versions and states kept per device.
+pub const HISTORY_KEPT: usize = 10;
+pub const MAX_PAGE_SIZE: u32 = 500;
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Devices one `deviceIds` / `deviceNumIds` filter may name.
+pub const MAX_LIST_FILTER_IDS: usize = 10_000;
+
+/// Metadata: at most 500 pairs; keys `[a-zA-Z][a-zA-Z0-9-_.+~%]*` of at most 128 bytes; values of at
+/// most 32 KiB; everything together under 256 KiB.
+pub fn check_metadata(field: &str, metadata: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if metadata.len() > MAX_METADATA_PAIRS {
+        return Err(Invalid::new(
+            field,
+            format!("A device may have at most {MAX_METADATA_PAIRS} metadata pairs; {} were given.", metadata.len()),
+        ));
+    }
+    let mut total = 0usize;
+    for (k, v) in metadata {
+        let mut chars = k.chars();
+        let key_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || "-_.+~%".contains(c));
+        if !key_ok || k.len() > MAX_METADATA_KEY_BYTES {
+            return Err(Invalid::new(
+                field,
+                format!(
+                    "Invalid metadata key '{}': keys must match [a-zA-Z][a-zA-Z0-9-_.+~%]* and be at most {MAX_METADATA_KEY_BYTES} bytes.",
+                    printable(k)
+                ),
+            ));
+        }
+        if v.len() > MAX_METADATA_VALUE_BYTES {
+            return Err(Invalid::new(
+                field,
+                format!("The metadata value for key '{}' exceeds {MAX_METADATA_VALUE_BYTES} bytes.", printable(k)),
+            ));
+        }
+        total += k.len() + v.len();
+    }
+    if total >= MAX_METADATA_TOTAL_BYTES {
+        return Err(Invalid::new(
+            field,
+            format!("The metadata keys and values together must be smaller than {MAX_METADATA_TOTAL_BYTES} bytes."),
+        ));
+    }
+    Ok(())
+}
+
+/// `projects/{project}/topics/{topic}` with Pub/Sub's topic grammar.
+pub fn check_topic_name(field: &str, name: &str) -> Result<(), Invalid> {
+    let bad = || {
+        Invalid::new(
+            field,
+            format!("Invalid topic name '{}': expected 'projects/{{project}}/topics/{{topic}}'.", printable(name)),
+        )
+    };
+    let mut parts = name.split('/');
+    let (Some("projects"), Some(project), Some("topics"), Some(topic), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if project.is_empty() || project.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad());
+    }
+    let mut chars = topic.chars();
+    let topic_ok = (3..=255).contains(&topic.len())
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
+        && !topic.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("goog"));
+    if !topic_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// A telemetry or command subfolder: at most 256 bytes, without MQTT wildcards or NUL.
+pub fn check_subfolder(field: &str, s: &str) -> Result<(), Invalid> {
+    if s.len() > MAX_SUBFOLDER_BYTES {
+        return Err(Invalid::new(field, format!("The subfolder must be at most {MAX_SUBFOLDER_BYTES} bytes.")));
+    }
+    if s.contains(['+', '#', '\0']) {
+        return Err(Invalid::new(field, "The subfolder must not contain '+', '#' or NUL characters."));
+    }
+    Ok(())
+}
+
+pub fn check_event_notification_configs(field: &str, configs: &[EventNotificationConfig]) -> Result<(), Invalid> {
+    if configs.len() > MAX_EVENT_NOTIFICATION_CONFIGS {
+        return Err(Invalid::new(
+            field,
+            format!("A registry may have at most {MAX_EVENT_NOTIFICATION_CONFIGS} event notification configs."),
+        ));
+    }
+    for (i, c) in configs.iter().enumerate() {
+        check_topic_name(&format!("{field}[{i}].pubsub_topic_name"), &c.pubsub_topic_name)?;
+        check_subfolder(&format!("{field}[{i}].subfolder_matches"), &c.subfolder_matches)?;
+        if c.subfolder_matches.starts_with('/') {
+            return Err(Invalid::new(
+                format!("{field}[{i}].subfolder_matches"),
+                "The subfolder must not start with '/'.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_limits() {
+        let mut m = BTreeMap::new();
+        m.insert("k".into(), "v".into());
+        assert!(check_metadata("metadata", &m).is_ok());
+        m.insert("1bad".into(), "v".into());
+        assert!(check_metadata("metadata", &m).is_err());
+        let mut m = BTreeMap::new();
+        m.insert("big".into(), "x".repeat(MAX_METADATA_VALUE_BYTES + 1));
+        assert!(check_metadata("metadata", &m).is_err());
+        let m: BTreeMap<_, _> = (0..501).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(check_metadata("metadata", &m).is_err());
+        let m: BTreeMap<_, _> = (0..9).map(|i| (format!("k{i}"), "x".repeat(30 * 1024))).collect();
+        assert!(check_metadata("metadata", &m).is_err());
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(check_topic_name("t", "projects/p/topics/telemetry").is_ok());
+        for bad in ["topics/t", "projects/p/topics/", "projects/p/topics/ab", "projects/p/topics/goog-x", "projects/p/topics/t/x"] {
+            assert!(check_topic_name("t", bad).is_err(), "{bad}");
+        }
+    }
+}

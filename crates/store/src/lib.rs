@@ -1,0 +1,159 @@
+//! Persistence behind one narrow trait, [`Store`], in domain types.
+//!
+//! The core never sees SQL or driver errors: every backend maps its failures to [`StoreError`], and
+//! conditional outcomes (a config version that moved, a registry that still holds devices) are
+//! domain values. [`conformance`] is the behaviour every backend must show; each backend's tests run
+//! it. [`sqlite`] is the embedded default.
+
+pub mod conformance;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use ferrocore_model::{
+    Device, DeviceActivity, DeviceConfig, DeviceCredential, DeviceId, DeviceName, DeviceState, GatewayAuthMethod,
+    GatewayType, LocationName, LogLevel, NumId, Registry, RegistryId, RegistryName, Timestamp,
+};
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the resource already exists")]
+    AlreadyExists,
+    #[error("the resource does not exist")]
+    NotFound,
+    /// The backend failed; the text is for the server log only.
+    #[error("storage backend failure: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A device to create; the store assigns its numeric id and its first config version.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub registry: RegistryName,
+    pub id: DeviceId,
+    pub credentials: Vec<DeviceCredential>,
+    pub blocked: bool,
+    pub log_level: LogLevel,
+    pub metadata: BTreeMap<String, String>,
+    pub gateway_type: GatewayType,
+    pub gateway_auth_method: GatewayAuthMethod,
+    /// Data of config version 1.
+    pub config_data: Vec<u8>,
+    pub created: Timestamp,
+}
+
+/// The mutable part of a device, written whole by [`Store::update_device`].
+#[derive(Debug, Clone)]
+pub struct DeviceUpdate {
+    pub credentials: Vec<DeviceCredential>,
+    pub blocked: bool,
+    pub log_level: LogLevel,
+    pub metadata: BTreeMap<String, String>,
+    pub gateway_auth_method: GatewayAuthMethod,
+}
+
+/// Which devices a list returns, besides the registry and the page.
+#[derive(Debug, Clone, Default)]
+pub enum GatewayFilter {
+    #[default]
+    All,
+    GatewaysOnly,
+    NonGatewaysOnly,
+    /// Devices bound to this gateway.
+    BoundTo(NumId),
+    /// Gateways this device is bound to.
+    GatewaysOf(NumId),
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceQuery {
+    pub registry: RegistryName,
+    /// When non-empty, only devices whose id or numeric id is named in either list.
+    pub device_ids: Vec<DeviceId>,
+    pub num_ids: Vec<NumId>,
+    pub gateway: GatewayFilter,
+    /// Keyset: return devices whose id sorts after this one.
+    pub after: Option<DeviceId>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigUpdate {
+    Applied(DeviceConfig),
+    /// `versionToUpdate` did not match; nothing was written.
+    VersionMismatch { current: i64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryDelete {
+    Deleted,
+    NotFound,
+    /// The registry still holds devices and was kept.
+    NotEmpty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindOutcome {
+    Bound,
+    /// The pair was already bound; nothing changed.
+    AlreadyBound,
+    /// The gateway already has the maximum number of bound devices.
+    GatewayFull,
+    /// The device is already bound to the maximum number of gateways.
+    DeviceFull,
+}
+
+/// Limits the store enforces atomically with the write they guard.
+pub const MAX_DEVICES_PER_GATEWAY: i64 = 10_000;
+pub const MAX_GATEWAYS_PER_DEVICE: i64 = 10;
+
+/// Every read returns what every acknowledged write left; every write is durable when it returns.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_registry(&self, registry: &Registry) -> Result<()>;
+    async fn get_registry(&self, name: &RegistryName) -> Result<Option<Registry>>;
+    /// Registries of `parent` ordered by id, after `after`, at most `limit`.
+    async fn list_registries(&self, parent: &LocationName, after: Option<&RegistryId>, limit: u32)
+    -> Result<Vec<Registry>>;
+    /// Replaces every field but the name. `NotFound` if the registry is gone.
+    async fn update_registry(&self, registry: &Registry) -> Result<()>;
+    async fn delete_registry(&self, name: &RegistryName) -> Result<RegistryDelete>;
+
+    /// `NotFound` when the registry does not exist, `AlreadyExists` for a taken id.
+    async fn create_device(&self, device: NewDevice) -> Result<Device>;
+    /// Resolves the device by string or numeric id within its registry.
+    async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>>;
+    /// Devices ordered by id.
+    async fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<Device>>;
+    async fn update_device(&self, num_id: NumId, update: &DeviceUpdate) -> Result<()>;
+    /// Removes the device with its configs, states and bindings.
+    async fn delete_device(&self, num_id: NumId) -> Result<()>;
+
+    /// Writes a new config version if `expected` is None or equals the current version, and keeps
+    /// the newest [`ferrocore_model::limits::HISTORY_KEPT`] versions.
+    async fn modify_config(
+        &self,
+        num_id: NumId,
+        expected: Option<i64>,
+        data: &[u8],
+        now: Timestamp,
+    ) -> Result<ConfigUpdate>;
+    /// Newest first.
+    async fn list_config_versions(&self, num_id: NumId, limit: usize) -> Result<Vec<DeviceConfig>>;
+    /// Records that the device acknowledged `version`.
+    async fn ack_config(&self, num_id: NumId, version: i64, at: Timestamp) -> Result<()>;
+
+    /// Appends states in one transaction, keeping the newest ten per device. Devices that are gone
+    /// are skipped.
+    async fn record_states(&self, states: &[(NumId, DeviceState)]) -> Result<()>;
+    /// Newest first.
+    async fn list_states(&self, num_id: NumId, limit: usize) -> Result<Vec<DeviceState>>;
+    /// Folds batched activity into the devices in one transaction; devices that are gone are skipped.
+    async fn record_activity(&self, batch: &[(NumId, DeviceActivity)]) -> Result<()>;
+
+    async fn bind(&self, gateway: NumId, device: NumId) -> Result<BindOutcome>;
+    /// `false` when the pair was not bound.
+    async fn unbind(&self, gateway: NumId, device: NumId) -> Result<bool>;
+}

@@ -1,0 +1,639 @@
+//! The embedded default backend: one SQLite file in the data directory.
+//!
+//! Writes go through a single connection (SQLite has one writer anyway, and serialising them here
+//! avoids lock-upgrade failures); reads use a small pool beside it, which WAL mode lets run while a
+//! write is in progress. `synchronous=FULL` makes every acknowledged write survive a crash.
+
+mod migrate;
+
+use crate::{
+    BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
+    MAX_GATEWAYS_PER_DEVICE, NewDevice, RegistryDelete, Result, Store, StoreError,
+};
+use async_trait::async_trait;
+use ferrocore_model::limits::HISTORY_KEPT;
+use ferrocore_model::{
+    Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceRef, DeviceState, GatewayAuthMethod,
+    GatewayConfig, GatewayType, HttpState, LocationName, LogLevel, MqttState, NumId, Registry, RegistryId,
+    RegistryName, StateNotificationConfig, Status, Timestamp,
+};
+use rand::Rng;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite, Transaction};
+use std::path::Path;
+use std::time::Duration;
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("stored JSON is unreadable: {e}"))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(json_err)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(json_err)
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+fn num(n: NumId) -> i64 {
+    // Numeric ids are generated below 2^63, so this cast never wraps.
+    n.0 as i64
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(backend)?;
+        migrate::run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(backend)?;
+        Ok(Self { writer, readers })
+    }
+
+    /// Flushes and closes both pools.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.writer.begin().await.map_err(backend)
+    }
+}
+
+async fn registry_pk(tx: &mut Transaction<'static, Sqlite>, name: &RegistryName) -> Result<Option<i64>> {
+    sqlx::query("SELECT pk FROM registries WHERE project = ? AND location = ? AND id = ?")
+        .bind(name.parent.project.as_str().to_owned())
+        .bind(name.parent.location.as_str().to_owned())
+        .bind(name.registry.as_str().to_owned())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)
+        .map(|r| r.map(|r| r.get(0)))
+}
+
+fn registry_from_row(parent: &LocationName, row: &SqliteRow) -> Result<Registry> {
+    let id: String = row.get("id");
+    let state_topic: Option<String> = row.get("state_topic");
+    Ok(Registry {
+        name: RegistryName {
+            parent: parent.clone(),
+            registry: RegistryId::parse_field("id", &id).map_err(|e| StoreError::Backend(e.message))?,
+        },
+        event_notification_configs: from_json(row.get("event_configs"))?,
+        state_notification_config: state_topic.map(|t| StateNotificationConfig { pubsub_topic_name: t }),
+        mqtt_state: MqttState::from_number(row.get("mqtt_state")).unwrap_or_default(),
+        http_state: HttpState::from_number(row.get("http_state")).unwrap_or_default(),
+        log_level: LogLevel::from_number(row.get("log_level")).unwrap_or_default(),
+        credentials: from_json(row.get("credentials"))?,
+    })
+}
+
+/// Columns every device read selects: the device, its current config and its latest state.
+const DEVICE_SELECT: &str = "SELECT d.*, c.cloud_update_time AS c_update, c.device_ack_time AS c_ack, c.data AS c_data, \
+     s.update_time AS s_time, s.data AS s_data \
+     FROM devices d \
+     LEFT JOIN device_configs c ON c.num_id = d.num_id AND c.version = d.config_version \
+     LEFT JOIN device_states s ON s.num_id = d.num_id \
+         AND s.update_time = (SELECT MAX(update_time) FROM device_states WHERE num_id = d.num_id) ";
+
+fn device_from_row(registry: &RegistryName, row: &SqliteRow) -> Result<Device> {
+    let id: String = row.get("id");
+    let num_id: i64 = row.get("num_id");
+    let status: Option<String> = row.get("last_error_status");
+    let s_time: Option<i64> = row.get("s_time");
+    Ok(Device {
+        registry: registry.clone(),
+        id: DeviceId::parse_field("id", &id).map_err(|e| StoreError::Backend(e.message))?,
+        num_id: NumId(num_id as u64),
+        credentials: from_json(row.get("credentials"))?,
+        blocked: row.get("blocked"),
+        activity: DeviceActivity {
+            last_heartbeat_time: ts(row.get("last_heartbeat_time")),
+            last_event_time: ts(row.get("last_event_time")),
+            last_state_time: ts(row.get("last_state_time")),
+            last_config_ack_time: ts(row.get("last_config_ack_time")),
+            last_config_send_time: ts(row.get("last_config_send_time")),
+            last_error_time: ts(row.get("last_error_time")),
+            last_error_status: status.as_deref().map(from_json::<Status>).transpose()?,
+        },
+        config: DeviceConfig {
+            version: row.get("config_version"),
+            cloud_update_time: ts(row.get("c_update")),
+            device_ack_time: ts(row.get("c_ack")),
+            binary_data: row.get::<Option<Vec<u8>>, _>("c_data").unwrap_or_default(),
+        },
+        state: s_time.map(|t| DeviceState { update_time: Timestamp(t), binary_data: row.get("s_data") }),
+        log_level: LogLevel::from_number(row.get("log_level")).unwrap_or_default(),
+        metadata: from_json(row.get("metadata"))?,
+        gateway_config: GatewayConfig {
+            gateway_type: GatewayType::from_number(row.get("gateway_type")).unwrap_or_default(),
+            gateway_auth_method: GatewayAuthMethod::from_number(row.get("gateway_auth_method")).unwrap_or_default(),
+            last_accessed_gateway_id: row.get("last_accessed_gateway_id"),
+            last_accessed_gateway_time: ts(row.get("last_accessed_gateway_time")),
+        },
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_registry(&self, r: &Registry) -> Result<()> {
+        let mut tx = self.begin().await?;
+        if registry_pk(&mut tx, &r.name).await?.is_some() {
+            return Err(StoreError::AlreadyExists);
+        }
+        sqlx::query(
+            "INSERT INTO registries (project, location, id, event_configs, state_topic, mqtt_state, http_state, \
+             log_level, credentials) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.name.parent.project.as_str().to_owned())
+        .bind(r.name.parent.location.as_str().to_owned())
+        .bind(r.name.registry.as_str().to_owned())
+        .bind(to_json(&r.event_notification_configs)?)
+        .bind(r.state_notification_config.as_ref().map(|s| s.pubsub_topic_name.clone()))
+        .bind(r.mqtt_state.number())
+        .bind(r.http_state.number())
+        .bind(r.log_level.number())
+        .bind(to_json(&r.credentials)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_registry(&self, name: &RegistryName) -> Result<Option<Registry>> {
+        let row = sqlx::query("SELECT * FROM registries WHERE project = ? AND location = ? AND id = ?")
+            .bind(name.parent.project.as_str().to_owned())
+            .bind(name.parent.location.as_str().to_owned())
+            .bind(name.registry.as_str().to_owned())
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(backend)?;
+        row.map(|r| registry_from_row(&name.parent, &r)).transpose()
+    }
+
+    async fn list_registries(
+        &self,
+        parent: &LocationName,
+        after: Option<&RegistryId>,
+        limit: u32,
+    ) -> Result<Vec<Registry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM registries WHERE project = ? AND location = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(parent.project.as_str().to_owned())
+        .bind(parent.location.as_str().to_owned())
+        .bind(after.map(|a| a.as_str().to_owned()).unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(|r| registry_from_row(parent, r)).collect()
+    }
+
+    async fn update_registry(&self, r: &Registry) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE registries SET event_configs = ?, state_topic = ?, mqtt_state = ?, http_state = ?, \
+             log_level = ?, credentials = ? WHERE project = ? AND location = ? AND id = ?",
+        )
+        .bind(to_json(&r.event_notification_configs)?)
+        .bind(r.state_notification_config.as_ref().map(|s| s.pubsub_topic_name.clone()))
+        .bind(r.mqtt_state.number())
+        .bind(r.http_state.number())
+        .bind(r.log_level.number())
+        .bind(to_json(&r.credentials)?)
+        .bind(r.name.parent.project.as_str().to_owned())
+        .bind(r.name.parent.location.as_str().to_owned())
+        .bind(r.name.registry.as_str().to_owned())
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn delete_registry(&self, name: &RegistryName) -> Result<RegistryDelete> {
+        let mut tx = self.begin().await?;
+        let Some(pk) = registry_pk(&mut tx, name).await? else {
+            return Ok(RegistryDelete::NotFound);
+        };
+        let has_devices = sqlx::query("SELECT 1 FROM devices WHERE registry_pk = ? LIMIT 1")
+            .bind(pk)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .is_some();
+        if has_devices {
+            return Ok(RegistryDelete::NotEmpty);
+        }
+        sqlx::query("DELETE FROM registries WHERE pk = ?").bind(pk).execute(&mut *tx).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(RegistryDelete::Deleted)
+    }
+
+    async fn create_device(&self, d: NewDevice) -> Result<Device> {
+        let mut tx = self.begin().await?;
+        let pk = registry_pk(&mut tx, &d.registry).await?.ok_or(StoreError::NotFound)?;
+        let taken = sqlx::query("SELECT 1 FROM devices WHERE registry_pk = ? AND id = ?")
+            .bind(pk)
+            .bind(d.id.as_str().to_owned())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .is_some();
+        if taken {
+            return Err(StoreError::AlreadyExists);
+        }
+        // Numeric ids are random 16-digit numbers, like IoT Core's, so they reveal nothing about
+        // the number of devices; the writer lock makes the uniqueness check race-free.
+        let num_id = loop {
+            let candidate: i64 = rand::rng().random_range(1_000_000_000_000_000..9_000_000_000_000_000);
+            let exists = sqlx::query("SELECT 1 FROM devices WHERE num_id = ?")
+                .bind(candidate)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?
+                .is_some();
+            if !exists {
+                break candidate;
+            }
+        };
+        sqlx::query(
+            "INSERT INTO devices (num_id, registry_pk, id, credentials, blocked, log_level, metadata, gateway_type, \
+             gateway_auth_method, config_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+        )
+        .bind(num_id)
+        .bind(pk)
+        .bind(d.id.as_str().to_owned())
+        .bind(to_json(&d.credentials)?)
+        .bind(d.blocked)
+        .bind(d.log_level.number())
+        .bind(to_json(&d.metadata)?)
+        .bind(d.gateway_type.number())
+        .bind(d.gateway_auth_method.number())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query("INSERT INTO device_configs (num_id, version, cloud_update_time, data) VALUES (?, 1, ?, ?)")
+            .bind(num_id)
+            .bind(d.created.0)
+            .bind(d.config_data.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Device {
+            registry: d.registry,
+            id: d.id,
+            num_id: NumId(num_id as u64),
+            credentials: d.credentials,
+            blocked: d.blocked,
+            activity: DeviceActivity::default(),
+            config: DeviceConfig {
+                version: 1,
+                cloud_update_time: Some(d.created),
+                device_ack_time: None,
+                binary_data: d.config_data,
+            },
+            state: None,
+            log_level: d.log_level,
+            metadata: d.metadata,
+            gateway_config: GatewayConfig {
+                gateway_type: d.gateway_type,
+                gateway_auth_method: d.gateway_auth_method,
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>> {
+        let reg = &name.registry;
+        let (by_num, id, num_id) = match &name.device {
+            DeviceRef::Id(id) => (false, id.as_str().to_owned(), 0i64),
+            DeviceRef::Num(n) => (true, String::new(), num(*n)),
+        };
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DEVICE_SELECT} JOIN registries r ON r.pk = d.registry_pk \
+             WHERE r.project = ? AND r.location = ? AND r.id = ? AND (CASE WHEN ? THEN d.num_id = ? ELSE d.id = ? END)"
+        )))
+        .bind(reg.parent.project.as_str().to_owned())
+        .bind(reg.parent.location.as_str().to_owned())
+        .bind(reg.registry.as_str().to_owned())
+        .bind(by_num)
+        .bind(num_id)
+        .bind(id)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(backend)?;
+        row.map(|r| device_from_row(reg, &r)).transpose()
+    }
+
+    async fn list_devices(&self, q: &DeviceQuery) -> Result<Vec<Device>> {
+        let reg = &q.registry;
+        let filter_ids = !(q.device_ids.is_empty() && q.num_ids.is_empty());
+        let ids: Vec<&str> = q.device_ids.iter().map(DeviceId::as_str).collect();
+        let nums: Vec<i64> = q.num_ids.iter().map(|n| num(*n)).collect();
+        let (kind, other) = match q.gateway {
+            GatewayFilter::All => (0, 0),
+            GatewayFilter::GatewaysOnly => (1, 0),
+            GatewayFilter::NonGatewaysOnly => (2, 0),
+            GatewayFilter::BoundTo(g) => (3, num(g)),
+            GatewayFilter::GatewaysOf(d) => (4, num(d)),
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DEVICE_SELECT} JOIN registries r ON r.pk = d.registry_pk \
+             WHERE r.project = ?1 AND r.location = ?2 AND r.id = ?3 AND d.id > ?4 \
+             AND (NOT ?5 OR d.id IN (SELECT value FROM json_each(?6)) OR d.num_id IN (SELECT value FROM json_each(?7))) \
+             AND CASE ?8 \
+                 WHEN 1 THEN d.gateway_type = 1 \
+                 WHEN 2 THEN d.gateway_type <> 1 \
+                 WHEN 3 THEN d.num_id IN (SELECT device_num_id FROM gateway_bindings WHERE gateway_num_id = ?9) \
+                 WHEN 4 THEN d.num_id IN (SELECT gateway_num_id FROM gateway_bindings WHERE device_num_id = ?9) \
+                 ELSE 1 END \
+             ORDER BY d.id LIMIT ?10"
+        )))
+        .bind(reg.parent.project.as_str().to_owned())
+        .bind(reg.parent.location.as_str().to_owned())
+        .bind(reg.registry.as_str().to_owned())
+        .bind(q.after.as_ref().map(|a| a.as_str().to_owned()).unwrap_or_default())
+        .bind(filter_ids)
+        .bind(to_json(&ids)?)
+        .bind(to_json(&nums)?)
+        .bind(kind)
+        .bind(other)
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(|r| device_from_row(reg, r)).collect()
+    }
+
+    async fn update_device(&self, num_id: NumId, u: &DeviceUpdate) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE devices SET credentials = ?, blocked = ?, log_level = ?, metadata = ?, gateway_auth_method = ? \
+             WHERE num_id = ?",
+        )
+        .bind(to_json(&u.credentials)?)
+        .bind(u.blocked)
+        .bind(u.log_level.number())
+        .bind(to_json(&u.metadata)?)
+        .bind(u.gateway_auth_method.number())
+        .bind(num(num_id))
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn delete_device(&self, num_id: NumId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM devices WHERE num_id = ?")
+            .bind(num(num_id))
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn modify_config(
+        &self,
+        num_id: NumId,
+        expected: Option<i64>,
+        data: &[u8],
+        now: Timestamp,
+    ) -> Result<ConfigUpdate> {
+        let mut tx = self.begin().await?;
+        let current: i64 = sqlx::query("SELECT config_version FROM devices WHERE num_id = ?")
+            .bind(num(num_id))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?
+            .get(0);
+        if expected.is_some_and(|e| e != current) {
+            return Ok(ConfigUpdate::VersionMismatch { current });
+        }
+        let version = current + 1;
+        sqlx::query("UPDATE devices SET config_version = ? WHERE num_id = ?")
+            .bind(version)
+            .bind(num(num_id))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("INSERT INTO device_configs (num_id, version, cloud_update_time, data) VALUES (?, ?, ?, ?)")
+            .bind(num(num_id))
+            .bind(version)
+            .bind(now.0)
+            .bind(data.to_vec())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM device_configs WHERE num_id = ? AND version <= ?")
+            .bind(num(num_id))
+            .bind(version - HISTORY_KEPT as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(ConfigUpdate::Applied(DeviceConfig {
+            version,
+            cloud_update_time: Some(now),
+            device_ack_time: None,
+            binary_data: data.to_vec(),
+        }))
+    }
+
+    async fn list_config_versions(&self, num_id: NumId, limit: usize) -> Result<Vec<DeviceConfig>> {
+        let rows = sqlx::query(
+            "SELECT version, cloud_update_time, device_ack_time, data FROM device_configs WHERE num_id = ? \
+             ORDER BY version DESC LIMIT ?",
+        )
+        .bind(num(num_id))
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeviceConfig {
+                version: r.get(0),
+                cloud_update_time: ts(r.get(1)),
+                device_ack_time: ts(r.get(2)),
+                binary_data: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn ack_config(&self, num_id: NumId, version: i64, at: Timestamp) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE device_configs SET device_ack_time = ? WHERE num_id = ? AND version = ?")
+            .bind(at.0)
+            .bind(num(num_id))
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(
+            "UPDATE devices SET last_config_ack_time = MAX(COALESCE(last_config_ack_time, 0), ?) WHERE num_id = ?",
+        )
+        .bind(at.0)
+        .bind(num(num_id))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn record_states(&self, states: &[(NumId, DeviceState)]) -> Result<()> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (n, s) in states {
+            sqlx::query(
+                "INSERT INTO device_states (num_id, update_time, data) \
+                 SELECT num_id, ?, ? FROM devices WHERE num_id = ? \
+                 ON CONFLICT (num_id, update_time) DO UPDATE SET data = excluded.data",
+            )
+            .bind(s.update_time.0)
+            .bind(s.binary_data.clone())
+            .bind(num(*n))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            sqlx::query(
+                "DELETE FROM device_states WHERE num_id = ?1 AND update_time NOT IN \
+                 (SELECT update_time FROM device_states WHERE num_id = ?1 ORDER BY update_time DESC LIMIT ?2)",
+            )
+            .bind(num(*n))
+            .bind(HISTORY_KEPT as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list_states(&self, num_id: NumId, limit: usize) -> Result<Vec<DeviceState>> {
+        let rows = sqlx::query(
+            "SELECT update_time, data FROM device_states WHERE num_id = ? ORDER BY update_time DESC LIMIT ?",
+        )
+        .bind(num(num_id))
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(backend)?;
+        Ok(rows.iter().map(|r| DeviceState { update_time: Timestamp(r.get(0)), binary_data: r.get(1) }).collect())
+    }
+
+    async fn record_activity(&self, batch: &[(NumId, DeviceActivity)]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (n, a) in batch {
+            // MAX keeps the later of stored and batched values; NULL means "no news" here.
+            sqlx::query(
+                "UPDATE devices SET \
+                 last_heartbeat_time = MAX(COALESCE(last_heartbeat_time, ?1), COALESCE(?1, last_heartbeat_time)), \
+                 last_event_time = MAX(COALESCE(last_event_time, ?2), COALESCE(?2, last_event_time)), \
+                 last_state_time = MAX(COALESCE(last_state_time, ?3), COALESCE(?3, last_state_time)), \
+                 last_config_ack_time = MAX(COALESCE(last_config_ack_time, ?4), COALESCE(?4, last_config_ack_time)), \
+                 last_config_send_time = MAX(COALESCE(last_config_send_time, ?5), COALESCE(?5, last_config_send_time)), \
+                 last_error_status = CASE WHEN ?6 IS NOT NULL AND ?6 > COALESCE(last_error_time, -1) THEN ?7 \
+                                          ELSE last_error_status END, \
+                 last_error_time = MAX(COALESCE(last_error_time, ?6), COALESCE(?6, last_error_time)) \
+                 WHERE num_id = ?8",
+            )
+            .bind(a.last_heartbeat_time.map(|t| t.0))
+            .bind(a.last_event_time.map(|t| t.0))
+            .bind(a.last_state_time.map(|t| t.0))
+            .bind(a.last_config_ack_time.map(|t| t.0))
+            .bind(a.last_config_send_time.map(|t| t.0))
+            .bind(a.last_error_time.map(|t| t.0))
+            .bind(a.last_error_status.as_ref().map(to_json).transpose()?)
+            .bind(num(*n))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn bind(&self, gateway: NumId, device: NumId) -> Result<BindOutcome> {
+        let mut tx = self.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM gateway_bindings WHERE gateway_num_id = ? AND device_num_id = ?")
+            .bind(num(gateway))
+            .bind(num(device))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .is_some();
+        if exists {
+            return Ok(BindOutcome::AlreadyBound);
+        }
+        let count = |sql: &'static str, id: NumId| {
+            sqlx::query(sql).bind(num(id))
+        };
+        let on_gateway: i64 = count("SELECT COUNT(*) FROM gateway_bindings WHERE gateway_num_id = ?", gateway)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?
+            .get(0);
+        if on_gateway >= MAX_DEVICES_PER_GATEWAY {
+            return Ok(BindOutcome::GatewayFull);
+        }
+        let of_device: i64 = count("SELECT COUNT(*) FROM gateway_bindings WHERE device_num_id = ?", device)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?
+            .get(0);
+        if of_device >= MAX_GATEWAYS_PER_DEVICE {
+            return Ok(BindOutcome::DeviceFull);
+        }
+        sqlx::query("INSERT INTO gateway_bindings (gateway_num_id, device_num_id) VALUES (?, ?)")
+            .bind(num(gateway))
+            .bind(num(device))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(BindOutcome::Bound)
+    }
+
+    async fn unbind(&self, gateway: NumId, device: NumId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM gateway_bindings WHERE gateway_num_id = ? AND device_num_id = ?")
+            .bind(num(gateway))
+            .bind(num(device))
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
