@@ -1,1 +1,62 @@
-//! placeholder
+//! Ferrocore's use cases, shared by every adapter (REST and gRPC admin APIs, device bridges).
+//!
+//! Adapters parse their wire input into the typed requests here, call [`Core`], and render its
+//! [`Error`] in their protocol. The core validates everything a client sends, talks to the
+//! [`Store`](ferrocore_store::Store), and keeps the in-memory state that must not hit the database per
+//! message: batched device [`activity`] and device [`presence`].
+//!
+//! * [`registries`] and [`devices`]: the Device Manager use cases.
+//! * [`paging`]: opaque keyset page tokens.
+//! * [`clock`]: the injected clock.
+
+pub mod activity;
+pub mod clock;
+pub mod devices;
+pub mod error;
+pub mod paging;
+pub mod presence;
+pub mod registries;
+
+pub use error::{Code, Error, Result};
+
+use activity::ActivityBuffer;
+use clock::Clock;
+use ferrocore_store::Store;
+use presence::Presence;
+use std::sync::Arc;
+
+/// The use cases, cheap to clone and share between adapters.
+#[derive(Clone)]
+pub struct Core {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    activity: ActivityBuffer,
+    presence: Presence,
+}
+
+impl Core {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        let activity = ActivityBuffer::new(store.clone());
+        Self { inner: Arc::new(Inner { store, clock, activity, presence: Presence::default() }) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn activity(&self) -> &ActivityBuffer {
+        &self.inner.activity
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.inner.presence
+    }
+
+    fn now(&self) -> ferrocore_model::Timestamp {
+        self.inner.clock.now()
+    }
+}

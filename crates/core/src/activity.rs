@@ -1,0 +1,71 @@
+//! Batched device activity: the output-only timestamps that device traffic moves.
+//!
+//! Bridges record activity here in memory; a background task flushes it to the store in one
+//! transaction per interval, so a busy fleet never costs a database write per message. Reads overlay
+//! what is pending, so the API never shows a value older than what the server has seen.
+
+use ferrocore_model::{Device, DeviceActivity, NumId};
+use ferrocore_store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct ActivityBuffer {
+    store: Arc<dyn Store>,
+    pending: Mutex<HashMap<NumId, DeviceActivity>>,
+}
+
+impl ActivityBuffer {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, pending: Mutex::new(HashMap::new()) }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<NumId, DeviceActivity>> {
+        // A panic while holding this lock cannot leave the map half-updated (merge is infallible).
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes activity for a device; it reaches the store at the next flush.
+    pub fn record(&self, device: NumId, activity: &DeviceActivity) {
+        self.pending().entry(device).or_default().merge(activity);
+    }
+
+    /// Folds not-yet-flushed activity into a device read from the store.
+    pub fn overlay(&self, device: &mut Device) {
+        if let Some(a) = self.pending().get(&device.num_id) {
+            device.activity.merge(a);
+        }
+    }
+
+    /// Writes everything pending in one transaction. On failure the batch is put back, merged with
+    /// whatever arrived meanwhile, so nothing is lost.
+    pub async fn flush(&self) {
+        let batch: Vec<(NumId, DeviceActivity)> = std::mem::take(&mut *self.pending()).into_iter().collect();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_activity(&batch).await {
+            tracing::warn!(error = %e, devices = batch.len(), "device activity flush failed; will retry");
+            let mut pending = self.pending();
+            for (n, mut a) in batch {
+                if let Some(newer) = pending.get(&n) {
+                    a.merge(newer);
+                }
+                pending.insert(n, a);
+            }
+        }
+    }
+
+    /// Flushes every `interval` until the returned task is aborted.
+    pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.flush().await;
+            }
+        })
+    }
+}

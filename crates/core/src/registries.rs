@@ -1,0 +1,159 @@
+//! Registry use cases: create, get, list, patch, delete.
+
+use crate::error::storage;
+use crate::{Code, Core, Error, Result, paging};
+use ferrocore_auth::credentials::parse_ca_certificate;
+use ferrocore_model::limits::{self, MAX_REGISTRY_CREDENTIALS};
+use ferrocore_model::mask::{RegistryUpdateField, parse_registry_update_mask};
+use ferrocore_model::{
+    EventNotificationConfig, HttpState, LocationName, LogLevel, MqttState, PublicKeyCertificateFormat, Registry,
+    RegistryCredential, RegistryId, RegistryName, StateNotificationConfig,
+};
+use ferrocore_store::{RegistryDelete, StoreError};
+
+/// The user-settable fields of a registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryFields {
+    pub event_notification_configs: Vec<EventNotificationConfig>,
+    pub state_notification_config: Option<StateNotificationConfig>,
+    pub mqtt_state: MqttState,
+    pub http_state: HttpState,
+    pub log_level: LogLevel,
+    /// CA certificates; any `x509_details` given are ignored and recomputed.
+    pub credentials: Vec<RegistryCredential>,
+}
+
+/// A registry as a client sent it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryInput {
+    pub id: String,
+    pub name: String,
+    pub fields: RegistryFields,
+}
+
+pub struct RegistryPage {
+    pub registries: Vec<Registry>,
+    pub next_page_token: String,
+}
+
+pub(crate) fn registry_not_found(name: &RegistryName) -> Error {
+    Error::not_found(format!("A registry with the name '{name}' doesn't exist."))
+}
+
+fn check_fields(f: &mut RegistryFields) -> Result<()> {
+    limits::check_event_notification_configs("device_registry.event_notification_configs", &f.event_notification_configs)?;
+    if let Some(s) = &f.state_notification_config {
+        if s.pubsub_topic_name.is_empty() {
+            // An empty topic means "no state notifications", as the proto default does.
+            f.state_notification_config = None;
+        } else {
+            limits::check_topic_name("device_registry.state_notification_config.pubsub_topic_name", &s.pubsub_topic_name)?;
+        }
+    }
+    if f.credentials.len() > MAX_REGISTRY_CREDENTIALS {
+        return Err(Error::invalid(
+            "device_registry.credentials",
+            format!("A registry may have at most {MAX_REGISTRY_CREDENTIALS} credentials; {} were given.", f.credentials.len()),
+        ));
+    }
+    for (i, c) in f.credentials.iter_mut().enumerate() {
+        let field = format!("device_registry.credentials[{i}].public_key_certificate");
+        if c.format != PublicKeyCertificateFormat::X509CertificatePem {
+            return Err(Error::invalid(&field, "The certificate format must be X509_CERTIFICATE_PEM."));
+        }
+        let parsed = parse_ca_certificate(&c.certificate).map_err(|e| Error::invalid(&field, e.0))?;
+        c.x509_details = Some(parsed.details);
+    }
+    Ok(())
+}
+
+impl Core {
+    pub async fn create_registry(&self, parent: &LocationName, mut input: RegistryInput) -> Result<Registry> {
+        if !input.name.is_empty() {
+            return Err(Error::invalid("device_registry.name", "The registry name must be empty on create; it is set by the server."));
+        }
+        if input.id.is_empty() {
+            return Err(Error::invalid("device_registry.id", "The registry id is required."));
+        }
+        let id = RegistryId::parse_field("device_registry.id", &input.id)?;
+        check_fields(&mut input.fields)?;
+        let f = input.fields;
+        let registry = Registry {
+            name: RegistryName { parent: parent.clone(), registry: id },
+            event_notification_configs: f.event_notification_configs,
+            state_notification_config: f.state_notification_config,
+            mqtt_state: f.mqtt_state,
+            http_state: f.http_state,
+            log_level: f.log_level,
+            credentials: f.credentials,
+        };
+        match self.inner.store.create_registry(&registry).await {
+            Ok(()) => Ok(registry),
+            Err(StoreError::AlreadyExists) => Err(Error::new(
+                Code::AlreadyExists,
+                format!("Resource already exists in the project (resource={}).", registry.name.registry),
+            )),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    pub async fn get_registry(&self, name: &RegistryName) -> Result<Registry> {
+        self.inner.store.get_registry(name).await.map_err(storage)?.ok_or_else(|| registry_not_found(name))
+    }
+
+    pub async fn list_registries(&self, parent: &LocationName, page_size: i64, page_token: &str) -> Result<RegistryPage> {
+        let size = paging::page_size(page_size)?;
+        let after = paging::decode("registries", page_token)?
+            .map(|s| RegistryId::parse_field("page_token", &s))
+            .transpose()
+            .map_err(|_| Error::invalid("page_token", "The page token is invalid."))?;
+        let mut registries =
+            self.inner.store.list_registries(parent, after.as_ref(), size + 1).await.map_err(storage)?;
+        let next_page_token = if registries.len() > size as usize {
+            registries.truncate(size as usize);
+            registries.last().map(|r| paging::encode("registries", r.name.registry.as_str())).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(RegistryPage { registries, next_page_token })
+    }
+
+    pub async fn update_registry(&self, name: &RegistryName, mut input: RegistryInput, update_mask: &str) -> Result<Registry> {
+        let fields = parse_registry_update_mask(update_mask)?;
+        if !input.id.is_empty() && input.id != name.registry.as_str() {
+            return Err(Error::invalid("device_registry.id", "The registry id cannot be changed."));
+        }
+        check_fields(&mut input.fields)?;
+        let mut registry = self.get_registry(name).await?;
+        let f = input.fields;
+        for field in fields {
+            match field {
+                RegistryUpdateField::EventNotificationConfigs => {
+                    registry.event_notification_configs = f.event_notification_configs.clone()
+                }
+                RegistryUpdateField::StateNotificationConfig => {
+                    registry.state_notification_config = f.state_notification_config.clone()
+                }
+                RegistryUpdateField::MqttConfig => registry.mqtt_state = f.mqtt_state,
+                RegistryUpdateField::HttpConfig => registry.http_state = f.http_state,
+                RegistryUpdateField::LogLevel => registry.log_level = f.log_level,
+                RegistryUpdateField::Credentials => registry.credentials = f.credentials.clone(),
+            }
+        }
+        match self.inner.store.update_registry(&registry).await {
+            Ok(()) => Ok(registry),
+            Err(StoreError::NotFound) => Err(registry_not_found(name)),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    pub async fn delete_registry(&self, name: &RegistryName) -> Result<()> {
+        match self.inner.store.delete_registry(name).await.map_err(storage)? {
+            RegistryDelete::Deleted => Ok(()),
+            RegistryDelete::NotFound => Err(registry_not_found(name)),
+            RegistryDelete::NotEmpty => Err(Error::failed_precondition(format!(
+                "The registry '{name}' is not empty; delete its devices first."
+            ))),
+        }
+    }
+}
