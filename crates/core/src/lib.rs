@@ -34,13 +34,13 @@ pub struct Core {
 struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    activity: ActivityBuffer,
+    activity: Arc<ActivityBuffer>,
     presence: Presence,
 }
 
 impl Core {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        let activity = ActivityBuffer::new(store.clone());
+        let activity = Arc::new(ActivityBuffer::new(store.clone()));
         Self { inner: Arc::new(Inner { store, clock, activity, presence: Presence::default() }) }
     }
 
@@ -48,7 +48,7 @@ impl Core {
         &self.inner.store
     }
 
-    pub fn activity(&self) -> &ActivityBuffer {
+    pub fn activity(&self) -> &Arc<ActivityBuffer> {
         &self.inner.activity
     }
 

@@ -41,6 +41,13 @@ pub(crate) fn registry_not_found(name: &RegistryName) -> Error {
 }
 
 fn check_fields(f: &mut RegistryFields) -> Result<()> {
+    // Unspecified means enabled; store and show it as such, as IoT Core did.
+    if f.mqtt_state == MqttState::Unspecified {
+        f.mqtt_state = MqttState::Enabled;
+    }
+    if f.http_state == HttpState::Unspecified {
+        f.http_state = HttpState::Enabled;
+    }
     limits::check_event_notification_configs("device_registry.event_notification_configs", &f.event_notification_configs)?;
     if let Some(s) = &f.state_notification_config {
         if s.pubsub_topic_name.is_empty() {

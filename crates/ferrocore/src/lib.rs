@@ -1,1 +1,8 @@
-//! placeholder
+//! The Ferrocore server, as a library: configuration, the admin token, and [`server::run`], which
+//! wires the store, the core and every listener together.
+//!
+//! The `ferrocore` binary is a thin command line over this; tests start the same server on
+//! port-0 listeners.
+
+pub mod secrets;
+pub mod server;

@@ -3,6 +3,18 @@
 //! Clients send either form: names in ordinary JSON, numbers from google-cloud-iot's REST transport
 //! (`enum-encoding=int`). Both parse here; output always uses the name.
 
+/// What every API enum offers, so wire formats can treat them alike.
+pub trait ApiEnum: Copy + Default + Sized + 'static {
+    fn name(self) -> &'static str;
+    fn number(self) -> i32;
+    fn from_name(s: &str) -> Option<Self>;
+    fn from_number(n: i32) -> Option<Self>;
+    /// Parses either the name or the decimal number.
+    fn parse(s: &str) -> Option<Self> {
+        Self::from_name(s).or_else(|| s.parse::<i32>().ok().and_then(Self::from_number))
+    }
+}
+
 macro_rules! api_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal = $num:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -36,8 +48,15 @@ macro_rules! api_enum {
 
             /// Parses either the name or the decimal number.
             pub fn parse(s: &str) -> Option<Self> {
-                Self::from_name(s).or_else(|| s.parse::<i32>().ok().and_then(Self::from_number))
+                <Self as ApiEnum>::parse(s)
             }
+        }
+
+        impl ApiEnum for $name {
+            fn name(self) -> &'static str { $name::name(self) }
+            fn number(self) -> i32 { $name::number(self) }
+            fn from_name(s: &str) -> Option<Self> { $name::from_name(s) }
+            fn from_number(n: i32) -> Option<Self> { $name::from_number(n) }
         }
 
         impl From<$name> for i32 {

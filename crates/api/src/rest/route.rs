@@ -1,0 +1,129 @@
+//! Parses a request's method and path into a typed [`Route`] before any handler runs.
+//!
+//! Paths follow the discovery document: `/v1/{+name}` with an optional `:verb` on the last segment.
+//! Segments are percent-decoded, since ids may contain `%`. The `…/registries/R/groups/G/…` forms
+//! of the proto's additional bindings address the same devices as `…/registries/R/…`.
+
+use ferrocore_core::{Code, Error};
+use ferrocore_model::{DeviceName, LocationName, RegistryName};
+use percent_encoding::percent_decode_str;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    ListRegistries(LocationName),
+    CreateRegistry(LocationName),
+    GetRegistry(RegistryName),
+    PatchRegistry(RegistryName),
+    DeleteRegistry(RegistryName),
+    BindDeviceToGateway(RegistryName),
+    UnbindDeviceFromGateway(RegistryName),
+    ListDevices(RegistryName),
+    CreateDevice(RegistryName),
+    GetDevice(DeviceName),
+    PatchDevice(DeviceName),
+    DeleteDevice(DeviceName),
+    ModifyConfig(DeviceName),
+    SendCommand(DeviceName),
+    ListConfigVersions(DeviceName),
+    ListStates(DeviceName),
+}
+
+fn not_found(path: &str) -> Error {
+    Error::not_found(format!("The requested URL '{}' was not found on this server.", ferrocore_model::ids::printable(path)))
+}
+
+fn decode(seg: &str) -> Result<String, Error> {
+    percent_decode_str(seg)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| Error::invalid("name", "The resource name is not valid UTF-8."))
+}
+
+/// Resolves `path` (everything after `/v1/`) for `method`.
+pub fn parse(method: Method, path: &str) -> Result<Route, Error> {
+    let (path, verb) = match path.rsplit_once('/') {
+        Some((head, last)) => match last.split_once(':') {
+            Some((last, verb)) => (&path[..head.len() + 1 + last.len()], Some(verb)),
+            None => (path, None),
+        },
+        None => (path, None),
+    };
+    let raw: Vec<&str> = path.split('/').collect();
+    let mut segs = raw.iter().map(|s| decode(s)).collect::<Result<Vec<_>, _>>()?;
+    // Groups were never released: `registries/R/groups/G/devices...` means `registries/R/devices...`.
+    if segs.len() >= 8 && segs[4] == "registries" && segs[6] == "groups" {
+        segs.drain(6..8);
+    }
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let loc = |f: &str| LocationName::parse_field(f, &s[..4].join("/"));
+    let reg = |f: &str| RegistryName::parse_field(f, &s[..6].join("/"));
+    let dev = |f: &str| DeviceName::parse_field(f, &s[..8].join("/"));
+    let unknown_verb = |v: &str| {
+        Error::new(Code::NotFound, format!("The method ':{}' does not exist on this resource.", ferrocore_model::ids::printable(v)))
+    };
+    if s.len() < 4 || s[0] != "projects" || s[2] != "locations" {
+        return Err(not_found(path));
+    }
+    use Method::*;
+    let route = match (s.len(), s.get(4).copied(), s.get(6).copied(), s.get(8).copied(), method, verb) {
+        (5, Some("registries"), _, _, Get, None) => Route::ListRegistries(loc("parent")?),
+        (5, Some("registries"), _, _, Post, None) => Route::CreateRegistry(loc("parent")?),
+        (6, Some("registries"), _, _, Get, None) => Route::GetRegistry(reg("name")?),
+        (6, Some("registries"), _, _, Patch, None) => Route::PatchRegistry(reg("device_registry.name")?),
+        (6, Some("registries"), _, _, Delete, None) => Route::DeleteRegistry(reg("name")?),
+        (6, Some("registries"), _, _, Post, Some("bindDeviceToGateway")) => Route::BindDeviceToGateway(reg("parent")?),
+        (6, Some("registries"), _, _, Post, Some("unbindDeviceFromGateway")) => {
+            Route::UnbindDeviceFromGateway(reg("parent")?)
+        }
+        (6, Some("registries"), _, _, Post, Some(v @ ("getIamPolicy" | "setIamPolicy" | "testIamPermissions"))) => {
+            return Err(Error::new(Code::Unimplemented, format!("The method '{v}' is not supported by this server.")));
+        }
+        (6, Some("registries"), _, _, _, Some(v)) => return Err(unknown_verb(v)),
+        (7, Some("registries"), Some("devices"), _, Get, None) => Route::ListDevices(reg("parent")?),
+        (7, Some("registries"), Some("devices"), _, Post, None) => Route::CreateDevice(reg("parent")?),
+        (8, Some("registries"), Some("devices"), _, Get, None) => Route::GetDevice(dev("name")?),
+        (8, Some("registries"), Some("devices"), _, Patch, None) => Route::PatchDevice(dev("device.name")?),
+        (8, Some("registries"), Some("devices"), _, Delete, None) => Route::DeleteDevice(dev("name")?),
+        (8, Some("registries"), Some("devices"), _, Post, Some("modifyCloudToDeviceConfig")) => {
+            Route::ModifyConfig(dev("name")?)
+        }
+        (8, Some("registries"), Some("devices"), _, Post, Some("sendCommandToDevice")) => Route::SendCommand(dev("name")?),
+        (8, Some("registries"), Some("devices"), _, _, Some(v)) => return Err(unknown_verb(v)),
+        (9, Some("registries"), Some("devices"), Some("configVersions"), Get, None) => {
+            Route::ListConfigVersions(dev("name")?)
+        }
+        (9, Some("registries"), Some("devices"), Some("states"), Get, None) => Route::ListStates(dev("name")?),
+        _ => return Err(not_found(path)),
+    };
+    Ok(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r = parse(Method::Post, "projects/p/locations/l/registries/reg/devices/dev%2B1:modifyCloudToDeviceConfig");
+        let Ok(Route::ModifyConfig(n)) = r else { panic!("{r:?}") };
+        assert_eq!(n.to_string(), "projects/p/locations/l/registries/reg/devices/dev+1");
+        assert!(matches!(
+            parse(Method::Get, "projects/p/locations/l/registries/reg/groups/g/devices/123"),
+            Ok(Route::GetDevice(_))
+        ));
+        assert!(matches!(parse(Method::Get, "projects/my.com:p/locations/l/registries"), Ok(Route::ListRegistries(_))));
+        assert!(matches!(parse(Method::Post, "projects/p/locations/l/registries/reg:bindDeviceToGateway"), Ok(Route::BindDeviceToGateway(_))));
+        assert_eq!(parse(Method::Get, "projects/p/locations/l/registries/reg/x").unwrap_err().code, Code::NotFound);
+        assert_eq!(parse(Method::Post, "projects/p/locations/l/registries/reg:nope").unwrap_err().code, Code::NotFound);
+        assert_eq!(parse(Method::Get, "projects/p/locations/l/registries/1bad").unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(parse(Method::Get, "").unwrap_err().code, Code::NotFound);
+    }
+}

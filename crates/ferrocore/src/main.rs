@@ -1,0 +1,106 @@
+//! The `ferrocore` command line: `ferrocore serve` runs the server.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ferrocore::server::{self, Config, Listeners};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "ferrocore", version, about = "A self-hosted, drop-in replacement for Google Cloud IoT Core")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: the Cloud IoT v1 REST API now; gRPC and the device bridges as they land.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// Directory holding everything the server keeps (database, admin token).
+    #[arg(long, env = "FERROCORE_DATA_DIR", default_value = "./ferrocore-data")]
+    data_dir: PathBuf,
+    /// Address of the REST admin API (and /healthz).
+    #[arg(long, env = "FERROCORE_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Address of the gRPC DeviceManager API (not served yet).
+    #[arg(long, env = "FERROCORE_GRPC", default_value = "127.0.0.1:8081")]
+    grpc: SocketAddr,
+    /// Address of the plain-TCP MQTT bridge; off unless given (not served yet).
+    #[arg(long, env = "FERROCORE_MQTT")]
+    mqtt: Option<SocketAddr>,
+    /// Address of the MQTT-over-TLS bridge (not served yet).
+    #[arg(long, env = "FERROCORE_MQTTS", default_value = "127.0.0.1:8883")]
+    mqtts: SocketAddr,
+    /// File holding the admin token (mode 0600). Without it and without FERROCORE_ADMIN_TOKEN, the
+    /// token in DATA_DIR/admin-token is used, generated on first start.
+    #[arg(long, env = "FERROCORE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Seconds between flushes of batched device activity (last heartbeat, event, state times).
+    #[arg(long, default_value_t = 1.0)]
+    activity_flush_seconds: f64,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERROCORE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    // The token may come from the environment; it is read here and never logged.
+    let admin_token = match (&args.admin_token_file, std::env::var("FERROCORE_ADMIN_TOKEN")) {
+        (Some(path), _) => Some(ferrocore::secrets::read_secret_file(path)?),
+        (None, Ok(t)) if !t.is_empty() => Some(t),
+        _ => None,
+    };
+    if !(args.activity_flush_seconds > 0.0 && args.activity_flush_seconds <= 3600.0) {
+        anyhow::bail!("--activity-flush-seconds must be between 0 and 3600");
+    }
+    let config = Config {
+        data_dir: args.data_dir,
+        admin_token,
+        activity_flush_interval: Duration::from_secs_f64(args.activity_flush_seconds),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let http = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
+        for (flag, addr) in [("--grpc", Some(args.grpc)), ("--mqtt", args.mqtt), ("--mqtts", Some(args.mqtts))] {
+            if let Some(addr) = addr {
+                tracing::info!(%addr, "{flag} is accepted but not served by this version");
+            }
+        }
+        server::run(config, Listeners { http }, shutdown_signal(), |bound| {
+            // A line scripts can wait for; with port 0 it tells which port was chosen.
+            println!("ferrocore listening http={}", bound.http);
+        })
+        .await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

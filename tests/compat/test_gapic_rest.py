@@ -1,0 +1,673 @@
+"""google-cloud-iot 2.9.2 (the GAPIC client, REST transport) against Ferrocore.
+
+This is the client most Python users of IoT Core ended up on. Its REST transport sends
+`$alt=json;enum-encoding=int`, writes enums as integers, serialises FieldMasks in lowerCamel
+and always sends `updateMask` on updates, so these tests exercise those quirks as a side effect.
+"""
+
+from __future__ import annotations
+
+import google.oauth2.credentials
+import pytest
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import iot_v1
+from google.protobuf import field_mask_pb2
+
+from compat_support import (
+    GARBAGE_KEY,
+    ec_p384_public_pem,
+    ec_public_pem,
+    fresh_project,
+    location_path,
+    rsa_public_pem,
+    same_pem,
+    self_signed_cert_pem,
+    unique,
+)
+
+
+def make_client(server, credentials) -> iot_v1.DeviceManagerClient:
+    return iot_v1.DeviceManagerClient(
+        transport="rest",
+        client_options=ClientOptions(api_endpoint=server.base_url),
+        credentials=credentials,
+    )
+
+
+@pytest.fixture(scope="module")
+def client(server) -> iot_v1.DeviceManagerClient:
+    return make_client(server, google.oauth2.credentials.Credentials(token=server.token))
+
+
+@pytest.fixture
+def parent() -> str:
+    return location_path(fresh_project())
+
+
+def mask(*paths: str) -> field_mask_pb2.FieldMask:
+    return field_mask_pb2.FieldMask(paths=list(paths))
+
+
+def rsa_cred(n: int = 0) -> iot_v1.DeviceCredential:
+    return iot_v1.DeviceCredential(
+        public_key=iot_v1.PublicKeyCredential(format=iot_v1.PublicKeyFormat.RSA_PEM, key=rsa_public_pem(n))
+    )
+
+
+def ec_cred(n: int = 0) -> iot_v1.DeviceCredential:
+    return iot_v1.DeviceCredential(
+        public_key=iot_v1.PublicKeyCredential(format=iot_v1.PublicKeyFormat.ES256_PEM, key=ec_public_pem(n))
+    )
+
+
+def new_registry(client, parent: str, **fields) -> iot_v1.DeviceRegistry:
+    return client.create_device_registry(
+        parent=parent, device_registry=iot_v1.DeviceRegistry(id=unique("reg"), **fields)
+    )
+
+
+def new_device(client, registry: iot_v1.DeviceRegistry, device_id: str | None = None, **fields) -> iot_v1.Device:
+    return client.create_device(parent=registry.name, device=iot_v1.Device(id=device_id or unique("dev"), **fields))
+
+
+GATEWAY = iot_v1.GatewayConfig(
+    gateway_type=iot_v1.GatewayType.GATEWAY, gateway_auth_method=iot_v1.GatewayAuthMethod.ASSOCIATION_ONLY
+)
+NON_GATEWAY = iot_v1.GatewayConfig(gateway_type=iot_v1.GatewayType.NON_GATEWAY)
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+def test_oauth_credentials_send_the_bearer_token(server, client, parent):
+    seen = []
+    session = client._transport._session  # the transport's google.auth AuthorizedSession
+    hook = lambda resp, *args, **kwargs: seen.append(resp.request.headers.get("Authorization"))  # noqa: E731
+    session.hooks["response"].append(hook)
+    try:
+        assert list(client.list_device_registries(parent=parent)) == []
+    finally:
+        session.hooks["response"].remove(hook)
+    assert seen == [f"Bearer {server.token}"]
+
+
+def test_anonymous_credentials_are_unauthenticated(server, parent):
+    anon = make_client(server, AnonymousCredentials())
+    with pytest.raises(gexc.Unauthenticated) as exc:
+        anon.get_device_registry(name=f"{parent}/registries/whatever")
+    assert exc.value.code == 401
+
+
+def test_wrong_token_is_unauthenticated(server, parent):
+    wrong = make_client(server, google.oauth2.credentials.Credentials(token=server.token + "x"))
+    with pytest.raises(gexc.Unauthenticated):
+        list(wrong.list_device_registries(parent=parent))
+
+
+# --- registries --------------------------------------------------------------------------------
+
+def test_registry_create_get_update_delete(client, parent):
+    project = parent.split("/")[1]
+    rid = unique("reg")
+    wanted = iot_v1.DeviceRegistry(
+        id=rid,
+        event_notification_configs=[
+            iot_v1.EventNotificationConfig(
+                subfolder_matches="alerts", pubsub_topic_name=f"projects/{project}/topics/alerts"
+            ),
+            iot_v1.EventNotificationConfig(pubsub_topic_name=f"projects/{project}/topics/events"),
+        ],
+        state_notification_config=iot_v1.StateNotificationConfig(
+            pubsub_topic_name=f"projects/{project}/topics/state"
+        ),
+        mqtt_config=iot_v1.MqttConfig(mqtt_enabled_state=iot_v1.MqttState.MQTT_ENABLED),
+        http_config=iot_v1.HttpConfig(http_enabled_state=iot_v1.HttpState.HTTP_DISABLED),
+        log_level=iot_v1.LogLevel.INFO,
+    )
+    created = client.create_device_registry(parent=parent, device_registry=wanted)
+    assert created.id == rid
+    assert created.name == f"{parent}/registries/{rid}"
+    assert [(c.subfolder_matches, c.pubsub_topic_name) for c in created.event_notification_configs] == [
+        ("alerts", f"projects/{project}/topics/alerts"),
+        ("", f"projects/{project}/topics/events"),
+    ]
+    assert created.state_notification_config.pubsub_topic_name == f"projects/{project}/topics/state"
+    assert created.mqtt_config.mqtt_enabled_state == iot_v1.MqttState.MQTT_ENABLED
+    assert created.http_config.http_enabled_state == iot_v1.HttpState.HTTP_DISABLED
+    assert created.log_level == iot_v1.LogLevel.INFO
+
+    fetched = client.get_device_registry(name=created.name)
+    assert fetched == created
+
+    with pytest.raises(gexc.AlreadyExists) as exc:
+        client.create_device_registry(parent=parent, device_registry=iot_v1.DeviceRegistry(id=rid))
+    assert exc.value.code == 409
+
+    # Only masked fields change: mqtt_config is in the body but not in the mask.
+    updated = client.update_device_registry(
+        device_registry=iot_v1.DeviceRegistry(
+            name=created.name,
+            http_config=iot_v1.HttpConfig(http_enabled_state=iot_v1.HttpState.HTTP_ENABLED),
+            mqtt_config=iot_v1.MqttConfig(mqtt_enabled_state=iot_v1.MqttState.MQTT_DISABLED),
+            log_level=iot_v1.LogLevel.DEBUG,
+        ),
+        update_mask=mask("http_config.http_enabled_state", "log_level"),
+    )
+    assert updated.http_config.http_enabled_state == iot_v1.HttpState.HTTP_ENABLED
+    assert updated.log_level == iot_v1.LogLevel.DEBUG
+    assert updated.mqtt_config.mqtt_enabled_state == iot_v1.MqttState.MQTT_ENABLED
+    assert len(updated.event_notification_configs) == 2
+
+    # A repeated field in the mask is replaced wholesale.
+    replaced = client.update_device_registry(
+        device_registry=iot_v1.DeviceRegistry(
+            name=created.name,
+            event_notification_configs=[
+                iot_v1.EventNotificationConfig(pubsub_topic_name=f"projects/{project}/topics/only")
+            ],
+        ),
+        update_mask=mask("event_notification_configs"),
+    )
+    assert [c.pubsub_topic_name for c in replaced.event_notification_configs] == [
+        f"projects/{project}/topics/only"
+    ]
+    again = client.get_device_registry(name=created.name)
+    assert again == replaced
+    assert again.log_level == iot_v1.LogLevel.DEBUG
+
+    client.delete_device_registry(name=created.name)
+    with pytest.raises(gexc.NotFound):
+        client.get_device_registry(name=created.name)
+    with pytest.raises(gexc.NotFound):
+        client.delete_device_registry(name=created.name)
+
+
+def test_registry_update_rejects_immutable_and_empty_masks(client, parent):
+    reg = new_registry(client, parent)
+    with pytest.raises(gexc.InvalidArgument):
+        client.update_device_registry(
+            device_registry=iot_v1.DeviceRegistry(name=reg.name, log_level=iot_v1.LogLevel.ERROR),
+            update_mask=mask(),
+        )
+    with pytest.raises(gexc.InvalidArgument):
+        client.update_device_registry(
+            device_registry=iot_v1.DeviceRegistry(name=reg.name, id="other-id"), update_mask=mask("id")
+        )
+    assert client.get_device_registry(name=reg.name) == reg
+
+
+def test_registry_invalid_ids(client, parent):
+    for bad in ("1bad", "ab", "goog-reserved", "has space", "x" * 256):
+        with pytest.raises(gexc.InvalidArgument):
+            client.create_device_registry(parent=parent, device_registry=iot_v1.DeviceRegistry(id=bad))
+    with pytest.raises(gexc.InvalidArgument):
+        client.create_device_registry(
+            parent=parent,
+            device_registry=iot_v1.DeviceRegistry(
+                id=unique("reg"),
+                event_notification_configs=[iot_v1.EventNotificationConfig(pubsub_topic_name="not-a-topic")],
+            ),
+        )
+    assert list(client.list_device_registries(parent=parent)) == []
+
+
+def test_list_registries_pages_through_everything_once(client, parent):
+    ids = sorted(f"reg-{i}-{unique('x')}" for i in range(5))
+    for rid in reversed(ids):  # create out of order: the listing must still be stable
+        client.create_device_registry(parent=parent, device_registry=iot_v1.DeviceRegistry(id=rid))
+
+    pager = client.list_device_registries(request={"parent": parent, "page_size": 2})
+    pages = list(pager.pages)
+    assert len(pages) >= 3
+    assert all(len(p.device_registries) <= 2 for p in pages)
+    assert all(p.next_page_token for p in pages[:-1])
+    assert pages[-1].next_page_token == ""
+    seen = [r.id for p in pages for r in p.device_registries]
+    assert seen == ids
+
+    # Plain iteration (what users write) gives the same, and the default page holds all five.
+    assert [r.id for r in client.list_device_registries(request={"parent": parent, "page_size": 2})] == ids
+    first = client.list_device_registries(parent=parent)
+    assert [r.id for r in first.device_registries] == ids
+    assert first.next_page_token == ""
+    for r in first.device_registries:
+        assert r.name == f"{parent}/registries/{r.id}"
+
+
+def test_registry_not_found(client, parent):
+    with pytest.raises(gexc.NotFound) as exc:
+        client.get_device_registry(name=f"{parent}/registries/{unique('missing')}")
+    assert exc.value.code == 404
+    with pytest.raises(gexc.NotFound):
+        client.create_device(
+            parent=f"{parent}/registries/{unique('missing')}", device=iot_v1.Device(id=unique("dev"))
+        )
+
+
+def test_delete_registry_with_devices_fails(client, parent):
+    reg = new_registry(client, parent)
+    dev = new_device(client, reg)
+    with pytest.raises(gexc.FailedPrecondition):
+        client.delete_device_registry(name=reg.name)
+    assert client.get_device_registry(name=reg.name) == reg
+    client.delete_device(name=dev.name)
+    client.delete_device_registry(name=reg.name)
+    with pytest.raises(gexc.NotFound):
+        client.get_device_registry(name=reg.name)
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+def test_create_and_get_device_with_keys_and_metadata(client, parent):
+    reg = new_registry(client, parent)
+    did = unique("dev")
+    created = client.create_device(
+        parent=reg.name,
+        device=iot_v1.Device(
+            id=did,
+            credentials=[rsa_cred(), ec_cred()],
+            metadata={"owner": "alice", "site": "lab-1"},
+        ),
+    )
+    assert created.id == did
+    assert created.num_id > 0
+    # Google always names a device by its numeric id in responses.
+    assert created.name == f"{reg.name}/devices/{created.num_id}"
+    formats = [c.public_key.format for c in created.credentials]
+    assert formats == [iot_v1.PublicKeyFormat.RSA_PEM, iot_v1.PublicKeyFormat.ES256_PEM]
+    assert same_pem(created.credentials[0].public_key.key, rsa_public_pem())
+    assert same_pem(created.credentials[1].public_key.key, ec_public_pem())
+    assert dict(created.metadata) == {"owner": "alice", "site": "lab-1"}
+    assert created.blocked is False
+    # Creation counts as config version 1 with empty data.
+    assert created.config.version == 1
+    assert created.config.binary_data == b""
+
+    by_id = client.get_device(name=f"{reg.name}/devices/{did}")
+    by_num = client.get_device(name=f"{reg.name}/devices/{created.num_id}")
+    assert by_id == by_num
+    assert by_id.id == did and by_id.num_id == created.num_id and by_id.name == created.name
+    assert dict(by_id.metadata) == {"owner": "alice", "site": "lab-1"}
+    assert len(by_id.credentials) == 2
+
+    # A read mask limits what comes back.
+    partial = client.get_device(name=by_id.name, field_mask=mask("metadata", "blocked"))
+    assert dict(partial.metadata) == {"owner": "alice", "site": "lab-1"}
+    assert len(partial.credentials) == 0
+    assert "config" not in partial
+
+
+def test_create_device_with_certificates_and_initial_config(client, parent):
+    reg = new_registry(client, parent)
+    dev = new_device(
+        client,
+        reg,
+        credentials=[
+            iot_v1.DeviceCredential(
+                public_key=iot_v1.PublicKeyCredential(
+                    format=iot_v1.PublicKeyFormat.RSA_X509_PEM, key=self_signed_cert_pem("rsa")
+                )
+            ),
+            iot_v1.DeviceCredential(
+                public_key=iot_v1.PublicKeyCredential(
+                    format=iot_v1.PublicKeyFormat.ES256_X509_PEM, key=self_signed_cert_pem("ec")
+                )
+            ),
+        ],
+        config=iot_v1.DeviceConfig(binary_data=b"\x00initial\xff"),
+        log_level=iot_v1.LogLevel.ERROR,
+    )
+    assert [c.public_key.format for c in dev.credentials] == [
+        iot_v1.PublicKeyFormat.RSA_X509_PEM,
+        iot_v1.PublicKeyFormat.ES256_X509_PEM,
+    ]
+    assert dev.config.version == 1
+    assert dev.config.binary_data == b"\x00initial\xff"
+    assert dev.log_level == iot_v1.LogLevel.ERROR
+    got = client.get_device(name=dev.name)
+    assert got.config.binary_data == b"\x00initial\xff"
+
+
+def test_create_device_rejects_bad_input(client, parent):
+    reg = new_registry(client, parent)
+
+    def create(**fields):
+        return client.create_device(parent=reg.name, device=iot_v1.Device(**fields))
+
+    with pytest.raises(gexc.InvalidArgument) as exc:
+        create(id="1bad")
+    assert exc.value.code == 400
+    for bad_id in ("goog-device", "d", "bad/id", "y" * 256):
+        with pytest.raises(gexc.InvalidArgument):
+            create(id=bad_id)
+
+    def key(fmt, pem):
+        return iot_v1.DeviceCredential(public_key=iot_v1.PublicKeyCredential(format=fmt, key=pem))
+
+    bad_credential_sets = {
+        "garbage RSA key": [key(iot_v1.PublicKeyFormat.RSA_PEM, GARBAGE_KEY)],
+        "garbage ES256 key": [key(iot_v1.PublicKeyFormat.ES256_PEM, "not a pem at all")],
+        "EC key declared RSA": [key(iot_v1.PublicKeyFormat.RSA_PEM, ec_public_pem())],
+        "RSA key declared ES256": [key(iot_v1.PublicKeyFormat.ES256_PEM, rsa_public_pem())],
+        "P-384 key as ES256": [key(iot_v1.PublicKeyFormat.ES256_PEM, ec_p384_public_pem())],
+        "bare key declared certificate": [key(iot_v1.PublicKeyFormat.RSA_X509_PEM, rsa_public_pem())],
+        "unspecified format": [key(iot_v1.PublicKeyFormat.UNSPECIFIED_PUBLIC_KEY_FORMAT, rsa_public_pem())],
+        "four credentials": [rsa_cred(0), rsa_cred(1), ec_cred(0), ec_cred(1)],
+    }
+    for label, creds in bad_credential_sets.items():
+        with pytest.raises(gexc.InvalidArgument):
+            create(id=unique("dev"), credentials=creds)
+            pytest.fail(f"credentials with {label} were accepted")
+
+    with pytest.raises(gexc.InvalidArgument):
+        create(id=unique("dev"), metadata={"1bad-key": "v"})
+    # A device's config may only be given at version 0 on create.
+    with pytest.raises(gexc.InvalidArgument):
+        create(id=unique("dev"), config=iot_v1.DeviceConfig(version=5, binary_data=b"x"))
+
+    # Nothing of the above was created.
+    assert list(client.list_devices(parent=reg.name)) == []
+
+    # Three credentials is the limit, not over it.
+    ok = create(id=unique("dev"), credentials=[rsa_cred(0), ec_cred(0), rsa_cred(1)])
+    assert len(ok.credentials) == 3
+
+    with pytest.raises(gexc.AlreadyExists) as exc:
+        create(id=ok.id)
+    assert exc.value.code == 409
+
+
+def test_device_not_found(client, parent):
+    reg = new_registry(client, parent)
+    missing = f"{reg.name}/devices/{unique('ghost')}"
+    with pytest.raises(gexc.NotFound) as exc:
+        client.get_device(name=missing)
+    assert exc.value.code == 404
+    with pytest.raises(gexc.NotFound):
+        client.get_device(name=f"{reg.name}/devices/987654321012345")
+    with pytest.raises(gexc.NotFound):
+        client.delete_device(name=missing)
+    with pytest.raises(gexc.NotFound):
+        client.modify_cloud_to_device_config(name=missing, binary_data=b"x")
+    with pytest.raises(gexc.NotFound):
+        client.list_device_config_versions(name=missing)
+    with pytest.raises(gexc.NotFound):
+        client.update_device(device=iot_v1.Device(name=missing, blocked=True), update_mask=mask("blocked"))
+
+
+def test_device_in_other_registry_is_not_visible(client, parent):
+    reg_a = new_registry(client, parent)
+    reg_b = new_registry(client, parent)
+    dev = new_device(client, reg_a)
+    with pytest.raises(gexc.NotFound):
+        client.get_device(name=f"{reg_b.name}/devices/{dev.id}")
+    with pytest.raises(gexc.NotFound):
+        client.get_device(name=f"{reg_b.name}/devices/{dev.num_id}")
+    # The same string id may be reused in another registry, with a different numeric id.
+    twin = new_device(client, reg_b, device_id=dev.id)
+    assert twin.num_id != dev.num_id
+
+
+def test_list_devices_pager_filters_and_field_mask(client, parent):
+    reg = new_registry(client, parent)
+    gateway = new_device(client, reg, device_id="a-gateway", gateway_config=GATEWAY)
+    others = [
+        new_device(client, reg, device_id=f"b-device-{i}", credentials=[rsa_cred()], metadata={"n": str(i)})
+        for i in range(4)
+    ]
+    everything = [gateway] + others
+
+    pager = client.list_devices(request={"parent": reg.name, "page_size": 2})
+    pages = list(pager.pages)
+    assert len(pages) >= 3
+    assert all(len(p.devices) <= 2 for p in pages)
+    listed = [d for p in pages for d in p.devices]
+    assert sorted(d.id for d in listed) == sorted(d.id for d in everything)
+    assert len({d.num_id for d in listed}) == len(everything)
+    by_id = {d.id: d for d in everything}
+    for d in listed:
+        assert d.num_id == by_id[d.id].num_id
+        # Without a field mask a list carries identifiers only.
+        assert len(d.credentials) == 0 and len(d.metadata) == 0
+        assert "config" not in d
+
+    # With a mask, as Google's samples ask before checking gateway_type.
+    masked = list(client.list_devices(request={"parent": reg.name, "field_mask": mask("config", "gateway_config")}))
+    assert len(masked) == len(everything)
+    for d in masked:
+        assert d.num_id == by_id[d.id].num_id
+        assert d.config.version == 1
+        assert len(d.metadata) == 0
+        is_gateway = d.gateway_config.gateway_type == iot_v1.GatewayType.GATEWAY
+        assert is_gateway == (d.id == gateway.id), d
+    gw = next(d for d in masked if d.id == gateway.id)
+    assert gw.gateway_config.gateway_auth_method == iot_v1.GatewayAuthMethod.ASSOCIATION_ONLY
+
+    meta = list(client.list_devices(request={"parent": reg.name, "field_mask": mask("metadata")}))
+    assert {d.id: dict(d.metadata) for d in meta} == {
+        gateway.id: {},
+        **{o.id: {"n": str(i)} for i, o in enumerate(others)},
+    }
+
+    picked = list(client.list_devices(request={"parent": reg.name, "device_ids": [others[0].id, others[2].id]}))
+    assert sorted(d.id for d in picked) == sorted([others[0].id, others[2].id])
+    picked = list(client.list_devices(request={"parent": reg.name, "device_num_ids": [others[1].num_id]}))
+    assert [d.id for d in picked] == [others[1].id]
+
+
+def test_gateways_bind_unbind_and_list_options(client, parent):
+    reg = new_registry(client, parent)
+    gw = new_device(client, reg, device_id=unique("gw"), gateway_config=GATEWAY)
+    gw2 = new_device(client, reg, device_id=unique("gw"), gateway_config=GATEWAY)
+    d1 = new_device(client, reg, gateway_config=NON_GATEWAY)
+    d2 = new_device(client, reg, gateway_config=NON_GATEWAY)
+    plain = new_device(client, reg)  # no gateway_config: a non-gateway device
+
+    def ids(**options) -> set[str]:
+        req = {"parent": reg.name, "gateway_list_options": iot_v1.GatewayListOptions(**options)}
+        return {d.id for d in client.list_devices(request=req)}
+
+    assert ids(gateway_type=iot_v1.GatewayType.GATEWAY) == {gw.id, gw2.id}
+    assert ids(gateway_type=iot_v1.GatewayType.NON_GATEWAY) == {d1.id, d2.id, plain.id}
+    assert ids(associations_gateway_id=gw.id) == set()
+
+    client.bind_device_to_gateway(parent=reg.name, gateway_id=gw.id, device_id=d1.id)
+    # Either id form works for both sides.
+    client.bind_device_to_gateway(parent=reg.name, gateway_id=str(gw.num_id), device_id=str(d2.num_id))
+    client.bind_device_to_gateway(parent=reg.name, gateway_id=gw2.id, device_id=d1.id)
+
+    assert ids(associations_gateway_id=gw.id) == {d1.id, d2.id}
+    assert ids(associations_gateway_id=str(gw.num_id)) == {d1.id, d2.id}
+    assert ids(associations_device_id=d1.id) == {gw.id, gw2.id}
+    assert ids(associations_device_id=str(d2.num_id)) == {gw.id}
+
+    client.unbind_device_from_gateway(parent=reg.name, gateway_id=gw.id, device_id=d1.id)
+    assert ids(associations_gateway_id=gw.id) == {d2.id}
+    assert ids(associations_device_id=d1.id) == {gw2.id}
+    with pytest.raises(gexc.NotFound):
+        client.unbind_device_from_gateway(parent=reg.name, gateway_id=gw.id, device_id=d1.id)
+
+    with pytest.raises(gexc.NotFound):
+        client.bind_device_to_gateway(parent=reg.name, gateway_id=gw.id, device_id=unique("ghost"))
+    with pytest.raises(gexc.NotFound):
+        client.bind_device_to_gateway(parent=reg.name, gateway_id=unique("ghost"), device_id=d1.id)
+    # Only a non-gateway device can be bound to a gateway.
+    with pytest.raises(gexc.ClientError) as exc:
+        client.bind_device_to_gateway(parent=reg.name, gateway_id=d1.id, device_id=d2.id)
+    assert exc.value.code == 400
+    with pytest.raises(gexc.ClientError) as exc:
+        client.bind_device_to_gateway(parent=reg.name, gateway_id=gw.id, device_id=gw2.id)
+    assert exc.value.code == 400
+    assert ids(associations_gateway_id=gw.id) == {d2.id}
+
+
+def test_update_device_fields(client, parent):
+    reg = new_registry(client, parent)
+    dev = new_device(client, reg, credentials=[rsa_cred()], metadata={"a": "1", "b": "2"})
+
+    blocked = client.update_device(
+        device=iot_v1.Device(name=dev.name, blocked=True, metadata={"ignored": "x"}), update_mask=mask("blocked")
+    )
+    assert blocked.blocked is True
+    assert dict(blocked.metadata) == {"a": "1", "b": "2"}  # not in the mask, so untouched
+    assert blocked.num_id == dev.num_id and blocked.name == dev.name
+
+    # blocked=False is proto3's default, so the client omits it from the body: the mask alone
+    # must reset it.
+    unblocked = client.update_device(device=iot_v1.Device(name=dev.name, blocked=False), update_mask=mask("blocked"))
+    assert unblocked.blocked is False
+
+    # Maps in a mask are replaced, not merged; the device can be named by its numeric id.
+    by_num = f"{reg.name}/devices/{dev.num_id}"
+    remapped = client.update_device(
+        device=iot_v1.Device(name=by_num, metadata={"c": "3"}), update_mask=mask("metadata")
+    )
+    assert dict(remapped.metadata) == {"c": "3"}
+
+    rekeyed = client.update_device(
+        device=iot_v1.Device(name=dev.name, credentials=[ec_cred(), ec_cred(1)]), update_mask=mask("credentials")
+    )
+    assert [c.public_key.format for c in rekeyed.credentials] == [iot_v1.PublicKeyFormat.ES256_PEM] * 2
+
+    leveled = client.update_device(
+        device=iot_v1.Device(name=dev.name, log_level=iot_v1.LogLevel.DEBUG), update_mask=mask("log_level")
+    )
+    assert leveled.log_level == iot_v1.LogLevel.DEBUG
+
+    cleared = client.update_device(device=iot_v1.Device(name=dev.name), update_mask=mask("metadata"))
+    assert dict(cleared.metadata) == {}
+
+    final = client.get_device(name=dev.name)
+    assert final.blocked is False
+    assert dict(final.metadata) == {}
+    assert [c.public_key.format for c in final.credentials] == [iot_v1.PublicKeyFormat.ES256_PEM] * 2
+    assert final.log_level == iot_v1.LogLevel.DEBUG
+
+    # Invalid updates change nothing.
+    with pytest.raises(gexc.InvalidArgument):
+        client.update_device(device=iot_v1.Device(name=dev.name, blocked=True), update_mask=mask())
+    with pytest.raises(gexc.InvalidArgument):
+        client.update_device(device=iot_v1.Device(name=dev.name, id="renamed"), update_mask=mask("id"))
+    with pytest.raises(gexc.InvalidArgument):
+        client.update_device(
+            device=iot_v1.Device(name=dev.name, config=iot_v1.DeviceConfig(binary_data=b"x")),
+            update_mask=mask("config"),
+        )
+    with pytest.raises(gexc.InvalidArgument):
+        client.update_device(
+            device=iot_v1.Device(name=dev.name, credentials=[iot_v1.DeviceCredential(
+                public_key=iot_v1.PublicKeyCredential(format=iot_v1.PublicKeyFormat.RSA_PEM, key=GARBAGE_KEY))]),
+            update_mask=mask("credentials"),
+        )
+    assert client.get_device(name=dev.name) == final
+
+
+def test_gateway_type_is_fixed_but_auth_method_is_mutable(client, parent):
+    reg = new_registry(client, parent)
+    gw = new_device(client, reg, gateway_config=GATEWAY)
+    changed = client.update_device(
+        device=iot_v1.Device(
+            name=gw.name,
+            gateway_config=iot_v1.GatewayConfig(
+                gateway_auth_method=iot_v1.GatewayAuthMethod.ASSOCIATION_AND_DEVICE_AUTH_TOKEN
+            ),
+        ),
+        update_mask=mask("gateway_config.gateway_auth_method"),
+    )
+    assert changed.gateway_config.gateway_type == iot_v1.GatewayType.GATEWAY
+    assert changed.gateway_config.gateway_auth_method == iot_v1.GatewayAuthMethod.ASSOCIATION_AND_DEVICE_AUTH_TOKEN
+    with pytest.raises(gexc.InvalidArgument):
+        client.update_device(
+            device=iot_v1.Device(
+                name=gw.name, gateway_config=iot_v1.GatewayConfig(gateway_type=iot_v1.GatewayType.NON_GATEWAY)
+            ),
+            update_mask=mask("gateway_config.gateway_type"),
+        )
+    assert client.get_device(name=gw.name).gateway_config.gateway_type == iot_v1.GatewayType.GATEWAY
+
+
+def test_cloud_to_device_config_versions(client, parent):
+    reg = new_registry(client, parent)
+    dev = new_device(client, reg)
+
+    v2 = client.modify_cloud_to_device_config(name=dev.name, binary_data=b"second")
+    assert v2.version == 2
+    assert v2.binary_data == b"second"
+    assert v2.cloud_update_time.timestamp() > 0
+    assert "device_ack_time" not in v2
+
+    # Compare-and-set against the current version succeeds...
+    v3 = client.modify_cloud_to_device_config(
+        request={"name": dev.name, "version_to_update": 2, "binary_data": b"third"}
+    )
+    assert v3.version == 3
+    assert v3.cloud_update_time >= v2.cloud_update_time
+    # ...and against a stale one fails without changing anything.
+    with pytest.raises(gexc.FailedPrecondition) as exc:
+        client.modify_cloud_to_device_config(
+            request={"name": dev.name, "version_to_update": 2, "binary_data": b"lost update"}
+        )
+    assert exc.value.code == 400
+
+    # The numeric id addresses the same device.
+    by_num = f"{reg.name}/devices/{dev.num_id}"
+    v4 = client.modify_cloud_to_device_config(name=by_num, binary_data=b"")
+    assert v4.version == 4 and v4.binary_data == b""
+
+    history = client.list_device_config_versions(name=dev.name).device_configs
+    assert [c.version for c in history] == [4, 3, 2, 1]
+    assert [c.binary_data for c in history] == [b"", b"third", b"second", b""]
+    assert [c.version for c in client.list_device_config_versions(name=by_num, num_versions=2).device_configs] == [4, 3]
+
+    current = client.get_device(name=dev.name)
+    assert current.config.version == 4
+    assert current.config.binary_data == b""
+
+
+def test_config_history_keeps_ten_versions(client, parent):
+    reg = new_registry(client, parent)
+    dev = new_device(client, reg)
+    for i in range(2, 14):
+        client.modify_cloud_to_device_config(name=dev.name, binary_data=f"v{i}".encode())
+    history = client.list_device_config_versions(name=dev.name).device_configs
+    assert [c.version for c in history] == list(range(13, 3, -1))
+    assert history[0].binary_data == b"v13"
+
+
+def test_states_empty_and_commands_need_a_subscriber(client, parent):
+    reg = new_registry(client, parent)
+    dev = new_device(client, reg)
+    assert list(client.list_device_states(name=dev.name).device_states) == []
+    assert list(client.list_device_states(name=dev.name, num_states=3).device_states) == []
+    assert "state" not in client.get_device(name=dev.name)
+
+    with pytest.raises(gexc.FailedPrecondition) as exc:
+        client.send_command_to_device(name=dev.name, binary_data=b"reboot")
+    assert exc.value.code == 400
+    assert "is not subscribed to the commands topic" in exc.value.message
+    with pytest.raises(gexc.FailedPrecondition):
+        client.send_command_to_device(
+            request={"name": f"{reg.name}/devices/{dev.num_id}", "binary_data": b"x", "subfolder": "sub/a"}
+        )
+    with pytest.raises(gexc.NotFound):
+        client.send_command_to_device(name=f"{reg.name}/devices/{unique('ghost')}", binary_data=b"x")
+
+
+def test_delete_device_by_id_and_by_numeric_id(client, parent):
+    reg = new_registry(client, parent)
+    a = new_device(client, reg)
+    b = new_device(client, reg)
+    client.delete_device(name=f"{reg.name}/devices/{a.id}")
+    client.delete_device(name=f"{reg.name}/devices/{b.num_id}")
+    for d in (a, b):
+        with pytest.raises(gexc.NotFound):
+            client.get_device(name=f"{reg.name}/devices/{d.id}")
+        with pytest.raises(gexc.NotFound):
+            client.get_device(name=f"{reg.name}/devices/{d.num_id}")
+    assert list(client.list_devices(parent=reg.name)) == []
+    # The id is free again, and the new device gets a new numeric id.
+    again = new_device(client, reg, device_id=a.id)
+    assert again.num_id not in (a.num_id, b.num_id)
+    client.delete_device(name=again.name)
+    client.delete_device_registry(name=reg.name)
