@@ -1,0 +1,91 @@
+//! Acknowledged writes survive `kill -9` of the real binary.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const TOKEN: &str = "crash-test-token-0123456789";
+
+fn spawn(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocore"))
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args(["--http", "127.0.0.1:0"])
+        .env("FERROCORE_ADMIN_TOKEN", TOKEN)
+        .env("FERROCORE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start ferrocore");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("ferrocore listening http=").unwrap_or_else(|| panic!("unexpected: {line}"));
+    (child, format!("http://{addr}/v1"))
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn(dir.path());
+    let client = reqwest::Client::new();
+    let reg = "projects/crash/locations/us-central1/registries/reg";
+    let post = |path: String, body: Value| client.post(format!("{base}/{path}")).bearer_auth(TOKEN).json(&body).send();
+
+    let r = post("projects/crash/locations/us-central1/registries".into(), json!({"id": "reg"})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Writes in flight from several tasks; each one acknowledged must be found after the crash.
+    let mut tasks = vec![];
+    for t in 0..4 {
+        let client = client.clone();
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = vec![];
+            for i in 0..25 {
+                let id = format!("dev-{t}-{i}");
+                let resp = client
+                    .post(format!("{base}/{reg}/devices"))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"id": id, "metadata": {"i": i.to_string()}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                let resp = client
+                    .post(format!("{base}/{reg}/devices/{id}:modifyCloudToDeviceConfig"))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"versionToUpdate": "1", "binaryData": "Y3Jhc2g="}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                acked.push(id);
+            }
+            acked
+        }));
+    }
+    let mut acked = vec![];
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    // No graceful shutdown: the process dies right after the last acknowledgement.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, base) = spawn(dir.path());
+    for id in &acked {
+        let v: Value = client
+            .get(format!("{base}/{reg}/devices/{id}?fieldMask=config,metadata"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["config"]["version"], "2", "{id}: {v}");
+        assert_eq!(v["config"]["binaryData"], "Y3Jhc2g=", "{id}");
+    }
+    assert_eq!(acked.len(), 100);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

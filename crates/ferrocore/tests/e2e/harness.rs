@@ -1,0 +1,133 @@
+//! Starts the real server in-process on a port-0 listener and offers a small REST client.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+pub const TOKEN: &str = "e2e-admin-token-0123456789";
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../auth/tests/fixtures");
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(Path::new(FIXTURES).join(name)).unwrap()
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ferrocore::server::Config {
+            data_dir: dir.path().join("data"),
+            admin_token: Some(TOKEN.into()),
+            activity_flush_interval: Duration::from_millis(50),
+        };
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = http.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(ferrocore::server::run(
+            config,
+            ferrocore::server::Listeners { http },
+            async move {
+                let _ = stopped.await;
+            },
+            |_| {},
+        ));
+        let server = Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if let Ok(r) = server.client.get(format!("{}/healthz", server.base)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server did not become healthy");
+    }
+
+    /// Sends an authenticated request; returns the status and the JSON body.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}/v1/{path}", self.base)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("response is not JSON: {text}"));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Creates a registry with a default telemetry topic; returns its path.
+    pub async fn registry(&self, project: &str, id: &str) -> String {
+        let parent = format!("projects/{project}/locations/us-central1");
+        let (s, body) = self
+            .post(
+                &format!("{parent}/registries"),
+                json!({"id": id, "eventNotificationConfigs": [{"pubsubTopicName": format!("projects/{project}/topics/events")}]}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        format!("{parent}/registries/{id}")
+    }
+
+    /// Creates a device with an ES256 key; returns the created resource.
+    pub async fn device(&self, registry: &str, id: &str, extra: Value) -> Value {
+        let mut body = json!({"id": id, "credentials": [{"publicKey": {"format": "ES256_PEM", "key": fixture("ec_public.pem")}}]});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let (s, created) = self.post(&format!("{registry}/devices"), body).await;
+        assert_eq!(s, StatusCode::OK, "{created}");
+        created
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Asserts Google's error shape and returns the message.
+pub fn expect_error(status: StatusCode, body: &Value, code: u16, name: &str) -> String {
+    assert_eq!(status.as_u16(), code, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(body["error"]["status"], name, "{body}");
+    let msg = body["error"]["message"].as_str().expect("error message").to_owned();
+    assert!(!msg.is_empty());
+    msg
+}

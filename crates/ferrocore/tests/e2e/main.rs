@@ -1,0 +1,7 @@
+//! End-to-end tests: the real server on port 0, driven over HTTP like a back end would.
+
+mod crash;
+mod devices;
+mod errors;
+mod harness;
+mod registries;
