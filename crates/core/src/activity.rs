@@ -69,3 +69,41 @@ impl ActivityBuffer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrocore_model::{DeviceName, Timestamp};
+    use ferrocore_store::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn reads_see_pending_activity_and_one_flush_persists_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let core = crate::Core::new(store.clone(), Arc::new(crate::clock::SystemClock));
+        let parent = ferrocore_model::LocationName::parse_field("p", "projects/p/locations/l").unwrap();
+        let reg = core
+            .create_registry(&parent, crate::registries::RegistryInput { id: "reg".into(), ..Default::default() })
+            .await
+            .unwrap();
+        let dev = core
+            .create_device(&reg.name, crate::devices::DeviceInput { id: "dev".into(), ..Default::default() })
+            .await
+            .unwrap();
+        let name = DeviceName::parse_field("n", &format!("{}/devices/dev", reg.name)).unwrap();
+        let t = Timestamp::from_unix_seconds(1_800_000_000);
+        for i in 0..1000 {
+            let a = DeviceActivity { last_event_time: Some(Timestamp(t.0 + i)), ..Default::default() };
+            core.activity().record(dev.num_id, &a);
+        }
+        let seen = core.get_device(&name).await.unwrap();
+        assert_eq!(seen.activity.last_event_time, Some(Timestamp(t.0 + 999)), "reads overlay pending activity");
+        let stored = store.get_device(&name).await.unwrap().unwrap();
+        assert_eq!(stored.activity.last_event_time, None, "nothing written per message");
+
+        core.activity().flush().await;
+        let stored = store.get_device(&name).await.unwrap().unwrap();
+        assert_eq!(stored.activity.last_event_time, Some(Timestamp(t.0 + 999)), "one flush writes the latest");
+        assert!(core.activity().pending().is_empty());
+    }
+}

@@ -95,10 +95,16 @@ fn check_credentials(registry: &Registry, creds: &[DeviceCredential]) -> Result<
             ));
         };
         if cas.iter().any(|ca| ca.der == cert.der) {
-            return Err(Error::invalid(&field, "A device certificate must differ from the registry's CA certificates."));
+            return Err(Error::invalid(
+                &field,
+                "A device certificate must differ from the registry's CA certificates.",
+            ));
         }
         if !cas.iter().any(|ca| is_issued_by(&cert, ca)) {
-            return Err(Error::invalid(&field, "The device certificate is not signed by any of the registry's CA certificates."));
+            return Err(Error::invalid(
+                &field,
+                "The device certificate is not signed by any of the registry's CA certificates.",
+            ));
         }
     }
     Ok(())
@@ -122,10 +128,16 @@ impl Core {
 
     pub async fn create_device(&self, parent: &RegistryName, input: DeviceInput) -> Result<Device> {
         if !input.name.is_empty() {
-            return Err(Error::invalid("device.name", "The device name must be empty on create; it is set by the server."));
+            return Err(Error::invalid(
+                "device.name",
+                "The device name must be empty on create; it is set by the server.",
+            ));
         }
         if input.num_id != 0 {
-            return Err(Error::invalid("device.num_id", "The numeric id is assigned by the server and must not be set."));
+            return Err(Error::invalid(
+                "device.num_id",
+                "The numeric id is assigned by the server and must not be set.",
+            ));
         }
         if input.id.is_empty() {
             return Err(Error::invalid("device.id", "The device id is required."));
@@ -171,7 +183,10 @@ impl Core {
     pub async fn list_devices(&self, parent: &RegistryName, req: ListDevicesRequest) -> Result<DevicePage> {
         let size = paging::page_size(req.page_size)?;
         if req.device_ids.len() > MAX_LIST_FILTER_IDS || req.device_num_ids.len() > MAX_LIST_FILTER_IDS {
-            return Err(Error::invalid("device_ids", format!("At most {MAX_LIST_FILTER_IDS} ids may be listed at once.")));
+            return Err(Error::invalid(
+                "device_ids",
+                format!("At most {MAX_LIST_FILTER_IDS} ids may be listed at once."),
+            ));
         }
         let after = paging::decode("devices", &req.page_token)?
             .map(|s| DeviceId::parse_field("page_token", &s))
@@ -283,7 +298,12 @@ impl Core {
 
     /// Writes a new config version. `version_to_update` 0 is unconditional; otherwise it must equal
     /// the current version.
-    pub async fn modify_config(&self, name: &DeviceName, version_to_update: i64, data: Vec<u8>) -> Result<DeviceConfig> {
+    pub async fn modify_config(
+        &self,
+        name: &DeviceName,
+        version_to_update: i64,
+        data: Vec<u8>,
+    ) -> Result<DeviceConfig> {
         if version_to_update < 0 {
             return Err(Error::invalid("version_to_update", "The version to update must not be negative."));
         }
@@ -349,16 +369,29 @@ impl Core {
             BindOutcome::Bound | BindOutcome::AlreadyBound => Ok(()),
             BindOutcome::GatewayFull => Err(Error::new(
                 Code::ResourceExhausted,
-                format!("The gateway '{}' already has {} bound devices.", gateway.id, ferrocore_store::MAX_DEVICES_PER_GATEWAY),
+                format!(
+                    "The gateway '{}' already has {} bound devices.",
+                    gateway.id,
+                    ferrocore_store::MAX_DEVICES_PER_GATEWAY
+                ),
             )),
             BindOutcome::DeviceFull => Err(Error::new(
                 Code::ResourceExhausted,
-                format!("The device '{}' is already bound to {} gateways.", device.id, ferrocore_store::MAX_GATEWAYS_PER_DEVICE),
+                format!(
+                    "The device '{}' is already bound to {} gateways.",
+                    device.id,
+                    ferrocore_store::MAX_GATEWAYS_PER_DEVICE
+                ),
             )),
         }
     }
 
-    pub async fn unbind_device_from_gateway(&self, parent: &RegistryName, gateway_id: &str, device_id: &str) -> Result<()> {
+    pub async fn unbind_device_from_gateway(
+        &self,
+        parent: &RegistryName,
+        gateway_id: &str,
+        device_id: &str,
+    ) -> Result<()> {
         let (gateway, device) = self.gateway_pair(parent, gateway_id, device_id).await?;
         if self.inner.store.unbind(gateway.num_id, device.num_id).await.map_err(storage)? {
             Ok(())
@@ -374,7 +407,10 @@ impl Core {
             return Err(Error::invalid("gateway_id", format!("The device '{}' is not a gateway.", gateway.id)));
         }
         if device.gateway_config.gateway_type.is_gateway() {
-            return Err(Error::invalid("device_id", format!("The device '{}' is a gateway; only non-gateway devices can be bound.", device.id)));
+            return Err(Error::invalid(
+                "device_id",
+                format!("The device '{}' is a gateway; only non-gateway devices can be bound.", device.id),
+            ));
         }
         Ok((gateway, device))
     }

@@ -17,7 +17,8 @@ pub(crate) fn decode(kind: &str, token: &str) -> Result<Option<String>> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || Error::invalid("page_token", "The page token is invalid; pass the nextPageToken of a previous response.");
+    let invalid =
+        || Error::invalid("page_token", "The page token is invalid; pass the nextPageToken of a previous response.");
     let raw = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| invalid())?;
     let text = String::from_utf8(raw).map_err(|_| invalid())?;
     let rest = text.strip_prefix(kind).and_then(|r| r.strip_prefix(':')).ok_or_else(invalid)?;

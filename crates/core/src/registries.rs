@@ -48,19 +48,28 @@ fn check_fields(f: &mut RegistryFields) -> Result<()> {
     if f.http_state == HttpState::Unspecified {
         f.http_state = HttpState::Enabled;
     }
-    limits::check_event_notification_configs("device_registry.event_notification_configs", &f.event_notification_configs)?;
+    limits::check_event_notification_configs(
+        "device_registry.event_notification_configs",
+        &f.event_notification_configs,
+    )?;
     if let Some(s) = &f.state_notification_config {
         if s.pubsub_topic_name.is_empty() {
             // An empty topic means "no state notifications", as the proto default does.
             f.state_notification_config = None;
         } else {
-            limits::check_topic_name("device_registry.state_notification_config.pubsub_topic_name", &s.pubsub_topic_name)?;
+            limits::check_topic_name(
+                "device_registry.state_notification_config.pubsub_topic_name",
+                &s.pubsub_topic_name,
+            )?;
         }
     }
     if f.credentials.len() > MAX_REGISTRY_CREDENTIALS {
         return Err(Error::invalid(
             "device_registry.credentials",
-            format!("A registry may have at most {MAX_REGISTRY_CREDENTIALS} credentials; {} were given.", f.credentials.len()),
+            format!(
+                "A registry may have at most {MAX_REGISTRY_CREDENTIALS} credentials; {} were given.",
+                f.credentials.len()
+            ),
         ));
     }
     for (i, c) in f.credentials.iter_mut().enumerate() {
@@ -77,7 +86,10 @@ fn check_fields(f: &mut RegistryFields) -> Result<()> {
 impl Core {
     pub async fn create_registry(&self, parent: &LocationName, mut input: RegistryInput) -> Result<Registry> {
         if !input.name.is_empty() {
-            return Err(Error::invalid("device_registry.name", "The registry name must be empty on create; it is set by the server."));
+            return Err(Error::invalid(
+                "device_registry.name",
+                "The registry name must be empty on create; it is set by the server.",
+            ));
         }
         if input.id.is_empty() {
             return Err(Error::invalid("device_registry.id", "The registry id is required."));
@@ -108,7 +120,12 @@ impl Core {
         self.inner.store.get_registry(name).await.map_err(storage)?.ok_or_else(|| registry_not_found(name))
     }
 
-    pub async fn list_registries(&self, parent: &LocationName, page_size: i64, page_token: &str) -> Result<RegistryPage> {
+    pub async fn list_registries(
+        &self,
+        parent: &LocationName,
+        page_size: i64,
+        page_token: &str,
+    ) -> Result<RegistryPage> {
         let size = paging::page_size(page_size)?;
         let after = paging::decode("registries", page_token)?
             .map(|s| RegistryId::parse_field("page_token", &s))
@@ -125,7 +142,12 @@ impl Core {
         Ok(RegistryPage { registries, next_page_token })
     }
 
-    pub async fn update_registry(&self, name: &RegistryName, mut input: RegistryInput, update_mask: &str) -> Result<Registry> {
+    pub async fn update_registry(
+        &self,
+        name: &RegistryName,
+        mut input: RegistryInput,
+        update_mask: &str,
+    ) -> Result<Registry> {
         let fields = parse_registry_update_mask(update_mask)?;
         if !input.id.is_empty() && input.id != name.registry.as_str() {
             return Err(Error::invalid("device_registry.id", "The registry id cannot be changed."));

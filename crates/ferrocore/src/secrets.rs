@@ -38,7 +38,8 @@ pub fn admin_token(data_dir: &Path, configured: Option<String>) -> Result<(Admin
     let path = data_dir.join(TOKEN_FILE);
     if path.exists() {
         let t = read_secret_file(&path)?;
-        let token = AdminToken::new(t).map_err(|e| anyhow::anyhow!("invalid admin token in {}: {e}", path.display()))?;
+        let token =
+            AdminToken::new(t).map_err(|e| anyhow::anyhow!("invalid admin token in {}: {e}", path.display()))?;
         return Ok((token, TokenSource::Existing(path)));
     }
     let mut raw = [0u8; 32];

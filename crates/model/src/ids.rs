@@ -170,7 +170,10 @@ fn split_exact<'a, const N: usize>(s: &'a str, keywords: [&str; N]) -> Option<[&
 impl LocationName {
     pub fn parse_field(field: &str, s: &str) -> Result<Self, Invalid> {
         let [p, l] = split_exact(s, ["projects", "locations"]).ok_or_else(|| {
-            Invalid::new(field, format!("The field '{field}' must be in the form 'projects/{{project}}/locations/{{location}}'."))
+            Invalid::new(
+                field,
+                format!("The field '{field}' must be in the form 'projects/{{project}}/locations/{{location}}'."),
+            )
         })?;
         Ok(Self { project: ProjectId::parse_field(field, p)?, location: LocationId::parse_field(field, l)? })
     }
@@ -185,7 +188,10 @@ impl RegistryName {
             )
         })?;
         Ok(Self {
-            parent: LocationName { project: ProjectId::parse_field(field, p)?, location: LocationId::parse_field(field, l)? },
+            parent: LocationName {
+                project: ProjectId::parse_field(field, p)?,
+                location: LocationId::parse_field(field, l)?,
+            },
             registry: RegistryId::parse_field(field, r)?,
         })
     }
@@ -207,7 +213,10 @@ impl DeviceName {
         })?;
         Ok(Self {
             registry: RegistryName {
-                parent: LocationName { project: ProjectId::parse_field(field, p)?, location: LocationId::parse_field(field, l)? },
+                parent: LocationName {
+                    project: ProjectId::parse_field(field, p)?,
+                    location: LocationId::parse_field(field, l)?,
+                },
                 registry: RegistryId::parse_field(field, r)?,
             },
             device: DeviceRef::parse_field(field, d)?,

@@ -145,7 +145,13 @@ mod tests {
     #[test]
     fn topic_names() {
         assert!(check_topic_name("t", "projects/p/topics/telemetry").is_ok());
-        for bad in ["topics/t", "projects/p/topics/", "projects/p/topics/ab", "projects/p/topics/goog-x", "projects/p/topics/t/x"] {
+        for bad in [
+            "topics/t",
+            "projects/p/topics/",
+            "projects/p/topics/ab",
+            "projects/p/topics/goog-x",
+            "projects/p/topics/t/x",
+        ] {
             assert!(check_topic_name("t", bad).is_err(), "{bad}");
         }
     }

@@ -104,7 +104,10 @@ impl DeviceReadMask {
         for p in &paths {
             let top = p.split('.').next().unwrap_or(p);
             let f = DeviceField::from_path(top).ok_or_else(|| {
-                Invalid::new(field, format!("Invalid field mask path '{}': Device has no such field.", crate::ids::printable(p)))
+                Invalid::new(
+                    field,
+                    format!("Invalid field mask path '{}': Device has no such field.", crate::ids::printable(p)),
+                )
             })?;
             set |= 1 << (f as u8);
         }
@@ -126,7 +129,8 @@ pub enum DeviceUpdateField {
     GatewayAuthMethod,
 }
 
-const DEVICE_MUTABLE: &str = "['blocked', 'credentials', 'gateway_config.gateway_auth_method', 'log_level', 'metadata']";
+const DEVICE_MUTABLE: &str =
+    "['blocked', 'credentials', 'gateway_config.gateway_auth_method', 'log_level', 'metadata']";
 
 /// Parses a device update mask. It must name at least one path, and only mutable ones.
 pub fn parse_device_update_mask(mask: &str) -> Result<Vec<DeviceUpdateField>, Invalid> {

@@ -79,7 +79,12 @@ mod tests {
 
     #[test]
     fn round_trips_in_proto_json_form() {
-        for s in ["2023-08-16T00:00:00Z", "2019-10-07T19:35:24.470Z", "2019-10-07T19:35:24.470378Z", "2019-10-07T19:35:24.470378001Z"] {
+        for s in [
+            "2023-08-16T00:00:00Z",
+            "2019-10-07T19:35:24.470Z",
+            "2019-10-07T19:35:24.470378Z",
+            "2019-10-07T19:35:24.470378001Z",
+        ] {
             assert_eq!(Timestamp::parse(s).unwrap().to_string(), s);
         }
         assert_eq!(Timestamp::parse("2023-08-16T02:00:00+02:00").unwrap().to_string(), "2023-08-16T00:00:00Z");

@@ -3,7 +3,9 @@
 //! A backend's tests call [`run_all`] on a fresh store. Each check works in its own project, so
 //! the checks share one store without seeing each other's data.
 
-use crate::{BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, NewDevice, RegistryDelete, Store, StoreError};
+use crate::{
+    BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, NewDevice, RegistryDelete, Store, StoreError,
+};
 use ferrocore_model::{
     DeviceActivity, DeviceCredential, DeviceId, DeviceName, DeviceRef, DeviceState, EventNotificationConfig,
     GatewayAuthMethod, GatewayType, HttpState, LocationId, LocationName, LogLevel, MqttState, NumId, ProjectId,
@@ -106,10 +108,7 @@ async fn devices(store: &dyn Store) {
     let created = store.create_device(new_device(&r.name, "dev-1", false)).await.unwrap();
     assert_eq!(created.config.version, 1, "config starts at version 1");
     assert_eq!(created.config.binary_data, b"initial");
-    assert!(matches!(
-        store.create_device(new_device(&r.name, "dev-1", false)).await,
-        Err(StoreError::AlreadyExists)
-    ));
+    assert!(matches!(store.create_device(new_device(&r.name, "dev-1", false)).await, Err(StoreError::AlreadyExists)));
     let other = registry("conf-dev", "reg-missing");
     assert!(matches!(store.create_device(new_device(&other.name, "dev-1", false)).await, Err(StoreError::NotFound)));
 
@@ -135,7 +134,10 @@ async fn devices(store: &dyn Store) {
     store.update_device(created.num_id, &update).await.unwrap();
     let d = store.get_device(&name(&r.name, "dev-1")).await.unwrap().unwrap();
     assert!(d.blocked && d.credentials.is_empty() && d.metadata.is_empty());
-    assert_eq!((d.log_level, d.gateway_config.gateway_auth_method), (LogLevel::Debug, GatewayAuthMethod::AssociationOnly));
+    assert_eq!(
+        (d.log_level, d.gateway_config.gateway_auth_method),
+        (LogLevel::Debug, GatewayAuthMethod::AssociationOnly)
+    );
     assert_eq!(d.config, created.config, "update leaves config alone");
 
     store.delete_device(created.num_id).await.unwrap();

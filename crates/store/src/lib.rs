@@ -83,7 +83,9 @@ pub struct DeviceQuery {
 pub enum ConfigUpdate {
     Applied(DeviceConfig),
     /// `versionToUpdate` did not match; nothing was written.
-    VersionMismatch { current: i64 },
+    VersionMismatch {
+        current: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +117,12 @@ pub trait Store: Send + Sync + 'static {
     async fn create_registry(&self, registry: &Registry) -> Result<()>;
     async fn get_registry(&self, name: &RegistryName) -> Result<Option<Registry>>;
     /// Registries of `parent` ordered by id, after `after`, at most `limit`.
-    async fn list_registries(&self, parent: &LocationName, after: Option<&RegistryId>, limit: u32)
-    -> Result<Vec<Registry>>;
+    async fn list_registries(
+        &self,
+        parent: &LocationName,
+        after: Option<&RegistryId>,
+        limit: u32,
+    ) -> Result<Vec<Registry>>;
     /// Replaces every field but the name. `NotFound` if the registry is gone.
     async fn update_registry(&self, registry: &Registry) -> Result<()>;
     async fn delete_registry(&self, name: &RegistryName) -> Result<RegistryDelete>;

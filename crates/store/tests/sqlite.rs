@@ -16,7 +16,8 @@ async fn data_and_schema_survive_reopening() {
     let path = dir.path().join("ferrocore.db");
     let store = SqliteStore::open(&path).await.unwrap();
     conformance::run_all(&store).await;
-    let parent = ferrocore_model::LocationName::parse_field("parent", "projects/conf-reg/locations/us-central1").unwrap();
+    let parent =
+        ferrocore_model::LocationName::parse_field("parent", "projects/conf-reg/locations/us-central1").unwrap();
     let before = store.list_registries(&parent, None, 100).await.unwrap();
     store.close().await;
     drop(store);

@@ -26,7 +26,8 @@ impl IntoResponse for RestError {
             }]);
         }
         let body = serde_json::to_vec_pretty(&json!({ "error": error })).unwrap_or_default();
-        let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body).into_response();
+        let mut resp =
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
         if status == 401 {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ferrocore\""));

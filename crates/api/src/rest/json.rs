@@ -38,14 +38,12 @@ pub mod int64 {
                 i64::try_from(v).map_err(|_| E::custom("the number is out of range"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
-                if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                    Ok(v as i64)
-                } else {
-                    Err(E::custom("expected an integer"))
-                }
+                if v.fract() == 0.0 && v.abs() < 9.0e15 { Ok(v as i64) } else { Err(E::custom("expected an integer")) }
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
-                v.trim().parse().map_err(|_| E::custom(format!("'{}' is not a 64-bit integer", ferrocore_model::ids::printable(v))))
+                v.trim()
+                    .parse()
+                    .map_err(|_| E::custom(format!("'{}' is not a 64-bit integer", ferrocore_model::ids::printable(v))))
             }
         }
         d.deserialize_any(V)
@@ -111,13 +109,20 @@ pub mod enumeration {
                 f.write_str("an enum value name or number")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-                i32::try_from(v).ok().and_then(T::from_number).ok_or_else(|| E::custom(format!("invalid enum value {v}")))
+                i32::try_from(v)
+                    .ok()
+                    .and_then(T::from_number)
+                    .ok_or_else(|| E::custom(format!("invalid enum value {v}")))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-                i32::try_from(v).ok().and_then(T::from_number).ok_or_else(|| E::custom(format!("invalid enum value {v}")))
+                i32::try_from(v)
+                    .ok()
+                    .and_then(T::from_number)
+                    .ok_or_else(|| E::custom(format!("invalid enum value {v}")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-                T::parse(v).ok_or_else(|| E::custom(format!("invalid enum value '{}'", ferrocore_model::ids::printable(v))))
+                T::parse(v)
+                    .ok_or_else(|| E::custom(format!("invalid enum value '{}'", ferrocore_model::ids::printable(v))))
             }
             fn visit_unit<E: de::Error>(self) -> Result<T, E> {
                 Ok(T::default())
@@ -396,7 +401,11 @@ mod tests {
 
     #[test]
     fn output_follows_proto3_json() {
-        let c = DeviceConfig { version: 3, cloud_update_time: Timestamp::parse("2024-01-02T03:04:05Z"), ..Default::default() };
+        let c = DeviceConfig {
+            version: 3,
+            cloud_update_time: Timestamp::parse("2024-01-02T03:04:05Z"),
+            ..Default::default()
+        };
         assert_eq!(serde_json::to_string(&c).unwrap(), r#"{"version":"3","cloudUpdateTime":"2024-01-02T03:04:05Z"}"#);
     }
 }

@@ -20,9 +20,7 @@ use ferrocore_core::devices::{DeviceInput, GatewayListOption, ListDevicesRequest
 use ferrocore_core::registries::{RegistryFields, RegistryInput};
 use ferrocore_core::{Code, Core, Error};
 use ferrocore_model::mask::{DeviceField, DeviceReadMask};
-use ferrocore_model::{
-    self as model, DeviceName, GatewayType, RegistryName,
-};
+use ferrocore_model::{self as model, DeviceName, GatewayType, RegistryName};
 use route::{Method, Route};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -78,8 +76,20 @@ struct Query(Vec<(String, String)>);
 
 /// Google's system parameters, accepted on every method; the server answers JSON regardless.
 const SYSTEM_PARAMS: &[&str] = &[
-    "$alt", "alt", "$.xgafv", "access_token", "callback", "fields", "key", "oauth_token", "prettyPrint",
-    "quotaUser", "uploadType", "upload_protocol", "$prettyPrint", "$fields",
+    "$alt",
+    "alt",
+    "$.xgafv",
+    "access_token",
+    "callback",
+    "fields",
+    "key",
+    "oauth_token",
+    "prettyPrint",
+    "quotaUser",
+    "uploadType",
+    "upload_protocol",
+    "$prettyPrint",
+    "$fields",
 ];
 
 impl Query {
@@ -95,7 +105,10 @@ impl Query {
             if !SYSTEM_PARAMS.contains(&k.as_str()) && !allowed.contains(&camel.as_str()) {
                 return Err(Error::invalid(
                     k.as_str(),
-                    format!("Invalid JSON payload received. Unknown name \"{}\": Cannot bind query parameter.", model::ids::printable(k)),
+                    format!(
+                        "Invalid JSON payload received. Unknown name \"{}\": Cannot bind query parameter.",
+                        model::ids::printable(k)
+                    ),
                 ));
             }
         }
@@ -114,7 +127,10 @@ impl Query {
         match self.one(name) {
             None | Some("") => Ok(0),
             Some(v) => v.parse().map_err(|_| {
-                Error::invalid(name, format!("Invalid value '{}' for '{name}': expected an integer.", model::ids::printable(v)))
+                Error::invalid(
+                    name,
+                    format!("Invalid value '{}' for '{name}': expected an integer.", model::ids::printable(v)),
+                )
             }),
         }
     }
@@ -154,7 +170,10 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
             let name = rest.split('`').next().unwrap_or_default();
             let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
             let at = if parent.is_empty() { String::new() } else { format!(" at '{parent}'") };
-            return Error::invalid(path, format!("Invalid JSON payload received. Unknown name \"{name}\"{at}: Cannot find field."));
+            return Error::invalid(
+                path,
+                format!("Invalid JSON payload received. Unknown name \"{name}\"{at}: Cannot find field."),
+            );
         }
         Error::invalid(path.clone(), format!("Invalid JSON payload received. Invalid value at '{path}': {text}."))
     })?;
@@ -453,7 +472,11 @@ fn registry_json(r: &model::Registry) -> json::DeviceRegistry {
             })
             .collect(),
         state_notification_config: Some(json::StateNotificationConfig {
-            pubsub_topic_name: r.state_notification_config.as_ref().map(|s| s.pubsub_topic_name.clone()).unwrap_or_default(),
+            pubsub_topic_name: r
+                .state_notification_config
+                .as_ref()
+                .map(|s| s.pubsub_topic_name.clone())
+                .unwrap_or_default(),
         }),
         mqtt_config: Some(json::MqttConfig { mqtt_enabled_state: r.mqtt_state }),
         http_config: Some(json::HttpConfig { http_enabled_state: r.http_state }),
@@ -537,7 +560,10 @@ fn device_json(d: &model::Device, mask: DeviceReadMask) -> json::Device {
             d.credentials
                 .iter()
                 .map(|c| json::DeviceCredential {
-                    public_key: Some(json::PublicKeyCredential { format: c.public_key.format, key: c.public_key.key.clone() }),
+                    public_key: Some(json::PublicKeyCredential {
+                        format: c.public_key.format,
+                        key: c.public_key.key.clone(),
+                    }),
                     expiration_time: c.expiration_time,
                 })
                 .collect()
@@ -550,7 +576,11 @@ fn device_json(d: &model::Device, mask: DeviceReadMask) -> json::Device {
         blocked: (has(F::Blocked) && d.blocked).then_some(true),
         last_error_time: when(F::LastErrorTime, a.last_error_time),
         last_error_status: if has(F::LastErrorStatus) {
-            a.last_error_status.as_ref().map(|s| json::Status { code: s.code, message: s.message.clone(), details: vec![] })
+            a.last_error_status.as_ref().map(|s| json::Status {
+                code: s.code,
+                message: s.message.clone(),
+                details: vec![],
+            })
         } else {
             None
         },

@@ -37,7 +37,10 @@ pub enum Route {
 }
 
 fn not_found(path: &str) -> Error {
-    Error::not_found(format!("The requested URL '{}' was not found on this server.", ferrocore_model::ids::printable(path)))
+    Error::not_found(format!(
+        "The requested URL '{}' was not found on this server.",
+        ferrocore_model::ids::printable(path)
+    ))
 }
 
 fn decode(seg: &str) -> Result<String, Error> {
@@ -67,7 +70,10 @@ pub fn parse(method: Method, path: &str) -> Result<Route, Error> {
     let reg = |f: &str| RegistryName::parse_field(f, &s[..6].join("/"));
     let dev = |f: &str| DeviceName::parse_field(f, &s[..8].join("/"));
     let unknown_verb = |v: &str| {
-        Error::new(Code::NotFound, format!("The method ':{}' does not exist on this resource.", ferrocore_model::ids::printable(v)))
+        Error::new(
+            Code::NotFound,
+            format!("The method ':{}' does not exist on this resource.", ferrocore_model::ids::printable(v)),
+        )
     };
     if s.len() < 4 || s[0] != "projects" || s[2] != "locations" {
         return Err(not_found(path));
@@ -95,7 +101,9 @@ pub fn parse(method: Method, path: &str) -> Result<Route, Error> {
         (8, Some("registries"), Some("devices"), _, Post, Some("modifyCloudToDeviceConfig")) => {
             Route::ModifyConfig(dev("name")?)
         }
-        (8, Some("registries"), Some("devices"), _, Post, Some("sendCommandToDevice")) => Route::SendCommand(dev("name")?),
+        (8, Some("registries"), Some("devices"), _, Post, Some("sendCommandToDevice")) => {
+            Route::SendCommand(dev("name")?)
+        }
         (8, Some("registries"), Some("devices"), _, _, Some(v)) => return Err(unknown_verb(v)),
         (9, Some("registries"), Some("devices"), Some("configVersions"), Get, None) => {
             Route::ListConfigVersions(dev("name")?)
@@ -120,10 +128,16 @@ mod tests {
             Ok(Route::GetDevice(_))
         ));
         assert!(matches!(parse(Method::Get, "projects/my.com:p/locations/l/registries"), Ok(Route::ListRegistries(_))));
-        assert!(matches!(parse(Method::Post, "projects/p/locations/l/registries/reg:bindDeviceToGateway"), Ok(Route::BindDeviceToGateway(_))));
+        assert!(matches!(
+            parse(Method::Post, "projects/p/locations/l/registries/reg:bindDeviceToGateway"),
+            Ok(Route::BindDeviceToGateway(_))
+        ));
         assert_eq!(parse(Method::Get, "projects/p/locations/l/registries/reg/x").unwrap_err().code, Code::NotFound);
         assert_eq!(parse(Method::Post, "projects/p/locations/l/registries/reg:nope").unwrap_err().code, Code::NotFound);
-        assert_eq!(parse(Method::Get, "projects/p/locations/l/registries/1bad").unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(
+            parse(Method::Get, "projects/p/locations/l/registries/1bad").unwrap_err().code,
+            Code::InvalidArgument
+        );
         assert_eq!(parse(Method::Get, "").unwrap_err().code, Code::NotFound);
     }
 }

@@ -69,7 +69,10 @@ async fn device_lifecycle() {
     assert_eq!(p["logLevel"], "DEBUG");
     assert_eq!(p["credentials"].as_array().unwrap().len(), 2, "credentials not in the mask are kept");
     let (st, p) = s
-        .patch(&format!("{reg}/devices/thermo-1?updateMask=credentials"), json!({"credentials": [{"publicKey": {"format": "ES256_PEM", "key": fixture("ec_public.pem")}}]}))
+        .patch(
+            &format!("{reg}/devices/thermo-1?updateMask=credentials"),
+            json!({"credentials": [{"publicKey": {"format": "ES256_PEM", "key": fixture("ec_public.pem")}}]}),
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{p}");
     assert_eq!(p["credentials"].as_array().unwrap().len(), 1);
@@ -92,7 +95,10 @@ async fn device_lifecycle() {
     for mask in ["id", "num_id", "gateway_config.gateway_type", "config", "state", "name", "nope"] {
         let (st, body) = s.patch(&format!("{reg}/devices/thermo-1?updateMask={mask}"), json!({})).await;
         let msg = expect_error(st, &body, 400, "INVALID_ARGUMENT");
-        assert!(msg.contains("'blocked', 'credentials', 'gateway_config.gateway_auth_method', 'log_level', 'metadata'"), "{mask}: {msg}");
+        assert!(
+            msg.contains("'blocked', 'credentials', 'gateway_config.gateway_auth_method', 'log_level', 'metadata'"),
+            "{mask}: {msg}"
+        );
     }
     let (st, body) = s.patch(&format!("{reg}/devices/thermo-1?updateMask=blocked"), json!({"id": "renamed"})).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
@@ -119,7 +125,8 @@ async fn device_ids_are_unique_per_registry_and_num_ids_everywhere() {
     // A numeric id only resolves inside its own registry.
     let (st, body) = s.get(&format!("{b}/devices/{}", num_id(&da))).await;
     expect_error(st, &body, 404, "NOT_FOUND");
-    let (st, body) = s.post("projects/uniq/locations/us-central1/registries/missing/devices", json!({"id": "dev"})).await;
+    let (st, body) =
+        s.post("projects/uniq/locations/us-central1/registries/missing/devices", json!({"id": "dev"})).await;
     expect_error(st, &body, 404, "NOT_FOUND");
     s.stop().await;
 }
@@ -132,7 +139,13 @@ async fn device_list_filters_masks_and_pages() {
     for id in ["dev-d", "dev-a", "dev-c", "dev-b", "dev-e", "dev-f", "dev-g"] {
         nums.insert(id, num_id(&s.device(&reg, id, json!({"metadata": {"n": id}})).await));
     }
-    let gw = s.device(&reg, "gw-1", json!({"gatewayConfig": {"gatewayType": "GATEWAY", "gatewayAuthMethod": "ASSOCIATION_ONLY"}})).await;
+    let gw = s
+        .device(
+            &reg,
+            "gw-1",
+            json!({"gatewayConfig": {"gatewayType": "GATEWAY", "gatewayAuthMethod": "ASSOCIATION_ONLY"}}),
+        )
+        .await;
 
     let (st, page) = s.get(&format!("{reg}/devices")).await;
     assert_eq!(st, StatusCode::OK);
@@ -159,9 +172,13 @@ async fn device_list_filters_masks_and_pages() {
     assert_eq!(seen, ["dev-a", "dev-b", "dev-c", "dev-d", "dev-e", "dev-f", "dev-g", "gw-1"]);
 
     let ids = |page: &Value| -> Vec<String> {
-        page["devices"].as_array().map(|a| a.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+        page["devices"]
+            .as_array()
+            .map(|a| a.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
     };
-    let (_, page) = s.get(&format!("{reg}/devices?deviceIds=dev-c&deviceIds=dev-a&deviceNumIds={}", nums["dev-g"])).await;
+    let (_, page) =
+        s.get(&format!("{reg}/devices?deviceIds=dev-c&deviceIds=dev-a&deviceNumIds={}", nums["dev-g"])).await;
     assert_eq!(ids(&page), ["dev-a", "dev-c", "dev-g"]);
     let (_, page) = s.get(&format!("{reg}/devices?deviceIds=nobody")).await;
     assert_eq!(page, json!({}), "an id filter matching nothing lists nothing");
@@ -172,9 +189,12 @@ async fn device_list_filters_masks_and_pages() {
 
     // Bind by id and by numeric id, then list associations both ways.
     let parent_verb = |v: &str| format!("{reg}:{v}");
-    let (st, body) = s.post(&parent_verb("bindDeviceToGateway"), json!({"gatewayId": "gw-1", "deviceId": "dev-b"})).await;
+    let (st, body) =
+        s.post(&parent_verb("bindDeviceToGateway"), json!({"gatewayId": "gw-1", "deviceId": "dev-b"})).await;
     assert_eq!((st, body), (StatusCode::OK, json!({})));
-    let (st, _) = s.post(&parent_verb("bindDeviceToGateway"), json!({"gateway_id": num_id(&gw), "device_id": nums["dev-e"]})).await;
+    let (st, _) = s
+        .post(&parent_verb("bindDeviceToGateway"), json!({"gateway_id": num_id(&gw), "device_id": nums["dev-e"]}))
+        .await;
     assert_eq!(st, StatusCode::OK);
     let (st, _) = s.post(&parent_verb("bindDeviceToGateway"), json!({"gatewayId": "gw-1", "deviceId": "dev-b"})).await;
     assert_eq!(st, StatusCode::OK, "binding a bound pair succeeds");
@@ -182,20 +202,29 @@ async fn device_list_filters_masks_and_pages() {
     assert_eq!(ids(&page), ["dev-b", "dev-e"]);
     let (_, page) = s.get(&format!("{reg}/devices?gatewayListOptions.associationsDeviceId={}", nums["dev-b"])).await;
     assert_eq!(ids(&page), ["gw-1"]);
-    let (st, body) = s.get(&format!("{reg}/devices?gatewayListOptions.associationsGatewayId=gw-1&gatewayListOptions.gatewayType=GATEWAY")).await;
+    let (st, body) = s
+        .get(&format!(
+            "{reg}/devices?gatewayListOptions.associationsGatewayId=gw-1&gatewayListOptions.gatewayType=GATEWAY"
+        ))
+        .await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
 
-    let (st, body) = s.post(&parent_verb("bindDeviceToGateway"), json!({"gatewayId": "dev-a", "deviceId": "dev-b"})).await;
+    let (st, body) =
+        s.post(&parent_verb("bindDeviceToGateway"), json!({"gatewayId": "dev-a", "deviceId": "dev-b"})).await;
     let msg = expect_error(st, &body, 400, "INVALID_ARGUMENT");
     assert!(msg.contains("not a gateway"), "{msg}");
-    let (st, body) = s.post(&parent_verb("bindDeviceToGateway"), json!({"gatewayId": "gw-1", "deviceId": "gw-1"})).await;
+    let (st, body) =
+        s.post(&parent_verb("bindDeviceToGateway"), json!({"gatewayId": "gw-1", "deviceId": "gw-1"})).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
-    let (st, body) = s.post(&parent_verb("bindDeviceToGateway"), json!({"gatewayId": "gw-1", "deviceId": "ghost"})).await;
+    let (st, body) =
+        s.post(&parent_verb("bindDeviceToGateway"), json!({"gatewayId": "gw-1", "deviceId": "ghost"})).await;
     expect_error(st, &body, 404, "NOT_FOUND");
 
-    let (st, _) = s.post(&parent_verb("unbindDeviceFromGateway"), json!({"gatewayId": "gw-1", "deviceId": "dev-b"})).await;
+    let (st, _) =
+        s.post(&parent_verb("unbindDeviceFromGateway"), json!({"gatewayId": "gw-1", "deviceId": "dev-b"})).await;
     assert_eq!(st, StatusCode::OK);
-    let (st, body) = s.post(&parent_verb("unbindDeviceFromGateway"), json!({"gatewayId": "gw-1", "deviceId": "dev-b"})).await;
+    let (st, body) =
+        s.post(&parent_verb("unbindDeviceFromGateway"), json!({"gatewayId": "gw-1", "deviceId": "dev-b"})).await;
     expect_error(st, &body, 404, "NOT_FOUND");
     let (_, page) = s.get(&format!("{reg}/devices?gatewayListOptions.associationsGatewayId=gw-1")).await;
     assert_eq!(ids(&page), ["dev-e"]);
@@ -209,12 +238,15 @@ async fn config_versions_compare_and_set() {
     s.device(&reg, "dev", json!({})).await;
     let dev = format!("{reg}/devices/dev");
 
-    let (st, c) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"versionToUpdate": "1", "binaryData": "djI="})).await;
+    let (st, c) = s
+        .post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"versionToUpdate": "1", "binaryData": "djI="}))
+        .await;
     assert_eq!(st, StatusCode::OK, "{c}");
     assert_eq!(c["version"], "2");
     assert!(c["cloudUpdateTime"].as_str().unwrap().ends_with('Z'));
     assert!(c.get("deviceAckTime").is_none());
-    let (st, body) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"versionToUpdate": 1, "binaryData": "eA=="})).await;
+    let (st, body) =
+        s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"versionToUpdate": 1, "binaryData": "eA=="})).await;
     let msg = expect_error(st, &body, 400, "FAILED_PRECONDITION");
     assert!(msg.contains("(1)") && msg.contains("(2)"), "{msg}");
     // Unconditional, with URL-safe base64 as Google's samples send it, and snake_case.
@@ -222,11 +254,17 @@ async fn config_versions_compare_and_set() {
     assert_eq!(st, StatusCode::OK, "{c}");
     assert_eq!(c["binaryData"], "+/8=");
     for i in 0..10 {
-        let (st, _) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": "eA==", "versionToUpdate": (3 + i).to_string()})).await;
+        let (st, _) = s
+            .post(
+                &format!("{dev}:modifyCloudToDeviceConfig"),
+                json!({"binaryData": "eA==", "versionToUpdate": (3 + i).to_string()}),
+            )
+            .await;
         assert_eq!(st, StatusCode::OK);
     }
     let (_, list) = s.get(&format!("{dev}/configVersions")).await;
-    let versions: Vec<&str> = list["deviceConfigs"].as_array().unwrap().iter().map(|c| c["version"].as_str().unwrap()).collect();
+    let versions: Vec<&str> =
+        list["deviceConfigs"].as_array().unwrap().iter().map(|c| c["version"].as_str().unwrap()).collect();
     assert_eq!(versions, ["13", "12", "11", "10", "9", "8", "7", "6", "5", "4"], "ten newest, newest first");
     let (_, list) = s.get(&format!("{dev}/configVersions?numVersions=2")).await;
     assert_eq!(list["deviceConfigs"].as_array().unwrap().len(), 2);
@@ -260,10 +298,17 @@ async fn commands_need_a_subscribed_device() {
     let s = TestServer::start().await;
     let reg = s.registry("cmd", "reg").await;
     s.device(&reg, "dev", json!({})).await;
-    let (st, body) = s.post(&format!("{reg}/devices/dev:sendCommandToDevice"), json!({"binaryData": "b24=", "subfolder": "lights/kitchen"})).await;
+    let (st, body) = s
+        .post(
+            &format!("{reg}/devices/dev:sendCommandToDevice"),
+            json!({"binaryData": "b24=", "subfolder": "lights/kitchen"}),
+        )
+        .await;
     let msg = expect_error(st, &body, 400, "FAILED_PRECONDITION");
     assert!(msg.contains("is not subscribed to the commands topic"), "{msg}");
-    let (st, body) = s.post(&format!("{reg}/devices/dev:sendCommandToDevice"), json!({"binaryData": "b24=", "subfolder": "a/#"})).await;
+    let (st, body) = s
+        .post(&format!("{reg}/devices/dev:sendCommandToDevice"), json!({"binaryData": "b24=", "subfolder": "a/#"}))
+        .await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
     let big = base64_of(&vec![0u8; 256 * 1024 + 1]);
     let (st, body) = s.post(&format!("{reg}/devices/dev:sendCommandToDevice"), json!({"binaryData": big})).await;
@@ -287,11 +332,17 @@ async fn credentials_are_checked_against_format_and_registry_cas() {
         (key("RSA_PEM", "rsa1024_public.pem"), "RSA-1024"),
         (key("RSA_PEM", "rsa_private.pem"), "a private key"),
         (json!({"publicKey": {"key": fixture("rsa_public.pem")}}), "unspecified format"),
-        (json!({"publicKey": {"format": "RSA_PEM", "key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}}), "garbage"),
+        (
+            json!({"publicKey": {"format": "RSA_PEM", "key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"}}),
+            "garbage",
+        ),
     ] {
         let (st, body) = s.post(&format!("{plain}/devices"), json!({"id": "dev", "credentials": [cred]})).await;
         let msg = expect_error(st, &body, 400, "INVALID_ARGUMENT");
-        assert_eq!(body["error"]["details"][0]["fieldViolations"][0]["field"], "device.credentials[0].public_key", "{why}");
+        assert_eq!(
+            body["error"]["details"][0]["fieldViolations"][0]["field"], "device.credentials[0].public_key",
+            "{why}"
+        );
         assert!(!msg.contains("Error") && !msg.contains("{"), "{why}: message leaks internals: {msg}");
     }
     let four = vec![key("ES256_PEM", "ec_public.pem"); 4];
@@ -322,7 +373,52 @@ async fn credentials_are_checked_against_format_and_registry_cas() {
         assert!(msg.to_lowercase().contains("ca") || msg.contains("certificate"), "{why}: {msg}");
     }
     // The same check applies when credentials are patched.
-    let (st, body) = s.patch(&format!("{ca_reg}/devices/signed?updateMask=credentials"), json!({"credentials": [key("ES256_X509_PEM", "ec_cert.pem")]})).await;
+    let (st, body) = s
+        .patch(
+            &format!("{ca_reg}/devices/signed?updateMask=credentials"),
+            json!({"credentials": [key("ES256_X509_PEM", "ec_cert.pem")]}),
+        )
+        .await;
+    expect_error(st, &body, 400, "INVALID_ARGUMENT");
+    s.stop().await;
+}
+
+/// States arrive from device bridges; here the test writes them through the store, as a bridge
+/// will, and reads them back over REST.
+#[tokio::test]
+async fn states_list_newest_first_and_device_state_is_the_latest() {
+    use ferrocore_store::Store;
+    let s = TestServer::start().await;
+    let reg = s.registry("states", "reg").await;
+    let d = s.device(&reg, "dev", json!({})).await;
+    let num = ferrocore_model::NumId(num_id(&d).parse().unwrap());
+    let store = ferrocore_store::sqlite::SqliteStore::open(&s.database()).await.unwrap();
+    let states: Vec<_> = (0..12i64)
+        .map(|i| {
+            (
+                num,
+                ferrocore_model::DeviceState {
+                    update_time: ferrocore_model::Timestamp::from_unix_seconds(1_750_000_000 + i),
+                    binary_data: format!("state-{i}").into_bytes(),
+                },
+            )
+        })
+        .collect();
+    store.record_states(&states).await.unwrap();
+    store.close().await;
+
+    let (st, list) = s.get(&format!("{reg}/devices/dev/states")).await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    let got = list["deviceStates"].as_array().unwrap();
+    assert_eq!(got.len(), 10, "ten kept");
+    assert_eq!(got[0]["binaryData"], base64_of(b"state-11"));
+    assert_eq!(got[0]["updateTime"], "2025-06-15T15:06:51Z");
+    assert_eq!(got[9]["binaryData"], base64_of(b"state-2"));
+    let (_, list) = s.get(&format!("{reg}/devices/dev/states?numStates=3")).await;
+    assert_eq!(list["deviceStates"].as_array().unwrap().len(), 3);
+    let (_, dev) = s.get(&format!("{reg}/devices/dev?fieldMask=state")).await;
+    assert_eq!(dev["state"]["binaryData"], base64_of(b"state-11"));
+    let (st, body) = s.get(&format!("{reg}/devices/dev/states?numStates=-1")).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
     s.stop().await;
 }

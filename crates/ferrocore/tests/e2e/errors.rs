@@ -8,7 +8,13 @@ use serde_json::{Value, json};
 async fn admin_requests_need_the_token() {
     let s = TestServer::start().await;
     let url = format!("{}/v1/projects/p/locations/l/registries", s.base);
-    for auth in [None, Some("Bearer wrong-token-wrong-token"), Some("Basic ZTJlOmUyZQ=="), Some("Bearer "), Some(&*format!("Bearer {TOKEN}x"))] {
+    for auth in [
+        None,
+        Some("Bearer wrong-token-wrong-token"),
+        Some("Basic ZTJlOmUyZQ=="),
+        Some("Bearer "),
+        Some(&*format!("Bearer {TOKEN}x")),
+    ] {
         let mut req = s.client.get(&url);
         if let Some(a) = auth {
             req = req.header("Authorization", a);
@@ -31,10 +37,17 @@ async fn admin_requests_need_the_token() {
 async fn malformed_requests_are_invalid_arguments() {
     let s = TestServer::start().await;
     let reg = s.registry("bad", "reg").await;
-    let raw = |body: &'static str| {
-        s.client.post(format!("{}/v1/{reg}/devices", s.base)).bearer_auth(TOKEN).body(body).send()
-    };
-    for body in ["{", "[1,2]", "{\"id\": 5}", "not json", "{\"id\":\"dev\",\"blocked\":\"yes\"}", "{\"id\":\"dev\",\"logLevel\":\"LOUD\"}", "{\"id\":\"dev\",\"logLevel\":7}"] {
+    let raw =
+        |body: &'static str| s.client.post(format!("{}/v1/{reg}/devices", s.base)).bearer_auth(TOKEN).body(body).send();
+    for body in [
+        "{",
+        "[1,2]",
+        "{\"id\": 5}",
+        "not json",
+        "{\"id\":\"dev\",\"blocked\":\"yes\"}",
+        "{\"id\":\"dev\",\"logLevel\":\"LOUD\"}",
+        "{\"id\":\"dev\",\"logLevel\":7}",
+    ] {
         let resp = raw(body).await.unwrap();
         let st = resp.status();
         let v: Value = resp.json().await.unwrap();
@@ -49,7 +62,8 @@ async fn malformed_requests_are_invalid_arguments() {
 
     // Oversized bodies.
     let huge = format!("{{\"id\":\"dev\",\"metadata\":{{\"k\":\"{}\"}}}}", "x".repeat(2 * 1024 * 1024));
-    let resp = s.client.post(format!("{}/v1/{reg}/devices", s.base)).bearer_auth(TOKEN).body(huge).send().await.unwrap();
+    let resp =
+        s.client.post(format!("{}/v1/{reg}/devices", s.base)).bearer_auth(TOKEN).body(huge).send().await.unwrap();
     let st = resp.status();
     let v: Value = resp.json().await.unwrap();
     expect_error(st, &v, 400, "INVALID_ARGUMENT");
@@ -94,10 +108,13 @@ async fn documented_limits_are_enforced() {
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
     let (st, body) = s.post(parent, json!({})).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
-    let configs: Vec<Value> = (0..11).map(|i| json!({"subfolderMatches": format!("s{i}"), "pubsubTopicName": "projects/p/topics/events"})).collect();
+    let configs: Vec<Value> = (0..11)
+        .map(|i| json!({"subfolderMatches": format!("s{i}"), "pubsubTopicName": "projects/p/topics/events"}))
+        .collect();
     let (st, body) = s.post(parent, json!({"id": "too-many", "eventNotificationConfigs": configs})).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
-    let (st, body) = s.post(parent, json!({"id": "bad-topic", "eventNotificationConfigs": [{"pubsubTopicName": "events"}]})).await;
+    let (st, body) =
+        s.post(parent, json!({"id": "bad-topic", "eventNotificationConfigs": [{"pubsubTopicName": "events"}]})).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
 
     let reg = s.registry("lim", "devs").await;
@@ -111,8 +128,14 @@ async fn documented_limits_are_enforced() {
         (json!({"id": "dev", "metadata": {"1key": "v"}}), "device.metadata"),
         (json!({"id": "dev", "metadata": {"k".repeat(129): "v"}}), "device.metadata"),
         (json!({"id": "dev", "metadata": {"k": "v".repeat(32 * 1024 + 1)}}), "device.metadata"),
-        (json!({"id": "dev", "metadata": (0..501).map(|i| (format!("k{i}"), json!(""))).collect::<serde_json::Map<_, _>>()}), "device.metadata"),
-        (json!({"id": "dev", "metadata": (0..9).map(|i| (format!("k{i}"), json!("v".repeat(30 * 1024)))).collect::<serde_json::Map<_, _>>()}), "device.metadata"),
+        (
+            json!({"id": "dev", "metadata": (0..501).map(|i| (format!("k{i}"), json!(""))).collect::<serde_json::Map<_, _>>()}),
+            "device.metadata",
+        ),
+        (
+            json!({"id": "dev", "metadata": (0..9).map(|i| (format!("k{i}"), json!("v".repeat(30 * 1024)))).collect::<serde_json::Map<_, _>>()}),
+            "device.metadata",
+        ),
         (json!({"id": "dev", "config": {"binaryData": base64_len(64 * 1024 + 1)}}), "device.config.binary_data"),
     ] {
         let (st, resp) = s.post(&devices, body).await;
@@ -120,7 +143,8 @@ async fn documented_limits_are_enforced() {
         assert_eq!(resp["error"]["details"][0]["fieldViolations"][0]["field"], field, "{resp}");
     }
     let full: serde_json::Map<_, _> = (0..500).map(|i| (format!("k{i}"), json!("v"))).collect();
-    let (st, body) = s.post(&devices, json!({"id": "dev", "metadata": full, "config": {"binaryData": base64_len(64 * 1024)}})).await;
+    let (st, body) =
+        s.post(&devices, json!({"id": "dev", "metadata": full, "config": {"binaryData": base64_len(64 * 1024)}})).await;
     assert_eq!(st, StatusCode::OK, "limits are inclusive: {body}");
     s.stop().await;
 }
@@ -151,12 +175,30 @@ async fn random_input_never_breaks_the_server() {
         "projects/%2F/locations/%00/registries/x".to_owned(),
     ];
     let bodies = [
-        "", "null", "{}", "{\"id\":null}", "{\"binaryData\":12}", "{\"versionToUpdate\":\"-1\"}",
-        "{\"versionToUpdate\":1e400}", "{\"id\":\"\\ud800\"}", "\u{0}\u{1}", "{\"credentials\":[{}]}",
-        "{\"credentials\":[{\"publicKey\":null}]}", "{\"gatewayId\":\"\",\"deviceId\":\"\"}", "{\"metadata\":{\"\":\"\"}}",
+        "",
+        "null",
+        "{}",
+        "{\"id\":null}",
+        "{\"binaryData\":12}",
+        "{\"versionToUpdate\":\"-1\"}",
+        "{\"versionToUpdate\":1e400}",
+        "{\"id\":\"\\ud800\"}",
+        "\u{0}\u{1}",
+        "{\"credentials\":[{}]}",
+        "{\"credentials\":[{\"publicKey\":null}]}",
+        "{\"gatewayId\":\"\",\"deviceId\":\"\"}",
+        "{\"metadata\":{\"\":\"\"}}",
         "{\"eventNotificationConfigs\":[{\"pubsubTopicName\":\"projects/p/topics/ok-topic\",\"subfolderMatches\":\"/x\"}]}",
     ];
-    let queries = ["", "?updateMask=", "?updateMask=%ff", "?fieldMask=,,,", "?pageToken=%00", "?numVersions=-5", "?pageSize=99999999999999999999"];
+    let queries = [
+        "",
+        "?updateMask=",
+        "?updateMask=%ff",
+        "?fieldMask=,,,",
+        "?pageToken=%00",
+        "?numVersions=-5",
+        "?pageSize=99999999999999999999",
+    ];
     let mut seed: u64 = 0x9e3779b97f4a7c15;
     let mut next = |n: usize| {
         seed ^= seed << 13;
@@ -168,7 +210,14 @@ async fn random_input_never_breaks_the_server() {
         let method = [Method::GET, Method::POST, Method::PATCH, Method::DELETE][next(4)].clone();
         let path = &paths[next(paths.len())];
         let url = format!("{}/v1/{path}{}", s.base, queries[next(queries.len())]);
-        let resp = s.client.request(method.clone(), &url).bearer_auth(TOKEN).body(bodies[next(bodies.len())]).send().await.unwrap();
+        let resp = s
+            .client
+            .request(method.clone(), &url)
+            .bearer_auth(TOKEN)
+            .body(bodies[next(bodies.len())])
+            .send()
+            .await
+            .unwrap();
         let st = resp.status();
         let v: Value = resp.json().await.unwrap_or_else(|_| panic!("{method} {url}: body is not JSON"));
         assert!(st.as_u16() < 500, "{method} {url}: {st} {v}");

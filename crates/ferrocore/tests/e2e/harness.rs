@@ -17,7 +17,7 @@ pub struct TestServer {
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -44,7 +44,7 @@ impl TestServer {
             client: reqwest::Client::new(),
             stop: Some(stop),
             task: Some(task),
-            _dir: dir,
+            dir,
         };
         for _ in 0..100 {
             if let Ok(r) = server.client.get(format!("{}/healthz", server.base)).send().await
@@ -55,6 +55,11 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("server did not become healthy");
+    }
+
+    /// The server's database file, for tests that play the part of a device bridge.
+    pub fn database(&self) -> std::path::PathBuf {
+        self.dir.path().join("data").join("ferrocore.db")
     }
 
     /// Sends an authenticated request; returns the status and the JSON body.
@@ -101,7 +106,8 @@ impl TestServer {
 
     /// Creates a device with an ES256 key; returns the created resource.
     pub async fn device(&self, registry: &str, id: &str, extra: Value) -> Value {
-        let mut body = json!({"id": id, "credentials": [{"publicKey": {"format": "ES256_PEM", "key": fixture("ec_public.pem")}}]});
+        let mut body =
+            json!({"id": id, "credentials": [{"publicKey": {"format": "ES256_PEM", "key": fixture("ec_public.pem")}}]});
         if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
             for (k, v) in e {
                 b.insert(k.clone(), v.clone());

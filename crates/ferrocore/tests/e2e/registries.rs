@@ -51,7 +51,9 @@ async fn registry_lifecycle() {
     assert_eq!(p["mqttConfig"]["mqttEnabledState"], "MQTT_DISABLED");
     assert_eq!(p["logLevel"], "DEBUG");
     assert_eq!(p["httpConfig"]["httpEnabledState"], "HTTP_DISABLED", "fields outside the mask are kept");
-    let (st, p) = s.patch(&format!("{name}?updateMask=event_notification_configs"), json!({"eventNotificationConfigs": []})).await;
+    let (st, p) = s
+        .patch(&format!("{name}?updateMask=event_notification_configs"), json!({"eventNotificationConfigs": []}))
+        .await;
     assert_eq!(st, StatusCode::OK, "{p}");
     assert!(p.get("eventNotificationConfigs").is_none(), "{p}");
     assert_eq!(s.get(&name).await.1, p, "patch is persisted");
@@ -87,7 +89,8 @@ async fn registry_list_pages_through_everything_once() {
     let mut seen = vec![];
     let mut token = String::new();
     loop {
-        let (st, page) = s.get(&format!("projects/pager/locations/us-central1/registries?pageSize=2&pageToken={token}")).await;
+        let (st, page) =
+            s.get(&format!("projects/pager/locations/us-central1/registries?pageSize=2&pageToken={token}")).await;
         assert_eq!(st, StatusCode::OK, "{page}");
         let regs = page["deviceRegistries"].as_array().unwrap();
         assert!(regs.len() <= 2);
@@ -124,9 +127,13 @@ async fn registry_ca_certificates_are_parsed() {
         (json!({"publicKeyCertificate": {"format": "X509_CERTIFICATE_PEM", "certificate": "junk"}}), "junk"),
         (json!({"publicKeyCertificate": {"certificate": fixture("ca_cert.pem")}}), "unspecified format"),
     ] {
-        let (st, body) = s.post("projects/p/locations/l/registries", json!({"id": "ca-bad", "credentials": [cred]})).await;
+        let (st, body) =
+            s.post("projects/p/locations/l/registries", json!({"id": "ca-bad", "credentials": [cred]})).await;
         let msg = expect_error(st, &body, 400, "INVALID_ARGUMENT");
-        assert!(body["error"]["details"][0]["fieldViolations"][0]["field"].as_str().unwrap().contains("credentials"), "{why}: {msg}");
+        assert!(
+            body["error"]["details"][0]["fieldViolations"][0]["field"].as_str().unwrap().contains("credentials"),
+            "{why}: {msg}"
+        );
     }
     s.stop().await;
 }

@@ -18,7 +18,9 @@ use ferrocore_model::{
     RegistryName, StateNotificationConfig, Status, Timestamp,
 };
 use rand::Rng;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 use std::path::Path;
 use std::time::Duration;
@@ -70,11 +72,8 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         migrate::run(&writer).await?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await
-            .map_err(backend)?;
+        let readers =
+            SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await.map_err(backend)?;
         Ok(Self { writer, readers })
     }
 
@@ -206,16 +205,15 @@ impl Store for SqliteStore {
         after: Option<&RegistryId>,
         limit: u32,
     ) -> Result<Vec<Registry>> {
-        let rows = sqlx::query(
-            "SELECT * FROM registries WHERE project = ? AND location = ? AND id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(parent.project.as_str().to_owned())
-        .bind(parent.location.as_str().to_owned())
-        .bind(after.map(|a| a.as_str().to_owned()).unwrap_or_default())
-        .bind(i64::from(limit))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(backend)?;
+        let rows =
+            sqlx::query("SELECT * FROM registries WHERE project = ? AND location = ? AND id > ? ORDER BY id LIMIT ?")
+                .bind(parent.project.as_str().to_owned())
+                .bind(parent.location.as_str().to_owned())
+                .bind(after.map(|a| a.as_str().to_owned()).unwrap_or_default())
+                .bind(i64::from(limit))
+                .fetch_all(&self.readers)
+                .await
+                .map_err(backend)?;
         rows.iter().map(|r| registry_from_row(parent, r)).collect()
     }
 
@@ -598,9 +596,7 @@ impl Store for SqliteStore {
         if exists {
             return Ok(BindOutcome::AlreadyBound);
         }
-        let count = |sql: &'static str, id: NumId| {
-            sqlx::query(sql).bind(num(id))
-        };
+        let count = |sql: &'static str, id: NumId| sqlx::query(sql).bind(num(id));
         let on_gateway: i64 = count("SELECT COUNT(*) FROM gateway_bindings WHERE gateway_num_id = ?", gateway)
             .fetch_one(&mut *tx)
             .await
