@@ -6,6 +6,7 @@ started by the session fixture in conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import pathlib
@@ -13,7 +14,9 @@ import re
 import uuid
 from typing import Any
 
+import pytest
 import requests
+from google.api_core import exceptions as gexc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -55,15 +58,23 @@ def _public_pem(key) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def rsa_public_pem(n: int = 0) -> str:
-    """An RSA-2048 public key (`-----BEGIN PUBLIC KEY-----`), for RSA_PEM. Distinct per `n`."""
+def _rsa_key(n: int) -> str:
     return _public_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
 @functools.lru_cache(maxsize=None)
-def ec_public_pem(n: int = 0) -> str:
-    """A P-256 public key, for ES256_PEM. Distinct per `n`."""
+def _ec_key(n: int) -> str:
     return _public_pem(ec.generate_private_key(ec.SECP256R1()))
+
+
+def rsa_public_pem(n: int = 0) -> str:
+    """An RSA-2048 public key (`-----BEGIN PUBLIC KEY-----`), for RSA_PEM. Same key for the same `n`."""
+    return _rsa_key(n)
+
+
+def ec_public_pem(n: int = 0) -> str:
+    """A P-256 public key, for ES256_PEM. Same key for the same `n`."""
+    return _ec_key(n)
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,3 +177,50 @@ def assert_google_error(resp: requests.Response, code: int, status: str) -> dict
     assert err.get("status") == status, err
     assert isinstance(err.get("message"), str) and err["message"], err
     return err
+
+
+# --- google-api-core errors -------------------------------------------------------------------
+
+# Canonical status name -> HTTP status (google/rpc/code.proto), for the statuses the suite expects.
+HTTP_FOR_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+}
+
+# What google-api-core raises for an HTTP status over REST. It picks the class from the HTTP
+# status alone (from_http_response -> from_http_status), so a 400 is always BadRequest and a 409
+# always Conflict, never their gRPC-flavoured subclasses InvalidArgument, FailedPrecondition or
+# AlreadyExists; those only come from the gRPC transport. The canonical status is in the body.
+API_CORE_CLASS_FOR_HTTP = {
+    400: gexc.BadRequest,
+    401: gexc.Unauthorized,
+    403: gexc.Forbidden,
+    404: gexc.NotFound,
+    409: gexc.Conflict,
+    429: gexc.TooManyRequests,
+}
+
+
+@contextlib.contextmanager
+def expect_error(status: str):
+    """Expects the wrapped GAPIC call to fail with the canonical `status`.
+
+    Checks the exception class google-api-core chose, its HTTP code, and the `error.status` of the
+    JSON body the server sent. Yields pytest's ExceptionInfo.
+    """
+    code = HTTP_FOR_STATUS[status]
+    with pytest.raises(gexc.GoogleAPICallError) as info:
+        yield info
+    err = info.value
+    assert isinstance(err, API_CORE_CLASS_FOR_HTTP[code]), f"expected {status}, got {type(err).__name__}: {err}"
+    assert err.code == code, f"expected HTTP {code} ({status}), got {err.code}: {err}"
+    body = err.response.json() if err.response is not None else {}
+    assert body.get("error", {}).get("status") == status, f"expected {status}: {body}"
+    assert err.message, "the error carries no message"

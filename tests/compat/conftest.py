@@ -44,6 +44,16 @@ class Server:
         """Root of the REST API, without a trailing slash."""
         return f"http://127.0.0.1:{self.http_port}"
 
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if the server has not exited within 10 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
     def log_tail(self, limit: int = 8000) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -90,17 +100,22 @@ def _healthz_status(port: int) -> int | None:
         return None
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
-    binary = _server_binary()
-    data_dir = tmp_path_factory.mktemp("ferrocore-data")
-    log_path = tmp_path_factory.mktemp("ferrocore-log") / "server.log"
-    http_port, grpc_port, mqtts_port = _free_ports(3)
-    token = secrets.token_urlsafe(32)
+def launch_server(data_dir: pathlib.Path, log_path: pathlib.Path, token: str | None) -> Server:
+    """Starts `ferrocore serve` on fresh loopback ports and waits until /healthz answers 200.
 
-    env = dict(os.environ)
-    env["FERROCORE_ADMIN_TOKEN"] = token
+    With `token=None` no admin token is configured, so the server uses (or creates)
+    `<data_dir>/admin-token`; `Server.token` is then read from that file.
+    """
+    binary = _server_binary()
+    http_port, grpc_port, mqtts_port = _free_ports(3)
+
+    # Settings the caller's shell may carry (FERROCORE_ADMIN_TOKEN_FILE, FERROCORE_MQTT, ...) would
+    # change what is tested; only the log filter is passed through.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERROCORE_") or k == "FERROCORE_LOG"}
+    if token is not None:
+        env["FERROCORE_ADMIN_TOKEN"] = token
     env.setdefault("RUST_BACKTRACE", "1")
+    env["NO_COLOR"] = "1"  # plain log text in failure reports
     argv = [
         str(binary), "serve",
         "--data-dir", str(data_dir),
@@ -109,10 +124,11 @@ def server(tmp_path_factory) -> Server:
         "--mqtts", f"127.0.0.1:{mqtts_port}",
     ]
     # Output goes to a file, not a pipe: a chatty server must never block on a full pipe.
-    log_file = open(log_path, "wb")
-    process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log_file.close()
-    srv = Server(process, http_port, grpc_port, mqtts_port, token, data_dir, log_path)
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    srv = Server(process, http_port, grpc_port, mqtts_port, token or "", data_dir, log_path)
 
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     last_status = None
@@ -127,8 +143,7 @@ def server(tmp_path_factory) -> Server:
         if last_status == 200:
             break
         if time.monotonic() > deadline:
-            process.kill()
-            process.wait()
+            srv.stop()
             pytest.fail(
                 f"ferrocore did not answer 200 on /healthz within {STARTUP_TIMEOUT_S:.0f}s "
                 f"(last status: {last_status}).\ncommand: {' '.join(argv)}\n"
@@ -137,16 +152,23 @@ def server(tmp_path_factory) -> Server:
             )
         time.sleep(0.1)
 
+    if token is None:
+        token_file = data_dir / "admin-token"
+        assert token_file.is_file(), f"no admin token configured, yet {token_file} was not written"
+        srv.token = token_file.read_text().strip()
+    return srv
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    """The server every test talks to, with a random admin token from the environment."""
+    data_dir = tmp_path_factory.mktemp("ferrocore-data")
+    log_path = tmp_path_factory.mktemp("ferrocore-log") / "server.log"
+    srv = launch_server(data_dir, log_path, secrets.token_urlsafe(32))
     _SESSION_SERVER["server"] = srv
     yield srv
     _SESSION_SERVER.clear()
-
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    srv.stop()
 
 
 @pytest.fixture(scope="session")
@@ -172,4 +194,19 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     srv = _SESSION_SERVER.get("server")
     if report.when == "call" and report.failed and srv is not None:
-        report.sections.append(("ferrocore log (tail)", srv.log_tail(3000)))
+        report.sections.append(("ferrocore log (tail)", srv.log_tail(2000)))
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Starts extra servers for tests about the server process itself; all are stopped afterwards."""
+    started: list[Server] = []
+
+    def _launch(data_dir: pathlib.Path, token: str | None = None) -> Server:
+        srv = launch_server(data_dir, tmp_path / "server.log", token)
+        started.append(srv)
+        return srv
+
+    yield _launch
+    for srv in started:
+        srv.stop()

@@ -338,3 +338,26 @@ def test_gateway_binding_like_the_gateway_sample(registries, parent):
     err = http_error(registries.delete(name=reg_name))
     assert err.resp.status == 400
     assert error_body(err)["status"] == "FAILED_PRECONDITION"
+
+
+def test_discovery_document_served_by_the_server(server):
+    # Google's samples (get_client in the IoT manager, gateway and end-to-end samples) built
+    # their client from a URL rather than the packaged document:
+    #   discovery.build("cloudiotcore", "v1", discoveryServiceUrl=".../$discovery/rest?version=v1")
+    # Pointed at Ferrocore, that URL must serve the cloudiot v1 document with its rootUrl naming
+    # the server itself, without needing credentials (the library fetches it unauthenticated).
+    url = f"{server.base_url}/$discovery/rest?version=v1"
+    svc = discovery.build(
+        "cloudiotcore",
+        "v1",
+        discoveryServiceUrl=url,
+        static_discovery=False,
+        cache_discovery=False,
+        credentials=google.oauth2.credentials.Credentials(token=server.token),
+    )
+    parent = location_path(fresh_project())
+    registries = svc.projects().locations().registries()
+    rid = unique("reg")
+    created = registries.create(parent=parent, body={"id": rid}).execute()
+    assert created["name"] == f"{parent}/registries/{rid}"
+    assert [r["id"] for r in registries.list(parent=parent).execute()["deviceRegistries"]] == [rid]

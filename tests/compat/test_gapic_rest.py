@@ -3,10 +3,16 @@
 This is the client most Python users of IoT Core ended up on. Its REST transport sends
 `$alt=json;enum-encoding=int`, writes enums as integers, serialises FieldMasks in lowerCamel
 and always sends `updateMask` on updates, so these tests exercise those quirks as a side effect.
+
+Errors: over REST, google-api-core picks the exception class from the HTTP status alone, so a
+400 arrives as BadRequest (not InvalidArgument / FailedPrecondition) and a 409 as Conflict (not
+AlreadyExists). `compat_support.expect_error` checks that class, the code, and the canonical
+status the server put in the JSON body.
 """
 
 from __future__ import annotations
 
+import google.auth.exceptions
 import google.oauth2.credentials
 import pytest
 from google.api_core import exceptions as gexc
@@ -17,6 +23,7 @@ from google.protobuf import field_mask_pb2
 
 from compat_support import (
     GARBAGE_KEY,
+    expect_error,
     ec_p384_public_pem,
     ec_public_pem,
     fresh_project,
@@ -80,29 +87,61 @@ NON_GATEWAY = iot_v1.GatewayConfig(gateway_type=iot_v1.GatewayType.NON_GATEWAY)
 
 # --- authentication ----------------------------------------------------------------------------
 
-def test_oauth_credentials_send_the_bearer_token(server, client, parent):
+def record_responses(client) -> list:
+    """Records (status, Authorization header sent, JSON body) for every HTTP exchange of `client`."""
     seen = []
-    session = client._transport._session  # the transport's google.auth AuthorizedSession
-    hook = lambda resp, *args, **kwargs: seen.append(resp.request.headers.get("Authorization"))  # noqa: E731
-    session.hooks["response"].append(hook)
-    try:
-        assert list(client.list_device_registries(parent=parent)) == []
-    finally:
-        session.hooks["response"].remove(hook)
-    assert seen == [f"Bearer {server.token}"]
+
+    def hook(resp, *args, **kwargs):
+        try:
+            body = resp.json()
+        except ValueError:
+            body = resp.text
+        seen.append((resp.status_code, resp.request.headers.get("Authorization"), body))
+
+    client._transport._session.hooks["response"].append(hook)  # a google.auth AuthorizedSession
+    return seen
+
+
+def test_oauth_credentials_send_the_bearer_token(server, parent):
+    client = make_client(server, google.oauth2.credentials.Credentials(token=server.token))
+    seen = record_responses(client)
+    assert list(client.list_device_registries(parent=parent)) == []
+    assert [(status, auth) for status, auth, _ in seen] == [(200, f"Bearer {server.token}")]
+
+
+# A 401 makes google.auth's AuthorizedSession try to refresh the credentials before giving up, so
+# the caller sees the refresh failure (a google.auth error) rather than an api_core exception. The
+# recorded exchange shows what the server itself answered.
+AUTH_FAILURES = (gexc.Unauthorized, google.auth.exceptions.GoogleAuthError)
+
+
+def assert_refused_with_401(seen):
+    assert seen, "no request reached the server"
+    for status, _, body in seen:
+        assert status == 401, seen
+        assert isinstance(body, dict) and body["error"]["status"] == "UNAUTHENTICATED", body
+        assert body["error"]["code"] == 401, body
 
 
 def test_anonymous_credentials_are_unauthenticated(server, parent):
     anon = make_client(server, AnonymousCredentials())
-    with pytest.raises(gexc.Unauthenticated) as exc:
+    seen = record_responses(anon)
+    with pytest.raises(AUTH_FAILURES):
         anon.get_device_registry(name=f"{parent}/registries/whatever")
-    assert exc.value.code == 401
+    assert_refused_with_401(seen)
+    assert all(auth is None for _, auth, _ in seen)
 
 
-def test_wrong_token_is_unauthenticated(server, parent):
+def test_wrong_token_is_unauthenticated(server, client, parent):
     wrong = make_client(server, google.oauth2.credentials.Credentials(token=server.token + "x"))
-    with pytest.raises(gexc.Unauthenticated):
+    seen = record_responses(wrong)
+    with pytest.raises(AUTH_FAILURES):
         list(wrong.list_device_registries(parent=parent))
+    with pytest.raises(AUTH_FAILURES):
+        wrong.create_device_registry(parent=parent, device_registry=iot_v1.DeviceRegistry(id=unique("reg")))
+    assert_refused_with_401(seen)
+    assert all(auth == f"Bearer {server.token}x" for _, auth, _ in seen)
+    assert list(client.list_device_registries(parent=parent)) == []
 
 
 # --- registries --------------------------------------------------------------------------------
@@ -140,7 +179,7 @@ def test_registry_create_get_update_delete(client, parent):
     fetched = client.get_device_registry(name=created.name)
     assert fetched == created
 
-    with pytest.raises(gexc.AlreadyExists) as exc:
+    with expect_error("ALREADY_EXISTS") as exc:
         client.create_device_registry(parent=parent, device_registry=iot_v1.DeviceRegistry(id=rid))
     assert exc.value.code == 409
 
@@ -177,20 +216,20 @@ def test_registry_create_get_update_delete(client, parent):
     assert again.log_level == iot_v1.LogLevel.DEBUG
 
     client.delete_device_registry(name=created.name)
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.get_device_registry(name=created.name)
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.delete_device_registry(name=created.name)
 
 
 def test_registry_update_rejects_immutable_and_empty_masks(client, parent):
     reg = new_registry(client, parent)
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         client.update_device_registry(
             device_registry=iot_v1.DeviceRegistry(name=reg.name, log_level=iot_v1.LogLevel.ERROR),
             update_mask=mask(),
         )
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         client.update_device_registry(
             device_registry=iot_v1.DeviceRegistry(name=reg.name, id="other-id"), update_mask=mask("id")
         )
@@ -199,9 +238,9 @@ def test_registry_update_rejects_immutable_and_empty_masks(client, parent):
 
 def test_registry_invalid_ids(client, parent):
     for bad in ("1bad", "ab", "goog-reserved", "has space", "x" * 256):
-        with pytest.raises(gexc.InvalidArgument):
+        with expect_error("INVALID_ARGUMENT"):
             client.create_device_registry(parent=parent, device_registry=iot_v1.DeviceRegistry(id=bad))
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         client.create_device_registry(
             parent=parent,
             device_registry=iot_v1.DeviceRegistry(
@@ -236,10 +275,10 @@ def test_list_registries_pages_through_everything_once(client, parent):
 
 
 def test_registry_not_found(client, parent):
-    with pytest.raises(gexc.NotFound) as exc:
+    with expect_error("NOT_FOUND") as exc:
         client.get_device_registry(name=f"{parent}/registries/{unique('missing')}")
     assert exc.value.code == 404
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.create_device(
             parent=f"{parent}/registries/{unique('missing')}", device=iot_v1.Device(id=unique("dev"))
         )
@@ -248,12 +287,12 @@ def test_registry_not_found(client, parent):
 def test_delete_registry_with_devices_fails(client, parent):
     reg = new_registry(client, parent)
     dev = new_device(client, reg)
-    with pytest.raises(gexc.FailedPrecondition):
+    with expect_error("FAILED_PRECONDITION"):
         client.delete_device_registry(name=reg.name)
     assert client.get_device_registry(name=reg.name) == reg
     client.delete_device(name=dev.name)
     client.delete_device_registry(name=reg.name)
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.get_device_registry(name=reg.name)
 
 
@@ -292,7 +331,7 @@ def test_create_and_get_device_with_keys_and_metadata(client, parent):
     assert len(by_id.credentials) == 2
 
     # A read mask limits what comes back.
-    partial = client.get_device(name=by_id.name, field_mask=mask("metadata", "blocked"))
+    partial = client.get_device(request={"name": by_id.name, "field_mask": mask("metadata", "blocked")})
     assert dict(partial.metadata) == {"owner": "alice", "site": "lab-1"}
     assert len(partial.credentials) == 0
     assert "config" not in partial
@@ -335,11 +374,11 @@ def test_create_device_rejects_bad_input(client, parent):
     def create(**fields):
         return client.create_device(parent=reg.name, device=iot_v1.Device(**fields))
 
-    with pytest.raises(gexc.InvalidArgument) as exc:
+    with expect_error("INVALID_ARGUMENT") as exc:
         create(id="1bad")
     assert exc.value.code == 400
     for bad_id in ("goog-device", "d", "bad/id", "y" * 256):
-        with pytest.raises(gexc.InvalidArgument):
+        with expect_error("INVALID_ARGUMENT"):
             create(id=bad_id)
 
     def key(fmt, pem):
@@ -356,14 +395,14 @@ def test_create_device_rejects_bad_input(client, parent):
         "four credentials": [rsa_cred(0), rsa_cred(1), ec_cred(0), ec_cred(1)],
     }
     for label, creds in bad_credential_sets.items():
-        with pytest.raises(gexc.InvalidArgument):
+        with expect_error("INVALID_ARGUMENT"):
             create(id=unique("dev"), credentials=creds)
             pytest.fail(f"credentials with {label} were accepted")
 
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         create(id=unique("dev"), metadata={"1bad-key": "v"})
     # A device's config may only be given at version 0 on create.
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         create(id=unique("dev"), config=iot_v1.DeviceConfig(version=5, binary_data=b"x"))
 
     # Nothing of the above was created.
@@ -373,7 +412,7 @@ def test_create_device_rejects_bad_input(client, parent):
     ok = create(id=unique("dev"), credentials=[rsa_cred(0), ec_cred(0), rsa_cred(1)])
     assert len(ok.credentials) == 3
 
-    with pytest.raises(gexc.AlreadyExists) as exc:
+    with expect_error("ALREADY_EXISTS") as exc:
         create(id=ok.id)
     assert exc.value.code == 409
 
@@ -381,18 +420,18 @@ def test_create_device_rejects_bad_input(client, parent):
 def test_device_not_found(client, parent):
     reg = new_registry(client, parent)
     missing = f"{reg.name}/devices/{unique('ghost')}"
-    with pytest.raises(gexc.NotFound) as exc:
+    with expect_error("NOT_FOUND") as exc:
         client.get_device(name=missing)
     assert exc.value.code == 404
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.get_device(name=f"{reg.name}/devices/987654321012345")
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.delete_device(name=missing)
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.modify_cloud_to_device_config(name=missing, binary_data=b"x")
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.list_device_config_versions(name=missing)
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.update_device(device=iot_v1.Device(name=missing, blocked=True), update_mask=mask("blocked"))
 
 
@@ -400,9 +439,9 @@ def test_device_in_other_registry_is_not_visible(client, parent):
     reg_a = new_registry(client, parent)
     reg_b = new_registry(client, parent)
     dev = new_device(client, reg_a)
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.get_device(name=f"{reg_b.name}/devices/{dev.id}")
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.get_device(name=f"{reg_b.name}/devices/{dev.num_id}")
     # The same string id may be reused in another registry, with a different numeric id.
     twin = new_device(client, reg_b, device_id=dev.id)
@@ -485,18 +524,18 @@ def test_gateways_bind_unbind_and_list_options(client, parent):
     client.unbind_device_from_gateway(parent=reg.name, gateway_id=gw.id, device_id=d1.id)
     assert ids(associations_gateway_id=gw.id) == {d2.id}
     assert ids(associations_device_id=d1.id) == {gw2.id}
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.unbind_device_from_gateway(parent=reg.name, gateway_id=gw.id, device_id=d1.id)
 
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.bind_device_to_gateway(parent=reg.name, gateway_id=gw.id, device_id=unique("ghost"))
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.bind_device_to_gateway(parent=reg.name, gateway_id=unique("ghost"), device_id=d1.id)
     # Only a non-gateway device can be bound to a gateway.
-    with pytest.raises(gexc.ClientError) as exc:
+    with pytest.raises(gexc.BadRequest) as exc:
         client.bind_device_to_gateway(parent=reg.name, gateway_id=d1.id, device_id=d2.id)
     assert exc.value.code == 400
-    with pytest.raises(gexc.ClientError) as exc:
+    with pytest.raises(gexc.BadRequest) as exc:
         client.bind_device_to_gateway(parent=reg.name, gateway_id=gw.id, device_id=gw2.id)
     assert exc.value.code == 400
     assert ids(associations_gateway_id=gw.id) == {d2.id}
@@ -545,16 +584,16 @@ def test_update_device_fields(client, parent):
     assert final.log_level == iot_v1.LogLevel.DEBUG
 
     # Invalid updates change nothing.
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         client.update_device(device=iot_v1.Device(name=dev.name, blocked=True), update_mask=mask())
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         client.update_device(device=iot_v1.Device(name=dev.name, id="renamed"), update_mask=mask("id"))
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         client.update_device(
             device=iot_v1.Device(name=dev.name, config=iot_v1.DeviceConfig(binary_data=b"x")),
             update_mask=mask("config"),
         )
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         client.update_device(
             device=iot_v1.Device(name=dev.name, credentials=[iot_v1.DeviceCredential(
                 public_key=iot_v1.PublicKeyCredential(format=iot_v1.PublicKeyFormat.RSA_PEM, key=GARBAGE_KEY))]),
@@ -577,7 +616,7 @@ def test_gateway_type_is_fixed_but_auth_method_is_mutable(client, parent):
     )
     assert changed.gateway_config.gateway_type == iot_v1.GatewayType.GATEWAY
     assert changed.gateway_config.gateway_auth_method == iot_v1.GatewayAuthMethod.ASSOCIATION_AND_DEVICE_AUTH_TOKEN
-    with pytest.raises(gexc.InvalidArgument):
+    with expect_error("INVALID_ARGUMENT"):
         client.update_device(
             device=iot_v1.Device(
                 name=gw.name, gateway_config=iot_v1.GatewayConfig(gateway_type=iot_v1.GatewayType.NON_GATEWAY)
@@ -604,7 +643,7 @@ def test_cloud_to_device_config_versions(client, parent):
     assert v3.version == 3
     assert v3.cloud_update_time >= v2.cloud_update_time
     # ...and against a stale one fails without changing anything.
-    with pytest.raises(gexc.FailedPrecondition) as exc:
+    with expect_error("FAILED_PRECONDITION") as exc:
         client.modify_cloud_to_device_config(
             request={"name": dev.name, "version_to_update": 2, "binary_data": b"lost update"}
         )
@@ -618,7 +657,8 @@ def test_cloud_to_device_config_versions(client, parent):
     history = client.list_device_config_versions(name=dev.name).device_configs
     assert [c.version for c in history] == [4, 3, 2, 1]
     assert [c.binary_data for c in history] == [b"", b"third", b"second", b""]
-    assert [c.version for c in client.list_device_config_versions(name=by_num, num_versions=2).device_configs] == [4, 3]
+    assert [c.version for c in client.list_device_config_versions(
+        request={"name": by_num, "num_versions": 2}).device_configs] == [4, 3]
 
     current = client.get_device(name=dev.name)
     assert current.config.version == 4
@@ -639,18 +679,18 @@ def test_states_empty_and_commands_need_a_subscriber(client, parent):
     reg = new_registry(client, parent)
     dev = new_device(client, reg)
     assert list(client.list_device_states(name=dev.name).device_states) == []
-    assert list(client.list_device_states(name=dev.name, num_states=3).device_states) == []
+    assert list(client.list_device_states(request={"name": dev.name, "num_states": 3}).device_states) == []
     assert "state" not in client.get_device(name=dev.name)
 
-    with pytest.raises(gexc.FailedPrecondition) as exc:
+    with expect_error("FAILED_PRECONDITION") as exc:
         client.send_command_to_device(name=dev.name, binary_data=b"reboot")
     assert exc.value.code == 400
     assert "is not subscribed to the commands topic" in exc.value.message
-    with pytest.raises(gexc.FailedPrecondition):
+    with expect_error("FAILED_PRECONDITION"):
         client.send_command_to_device(
             request={"name": f"{reg.name}/devices/{dev.num_id}", "binary_data": b"x", "subfolder": "sub/a"}
         )
-    with pytest.raises(gexc.NotFound):
+    with expect_error("NOT_FOUND"):
         client.send_command_to_device(name=f"{reg.name}/devices/{unique('ghost')}", binary_data=b"x")
 
 
@@ -661,9 +701,9 @@ def test_delete_device_by_id_and_by_numeric_id(client, parent):
     client.delete_device(name=f"{reg.name}/devices/{a.id}")
     client.delete_device(name=f"{reg.name}/devices/{b.num_id}")
     for d in (a, b):
-        with pytest.raises(gexc.NotFound):
+        with expect_error("NOT_FOUND"):
             client.get_device(name=f"{reg.name}/devices/{d.id}")
-        with pytest.raises(gexc.NotFound):
+        with expect_error("NOT_FOUND"):
             client.get_device(name=f"{reg.name}/devices/{d.num_id}")
     assert list(client.list_devices(parent=reg.name)) == []
     # The id is free again, and the new device gets a new numeric id.

@@ -8,6 +8,7 @@ numbers, int64 as strings, base64 variants), the method-override header, and pag
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 
 import pytest
 
@@ -16,6 +17,8 @@ from compat_support import (
     Rest,
     assert_google_error,
     ec_public_pem,
+    fixture_text,
+    self_signed_cert_pem,
     fresh_project,
     location_path,
     rsa_public_pem,
@@ -77,17 +80,17 @@ def test_snake_case_field_names_are_accepted(rest, parent):
     reg = rest.create_registry(parent, {
         "id": unique("reg"),
         "event_notification_configs": [
-            {"subfolder_matches": "alerts", "pubsub_topic_name": f"projects/{project}/topics/a"}
+            {"subfolder_matches": "alerts", "pubsub_topic_name": f"projects/{project}/topics/alerts"}
         ],
-        "state_notification_config": {"pubsub_topic_name": f"projects/{project}/topics/s"},
+        "state_notification_config": {"pubsub_topic_name": f"projects/{project}/topics/state-topic"},
         "mqtt_config": {"mqtt_enabled_state": "MQTT_DISABLED"},
         "log_level": "INFO",
     })
     # Output always uses lowerCamel names.
     assert reg["eventNotificationConfigs"] == [
-        {"subfolderMatches": "alerts", "pubsubTopicName": f"projects/{project}/topics/a"}
+        {"subfolderMatches": "alerts", "pubsubTopicName": f"projects/{project}/topics/alerts"}
     ]
-    assert reg["stateNotificationConfig"] == {"pubsubTopicName": f"projects/{project}/topics/s"}
+    assert reg["stateNotificationConfig"] == {"pubsubTopicName": f"projects/{project}/topics/state-topic"}
     assert reg["mqttConfig"] == {"mqttEnabledState": "MQTT_DISABLED"}
     assert reg["logLevel"] == "INFO"
 
@@ -358,3 +361,113 @@ def test_garbage_page_token_is_invalid_argument(rest, parent, registry):
     assert_google_error(resp, 400, "INVALID_ARGUMENT")
     resp = rest.get(v1(f"{registry['name']}/devices"), params={"pageToken": "!!!"})
     assert_google_error(resp, 400, "INVALID_ARGUMENT")
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+def test_credential_expiration_time_is_normalised_to_utc(rest, registry):
+    dev = rest.create_device(registry["name"], {
+        "id": unique("dev"),
+        "credentials": [{"publicKey": {"format": "ES256_PEM", "key": ec_public_pem()},
+                         "expirationTime": "2031-01-01T01:30:00+01:30"}],
+    })
+    assert dev["credentials"][0]["expirationTime"] == "2031-01-01T00:00:00Z"
+    resp = rest.post(v1(f"{registry['name']}/devices"), {
+        "id": unique("dev"),
+        "credentials": [{"publicKey": {"format": "ES256_PEM", "key": ec_public_pem()},
+                         "expirationTime": "next tuesday"}],
+    })
+    assert_google_error(resp, 400, "INVALID_ARGUMENT")
+
+
+def test_registry_ca_certificates_gate_device_credentials(rest, parent):
+    ca = fixture_text("ca_cert.pem")
+    reg = rest.create_registry(parent, {
+        "id": unique("reg"),
+        "credentials": [{"publicKeyCertificate": {"format": "X509_CERTIFICATE_PEM", "certificate": ca}}],
+    })
+    cert = reg["credentials"][0]["publicKeyCertificate"]
+    assert cert["format"] == "X509_CERTIFICATE_PEM"
+    details = cert["x509Details"]  # output only, computed by the server
+    assert "Ferrocore Test RSA CA" in details["subject"]
+    assert "Ferrocore Test RSA CA" in details["issuer"]
+    assert TIMESTAMP_RE.match(details["startTime"]) and TIMESTAMP_RE.match(details["expiryTime"]), details
+    assert details["startTime"] < details["expiryTime"]
+    assert details["signatureAlgorithm"] and details["publicKeyType"], details
+
+    # With a CA on the registry, new device credentials must be certificates it signed.
+    signed = rest.create_device(reg["name"], {
+        "id": unique("dev"),
+        "credentials": [{"publicKey": {"format": "ES256_X509_PEM", "key": fixture_text("device_signed_by_ca.pem")}}],
+    })
+    assert signed["credentials"][0]["publicKey"]["format"] == "ES256_X509_PEM"
+    for key in ({"format": "ES256_X509_PEM", "key": self_signed_cert_pem("ec")},
+                {"format": "ES256_PEM", "key": ec_public_pem()},
+                {"format": "RSA_X509_PEM", "key": ca}):
+        resp = rest.post(v1(f"{reg['name']}/devices"), {"id": unique("dev"), "credentials": [{"publicKey": key}]})
+        assert_google_error(resp, 400, "INVALID_ARGUMENT")
+
+    # Registry certificates are replaced through the mask; existing devices are unaffected.
+    patched = rest.ok(rest.patch(v1(reg["name"]), {"credentials": []}, params={"updateMask": "credentials"}))
+    assert patched.get("credentials", []) == []
+    assert rest.ok(rest.get(v1(signed["name"])))["credentials"] == signed["credentials"]
+    rest.create_device(reg["name"], {
+        "id": unique("dev"), "credentials": [{"publicKey": {"format": "ES256_PEM", "key": ec_public_pem()}}],
+    })
+
+    resp = rest.post(v1(f"{parent}/registries"), {
+        "id": unique("reg"),
+        "credentials": [{"publicKeyCertificate": {"format": "X509_CERTIFICATE_PEM", "certificate": "junk"}}],
+    })
+    assert_google_error(resp, 400, "INVALID_ARGUMENT")
+
+
+# --- limits and concurrency --------------------------------------------------------------------
+
+def test_config_payload_limit_is_64_kib(rest, registry):
+    dev = rest.create_device(registry["name"], {"id": unique("dev")})
+    at_limit = base64.b64encode(b"\x01" * 64 * 1024).decode()
+    cfg = rest.ok(rest.post(v1(f"{dev['name']}:modifyCloudToDeviceConfig"), {"binaryData": at_limit}))
+    assert cfg["version"] == "2"
+    over = base64.b64encode(b"\x01" * (64 * 1024 + 1)).decode()
+    resp = rest.post(v1(f"{dev['name']}:modifyCloudToDeviceConfig"), {"binaryData": over})
+    assert_google_error(resp, 400, "INVALID_ARGUMENT")
+    assert rest.ok(rest.get(v1(dev["name"])))["config"]["version"] == "2"
+
+
+def test_concurrent_compare_and_set_lets_exactly_one_writer_win(server, rest, registry):
+    dev = rest.create_device(registry["name"], {"id": unique("dev")})
+    writers = 8
+
+    def attempt(i: int):
+        own = Rest(server.base_url, server.token)
+        return own.post(v1(f"{dev['name']}:modifyCloudToDeviceConfig"),
+                        {"versionToUpdate": "1", "binaryData": base64.b64encode(f"writer {i}".encode()).decode()})
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=writers) as pool:
+        responses = list(pool.map(attempt, range(writers)))
+    winners = [r for r in responses if r.status_code == 200]
+    assert len(winners) == 1, [(r.status_code, r.text) for r in responses]
+    for r in responses:
+        if r.status_code != 200:
+            assert_google_error(r, 400, "FAILED_PRECONDITION")
+    current = rest.ok(rest.get(v1(dev["name"])))["config"]
+    assert current["version"] == "2"
+    assert current["binaryData"] == winners[0].json()["binaryData"]
+
+
+def test_concurrent_creates_of_one_id_make_one_device(server, rest, registry):
+    did = unique("dev")
+    attempts = 8
+
+    def attempt(_):
+        return Rest(server.base_url, server.token).post(v1(f"{registry['name']}/devices"), {"id": did})
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=attempts) as pool:
+        responses = list(pool.map(attempt, range(attempts)))
+    assert sum(r.status_code == 200 for r in responses) == 1, [(r.status_code, r.text) for r in responses]
+    for r in responses:
+        if r.status_code != 200:
+            assert_google_error(r, 409, "ALREADY_EXISTS")
+    listed = rest.ok(rest.get(v1(f"{registry['name']}/devices")))["devices"]
+    assert [d["id"] for d in listed] == [did]

@@ -1,10 +1,13 @@
 //! Ferrocore's admin API adapters over [`ferrocore_core::Core`].
 //!
-//! * [`rest`]: the Cloud IoT v1 REST/JSON API with Google's paths, JSON conventions and errors.
+//! * [`service`]: every Device Manager RPC, once, on the wire messages of `ferrocore_proto`.
+//! * [`rest`]: the Cloud IoT v1 REST/JSON API, transcoded onto [`service`].
+//! * [`convert`]: wire types to and from the core's inputs and resources.
 //! * [`admin_auth`]: bearer-token checks for admin requests.
 //!
-//! Adapters only translate: they parse wire input into the core's typed requests and render the
-//! core's results and errors. No use-case logic lives here.
+//! Adapters only translate: no use-case logic lives here.
 
 pub mod admin_auth;
+pub mod convert;
 pub mod rest;
+pub mod service;

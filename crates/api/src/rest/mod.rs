@@ -1,14 +1,16 @@
 //! The Cloud IoT v1 REST API: Google's paths, JSON and errors over the core.
 //!
 //! One fallback handler serves `/v1/...`: it checks the admin token, parses the path into a
-//! [`route::Route`], reads the query and body, calls the core, and renders the result with
-//! [`json`] or the error with [`error`]. `GET /healthz` answers without a token.
+//! [`route::Route`], and transcodes path, query and body into the same request message the gRPC
+//! API takes, as Google's HTTP mapping does; [`DeviceManager`] serves it, and the result is
+//! rendered with the wire types' Google JSON mapping, or the error with [`error`].
+//! `GET /healthz` answers without a token.
 
 pub mod error;
-pub mod json;
 pub mod route;
 
 use crate::admin_auth::AdminToken;
+use crate::service::DeviceManager;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -16,11 +18,9 @@ use axum::http::{HeaderValue, Method as HttpMethod, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use error::RestError;
-use ferrocore_core::devices::{DeviceInput, GatewayListOption, ListDevicesRequest};
-use ferrocore_core::registries::{RegistryFields, RegistryInput};
 use ferrocore_core::{Code, Core, Error};
-use ferrocore_model::mask::{DeviceField, DeviceReadMask};
-use ferrocore_model::{self as model, DeviceName, GatewayType, RegistryName};
+use ferrocore_model::{self as model, DeviceName, RegistryName};
+use ferrocore_proto::{FieldMask, iot};
 use route::{Method, Route};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,14 +33,14 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
 struct App {
-    core: Core,
+    service: DeviceManager,
     token: AdminToken,
     ready: Arc<AtomicBool>,
 }
 
 /// The REST router. `ready` turns `/healthz` to 200 once every listener of the server accepts.
 pub fn router(core: Core, token: AdminToken, ready: Arc<AtomicBool>) -> Router {
-    let app = App { core, token, ready };
+    let app = App { service: DeviceManager::new(core), token, ready };
     Router::new().route("/healthz", get(healthz)).fallback(dispatch).with_state(app)
 }
 
@@ -123,16 +123,21 @@ impl Query {
         self.all(name).last()
     }
 
-    fn int(&self, name: &str) -> Result<i64, Error> {
+    fn int32(&self, name: &str) -> Result<i32, Error> {
         match self.one(name) {
             None | Some("") => Ok(0),
             Some(v) => v.parse().map_err(|_| {
                 Error::invalid(
                     name,
-                    format!("Invalid value '{}' for '{name}': expected an integer.", model::ids::printable(v)),
+                    format!("Invalid value '{}' for '{name}': expected a 32-bit integer.", model::ids::printable(v)),
                 )
             }),
         }
+    }
+
+    fn mask(&self, name: &str) -> Option<FieldMask> {
+        self.one(name)
+            .map(|m| FieldMask { paths: m.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect() })
     }
 }
 
@@ -175,6 +180,13 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
                 format!("Invalid JSON payload received. Unknown name \"{name}\"{at}: Cannot find field."),
             );
         }
+        if path.ends_with("binaryData") || path.ends_with("binary_data") {
+            // The wording Google's front end used for undecodable bytes fields.
+            return Error::invalid(
+                path.clone(),
+                format!("Invalid value at '{path}' (TYPE_BYTES), Base64 decoding failed: {text}."),
+            );
+        }
         Error::invalid(path.clone(), format!("Invalid JSON payload received. Invalid value at '{path}': {text}."))
     })?;
     Ok(value)
@@ -210,135 +222,108 @@ async fn handle(app: &App, req: Request) -> Result<Response, Error> {
     let body = axum::body::to_bytes(Body::new(body), MAX_BODY_BYTES).await.map_err(|_| {
         Error::invalid("body", format!("The request body is larger than the limit of {MAX_BODY_BYTES} bytes."))
     })?;
-    serve(&app.core, route, &query, &body).await
+    serve(&app.service, route, &query, &body).await
 }
 
-async fn serve(core: &Core, route: Route, q: &Query, body: &Bytes) -> Result<Response, Error> {
+async fn serve(svc: &DeviceManager, route: Route, q: &Query, body: &Bytes) -> Result<Response, Error> {
     let empty = || json_response(&serde_json::json!({}));
     Ok(match route {
         Route::CreateRegistry(parent) => {
             q.check(&[])?;
-            let input = registry_input(parse_body(body)?);
-            json_response(&registry_json(&core.create_registry(&parent, input).await?))
+            let req = iot::CreateDeviceRegistryRequest {
+                parent: parent.to_string(),
+                device_registry: Some(parse_body(body)?),
+            };
+            json_response(&svc.create_device_registry(req).await?)
         }
         Route::GetRegistry(name) => {
             q.check(&[])?;
-            json_response(&registry_json(&core.get_registry(&name).await?))
+            json_response(&svc.get_device_registry(iot::GetDeviceRegistryRequest { name: name.to_string() }).await?)
         }
         Route::ListRegistries(parent) => {
             q.check(&["pageSize", "pageToken"])?;
-            let page = core.list_registries(&parent, q.int("pageSize")?, q.one("pageToken").unwrap_or("")).await?;
-            #[derive(Serialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Out {
-                #[serde(skip_serializing_if = "Vec::is_empty")]
-                device_registries: Vec<json::DeviceRegistry>,
-                #[serde(skip_serializing_if = "String::is_empty")]
-                next_page_token: String,
-            }
-            json_response(&Out {
-                device_registries: page.registries.iter().map(registry_json).collect(),
-                next_page_token: page.next_page_token,
-            })
+            let req = iot::ListDeviceRegistriesRequest {
+                parent: parent.to_string(),
+                page_size: q.int32("pageSize")?,
+                page_token: q.one("pageToken").unwrap_or_default().to_owned(),
+            };
+            json_response(&svc.list_device_registries(req).await?)
         }
         Route::PatchRegistry(name) => {
             q.check(&["updateMask"])?;
-            let mask = required_mask(q)?;
-            let body: json::DeviceRegistry = parse_body(body)?;
-            check_body_name("device_registry.name", &body.name, &name.to_string())?;
-            let input = registry_input(body);
-            json_response(&registry_json(&core.update_registry(&name, input, mask).await?))
+            let mut registry: iot::DeviceRegistry = parse_body(body)?;
+            check_body_name("device_registry.name", &registry.name, &name.to_string())?;
+            registry.name = name.to_string();
+            let req =
+                iot::UpdateDeviceRegistryRequest { device_registry: Some(registry), update_mask: q.mask("updateMask") };
+            json_response(&svc.update_device_registry(req).await?)
         }
         Route::DeleteRegistry(name) => {
             q.check(&[])?;
-            core.delete_registry(&name).await?;
+            svc.delete_device_registry(iot::DeleteDeviceRegistryRequest { name: name.to_string() }).await?;
             empty()
         }
         Route::BindDeviceToGateway(parent) => {
             q.check(&[])?;
-            let req = binding_request(&parent, body)?;
-            core.bind_device_to_gateway(&parent, &req.gateway_id, &req.device_id).await?;
-            empty()
+            let mut req: iot::BindDeviceToGatewayRequest = parse_body(body)?;
+            req.parent = parent_from_body(&req.parent, &parent)?;
+            json_response(&svc.bind_device_to_gateway(req).await?)
         }
         Route::UnbindDeviceFromGateway(parent) => {
             q.check(&[])?;
-            let req = binding_request(&parent, body)?;
-            core.unbind_device_from_gateway(&parent, &req.gateway_id, &req.device_id).await?;
-            empty()
+            let mut req: iot::UnbindDeviceFromGatewayRequest = parse_body(body)?;
+            req.parent = parent_from_body(&req.parent, &parent)?;
+            json_response(&svc.unbind_device_from_gateway(req).await?)
         }
         Route::CreateDevice(parent) => {
             q.check(&[])?;
-            let input = device_input(parse_body(body)?)?;
-            json_response(&device_json(&core.create_device(&parent, input).await?, DeviceReadMask::ALL))
+            let req = iot::CreateDeviceRequest { parent: parent.to_string(), device: Some(parse_body(body)?) };
+            json_response(&svc.create_device(req).await?)
         }
         Route::GetDevice(name) => {
             q.check(&["fieldMask"])?;
-            let mask = DeviceReadMask::for_get(q.one("fieldMask"))?;
-            json_response(&device_json(&core.get_device(&name).await?, mask))
+            json_response(
+                &svc.get_device(iot::GetDeviceRequest { name: name.to_string(), field_mask: q.mask("fieldMask") })
+                    .await?,
+            )
         }
-        Route::ListDevices(parent) => list_devices(core, &parent, q).await?,
+        Route::ListDevices(parent) => json_response(&svc.list_devices(list_devices_request(&parent, q)?).await?),
         Route::PatchDevice(name) => {
             q.check(&["updateMask"])?;
-            let mask = required_mask(q)?;
-            let body: json::Device = parse_body(body)?;
-            check_device_body_name(&body.name, &name)?;
-            let input = device_input(body)?;
-            json_response(&device_json(&core.update_device(&name, input, mask).await?, DeviceReadMask::ALL))
+            let mut device: iot::Device = parse_body(body)?;
+            device.name = device_from_body(&device.name, &name)?;
+            let req = iot::UpdateDeviceRequest { device: Some(device), update_mask: q.mask("updateMask") };
+            json_response(&svc.update_device(req).await?)
         }
         Route::DeleteDevice(name) => {
             q.check(&[])?;
-            core.delete_device(&name).await?;
+            svc.delete_device(iot::DeleteDeviceRequest { name: name.to_string() }).await?;
             empty()
         }
         Route::ModifyConfig(name) => {
             q.check(&[])?;
-            let req: json::ModifyConfigRequest = parse_body(body)?;
-            check_device_body_name(&req.name, &name)?;
-            json_response(&config_json(&core.modify_config(&name, req.version_to_update, req.binary_data).await?))
+            let mut req: iot::ModifyCloudToDeviceConfigRequest = parse_body(body)?;
+            req.name = device_from_body(&req.name, &name)?;
+            json_response(&svc.modify_cloud_to_device_config(req).await?)
         }
         Route::SendCommand(name) => {
             q.check(&[])?;
-            let req: json::SendCommandRequest = parse_body(body)?;
-            check_device_body_name(&req.name, &name)?;
-            core.send_command(&name, req.binary_data, &req.subfolder).await?;
-            empty()
+            let mut req: iot::SendCommandToDeviceRequest = parse_body(body)?;
+            req.name = device_from_body(&req.name, &name)?;
+            json_response(&svc.send_command_to_device(req).await?)
         }
         Route::ListConfigVersions(name) => {
             q.check(&["numVersions"])?;
-            let configs = core.list_config_versions(&name, q.int("numVersions")?).await?;
-            #[derive(Serialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Out {
-                #[serde(skip_serializing_if = "Vec::is_empty")]
-                device_configs: Vec<json::DeviceConfig>,
-            }
-            json_response(&Out { device_configs: configs.iter().map(config_json).collect() })
+            let req =
+                iot::ListDeviceConfigVersionsRequest { name: name.to_string(), num_versions: q.int32("numVersions")? };
+            json_response(&svc.list_device_config_versions(req).await?)
         }
         Route::ListStates(name) => {
             q.check(&["numStates"])?;
-            let states = core.list_states(&name, q.int("numStates")?).await?;
-            #[derive(Serialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Out {
-                #[serde(skip_serializing_if = "Vec::is_empty")]
-                device_states: Vec<json::DeviceState>,
-            }
-            json_response(&Out { device_states: states.iter().map(state_json).collect() })
+            let req = iot::ListDeviceStatesRequest { name: name.to_string(), num_states: q.int32("numStates")? };
+            json_response(&svc.list_device_states(req).await?)
         }
     })
-}
-
-fn binding_request(parent: &RegistryName, body: &Bytes) -> Result<json::GatewayBindingRequest, Error> {
-    let req: json::GatewayBindingRequest = parse_body(body)?;
-    check_body_name("parent", &req.parent, &parent.to_string())?;
-    Ok(req)
-}
-
-fn required_mask(q: &Query) -> Result<&str, Error> {
-    match q.one("updateMask") {
-        Some(m) if !m.trim().is_empty() => Ok(m),
-        _ => Err(Error::invalid("update_mask", "The update_mask query parameter is required.")),
-    }
 }
 
 /// A resource name repeated in the body must agree with the path.
@@ -350,18 +335,26 @@ fn check_body_name(field: &str, given: &str, path: &str) -> Result<(), Error> {
     }
 }
 
-/// A device name in the body must name the same device as the path, by id or numeric id.
-fn check_device_body_name(given: &str, path: &DeviceName) -> Result<(), Error> {
-    if given.is_empty() || given == path.to_string() {
-        return Ok(());
-    }
-    match DeviceName::parse_field("name", given) {
-        Ok(n) if n.registry == path.registry => Ok(()),
-        _ => Err(Error::invalid("name", "The device name in the body does not match the one in the URL.")),
-    }
+fn parent_from_body(given: &str, path: &RegistryName) -> Result<String, Error> {
+    let path = path.to_string();
+    check_body_name("parent", given, &path)?;
+    Ok(path)
 }
 
-async fn list_devices(core: &Core, parent: &RegistryName, q: &Query) -> Result<Response, Error> {
+/// A device name in the body must name a device of the same registry as the path (by id or
+/// numeric id; the core checks it is the same device). The path's name is the one used.
+fn device_from_body(given: &str, path: &DeviceName) -> Result<String, Error> {
+    if !given.is_empty() && given != path.to_string() {
+        match DeviceName::parse_field("name", given) {
+            Ok(n) if n.registry == path.registry => {}
+            _ => return Err(Error::invalid("name", "The device name in the body does not match the one in the URL.")),
+        }
+    }
+    Ok(path.to_string())
+}
+
+fn list_devices_request(parent: &RegistryName, q: &Query) -> Result<iot::ListDevicesRequest, Error> {
+    use iot::gateway_list_options::Filter;
     q.check(&[
         "deviceIds",
         "deviceNumIds",
@@ -372,7 +365,6 @@ async fn list_devices(core: &Core, parent: &RegistryName, q: &Query) -> Result<R
         "pageSize",
         "pageToken",
     ])?;
-    let mask = DeviceReadMask::for_list(q.one("fieldMask"))?;
     // Repeated parameters may also arrive comma-separated.
     let device_ids: Vec<String> =
         q.all("deviceIds").flat_map(|v| v.split(',')).filter(|s| !s.is_empty()).map(str::to_owned).collect();
@@ -386,19 +378,22 @@ async fn list_devices(core: &Core, parent: &RegistryName, q: &Query) -> Result<R
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let gateway_type = q.one("gatewayListOptions.gatewayType");
-    let assoc_gateway = q.one("gatewayListOptions.associationsGatewayId");
-    let assoc_device = q.one("gatewayListOptions.associationsDeviceId");
-    let gateway = match (gateway_type, assoc_gateway, assoc_device) {
-        (None, None, None) => GatewayListOption::None,
-        (Some(t), None, None) => GatewayListOption::GatewayType(GatewayType::parse(t).ok_or_else(|| {
-            Error::invalid(
-                "gateway_list_options.gateway_type",
-                format!("Invalid value '{}' for gatewayListOptions.gatewayType.", model::ids::printable(t)),
-            )
-        })?),
-        (None, Some(g), None) => GatewayListOption::AssociationsGatewayId(g.to_owned()),
-        (None, None, Some(d)) => GatewayListOption::AssociationsDeviceId(d.to_owned()),
+    let filter = match (
+        q.one("gatewayListOptions.gatewayType"),
+        q.one("gatewayListOptions.associationsGatewayId"),
+        q.one("gatewayListOptions.associationsDeviceId"),
+    ) {
+        (None, None, None) => None,
+        (Some(t), None, None) => {
+            Some(Filter::GatewayType(model::GatewayType::parse(t).map(i32::from).ok_or_else(|| {
+                Error::invalid(
+                    "gateway_list_options.gateway_type",
+                    format!("Invalid value '{}' for gatewayListOptions.gatewayType.", model::ids::printable(t)),
+                )
+            })?))
+        }
+        (None, Some(g), None) => Some(Filter::AssociationsGatewayId(g.to_owned())),
+        (None, None, Some(d)) => Some(Filter::AssociationsDeviceId(d.to_owned())),
         _ => {
             return Err(Error::invalid(
                 "gateway_list_options",
@@ -406,193 +401,13 @@ async fn list_devices(core: &Core, parent: &RegistryName, q: &Query) -> Result<R
             ));
         }
     };
-    let req = ListDevicesRequest {
-        device_ids,
+    Ok(iot::ListDevicesRequest {
+        parent: parent.to_string(),
         device_num_ids,
-        gateway,
-        page_size: q.int("pageSize")?,
-        page_token: q.one("pageToken").unwrap_or("").to_owned(),
-    };
-    let page = core.list_devices(parent, req).await?;
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Out {
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        devices: Vec<json::Device>,
-        #[serde(skip_serializing_if = "String::is_empty")]
-        next_page_token: String,
-    }
-    Ok(json_response(&Out {
-        devices: page.devices.iter().map(|d| device_json(d, mask)).collect(),
-        next_page_token: page.next_page_token,
-    }))
-}
-
-fn registry_input(r: json::DeviceRegistry) -> RegistryInput {
-    RegistryInput {
-        id: r.id,
-        name: r.name,
-        fields: RegistryFields {
-            event_notification_configs: r
-                .event_notification_configs
-                .into_iter()
-                .map(|c| model::EventNotificationConfig {
-                    subfolder_matches: c.subfolder_matches,
-                    pubsub_topic_name: c.pubsub_topic_name,
-                })
-                .collect(),
-            state_notification_config: r
-                .state_notification_config
-                .map(|s| model::StateNotificationConfig { pubsub_topic_name: s.pubsub_topic_name }),
-            mqtt_state: r.mqtt_config.map(|m| m.mqtt_enabled_state).unwrap_or_default(),
-            http_state: r.http_config.map(|h| h.http_enabled_state).unwrap_or_default(),
-            log_level: r.log_level,
-            credentials: r
-                .credentials
-                .into_iter()
-                .map(|c| {
-                    let cert = c.public_key_certificate.unwrap_or_default();
-                    model::RegistryCredential { format: cert.format, certificate: cert.certificate, x509_details: None }
-                })
-                .collect(),
-        },
-    }
-}
-
-fn registry_json(r: &model::Registry) -> json::DeviceRegistry {
-    json::DeviceRegistry {
-        id: r.name.registry.to_string(),
-        name: r.name.to_string(),
-        event_notification_configs: r
-            .event_notification_configs
-            .iter()
-            .map(|c| json::EventNotificationConfig {
-                subfolder_matches: c.subfolder_matches.clone(),
-                pubsub_topic_name: c.pubsub_topic_name.clone(),
-            })
-            .collect(),
-        state_notification_config: Some(json::StateNotificationConfig {
-            pubsub_topic_name: r
-                .state_notification_config
-                .as_ref()
-                .map(|s| s.pubsub_topic_name.clone())
-                .unwrap_or_default(),
-        }),
-        mqtt_config: Some(json::MqttConfig { mqtt_enabled_state: r.mqtt_state }),
-        http_config: Some(json::HttpConfig { http_enabled_state: r.http_state }),
-        log_level: r.log_level,
-        credentials: r
-            .credentials
-            .iter()
-            .map(|c| json::RegistryCredential {
-                public_key_certificate: Some(json::PublicKeyCertificate {
-                    format: c.format,
-                    certificate: c.certificate.clone(),
-                    x509_details: c.x509_details.as_ref().map(|d| json::X509CertificateDetails {
-                        issuer: d.issuer.clone(),
-                        subject: d.subject.clone(),
-                        start_time: d.start_time,
-                        expiry_time: d.expiry_time,
-                        signature_algorithm: d.signature_algorithm.clone(),
-                        public_key_type: d.public_key_type.clone(),
-                    }),
-                }),
-            })
-            .collect(),
-    }
-}
-
-fn device_input(d: json::Device) -> Result<DeviceInput, Error> {
-    let credentials = d
-        .credentials
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let key = c.public_key.ok_or_else(|| {
-                Error::invalid(format!("device.credentials[{i}].public_key"), "Each credential needs a public_key.")
-            })?;
-            Ok(model::DeviceCredential {
-                public_key: model::PublicKey { format: key.format, key: key.key },
-                expiration_time: c.expiration_time,
-            })
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let gateway = d.gateway_config.unwrap_or_default();
-    Ok(DeviceInput {
-        id: d.id,
-        name: d.name,
-        num_id: d.num_id,
-        credentials,
-        blocked: d.blocked.unwrap_or(false),
-        log_level: d.log_level,
-        metadata: d.metadata.unwrap_or_default(),
-        gateway_type: gateway.gateway_type,
-        gateway_auth_method: gateway.gateway_auth_method,
-        config: d.config.map(|c| (c.version, c.binary_data)),
+        device_ids,
+        field_mask: q.mask("fieldMask"),
+        gateway_list_options: filter.map(|f| iot::GatewayListOptions { filter: Some(f) }),
+        page_size: q.int32("pageSize")?,
+        page_token: q.one("pageToken").unwrap_or_default().to_owned(),
     })
-}
-
-fn config_json(c: &model::DeviceConfig) -> json::DeviceConfig {
-    json::DeviceConfig {
-        version: c.version,
-        cloud_update_time: c.cloud_update_time,
-        device_ack_time: c.device_ack_time,
-        binary_data: c.binary_data.clone(),
-    }
-}
-
-fn state_json(s: &model::DeviceState) -> json::DeviceState {
-    json::DeviceState { update_time: Some(s.update_time), binary_data: s.binary_data.clone() }
-}
-
-/// Renders the fields `mask` selects; the rest stay absent.
-fn device_json(d: &model::Device, mask: DeviceReadMask) -> json::Device {
-    use DeviceField as F;
-    let has = |f| mask.contains(f);
-    let a = &d.activity;
-    let when = |f, v: Option<model::Timestamp>| if has(f) { v } else { None };
-    json::Device {
-        id: if has(F::Id) { d.id.to_string() } else { String::new() },
-        name: if has(F::Name) { d.name().to_string() } else { String::new() },
-        num_id: if has(F::NumId) { d.num_id.0 } else { 0 },
-        credentials: (has(F::Credentials) && !d.credentials.is_empty()).then(|| {
-            d.credentials
-                .iter()
-                .map(|c| json::DeviceCredential {
-                    public_key: Some(json::PublicKeyCredential {
-                        format: c.public_key.format,
-                        key: c.public_key.key.clone(),
-                    }),
-                    expiration_time: c.expiration_time,
-                })
-                .collect()
-        }),
-        last_heartbeat_time: when(F::LastHeartbeatTime, a.last_heartbeat_time),
-        last_event_time: when(F::LastEventTime, a.last_event_time),
-        last_state_time: when(F::LastStateTime, a.last_state_time),
-        last_config_ack_time: when(F::LastConfigAckTime, a.last_config_ack_time),
-        last_config_send_time: when(F::LastConfigSendTime, a.last_config_send_time),
-        blocked: (has(F::Blocked) && d.blocked).then_some(true),
-        last_error_time: when(F::LastErrorTime, a.last_error_time),
-        last_error_status: if has(F::LastErrorStatus) {
-            a.last_error_status.as_ref().map(|s| json::Status {
-                code: s.code,
-                message: s.message.clone(),
-                details: vec![],
-            })
-        } else {
-            None
-        },
-        config: has(F::Config).then(|| config_json(&d.config)),
-        state: if has(F::State) { d.state.as_ref().map(state_json) } else { None },
-        log_level: if has(F::LogLevel) { d.log_level } else { model::LogLevel::Unspecified },
-        metadata: (has(F::Metadata) && !d.metadata.is_empty()).then(|| d.metadata.clone()),
-        gateway_config: has(F::GatewayConfig).then(|| json::GatewayConfig {
-            gateway_type: d.gateway_config.gateway_type,
-            gateway_auth_method: d.gateway_config.gateway_auth_method,
-            last_accessed_gateway_id: d.gateway_config.last_accessed_gateway_id.clone(),
-            last_accessed_gateway_time: d.gateway_config.last_accessed_gateway_time,
-        }),
-    }
 }

@@ -1,0 +1,34 @@
+//! Compiles Ferrocore's .proto files in pure Rust (protox; no system protoc) into prost messages,
+//! tonic service code, and pbjson serde impls for Google's JSON mapping.
+
+use prost::Message;
+use std::error::Error;
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &["proto/google/cloud/iot/v1/device_manager.proto", "proto/google/rpc/error_details.proto"];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = fds.encode_to_vec();
+    std::fs::write(out.join("descriptors.bin"), &descriptors)?;
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(false)
+        .compile_well_known_types(true)
+        // Our Timestamp prints `...Z` as Google's JSON does; the other well-known types come from
+        // pbjson-types, which already follow Google's JSON.
+        .extern_path(".google.protobuf.Timestamp", "crate::wkt::Timestamp")
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_fds(fds)?;
+
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .extern_path(".google.protobuf.Timestamp", "crate::wkt::Timestamp")
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .build(&[".google.cloud.iot.v1", ".google.rpc"])?;
+    Ok(())
+}
