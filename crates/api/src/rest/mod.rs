@@ -6,6 +6,7 @@
 //! rendered with the wire types' Google JSON mapping, or the error with [`error`].
 //! `GET /healthz` answers without a token.
 
+pub mod discovery;
 pub mod error;
 pub mod route;
 
@@ -194,6 +195,10 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
 
 async fn handle(app: &App, req: Request) -> Result<Response, Error> {
     let (parts, body) = req.into_parts();
+    if discovery::is_discovery_path(parts.uri.path()) && parts.method == HttpMethod::GET {
+        return discovery::document(&parts.headers, parts.uri.query())
+            .ok_or_else(|| Error::not_found("No discovery document for that API version or host."));
+    }
     let Some(path) = parts.uri.path().strip_prefix("/v1/") else {
         return Err(Error::not_found(format!(
             "The requested URL '{}' was not found on this server.",
