@@ -2,6 +2,7 @@
 //!
 //! * [`service`]: every Device Manager RPC, once, on the wire messages of `ferrocore_proto`.
 //! * [`rest`]: the Cloud IoT v1 REST/JSON API, transcoded onto [`service`].
+//! * [`grpc`]: the gRPC service `google.cloud.iot.v1.DeviceManager` over [`service`].
 //! * [`convert`]: wire types to and from the core's inputs and resources.
 //! * [`admin_auth`]: bearer-token checks for admin requests.
 //!
@@ -9,5 +10,6 @@
 
 pub mod admin_auth;
 pub mod convert;
+pub mod grpc;
 pub mod rest;
 pub mod service;

@@ -28,9 +28,9 @@ struct ServeArgs {
     /// Address of the REST admin API (and /healthz).
     #[arg(long, env = "FERROCORE_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// Address of the gRPC DeviceManager API (not served yet).
+    /// Address of the gRPC DeviceManager API (h2c). Pass `off` to serve no gRPC.
     #[arg(long, env = "FERROCORE_GRPC", default_value = "127.0.0.1:8081")]
-    grpc: SocketAddr,
+    grpc: Listen,
     /// Address of the plain-TCP MQTT bridge; off unless given (not served yet).
     #[arg(long, env = "FERROCORE_MQTT")]
     mqtt: Option<SocketAddr>,
@@ -77,17 +77,45 @@ fn serve(args: ServeArgs) -> Result<()> {
         let http = tokio::net::TcpListener::bind(args.http)
             .await
             .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
-        for (flag, addr) in [("--grpc", Some(args.grpc)), ("--mqtt", args.mqtt), ("--mqtts", Some(args.mqtts))] {
+        let grpc = match args.grpc {
+            Listen::Off => None,
+            Listen::At(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--grpc)"))?,
+            ),
+        };
+        for (flag, addr) in [("--mqtt", args.mqtt), ("--mqtts", Some(args.mqtts))] {
             if let Some(addr) = addr {
                 tracing::info!(%addr, "{flag} is accepted but not served by this version");
             }
         }
-        server::run(config, Listeners { http }, shutdown_signal(), |bound| {
-            // A line scripts can wait for; with port 0 it tells which port was chosen.
-            println!("ferrocore listening http={}", bound.http);
+        server::run(config, Listeners { http, grpc }, shutdown_signal(), |bound| {
+            // A line scripts can wait for; with port 0 it tells which ports were chosen.
+            match bound.grpc {
+                Some(grpc) => println!("ferrocore listening http={} grpc={grpc}", bound.http),
+                None => println!("ferrocore listening http={}", bound.http),
+            }
         })
         .await
     })
+}
+
+/// A listen address, or `off`.
+#[derive(Clone, Copy, Debug)]
+enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Listen::Off);
+        }
+        s.parse().map(Listen::At).map_err(|_| format!("'{s}' is not an address like 127.0.0.1:8081, nor 'off'"))
+    }
 }
 
 async fn shutdown_signal() {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use ferrocore_core::Core;
 use ferrocore_core::clock::SystemClock;
 use ferrocore_store::sqlite::SqliteStore;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -27,12 +27,15 @@ pub struct Config {
 /// Listeners bound by the caller, so tests can pass port-0 sockets.
 pub struct Listeners {
     pub http: TcpListener,
+    /// The gRPC DeviceManager; None serves no gRPC.
+    pub grpc: Option<TcpListener>,
 }
 
 /// Addresses actually bound, reported once the server is up.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
     pub http: SocketAddr,
+    pub grpc: Option<SocketAddr>,
 }
 
 /// Runs the server until `shutdown` completes, then drains requests and flushes batched state.
@@ -65,18 +68,48 @@ pub async fn run(
     let activity = core.activity().clone();
     let flusher = activity.spawn_flusher(config.activity_flush_interval);
 
+    // One shutdown signal, fanned out to every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
     let ready = Arc::new(AtomicBool::new(false));
-    let app = ferrocore_api::rest::router(core.clone(), token, ready.clone());
-    let bound = Bound { http: listeners.http.local_addr()? };
-    let http = axum::serve(listeners.http, app).with_graceful_shutdown(shutdown);
+    let bound = Bound {
+        http: listeners.http.local_addr()?,
+        grpc: listeners.grpc.as_ref().map(TcpListener::local_addr).transpose()?,
+    };
+    let service = ferrocore_api::service::DeviceManager::new(core.clone());
+    let grpc = listeners.grpc.map(|listener| {
+        let svc = ferrocore_api::grpc::service(service.clone(), token.clone());
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tokio::spawn(
+            tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stopped()),
+        )
+    });
+    let app = ferrocore_api::rest::router(service, token, ready.clone());
+    let http = tokio::spawn(axum::serve(listeners.http, app).with_graceful_shutdown(stopped()).into_future());
     ready.store(true, Ordering::Release);
-    tracing::info!(http = %bound.http, "ferrocore is serving");
+    tracing::info!(http = %bound.http, grpc = ?bound.grpc, "ferrocore is serving");
     on_ready(bound);
-    let served = http.await;
+
+    let served_http = http.await.context("the HTTP server task failed")?;
+    let served_grpc = match grpc {
+        Some(task) => task.await.context("the gRPC server task failed")?.map_err(anyhow::Error::from),
+        None => Ok(()),
+    };
 
     flusher.abort();
     activity.flush().await;
     store.close().await;
     tracing::info!("ferrocore stopped");
-    served.context("the HTTP listener failed")
+    served_http.context("the HTTP listener failed")?;
+    served_grpc.context("the gRPC listener failed")
 }

@@ -19,7 +19,7 @@ use axum::http::{HeaderValue, Method as HttpMethod, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use error::RestError;
-use ferrocore_core::{Code, Core, Error};
+use ferrocore_core::{Code, Error};
 use ferrocore_model::{self as model, DeviceName, RegistryName};
 use ferrocore_proto::{FieldMask, iot};
 use route::{Method, Route};
@@ -40,8 +40,8 @@ struct App {
 }
 
 /// The REST router. `ready` turns `/healthz` to 200 once every listener of the server accepts.
-pub fn router(core: Core, token: AdminToken, ready: Arc<AtomicBool>) -> Router {
-    let app = App { service: DeviceManager::new(core), token, ready };
+pub fn router(service: DeviceManager, token: AdminToken, ready: Arc<AtomicBool>) -> Router {
+    let app = App { service, token, ready };
     Router::new().route("/healthz", get(healthz)).fallback(dispatch).with_state(app)
 }
 

@@ -33,7 +33,7 @@ impl TestServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(ferrocore::server::run(
             config,
-            ferrocore::server::Listeners { http },
+            ferrocore::server::Listeners { http, grpc: None },
             async move {
                 let _ = stopped.await;
             },
