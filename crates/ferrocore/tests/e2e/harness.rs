@@ -1,9 +1,25 @@
 //! Starts the real server in-process on a port-0 listener and offers a small REST client.
 
+use ferrocore_proto::iot::device_manager_client::DeviceManagerClient;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
+
+pub type GrpcClient =
+    DeviceManagerClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AddToken>>;
+
+#[derive(Clone)]
+pub struct AddToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 pub const TOKEN: &str = "e2e-admin-token-0123456789";
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../auth/tests/fixtures");
@@ -14,6 +30,7 @@ pub fn fixture(name: &str) -> String {
 
 pub struct TestServer {
     pub base: String,
+    pub grpc: std::net::SocketAddr,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -30,10 +47,12 @@ impl TestServer {
         };
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = http.local_addr().unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_addr = grpc.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(ferrocore::server::run(
             config,
-            ferrocore::server::Listeners { http, grpc: None },
+            ferrocore::server::Listeners { http, grpc: Some(grpc) },
             async move {
                 let _ = stopped.await;
             },
@@ -41,6 +60,7 @@ impl TestServer {
         ));
         let server = Self {
             base: format!("http://{addr}"),
+            grpc: grpc_addr,
             client: reqwest::Client::new(),
             stop: Some(stop),
             task: Some(task),
@@ -55,6 +75,15 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("server did not become healthy");
+    }
+
+    /// A gRPC DeviceManager client sending `token` (None: no authorization metadata).
+    pub async fn grpc_client(&self, token: Option<&str>) -> GrpcClient {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc)).unwrap().connect().await.unwrap();
+        let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+            token.map(|t| format!("Bearer {t}").parse().unwrap());
+        DeviceManagerClient::with_interceptor(channel, AddToken(header))
     }
 
     /// The server's database file, for tests that play the part of a device bridge.

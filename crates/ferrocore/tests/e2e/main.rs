@@ -3,5 +3,6 @@
 mod crash;
 mod devices;
 mod errors;
+mod grpc;
 mod harness;
 mod registries;
