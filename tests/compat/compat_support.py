@@ -1,4 +1,5 @@
-"""Shared helpers for the compatibility suite: ids, keys and a thin JSON-over-HTTP client.
+"""Shared helpers for the compatibility suite: ids, keys, a thin JSON-over-HTTP client, error
+checks that work for both transports of google-cloud-iot, and its gRPC client.
 
 Test modules import this directly (pytest puts this folder on sys.path); the server itself is
 started by the session fixture in conftest.py.
@@ -6,7 +7,9 @@ started by the session fixture in conftest.py.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import functools
 import json
 import pathlib
@@ -14,9 +17,13 @@ import re
 import uuid
 from typing import Any
 
+import grpc
 import pytest
 import requests
 from google.api_core import exceptions as gexc
+from google.cloud import iot_v1
+from google.cloud.iot_v1.services.device_manager.transports import DeviceManagerGrpcTransport
+from google.rpc import error_details_pb2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -208,19 +215,156 @@ API_CORE_CLASS_FOR_HTTP = {
 }
 
 
+# What google-api-core raises for a canonical status over gRPC: from_grpc_error picks the class
+# from the gRPC status code, so there the specific classes do appear. InvalidArgument and
+# FailedPrecondition subclass BadRequest, AlreadyExists subclasses Conflict, Unauthenticated
+# subclasses Unauthorized, and each class's `code` is still the HTTP status of its REST twin.
+API_CORE_CLASS_FOR_GRPC_STATUS = {
+    "INVALID_ARGUMENT": gexc.InvalidArgument,
+    "FAILED_PRECONDITION": gexc.FailedPrecondition,
+    "OUT_OF_RANGE": gexc.OutOfRange,
+    "UNAUTHENTICATED": gexc.Unauthenticated,
+    "PERMISSION_DENIED": gexc.PermissionDenied,
+    "NOT_FOUND": gexc.NotFound,
+    "ALREADY_EXISTS": gexc.AlreadyExists,
+    "ABORTED": gexc.Aborted,
+    "RESOURCE_EXHAUSTED": gexc.ResourceExhausted,
+    "UNIMPLEMENTED": gexc.MethodNotImplemented,
+}
+
+TRANSPORTS = ("rest", "grpc")
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorReport:
+    """What the server said about a failed call, read from the wire of either transport."""
+
+    status: str  # canonical status name, e.g. "NOT_FOUND"
+    message: str  # the server's message, without google-api-core's "METHOD url: " prefix
+    field_violations: tuple[tuple[str, str], ...]  # (field, description) of google.rpc.BadRequest
+
+
+def error_report(err: gexc.GoogleAPICallError) -> ErrorReport:
+    """Reads status, message and field violations from a google-api-core exception.
+
+    Over REST they come from the JSON error body (`exc.details` holds its `details` as dicts);
+    over gRPC from the call's status and grpc-status-details-bin (`exc.details` holds the
+    unpacked protos).
+    """
+    resp = err.response
+    if isinstance(resp, requests.Response):
+        body = resp.json()
+        assert isinstance(body, dict) and isinstance(body.get("error"), dict), f"not Google's error shape: {body}"
+        error = body["error"]
+        violations = tuple(
+            (v.get("field"), v.get("description"))
+            for d in error.get("details", ())
+            if d.get("@type") == "type.googleapis.com/google.rpc.BadRequest"
+            for v in d.get("fieldViolations", ())
+        )
+        return ErrorReport(error.get("status"), error.get("message"), violations)
+    if isinstance(resp, grpc.Call):
+        violations = tuple(
+            (v.field, v.description)
+            for d in err.details
+            if isinstance(d, error_details_pb2.BadRequest)
+            for v in d.field_violations
+        )
+        return ErrorReport(resp.code().name, resp.details(), violations)
+    raise AssertionError(f"{type(err).__name__} carries no server response: {err!r}")
+
+
 @contextlib.contextmanager
-def expect_error(status: str):
+def expect_error(status: str, transport: str = "rest"):
     """Expects the wrapped GAPIC call to fail with the canonical `status`.
 
-    Checks the exception class google-api-core chose, its HTTP code, and the `error.status` of the
-    JSON body the server sent. Yields pytest's ExceptionInfo.
+    Over REST: the class google-api-core chose from the HTTP status, the HTTP code, and the
+    `error.status` of the JSON body. Over gRPC: the specific class for the status, and the status
+    code of the call itself. In both cases `exc.code` is the HTTP status of the canonical code and
+    there is a message. Yields pytest's ExceptionInfo.
     """
+    assert transport in TRANSPORTS, transport
     code = HTTP_FOR_STATUS[status]
     with pytest.raises(gexc.GoogleAPICallError) as info:
         yield info
     err = info.value
-    assert isinstance(err, API_CORE_CLASS_FOR_HTTP[code]), f"expected {status}, got {type(err).__name__}: {err}"
+    wanted = API_CORE_CLASS_FOR_HTTP[code] if transport == "rest" else API_CORE_CLASS_FOR_GRPC_STATUS[status]
+    assert isinstance(err, wanted), f"expected {wanted.__name__} ({status}), got {type(err).__name__}: {err}"
     assert err.code == code, f"expected HTTP {code} ({status}), got {err.code}: {err}"
-    body = err.response.json() if err.response is not None else {}
-    assert body.get("error", {}).get("status") == status, f"expected {status}: {body}"
-    assert err.message, "the error carries no message"
+    if transport == "grpc":
+        assert isinstance(err.response, grpc.Call), f"not a gRPC failure: {err!r}"
+        assert err.grpc_status_code == grpc.StatusCode[status], err
+    report = error_report(err)
+    assert report.status == status, f"expected {status}: {report}"
+    assert err.message and report.message, "the error carries no message"
+
+
+# --- gRPC -------------------------------------------------------------------------------------
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    """grpc.ClientCallDetails with replaceable fields (grpc ships no public constructor)."""
+
+
+class MetadataInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds fixed metadata entries to every call, whatever its shape."""
+
+    def __init__(self, *entries: tuple[str, str]):
+        self.entries = list(entries)
+
+    def _details(self, details):
+        metadata = list(details.metadata or ()) + self.entries
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+def bearer_interceptor(token: str) -> MetadataInterceptor:
+    """The admin credential the way the gRPC API takes it: `authorization: Bearer TOKEN`."""
+    return MetadataInterceptor(("authorization", f"Bearer {token}"))
+
+
+def grpc_channel(address: str, *interceptors) -> grpc.Channel:
+    """A plaintext (h2c) channel to `address`, through `interceptors` (the first is outermost).
+
+    The HTTP proxy support of gRPC core is switched off: loopback traffic must never leave.
+    """
+    channel = grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)])
+    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
+
+
+def grpc_client(address: str, token: str | None, *interceptors) -> iot_v1.DeviceManagerClient:
+    """A google-cloud-iot client on its gRPC transport, built the way the server's docs say.
+
+    With `token=None` no authorization metadata is sent. Extra `interceptors` run after the one
+    that adds the token, so they see the metadata actually sent.
+    """
+    chain = ([bearer_interceptor(token)] if token is not None else []) + list(interceptors)
+    channel = grpc_channel(address, *chain)
+    return iot_v1.DeviceManagerClient(transport=DeviceManagerGrpcTransport(channel=channel))

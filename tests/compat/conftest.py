@@ -44,6 +44,11 @@ class Server:
         """Root of the REST API, without a trailing slash."""
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def grpc_address(self) -> str:
+        """host:port of the plaintext (h2c) gRPC API, as grpc.insecure_channel takes it."""
+        return f"127.0.0.1:{self.grpc_port}"
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if the server has not exited within 10 s."""
         if self.process.poll() is None:

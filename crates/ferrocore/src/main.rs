@@ -41,6 +41,12 @@ struct ServeArgs {
     /// token in DATA_DIR/admin-token is used, generated on first start.
     #[arg(long, env = "FERROCORE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM). With --tls-key, gRPC is served over TLS (ALPN h2).
+    #[arg(long, env = "FERROCORE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, mode 0600).
+    #[arg(long, env = "FERROCORE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Seconds between flushes of batched device activity (last heartbeat, event, state times).
     #[arg(long, default_value_t = 1.0)]
     activity_flush_seconds: f64,
@@ -71,6 +77,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         data_dir: args.data_dir,
         admin_token,
         activity_flush_interval: Duration::from_secs_f64(args.activity_flush_seconds),
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(server::TlsFiles { cert, key }),
+            _ => None,
+        },
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

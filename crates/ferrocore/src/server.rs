@@ -22,6 +22,22 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// How often batched device activity reaches the store.
     pub activity_flush_interval: Duration,
+    /// Certificate chain and private key (PEM) for TLS; gRPC uses TLS with ALPN h2 when set.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Reads the certificate and key; the key must not be readable by other users.
+fn load_tls(files: &TlsFiles) -> Result<tonic::transport::Identity> {
+    let cert = std::fs::read(&files.cert)
+        .with_context(|| format!("cannot read the TLS certificate {}", files.cert.display()))?;
+    let key = secrets::read_secret_file(&files.key).context("cannot use the TLS key")?;
+    Ok(tonic::transport::Identity::from_pem(cert, key))
 }
 
 /// Listeners bound by the caller, so tests can pass port-0 sockets.
@@ -87,13 +103,21 @@ pub async fn run(
         grpc: listeners.grpc.as_ref().map(TcpListener::local_addr).transpose()?,
     };
     let service = ferrocore_api::service::DeviceManager::new(core.clone());
-    let grpc = listeners.grpc.map(|listener| {
-        let svc = ferrocore_api::grpc::service(service.clone(), token.clone());
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tokio::spawn(
-            tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stopped()),
-        )
-    });
+    let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    let grpc = match listeners.grpc {
+        Some(listener) => {
+            let svc = ferrocore_api::grpc::service(service.clone(), token.clone());
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(identity) = tls {
+                builder = builder
+                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                    .context("the TLS certificate or key is not usable")?;
+            }
+            Some(tokio::spawn(builder.add_service(svc).serve_with_incoming_shutdown(incoming, stopped())))
+        }
+        None => None,
+    };
     let app = ferrocore_api::rest::router(service, token, ready.clone());
     let http = tokio::spawn(axum::serve(listeners.http, app).with_graceful_shutdown(stopped()).into_future());
     ready.store(true, Ordering::Release);

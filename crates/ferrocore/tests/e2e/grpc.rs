@@ -389,3 +389,66 @@ async fn grpc_needs_the_token_and_reports_field_violations() {
     assert!(err.message().contains("'name' must be in the form"), "{}", err.message());
     s.stop().await;
 }
+
+/// Copies the test certificate and key next to the server, the key with mode 0600.
+fn tls_files(dir: &std::path::Path) -> ferrocore::server::TlsFiles {
+    use std::os::unix::fs::PermissionsExt;
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let cert = dir.join("server.pem");
+    let key = dir.join("server-key.pem");
+    std::fs::copy(format!("{src}/server.pem"), &cert).unwrap();
+    std::fs::copy(format!("{src}/server-key.pem"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ferrocore::server::TlsFiles { cert, key }
+}
+
+#[tokio::test]
+async fn grpc_over_tls_with_alpn_h2() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let s = TestServer::start_with(|dir| Some(tls_files(dir))).await;
+    let ca = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem")).unwrap();
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+    let channel =
+        Endpoint::from_shared(format!("https://{}", s.grpc)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse().unwrap();
+    let mut g = iot::device_manager_client::DeviceManagerClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", token.clone());
+            Ok(req)
+        },
+    );
+    let r = g
+        .create_device_registry(iot::CreateDeviceRegistryRequest {
+            parent: "projects/tls/locations/l".into(),
+            device_registry: Some(iot::DeviceRegistry { id: "secure".into(), ..Default::default() }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.name, "projects/tls/locations/l/registries/secure");
+
+    // A plaintext client cannot talk to the TLS listener.
+    let mut plain = s.grpc_client(Some(TOKEN)).await;
+    assert!(plain.get_device_registry(iot::GetDeviceRegistryRequest { name: r.name.clone() }).await.is_err());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_tls_key_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls_files(dir.path());
+    std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = ferrocore::server::Config {
+        data_dir: dir.path().join("data"),
+        admin_token: Some(TOKEN.into()),
+        activity_flush_interval: std::time::Duration::from_secs(1),
+        tls: Some(files),
+    };
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listeners = ferrocore::server::Listeners { http, grpc: Some(grpc) };
+    let err = ferrocore::server::run(config, listeners, std::future::pending(), |_| {}).await.unwrap_err();
+    assert!(format!("{err:#}").contains("readable by other users"), "{err:#}");
+}

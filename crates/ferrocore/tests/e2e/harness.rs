@@ -39,11 +39,18 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(|_| None).await
+    }
+
+    /// Starts with TLS files prepared in the server's temp dir by `tls`.
+    pub async fn start_with(tls: impl FnOnce(&Path) -> Option<ferrocore::server::TlsFiles>) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let tls = tls(dir.path());
         let config = ferrocore::server::Config {
             data_dir: dir.path().join("data"),
             admin_token: Some(TOKEN.into()),
             activity_flush_interval: Duration::from_millis(50),
+            tls,
         };
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = http.local_addr().unwrap();

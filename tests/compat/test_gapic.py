@@ -1,32 +1,47 @@
-"""google-cloud-iot 2.9.2 (the GAPIC client, REST transport) against Ferrocore.
+"""google-cloud-iot 2.9.2 (the GAPIC client) against Ferrocore, over both of its transports.
 
-This is the client most Python users of IoT Core ended up on. Its REST transport sends
-`$alt=json;enum-encoding=int`, writes enums as integers, serialises FieldMasks in lowerCamel
-and always sends `updateMask` on updates, so these tests exercise those quirks as a side effect.
+This is the client most Python users of IoT Core ended up on. Every test runs once per transport
+(the `transport` fixture), and both runs must satisfy the same assertions:
 
-Errors: over REST, google-api-core picks the exception class from the HTTP status alone, so a
-400 arrives as BadRequest (not InvalidArgument / FailedPrecondition) and a 409 as Conflict (not
-AlreadyExists). `compat_support.expect_error` checks that class, the code, and the canonical
-status the server put in the JSON body.
+* "rest": the REST transport sends `$alt=json;enum-encoding=int`, writes enums as integers,
+  serialises FieldMasks in lowerCamel and always sends `updateMask` on updates, so the tests
+  exercise those quirks as a side effect.
+* "grpc": the gRPC transport on a plaintext (h2c) channel whose interceptor adds
+  `authorization: Bearer TOKEN` metadata; messages go out in binary, FieldMasks in snake_case.
+
+The transports legitimately differ in how a failure surfaces. Over REST, google-api-core picks the
+exception class from the HTTP status alone, so a 400 arrives as BadRequest (not InvalidArgument /
+FailedPrecondition) and a 409 as Conflict (not AlreadyExists); over gRPC the class follows the
+status code, so the specific class arrives. The `expect_error` fixture checks the class that is
+right for the transport, the HTTP-equivalent `code`, and the canonical status the server sent (in
+the JSON body or as the gRPC status). A refused token differs as well; see the authentication
+tests.
 """
 
 from __future__ import annotations
 
+import functools
+
 import google.auth.exceptions
 import google.oauth2.credentials
+import grpc
 import pytest
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import iot_v1
 from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
 
+import compat_support
 from compat_support import (
     GARBAGE_KEY,
-    expect_error,
+    TRANSPORTS,
     ec_p384_public_pem,
     ec_public_pem,
+    error_report,
     fresh_project,
+    grpc_client,
     location_path,
     rsa_public_pem,
     same_pem,
@@ -35,17 +50,89 @@ from compat_support import (
 )
 
 
-def make_client(server, credentials) -> iot_v1.DeviceManagerClient:
-    return iot_v1.DeviceManagerClient(
-        transport="rest",
-        client_options=ClientOptions(api_endpoint=server.base_url),
-        credentials=credentials,
-    )
+class GrpcExchangeRecorder(grpc.UnaryUnaryClientInterceptor):
+    """Appends (status code name, authorization metadata sent, None) to `seen` for every call."""
+
+    def __init__(self, seen: list):
+        self.seen = seen
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        sent = dict(client_call_details.metadata or ())
+        outcome = continuation(client_call_details, request)
+        self.seen.append((outcome.code().name, sent.get("authorization"), None))
+        return outcome
+
+
+def record_rest_exchanges(client: iot_v1.DeviceManagerClient, seen: list) -> None:
+    """Appends (status name, Authorization header sent, JSON body) to `seen` for every exchange."""
+
+    def hook(resp, *args, **kwargs):
+        try:
+            body = resp.json()
+        except ValueError:
+            body = resp.text
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            status = body["error"].get("status")
+        else:
+            status = "OK" if resp.status_code == 200 else f"HTTP {resp.status_code}"
+        seen.append((status, resp.request.headers.get("Authorization"), body))
+
+    client._transport._session.hooks["response"].append(hook)  # a google.auth AuthorizedSession
+
+
+def make_client(server, transport: str, token: str | None, seen: list | None = None) -> iot_v1.DeviceManagerClient:
+    """A client on `transport` presenting the admin `token`; None presents no credential at all.
+
+    With `seen`, every exchange is recorded there as (canonical status name or "OK", credential
+    sent, REST JSON body or None).
+    """
+    if transport == "rest":
+        credentials = AnonymousCredentials() if token is None else google.oauth2.credentials.Credentials(token=token)
+        client = iot_v1.DeviceManagerClient(
+            transport="rest",
+            client_options=ClientOptions(api_endpoint=server.base_url),
+            credentials=credentials,
+        )
+        if seen is not None:
+            record_rest_exchanges(client, seen)
+        return client
+    assert transport == "grpc", transport
+    # The recorder comes after the token interceptor, so it sees the metadata actually sent.
+    recorders = [GrpcExchangeRecorder(seen)] if seen is not None else []
+    return grpc_client(server.grpc_address, token, *recorders)
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def transport(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def client(server) -> iot_v1.DeviceManagerClient:
-    return make_client(server, google.oauth2.credentials.Credentials(token=server.token))
+def client(server, transport) -> iot_v1.DeviceManagerClient:
+    c = make_client(server, transport, server.token)
+    yield c
+    c.transport.close()
+
+
+@pytest.fixture
+def other_client(server, transport):
+    """Builds further clients on the transport under test; they are closed after the test."""
+    made = []
+
+    def build(token: str | None, seen: list | None = None) -> iot_v1.DeviceManagerClient:
+        c = make_client(server, transport, token, seen)
+        made.append(c)
+        return c
+
+    yield build
+    for c in made:
+        c.transport.close()
+
+
+@pytest.fixture
+def expect_error(transport):
+    """`compat_support.expect_error` for the transport under test: `with expect_error("NOT_FOUND"):`."""
+    return functools.partial(compat_support.expect_error, transport=transport)
 
 
 @pytest.fixture
@@ -87,66 +174,65 @@ NON_GATEWAY = iot_v1.GatewayConfig(gateway_type=iot_v1.GatewayType.NON_GATEWAY)
 
 # --- authentication ----------------------------------------------------------------------------
 
-def record_responses(client) -> list:
-    """Records (status, Authorization header sent, JSON body) for every HTTP exchange of `client`."""
+def test_bearer_token_is_sent(server, other_client, parent):
     seen = []
-
-    def hook(resp, *args, **kwargs):
-        try:
-            body = resp.json()
-        except ValueError:
-            body = resp.text
-        seen.append((resp.status_code, resp.request.headers.get("Authorization"), body))
-
-    client._transport._session.hooks["response"].append(hook)  # a google.auth AuthorizedSession
-    return seen
-
-
-def test_oauth_credentials_send_the_bearer_token(server, parent):
-    client = make_client(server, google.oauth2.credentials.Credentials(token=server.token))
-    seen = record_responses(client)
+    client = other_client(server.token, seen)
     assert list(client.list_device_registries(parent=parent)) == []
-    assert [(status, auth) for status, auth, _ in seen] == [(200, f"Bearer {server.token}")]
+    assert [(status, auth) for status, auth, _ in seen] == [("OK", f"Bearer {server.token}")]
 
 
-# A 401 makes google.auth's AuthorizedSession try to refresh the credentials before giving up, so
-# the caller sees the refresh failure (a google.auth error) rather than an api_core exception. The
-# recorded exchange shows what the server itself answered.
-AUTH_FAILURES = (gexc.Unauthorized, google.auth.exceptions.GoogleAuthError)
+# Over REST a 401 makes google.auth's AuthorizedSession try to refresh the credentials before
+# giving up, so the caller sees the refresh failure (a google.auth error) rather than an api_core
+# exception. Over gRPC no credentials object is involved (the token is plain metadata), so the
+# UNAUTHENTICATED status arrives directly as google-api-core's Unauthenticated. Either way, the
+# recorded exchanges show what the server itself answered.
+REST_AUTH_FAILURES = (gexc.Unauthorized, google.auth.exceptions.GoogleAuthError)
 
 
-def assert_refused_with_401(seen):
+@pytest.fixture
+def expect_refused(transport, expect_error):
+    """A context manager for a call the server refuses for its credential."""
+
+    def refused():
+        if transport == "rest":
+            return pytest.raises(REST_AUTH_FAILURES)
+        return expect_error("UNAUTHENTICATED")
+
+    return refused
+
+
+def assert_refused_as_unauthenticated(seen):
     assert seen, "no request reached the server"
     for status, _, body in seen:
-        assert status == 401, seen
-        assert isinstance(body, dict) and body["error"]["status"] == "UNAUTHENTICATED", body
-        assert body["error"]["code"] == 401, body
+        assert status == "UNAUTHENTICATED", seen
+        if body is not None:  # REST: the JSON error body and the HTTP status agree
+            assert isinstance(body, dict) and body["error"]["code"] == 401, body
 
 
-def test_anonymous_credentials_are_unauthenticated(server, parent):
-    anon = make_client(server, AnonymousCredentials())
-    seen = record_responses(anon)
-    with pytest.raises(AUTH_FAILURES):
+def test_missing_credentials_are_unauthenticated(other_client, expect_refused, parent):
+    seen = []
+    anon = other_client(None, seen)
+    with expect_refused():
         anon.get_device_registry(name=f"{parent}/registries/whatever")
-    assert_refused_with_401(seen)
+    assert_refused_as_unauthenticated(seen)
     assert all(auth is None for _, auth, _ in seen)
 
 
-def test_wrong_token_is_unauthenticated(server, client, parent):
-    wrong = make_client(server, google.oauth2.credentials.Credentials(token=server.token + "x"))
-    seen = record_responses(wrong)
-    with pytest.raises(AUTH_FAILURES):
+def test_wrong_token_is_unauthenticated(server, client, other_client, expect_refused, parent):
+    seen = []
+    wrong = other_client(server.token + "x", seen)
+    with expect_refused():
         list(wrong.list_device_registries(parent=parent))
-    with pytest.raises(AUTH_FAILURES):
+    with expect_refused():
         wrong.create_device_registry(parent=parent, device_registry=iot_v1.DeviceRegistry(id=unique("reg")))
-    assert_refused_with_401(seen)
+    assert_refused_as_unauthenticated(seen)
     assert all(auth == f"Bearer {server.token}x" for _, auth, _ in seen)
     assert list(client.list_device_registries(parent=parent)) == []
 
 
 # --- registries --------------------------------------------------------------------------------
 
-def test_registry_create_get_update_delete(client, parent):
+def test_registry_create_get_update_delete(client, parent, expect_error):
     project = parent.split("/")[1]
     rid = unique("reg")
     wanted = iot_v1.DeviceRegistry(
@@ -222,7 +308,7 @@ def test_registry_create_get_update_delete(client, parent):
         client.delete_device_registry(name=created.name)
 
 
-def test_registry_update_rejects_immutable_and_empty_masks(client, parent):
+def test_registry_update_rejects_immutable_and_empty_masks(client, parent, expect_error):
     reg = new_registry(client, parent)
     with expect_error("INVALID_ARGUMENT"):
         client.update_device_registry(
@@ -236,7 +322,7 @@ def test_registry_update_rejects_immutable_and_empty_masks(client, parent):
     assert client.get_device_registry(name=reg.name) == reg
 
 
-def test_registry_invalid_ids(client, parent):
+def test_registry_invalid_ids(client, parent, expect_error):
     for bad in ("1bad", "ab", "goog-reserved", "has space", "x" * 256):
         with expect_error("INVALID_ARGUMENT"):
             client.create_device_registry(parent=parent, device_registry=iot_v1.DeviceRegistry(id=bad))
@@ -274,7 +360,7 @@ def test_list_registries_pages_through_everything_once(client, parent):
         assert r.name == f"{parent}/registries/{r.id}"
 
 
-def test_registry_not_found(client, parent):
+def test_registry_not_found(client, parent, expect_error):
     with expect_error("NOT_FOUND") as exc:
         client.get_device_registry(name=f"{parent}/registries/{unique('missing')}")
     assert exc.value.code == 404
@@ -284,7 +370,7 @@ def test_registry_not_found(client, parent):
         )
 
 
-def test_delete_registry_with_devices_fails(client, parent):
+def test_delete_registry_with_devices_fails(client, parent, expect_error):
     reg = new_registry(client, parent)
     dev = new_device(client, reg)
     with expect_error("FAILED_PRECONDITION"):
@@ -368,7 +454,7 @@ def test_create_device_with_certificates_and_initial_config(client, parent):
     assert got.config.binary_data == b"\x00initial\xff"
 
 
-def test_create_device_rejects_bad_input(client, parent):
+def test_create_device_rejects_bad_input(client, parent, expect_error):
     reg = new_registry(client, parent)
 
     def create(**fields):
@@ -417,7 +503,7 @@ def test_create_device_rejects_bad_input(client, parent):
     assert exc.value.code == 409
 
 
-def test_device_not_found(client, parent):
+def test_device_not_found(client, parent, expect_error):
     reg = new_registry(client, parent)
     missing = f"{reg.name}/devices/{unique('ghost')}"
     with expect_error("NOT_FOUND") as exc:
@@ -435,7 +521,7 @@ def test_device_not_found(client, parent):
         client.update_device(device=iot_v1.Device(name=missing, blocked=True), update_mask=mask("blocked"))
 
 
-def test_device_in_other_registry_is_not_visible(client, parent):
+def test_device_in_other_registry_is_not_visible(client, parent, expect_error):
     reg_a = new_registry(client, parent)
     reg_b = new_registry(client, parent)
     dev = new_device(client, reg_a)
@@ -495,7 +581,7 @@ def test_list_devices_pager_filters_and_field_mask(client, parent):
     assert [d.id for d in picked] == [others[1].id]
 
 
-def test_gateways_bind_unbind_and_list_options(client, parent):
+def test_gateways_bind_unbind_and_list_options(client, parent, expect_error):
     reg = new_registry(client, parent)
     gw = new_device(client, reg, device_id=unique("gw"), gateway_config=GATEWAY)
     gw2 = new_device(client, reg, device_id=unique("gw"), gateway_config=GATEWAY)
@@ -541,7 +627,7 @@ def test_gateways_bind_unbind_and_list_options(client, parent):
     assert ids(associations_gateway_id=gw.id) == {d2.id}
 
 
-def test_update_device_fields(client, parent):
+def test_update_device_fields(client, parent, expect_error):
     reg = new_registry(client, parent)
     dev = new_device(client, reg, credentials=[rsa_cred()], metadata={"a": "1", "b": "2"})
 
@@ -602,7 +688,7 @@ def test_update_device_fields(client, parent):
     assert client.get_device(name=dev.name) == final
 
 
-def test_gateway_type_is_fixed_but_auth_method_is_mutable(client, parent):
+def test_gateway_type_is_fixed_but_auth_method_is_mutable(client, parent, expect_error):
     reg = new_registry(client, parent)
     gw = new_device(client, reg, gateway_config=GATEWAY)
     changed = client.update_device(
@@ -626,7 +712,7 @@ def test_gateway_type_is_fixed_but_auth_method_is_mutable(client, parent):
     assert client.get_device(name=gw.name).gateway_config.gateway_type == iot_v1.GatewayType.GATEWAY
 
 
-def test_cloud_to_device_config_versions(client, parent):
+def test_cloud_to_device_config_versions(client, parent, expect_error):
     reg = new_registry(client, parent)
     dev = new_device(client, reg)
 
@@ -675,7 +761,7 @@ def test_config_history_keeps_ten_versions(client, parent):
     assert history[0].binary_data == b"v13"
 
 
-def test_states_empty_and_commands_need_a_subscriber(client, parent):
+def test_states_empty_and_commands_need_a_subscriber(client, parent, expect_error):
     reg = new_registry(client, parent)
     dev = new_device(client, reg)
     assert list(client.list_device_states(name=dev.name).device_states) == []
@@ -694,7 +780,7 @@ def test_states_empty_and_commands_need_a_subscriber(client, parent):
         client.send_command_to_device(name=f"{reg.name}/devices/{unique('ghost')}", binary_data=b"x")
 
 
-def test_delete_device_by_id_and_by_numeric_id(client, parent):
+def test_delete_device_by_id_and_by_numeric_id(client, parent, expect_error):
     reg = new_registry(client, parent)
     a = new_device(client, reg)
     b = new_device(client, reg)
@@ -711,3 +797,45 @@ def test_delete_device_by_id_and_by_numeric_id(client, parent):
     assert again.num_id not in (a.num_id, b.num_id)
     client.delete_device(name=again.name)
     client.delete_device_registry(name=reg.name)
+
+
+# --- error details and unserved methods ------------------------------------------------------
+
+def test_invalid_argument_names_the_field(client, transport, parent, expect_error):
+    reg = new_registry(client, parent)
+    with expect_error("INVALID_ARGUMENT") as exc:
+        client.create_device(parent=reg.name, device=iot_v1.Device(id="1bad"))
+    report = error_report(exc.value)
+    assert [field for field, _ in report.field_violations] == ["device.id"], report
+    assert all(description for _, description in report.field_violations), report
+    # What google-api-core itself exposes as `details`: over gRPC the google.rpc.BadRequest
+    # unpacked from grpc-status-details-bin, over REST the JSON `details` entries.
+    details = exc.value.details
+    if transport == "grpc":
+        bad_requests = [d for d in details if isinstance(d, error_details_pb2.BadRequest)]
+        assert [v.field for d in bad_requests for v in d.field_violations] == ["device.id"], details
+    else:
+        assert [
+            v["field"]
+            for d in details
+            if d.get("@type") == "type.googleapis.com/google.rpc.BadRequest"
+            for v in d["fieldViolations"]
+        ] == ["device.id"], details
+    # A status without a field to blame carries no violation.
+    with expect_error("NOT_FOUND") as exc:
+        client.get_device(name=f"{reg.name}/devices/{unique('ghost')}")
+    assert error_report(exc.value).field_violations == ()
+
+
+def test_iam_methods_are_not_implemented(client, parent):
+    reg = new_registry(client, parent)
+    with pytest.raises(gexc.MethodNotImplemented) as exc:
+        client.get_iam_policy(resource=reg.name)
+    assert exc.value.code == 501
+    assert error_report(exc.value).status == "UNIMPLEMENTED"
+    with pytest.raises(gexc.MethodNotImplemented):
+        client.set_iam_policy(request={"resource": reg.name, "policy": {"bindings": []}})
+    with pytest.raises(gexc.MethodNotImplemented):
+        client.test_iam_permissions(resource=reg.name, permissions=["cloudiot.devices.get"])
+    # Nothing about the registry changed.
+    assert client.get_device_registry(name=reg.name) == reg
