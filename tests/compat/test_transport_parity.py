@@ -38,6 +38,8 @@ from compat_support import (
     GARBAGE_KEY,
     TIMESTAMP_RE,
     TRANSPORTS,
+    Rest,
+    assert_google_error,
     ec_public_pem,
     error_report,
     fresh_project,
@@ -100,12 +102,19 @@ class Outcome:
             return "CRASH"
         return self.error[0] if self.error is not None else OK
 
-    def comparable(self):
+    def comparable(self) -> dict:
         if self.crash is not None:
-            return ("crash", self.crash)
+            return {"crash": self.crash}
         if self.error is not None:
-            return ("error",) + self.error
-        return ("ok", self.result)
+            status, message, violations = self.error
+            return {
+                "error": {
+                    "status": status,
+                    "message": message,
+                    "field_violations": [{"field": f, "description": d} for f, d in violations],
+                }
+            }
+        return {"ok": self.result}
 
 
 class Run:
@@ -656,7 +665,7 @@ def differences(a, b, where: str = "") -> list[str]:
             else:
                 out.extend(differences(a[k], b[k], at))
         return out
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
     return [] if a == b else [f"{where or '<value>'}: {a!r} over REST, {b!r} over gRPC"]
 
@@ -700,3 +709,24 @@ def test_scenario_exercised_what_it_claims(outcomes):
         assert stale[0] == "FAILED_PRECONDITION" and stale[1], stale
         bad_id = o["create a device with a bad id"].error
         assert [field for field, _ in bad_id[2]] == ["device.id"], bad_id
+
+
+def test_a_missing_token_is_refused_alike(server):
+    """Both APIs refuse a call without the admin token as UNAUTHENTICATED, before looking at it.
+
+    The messages are not compared: each names the place the token goes on its own transport (the
+    `Authorization` header, or `authorization` metadata).
+    """
+    name = f"{location_path(fresh_project())}/registries/{REGISTRY_ID}"
+    rest = Rest(server.base_url, None)
+    error = assert_google_error(rest.get(f"v1/{name}"), 401, "UNAUTHENTICATED")
+    anon = grpc_client(server.grpc_address, None)
+    try:
+        with pytest.raises(gexc.Unauthenticated) as exc:
+            anon.get_device_registry(name=name)
+    finally:
+        anon.transport.close()
+    report = error_report(exc.value)
+    assert report.status == error["status"] == "UNAUTHENTICATED"
+    assert report.message and error["message"]
+    assert report.field_violations == () and "details" not in error
