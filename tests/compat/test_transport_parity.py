@@ -55,6 +55,7 @@ REGISTRY_ID = unique("parity")
 GATEWAY_ID = "gateway-1"
 DEVICE_ID = "device-1"
 MISSING_ID = "no-such-device"
+PERCENT_ID = "pct%2Fslash"
 
 # Expected outcome of a step: OK, a canonical status name, or ANY_BAD_REQUEST (either status
 # that maps to HTTP 400; the REST suite does not pin which one some checks use).
@@ -573,6 +574,17 @@ STEPS = [
     ),
     Step("get_iam_policy (IAM is not served)", lambda r: r.client.get_iam_policy(resource=r.registry),
          expect="UNIMPLEMENTED"),
+    # IoT Core ids may contain '%'. Over REST the client puts the id into the URL path as is; the
+    # HTTP mapping rule for a multi-segment variable like {name=projects/*/.../devices/*} says the
+    # server decodes it "except %2F and %2f are left unchanged", so the id must survive the trip.
+    Step(
+        "create a device whose id contains %2F",
+        lambda r: r.client.create_device(parent=r.registry, device=iot_v1.Device(id=PERCENT_ID)),
+        remember="percent",
+    ),
+    Step("get a device whose id contains %2F", lambda r: r.client.get_device(name=r.device(PERCENT_ID))),
+    Step("delete the device whose id contains %2F, by numeric id",
+         lambda r: r.client.delete_device(name=r.by_num("percent"))),
     Step(
         "delete a registry that still has devices",
         lambda r: r.client.delete_device_registry(name=r.registry),

@@ -11,7 +11,7 @@ fn spawn(data_dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocore"))
         .args(["serve", "--data-dir"])
         .arg(data_dir)
-        .args(["--http", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
         .env("FERROCORE_ADMIN_TOKEN", TOKEN)
         .env("FERROCORE_LOG", "warn")
         .stdout(Stdio::piped())
@@ -19,7 +19,10 @@ fn spawn(data_dir: &std::path::Path) -> (Child, String) {
         .expect("start ferrocore");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("ferrocore listening http=").unwrap_or_else(|| panic!("unexpected: {line}"));
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
     (child, format!("http://{addr}/v1"))
 }
 
