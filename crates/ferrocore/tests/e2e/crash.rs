@@ -7,7 +7,17 @@ use std::process::{Child, Command, Stdio};
 
 const TOKEN: &str = "crash-test-token-0123456789";
 
-fn spawn(data_dir: &std::path::Path) -> (Child, String) {
+/// Kills the server when dropped, so a failing test leaves no process behind.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(data_dir: &std::path::Path) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocore"))
         .args(["serve", "--data-dir"])
         .arg(data_dir)
@@ -17,8 +27,10 @@ fn spawn(data_dir: &std::path::Path) -> (Child, String) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start ferrocore");
+    let stdout = child.stdout.take().unwrap();
+    let child = Server(child);
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
     let addr = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("http="))
@@ -29,7 +41,7 @@ fn spawn(data_dir: &std::path::Path) -> (Child, String) {
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = spawn(dir.path());
+    let (child, base) = spawn(dir.path());
     let client = reqwest::Client::new();
     let reg = "projects/crash/locations/us-central1/registries/reg";
     let post = |path: String, body: Value| client.post(format!("{base}/{path}")).bearer_auth(TOKEN).json(&body).send();
@@ -70,11 +82,10 @@ async fn acknowledged_writes_survive_kill_9() {
     for t in tasks {
         acked.extend(t.await.unwrap());
     }
-    // No graceful shutdown: the process dies right after the last acknowledgement.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // No graceful shutdown: SIGKILL right after the last acknowledgement.
+    drop(child);
 
-    let (mut child, base) = spawn(dir.path());
+    let (_child, base) = spawn(dir.path());
     for id in &acked {
         let v: Value = client
             .get(format!("{base}/{reg}/devices/{id}?fieldMask=config,metadata"))
@@ -89,6 +100,4 @@ async fn acknowledged_writes_survive_kill_9() {
         assert_eq!(v["config"]["binaryData"], "Y3Jhc2g=", "{id}");
     }
     assert_eq!(acked.len(), 100);
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
