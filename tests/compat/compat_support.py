@@ -199,6 +199,7 @@ HTTP_FOR_STATUS = {
     "ALREADY_EXISTS": 409,
     "ABORTED": 409,
     "RESOURCE_EXHAUSTED": 429,
+    "UNIMPLEMENTED": 501,
 }
 
 # What google-api-core raises for an HTTP status over REST. It picks the class from the HTTP
@@ -212,6 +213,7 @@ API_CORE_CLASS_FOR_HTTP = {
     404: gexc.NotFound,
     409: gexc.Conflict,
     429: gexc.TooManyRequests,
+    501: gexc.MethodNotImplemented,
 }
 
 

@@ -1,4 +1,5 @@
-"""The server process as an operator meets it: the generated admin token and restarts.
+"""The server process as an operator meets it: the generated admin token, the listeners it
+announces, and restarts.
 
 These tests start their own servers (the `launch` fixture) on private data directories.
 """
@@ -8,8 +9,20 @@ from __future__ import annotations
 import base64
 import secrets
 import stat
+import time
 
-from compat_support import Rest, assert_google_error, fresh_project, location_path, rsa_public_pem, unique
+import pytest
+from google.api_core import exceptions as gexc
+
+from compat_support import (
+    Rest,
+    assert_google_error,
+    fresh_project,
+    grpc_client,
+    location_path,
+    rsa_public_pem,
+    unique,
+)
 
 
 def test_admin_token_is_generated_once_and_kept(launch, tmp_path):
@@ -80,3 +93,28 @@ def test_everything_survives_a_restart(launch, tmp_path):
     # Numeric ids are never handed out twice, restart or not.
     new = rest.create_device(reg["name"], {"id": unique("dev")})
     assert new["numId"] not in (gw["numId"], dev["numId"])
+
+
+def test_both_listeners_are_announced_and_grpc_serves_the_same_data(launch, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    token = secrets.token_urlsafe(32)
+    srv = launch(data_dir, token)
+    wanted = f"ferrocore listening http=127.0.0.1:{srv.http_port} grpc={srv.grpc_address}"
+    deadline = time.monotonic() + 5
+    while wanted not in srv.log_path.read_text(errors="replace").splitlines():
+        assert time.monotonic() < deadline, f"no line {wanted!r} in the output:\n{srv.log_tail()}"
+        time.sleep(0.05)
+
+    rest = Rest(srv.base_url, token)
+    reg = rest.create_registry(location_path(fresh_project()), {"id": unique("reg")})
+    client = grpc_client(srv.grpc_address, token)
+    anon = grpc_client(srv.grpc_address, None)
+    try:
+        got = client.get_device_registry(name=reg["name"])
+        assert (got.id, got.name) == (reg["id"], reg["name"])
+        with pytest.raises(gexc.Unauthenticated):
+            anon.get_device_registry(name=reg["name"])
+    finally:
+        client.transport.close()
+        anon.transport.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import re
 import time
 from typing import Any, Callable
@@ -96,6 +97,7 @@ class Outcome:
     error: tuple | None = None  # (status, message, field violations), masked
     crash: str | None = None  # an exception that is not a google-api-core call error
     problems: list[str] = dataclasses.field(default_factory=list)  # timestamp checks that failed
+    json_times: int = 0  # REST only: timestamps checked in the raw JSON bodies
 
     @property
     def status(self) -> str:
@@ -121,9 +123,9 @@ class Outcome:
 class Run:
     """The scenario's state on one transport: its client, names, numeric ids and raw REST bodies."""
 
-    def __init__(self, transport: str, client: iot_v1.DeviceManagerClient):
+    def __init__(self, transport: str, connect: Callable[[Run], iot_v1.DeviceManagerClient]):
         self.transport = transport
-        self.client = client
+        self.connect = connect  # builds a client on this run's transport
         self.project = fresh_project()
         self.parent = location_path(self.project)
         self.registry = f"{self.parent}/registries/{REGISTRY_ID}"
@@ -132,6 +134,7 @@ class Run:
         self.rest_bodies: list[Any] = []  # JSON bodies of the current step's HTTP exchanges
         self.started = time.time()
         self.problems: list[str] = []
+        self.client = connect(self)
 
     def device(self, device_id: str) -> str:
         return f"{self.registry}/devices/{device_id}"
@@ -211,14 +214,21 @@ def _value(run: Run, field, value, where: str):
     return value
 
 
-def check_rest_json_times(run: Run, step: str) -> None:
-    """Over REST every timestamp is RFC 3339 text; Google's mapping writes it in UTC with a Z."""
+def check_rest_json_times(run: Run, step: str) -> int:
+    """Over REST every timestamp is RFC 3339 text; Google's mapping writes it in UTC with a Z.
+
+    Returns how many timestamps the step's JSON bodies held.
+    """
+    checked = 0
 
     def walk(node, where):
+        nonlocal checked
         if isinstance(node, dict):
             for k, v in node.items():
-                if k.endswith("Time") and isinstance(v, str) and not TIMESTAMP_RE.match(v):
-                    run.problems.append(f"{step}: REST {where}.{k} = {v!r} is not RFC 3339 UTC")
+                if k.endswith("Time") and isinstance(v, str):
+                    checked += 1
+                    if not TIMESTAMP_RE.match(v):
+                        run.problems.append(f"{step}: REST {where}.{k} = {v!r} is not RFC 3339 UTC")
                 walk(v, f"{where}.{k}")
         elif isinstance(node, list):
             for i, v in enumerate(node):
@@ -226,6 +236,7 @@ def check_rest_json_times(run: Run, step: str) -> None:
 
     for body in run.rest_bodies:
         walk(body, "body")
+    return checked
 
 
 # --- the scenario ------------------------------------------------------------------------------
@@ -236,6 +247,15 @@ class Step:
     call: Callable[[Run], Any]
     expect: str | tuple = OK
     remember: str | None = None  # label under which a created device's numeric id is kept
+    # Run on a client of its own. For calls the REST server answers before it has read the
+    # request body: it then closes the connection without `Connection: close`, and the client's
+    # next call on that pooled connection may fail, which would blame the wrong step (see
+    # test_wire.py::test_an_early_error_does_not_silently_drop_the_connection).
+    own_client: bool = False
+    # Refused before the request reaches the shared service: by REST's JSON parser (which knows
+    # the enum) or by a transport's size limit. Each transport words that refusal its own way, so
+    # only the outcome is compared, not the message.
+    transport_level: bool = False
 
 
 def first_page(pager):
@@ -556,6 +576,7 @@ STEPS = [
         "create a device with an unknown log_level number",
         lambda r: r.client.create_device(parent=r.registry, device=iot_v1.Device(id="enum-probe", log_level=99)),
         expect="INVALID_ARGUMENT",
+        transport_level=True,
     ),
     Step(
         "list devices with an unknown gateway_type number",
@@ -567,13 +588,19 @@ STEPS = [
         expect="INVALID_ARGUMENT",
     ),
     Step(
+        "get_iam_policy (IAM is not served)",
+        lambda r: r.client.get_iam_policy(resource=r.registry),
+        expect="UNIMPLEMENTED",
+        own_client=True,
+    ),
+    Step(
         "send a command larger than the request size limit",
         lambda r: r.client.send_command_to_device(name=r.device(DEVICE_ID), binary_data=b"x" * 2_000_000),
         # The transports may refuse it at different layers; the statuses must still agree.
         expect=("INVALID_ARGUMENT", "OUT_OF_RANGE", "RESOURCE_EXHAUSTED"),
+        own_client=True,
+        transport_level=True,
     ),
-    Step("get_iam_policy (IAM is not served)", lambda r: r.client.get_iam_policy(resource=r.registry),
-         expect="UNIMPLEMENTED"),
     # IoT Core ids may contain '%'. Over REST the client puts the id into the URL path as is; the
     # HTTP mapping rule for a multi-segment variable like {name=projects/*/.../devices/*} says the
     # server decodes it "except %2F and %2f are left unchanged", so the id must survive the trip.
@@ -607,6 +634,9 @@ def run_scenario(run: Run) -> dict[str, Outcome]:
         run.rest_bodies.clear()
         run.problems = []
         outcome = Outcome()
+        shared = run.client
+        if step.own_client:
+            run.client = run.connect(run)
         try:
             response = step.call(run)
         except gexc.GoogleAPICallError as e:
@@ -623,23 +653,26 @@ def run_scenario(run: Run) -> dict[str, Outcome]:
             if step.remember and isinstance(response, iot_v1.Device):
                 run.num_ids[step.remember] = response.num_id
             outcome.result = canonical(run, response)
+        finally:
+            if step.own_client:
+                run.client.transport.close()
+                run.client = shared
         if run.transport == "rest":
-            check_rest_json_times(run, step.name)
+            outcome.json_times = check_rest_json_times(run, step.name)
         outcome.problems = list(run.problems)
         outcomes[step.name] = outcome
     return outcomes
 
 
-def make_client(server, transport: str) -> tuple[iot_v1.DeviceManagerClient, Run]:
-    if transport == "grpc":
-        client = grpc_client(server.grpc_address, server.token)
-        return client, Run(transport, client)
+def connect(server, run: Run) -> iot_v1.DeviceManagerClient:
+    """A client on `run`'s transport carrying the admin token; over REST it keeps the raw bodies."""
+    if run.transport == "grpc":
+        return grpc_client(server.grpc_address, server.token)
     client = iot_v1.DeviceManagerClient(
         transport="rest",
         client_options=ClientOptions(api_endpoint=server.base_url),
         credentials=google.oauth2.credentials.Credentials(token=server.token),
     )
-    run = Run(transport, client)
 
     def keep_body(resp, *args, **kwargs):
         try:
@@ -648,7 +681,7 @@ def make_client(server, transport: str) -> tuple[iot_v1.DeviceManagerClient, Run
             run.rest_bodies.append(resp.text)
 
     client._transport._session.hooks["response"].append(keep_body)  # a google.auth AuthorizedSession
-    return client, run
+    return client
 
 
 @pytest.fixture(scope="module")
@@ -656,11 +689,11 @@ def outcomes(server) -> dict[str, dict[str, Outcome]]:
     """transport -> step name -> Outcome, for the whole scenario on each transport."""
     results = {}
     for transport in TRANSPORTS:
-        client, run = make_client(server, transport)
+        run = Run(transport, functools.partial(connect, server))
         try:
             results[transport] = run_scenario(run)
         finally:
-            client.transport.close()
+            run.client.transport.close()
     return results
 
 
@@ -691,7 +724,7 @@ def test_step_is_the_same_over_rest_and_grpc(outcomes, step):
         if outcome.status not in wanted:
             failures.append(f"{transport}: expected {' or '.join(wanted)}, got {outcome.comparable()!r}")
         failures.extend(f"{transport}: {p}" for p in outcome.problems)
-    diff = differences(rest.comparable(), grpc_.comparable())
+    diff = [] if step.transport_level else differences(rest.comparable(), grpc_.comparable())
     if diff:
         failures.append("REST and gRPC disagree:\n  " + "\n  ".join(diff))
     assert not failures, f"step {step.name!r}:\n" + "\n".join(failures)
@@ -714,6 +747,9 @@ def test_scenario_exercised_what_it_claims(outcomes):
         assert gateway["config"]["cloud_update_time"] == "<timestamp>", gateway
         modified = o["modify config"].result
         assert modified["version"] == 2 and modified["cloud_update_time"] == "<timestamp>", modified
+        if transport == "rest":
+            # The raw JSON was really looked at: three versions, three cloudUpdateTime values.
+            assert o["list config versions"].json_times == 3, o["list config versions"]
         versions = o["list config versions"].result["device_configs"]
         assert [v["version"] for v in versions] == [3, 2, 1], versions
         assert all(v["cloud_update_time"] == "<timestamp>" for v in versions), versions

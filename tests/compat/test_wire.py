@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import socket
 
 import pytest
 
@@ -65,6 +66,75 @@ def test_wrong_credentials_are_401(server, parent, header):
     header = header.format(token=server.token)
     resp = rest.get(v1(f"{parent}/registries"), headers={"Authorization": header})
     assert_google_error(resp, 401, "UNAUTHENTICATED")
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, dict[str, str], bytes]:
+    """Reads one HTTP/1.1 response with a Content-Length body: (status line, headers, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a full response head: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status, *lines = head.split(b"\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.decode().split(":", 1) for ln in lines)}
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside the response body"
+        body += chunk
+    return status, headers, body
+
+
+@pytest.mark.parametrize(
+    "path, with_token, status",
+    [
+        ("registries/{reg}:getIamPolicy", True, b"501"),  # IAM is not served
+        ("registries/{reg}:noSuchVerb", True, b"404"),
+        ("registries", False, b"401"),  # no token
+    ],
+)
+def test_an_early_error_does_not_silently_drop_the_connection(server, parent, path, with_token, status):
+    """An answer sent before the request body has arrived must leave the connection usable, or
+    say `Connection: close`.
+
+    Otherwise a keep-alive client (requests, under google-cloud-iot's REST transport) sends its
+    next call into a connection the server has already closed and fails with a connection error.
+    The body is held back until the answer is in, which makes the timing deterministic.
+    """
+    body = b'{"options": {}}'
+    target = f"/v1/{parent}/{path.format(reg=unique('reg'))}"
+    auth = f"Authorization: Bearer {server.token}\r\n" if with_token else ""
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(head)
+        # A server may answer before the body arrives, or wait for it; both are fine as long as the
+        # connection stays usable afterwards (or the server says it will close it).
+        sock.settimeout(0.5)
+        try:
+            early = sock.recv(65536, socket.MSG_PEEK)
+        except socket.timeout:
+            early = b""
+        sock.settimeout(10)
+        if not early:
+            sock.sendall(body)
+        first_status, headers, _ = _read_response(sock)
+        assert first_status.split()[1] == status, first_status
+        if "close" in headers.get("connection", "").lower():
+            return  # announced: the client will not reuse the connection
+        try:
+            if early:
+                sock.sendall(body)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            second_status, _, _ = _read_response(sock)
+        except (OSError, AssertionError) as e:
+            pytest.fail(
+                f"the server answered {first_status.decode()} without `Connection: close`, then closed the "
+                f"connection; the next request on it failed: {e!r}"
+            )
+        assert second_status.split()[1] == b"200", second_status
 
 
 def test_nothing_is_created_without_a_token(anon_rest, rest, parent):

@@ -21,11 +21,44 @@ pub struct GrpcDeviceManager {
     token: AdminToken,
 }
 
-/// The tonic service, ready to add to a server.
-pub fn service(service: DeviceManager, token: AdminToken) -> DeviceManagerServer<GrpcDeviceManager> {
-    DeviceManagerServer::new(GrpcDeviceManager { service, token })
+/// The service's routes, ready to serve.
+///
+/// The IAM methods of Google's DeviceManager are not served; they answer UNIMPLEMENTED with the
+/// same message as over REST, after the same token check.
+pub fn routes(service: DeviceManager, token: AdminToken) -> tonic::service::Routes {
+    let svc = DeviceManagerServer::new(GrpcDeviceManager { service, token: token.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(16 * MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(16 * MAX_MESSAGE_BYTES);
+    let mut router = tonic::service::Routes::new(svc).into_axum_router();
+    for (rpc, verb) in [
+        ("GetIamPolicy", "getIamPolicy"),
+        ("SetIamPolicy", "setIamPolicy"),
+        ("TestIamPermissions", "testIamPermissions"),
+    ] {
+        let token = token.clone();
+        let handler = move |headers: axum::http::HeaderMap| {
+            let token = token.clone();
+            async move {
+                let status = if token.accepts(headers.get("authorization").map(|v| v.as_bytes())) {
+                    status(Error::new(
+                        ferrocore_core::Code::Unimplemented,
+                        format!("The method '{verb}' is not supported by this server."),
+                    ))
+                } else {
+                    unauthenticated()
+                };
+                status.into_http::<axum::body::Body>()
+            }
+        };
+        router = router.route(&format!("/google.cloud.iot.v1.DeviceManager/{rpc}"), axum::routing::any(handler));
+    }
+    tonic::service::Routes::from(router)
+}
+
+fn unauthenticated() -> Status {
+    Status::unauthenticated(
+        "Request is missing or has an invalid admin token; send 'authorization: Bearer TOKEN' metadata.",
+    )
 }
 
 /// The one mapping from core errors to gRPC statuses.
@@ -51,9 +84,7 @@ impl GrpcDeviceManager {
         if self.token.accepts(req.metadata().get("authorization").map(|v| v.as_bytes())) {
             Ok(())
         } else {
-            Err(Status::unauthenticated(
-                "Request is missing or has an invalid admin token; send 'authorization: Bearer TOKEN' metadata.",
-            ))
+            Err(unauthenticated())
         }
     }
 }

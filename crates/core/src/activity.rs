@@ -80,7 +80,11 @@ mod tests {
     async fn reads_see_pending_activity_and_one_flush_persists_it() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
-        let core = crate::Core::new(store.clone(), Arc::new(crate::clock::SystemClock));
+        let core = crate::Core::new(
+            store.clone(),
+            Arc::new(crate::clock::SystemClock),
+            Arc::new(crate::sink::MemorySink::default()),
+        );
         let parent = ferrocore_model::LocationName::parse_field("p", "projects/p/locations/l").unwrap();
         let reg = core
             .create_registry(&parent, crate::registries::RegistryInput { id: "reg".into(), ..Default::default() })

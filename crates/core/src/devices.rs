@@ -278,7 +278,12 @@ impl Core {
             gateway_auth_method: device.gateway_config.gateway_auth_method,
         };
         match self.inner.store.update_device(device.num_id, &update).await {
-            Ok(()) => Ok(device),
+            Ok(()) => {
+                if device.blocked {
+                    self.inner.presence.kick(device.num_id, None);
+                }
+                Ok(device)
+            }
             Err(StoreError::NotFound) => Err(device_not_found(name)),
             Err(e) => Err(storage(e)),
         }
@@ -288,7 +293,7 @@ impl Core {
         let device = self.get_device(name).await?;
         match self.inner.store.delete_device(device.num_id).await {
             Ok(()) => {
-                self.inner.presence.detach(device.num_id);
+                self.inner.presence.kick(device.num_id, None);
                 Ok(())
             }
             Err(StoreError::NotFound) => Err(device_not_found(name)),
@@ -311,7 +316,10 @@ impl Core {
         let device = self.get_device(name).await?;
         let expected = (version_to_update != 0).then_some(version_to_update);
         match self.inner.store.modify_config(device.num_id, expected, &data, self.now()).await {
-            Ok(ConfigUpdate::Applied(config)) => Ok(config),
+            Ok(ConfigUpdate::Applied(config)) => {
+                self.inner.presence.push_config(device.num_id, config.clone());
+                Ok(config)
+            }
             Ok(ConfigUpdate::VersionMismatch { current }) => Err(Error::failed_precondition(format!(
                 "The config version to update ({version_to_update}) does not match the current version ({current}) of device '{name}'."
             ))),
@@ -353,7 +361,7 @@ impl Core {
         };
         let channel = self.inner.presence.command_channel(device.num_id).ok_or_else(not_subscribed)?;
         let (done, acked) = tokio::sync::oneshot::channel();
-        let command = presence::Command { subfolder: subfolder.to_owned(), data, done };
+        let command = presence::SessionControl::Command { subfolder: subfolder.to_owned(), data, done };
         channel.send(command).await.map_err(|_| not_subscribed())?;
         match tokio::time::timeout(COMMAND_ACK_TIMEOUT, acked).await {
             Ok(Ok(())) => Ok(()),

@@ -6,24 +6,32 @@
 //! message: batched device [`activity`] and device [`presence`].
 //!
 //! * [`registries`] and [`devices`]: the Device Manager use cases.
+//! * [`bridge`]: what devices do: authenticate, publish telemetry and state, take configs.
+//! * [`sink`]: the contract of telemetry destinations.
 //! * [`paging`]: opaque keyset page tokens.
 //! * [`clock`]: the injected clock.
 
 pub mod activity;
+pub mod bridge;
 pub mod clock;
 pub mod devices;
 pub mod error;
 pub mod paging;
 pub mod presence;
 pub mod registries;
+pub mod sink;
+mod states;
 
 pub use error::{Code, Error, Result};
 
 use activity::ActivityBuffer;
 use clock::Clock;
+use ferrocore_model::{Registry, RegistryName};
 use ferrocore_store::Store;
 use presence::Presence;
-use std::sync::Arc;
+use sink::Sink;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 /// The use cases, cheap to clone and share between adapters.
 #[derive(Clone)]
@@ -36,12 +44,30 @@ struct Inner {
     clock: Arc<dyn Clock>,
     activity: Arc<ActivityBuffer>,
     presence: Presence,
+    sink: Arc<dyn Sink>,
+    /// Registries by name, for per-message routing; registry writes invalidate entries.
+    registries: RwLock<HashMap<RegistryName, Arc<Registry>>>,
+    states: states::StateWriter,
+    state_rate: states::StateRate,
 }
 
 impl Core {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    /// Builds the core; must run inside a tokio runtime (it starts the state writer).
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, sink: Arc<dyn Sink>) -> Self {
         let activity = Arc::new(ActivityBuffer::new(store.clone()));
-        Self { inner: Arc::new(Inner { store, clock, activity, presence: Presence::default() }) }
+        let states = states::StateWriter::spawn(store.clone());
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                activity,
+                presence: Presence::default(),
+                sink,
+                registries: RwLock::new(HashMap::new()),
+                states,
+                state_rate: states::StateRate::default(),
+            }),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -169,7 +169,9 @@ impl Core {
                 RegistryUpdateField::Credentials => registry.credentials = f.credentials.clone(),
             }
         }
-        match self.inner.store.update_registry(&registry).await {
+        let result = self.inner.store.update_registry(&registry).await;
+        self.forget_registry(name);
+        match result {
             Ok(()) => Ok(registry),
             Err(StoreError::NotFound) => Err(registry_not_found(name)),
             Err(e) => Err(storage(e)),
@@ -177,7 +179,9 @@ impl Core {
     }
 
     pub async fn delete_registry(&self, name: &RegistryName) -> Result<()> {
-        match self.inner.store.delete_registry(name).await.map_err(storage)? {
+        let outcome = self.inner.store.delete_registry(name).await.map_err(storage)?;
+        self.forget_registry(name);
+        match outcome {
             RegistryDelete::Deleted => Ok(()),
             RegistryDelete::NotFound => Err(registry_not_found(name)),
             RegistryDelete::NotEmpty => Err(Error::failed_precondition(format!(

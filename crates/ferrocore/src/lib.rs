@@ -6,3 +6,4 @@
 
 pub mod secrets;
 pub mod server;
+pub mod tls;

@@ -80,7 +80,9 @@ pub async fn run(
     let store = Arc::new(
         SqliteStore::open(&db).await.map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", db.display()))?,
     );
-    let core = Core::new(store.clone(), Arc::new(SystemClock));
+    // Telemetry has no destination until the device bridges are served.
+    let sink = Arc::new(ferrocore_core::sink::MemorySink::default());
+    let core = Core::new(store.clone(), Arc::new(SystemClock), sink);
     let activity = core.activity().clone();
     let flusher = activity.spawn_flusher(config.activity_flush_interval);
 
@@ -106,7 +108,7 @@ pub async fn run(
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let grpc = match listeners.grpc {
         Some(listener) => {
-            let svc = ferrocore_api::grpc::service(service.clone(), token.clone());
+            let routes = ferrocore_api::grpc::routes(service.clone(), token.clone());
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let mut builder = tonic::transport::Server::builder();
             if let Some(identity) = tls {
@@ -114,7 +116,7 @@ pub async fn run(
                     .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
                     .context("the TLS certificate or key is not usable")?;
             }
-            Some(tokio::spawn(builder.add_service(svc).serve_with_incoming_shutdown(incoming, stopped())))
+            Some(tokio::spawn(builder.add_routes(routes).serve_with_incoming_shutdown(incoming, stopped())))
         }
         None => None,
     };

@@ -13,7 +13,7 @@ pub mod route;
 use crate::admin_auth::AdminToken;
 use crate::service::DeviceManager;
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method as HttpMethod, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -61,7 +61,21 @@ fn json_response<T: Serialize>(value: &T) -> Response {
 }
 
 async fn dispatch(State(app): State<App>, req: Request) -> Response {
-    match handle(&app, req).await {
+    let (parts, body) = req.into_parts();
+    // The body is read before anything is decided, refusals included: answering with a body left
+    // unread would make the connection unusable for the client's next request.
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e =
+                Error::invalid("body", format!("The request body is larger than the limit of {MAX_BODY_BYTES} bytes."));
+            let mut resp = RestError(e).into_response();
+            // The rest of the body was not read, so this connection cannot carry another request.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+    };
+    match handle(&app, parts, body).await {
         Ok(resp) => resp,
         Err(e) => {
             if e.code == Code::Internal || e.code == Code::Unavailable {
@@ -171,7 +185,9 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
         }
         // serde_json appends the position; the field path says more to a client.
         let text = inner.to_string();
-        let text = text.rsplit_once(" at line ").map_or(text.as_str(), |(t, _)| t);
+        let text =
+            text.rsplit_once(" at line ").map_or(text.as_str(), |(t, _)| t).replace("expected expected", "expected");
+        let text = text.as_str();
         if let Some(rest) = text.strip_prefix("unknown field `") {
             let name = rest.split('`').next().unwrap_or_default();
             let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
@@ -193,8 +209,7 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
     Ok(value)
 }
 
-async fn handle(app: &App, req: Request) -> Result<Response, Error> {
-    let (parts, body) = req.into_parts();
+async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Result<Response, Error> {
     if discovery::is_discovery_path(parts.uri.path()) && parts.method == HttpMethod::GET {
         return discovery::document(&parts.headers, parts.uri.query())
             .ok_or_else(|| Error::not_found("No discovery document for that API version or host."));
@@ -224,9 +239,6 @@ async fn handle(app: &App, req: Request) -> Result<Response, Error> {
     };
     let route = route::parse(method, path)?;
     let query = Query::parse(parts.uri.query());
-    let body = axum::body::to_bytes(Body::new(body), MAX_BODY_BYTES).await.map_err(|_| {
-        Error::invalid("body", format!("The request body is larger than the limit of {MAX_BODY_BYTES} bytes."))
-    })?;
     serve(&app.service, route, &query, &body).await
 }
 
@@ -390,7 +402,9 @@ fn list_devices_request(parent: &RegistryName, q: &Query) -> Result<iot::ListDev
     ) {
         (None, None, None) => None,
         (Some(t), None, None) => {
-            Some(Filter::GatewayType(model::GatewayType::parse(t).map(i32::from).ok_or_else(|| {
+            // Names are resolved here; numbers go to the service as they are, as over gRPC.
+            let number = model::GatewayType::parse(t).map(i32::from).or_else(|| t.parse().ok());
+            Some(Filter::GatewayType(number.ok_or_else(|| {
                 Error::invalid(
                     "gateway_list_options.gateway_type",
                     format!("Invalid value '{}' for gatewayListOptions.gatewayType.", model::ids::printable(t)),

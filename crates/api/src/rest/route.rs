@@ -43,11 +43,22 @@ fn not_found(path: &str) -> Error {
     ))
 }
 
+/// Percent-decodes a path segment, except `%2F`, which Google's HTTP mapping leaves as it is in
+/// multi-segment variables (so an encoded slash can never split a resource name).
 fn decode(seg: &str) -> Result<String, Error> {
-    percent_decode_str(seg)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| Error::invalid("name", "The resource name is not valid UTF-8."))
+    let bad = || Error::invalid("name", "The resource name is not valid UTF-8.");
+    let mut out = String::with_capacity(seg.len());
+    for (i, part) in seg.split("%2F").enumerate() {
+        for (j, piece) in part.split("%2f").enumerate() {
+            if i > 0 && j == 0 {
+                out.push_str("%2F");
+            } else if j > 0 {
+                out.push_str("%2f");
+            }
+            out.push_str(&percent_decode_str(piece).decode_utf8().map_err(|_| bad())?);
+        }
+    }
+    Ok(out)
 }
 
 /// Resolves `path` (everything after `/v1/`) for `method`.
@@ -128,6 +139,12 @@ mod tests {
             Ok(Route::GetDevice(_))
         ));
         assert!(matches!(parse(Method::Get, "projects/my.com:p/locations/l/registries"), Ok(Route::ListRegistries(_))));
+        let Ok(Route::GetDevice(n)) =
+            parse(Method::Get, "projects/p/locations/l/registries/reg/devices/pct%2Fslash%25x")
+        else {
+            panic!()
+        };
+        assert_eq!(n.device.to_string(), "pct%2Fslash%x", "an encoded slash stays encoded; other escapes decode");
         assert!(matches!(
             parse(Method::Post, "projects/p/locations/l/registries/reg:bindDeviceToGateway"),
             Ok(Route::BindDeviceToGateway(_))

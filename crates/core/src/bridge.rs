@@ -1,0 +1,258 @@
+//! Device-facing use cases, shared by the MQTT and HTTP device bridges: authentication, telemetry,
+//! state, config delivery and acknowledgement, heartbeats.
+//!
+//! Everything here runs per device message, so nothing writes to the database per message:
+//! timestamps go through [`crate::activity`], states through a group-committing writer, and
+//! telemetry through the [`crate::sink::Sink`], which batches on its own.
+
+use crate::error::storage;
+use crate::sink::{Message, SinkError};
+use crate::{Code, Core, Error, Result};
+use bytes::Bytes;
+use ferrocore_auth::jwt::{JwtError, JwtRules, VerificationKey, VerifiedJwt, verify_device_jwt};
+use ferrocore_model::limits::{MAX_STATE_BYTES, MAX_TELEMETRY_BYTES};
+use ferrocore_model::{
+    DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceState, HttpState, MqttState, NumId, Registry,
+    RegistryName, Status, Timestamp,
+};
+use std::sync::Arc;
+
+/// Which bridge a device came through; registries can disable each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Mqtt,
+    Http,
+}
+
+/// Why a device was not let in. Bridges map these to CONNACK codes or HTTP statuses; the text is
+/// for the server log (authentication failures are never recorded on the device).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// The password is not a well-formed JWT.
+    #[error("malformed credentials: {0}")]
+    Malformed(String),
+    /// Unknown device, wrong key, expired token, blocked device, disabled bridge...
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    /// The server could not decide (storage down).
+    #[error("authentication unavailable")]
+    Unavailable,
+}
+
+/// A device that proved who it is.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedDevice {
+    pub registry: RegistryName,
+    pub id: DeviceId,
+    pub num_id: NumId,
+    pub token: VerifiedJwt,
+    /// Unix seconds after which the token no longer holds (exp + allowed skew).
+    pub token_deadline: i64,
+}
+
+impl AuthenticatedDevice {
+    /// The name as the device uses it, with the string id.
+    pub fn name(&self) -> DeviceName {
+        self.registry.device(ferrocore_model::DeviceRef::Id(self.id.clone()))
+    }
+}
+
+/// Attribute names IoT Core set on every forwarded message.
+fn attributes(dev: &AuthenticatedDevice, subfolder: Option<&str>) -> Vec<(String, String)> {
+    let mut a = vec![
+        ("deviceId".to_owned(), dev.id.to_string()),
+        ("deviceNumId".to_owned(), dev.num_id.to_string()),
+        ("deviceRegistryId".to_owned(), dev.registry.registry.to_string()),
+        ("deviceRegistryLocation".to_owned(), dev.registry.parent.location.to_string()),
+        ("projectId".to_owned(), dev.registry.parent.project.to_string()),
+    ];
+    if let Some(s) = subfolder.filter(|s| !s.is_empty()) {
+        a.push(("subFolder".to_owned(), s.to_owned()));
+    }
+    a
+}
+
+/// The telemetry topic for a subfolder: the first config matching it exactly, else the first
+/// config with no subfolder (the default route).
+pub fn route_event<'r>(registry: &'r Registry, subfolder: &str) -> Option<&'r str> {
+    let configs = &registry.event_notification_configs;
+    let exact = (!subfolder.is_empty()).then(|| configs.iter().find(|c| c.subfolder_matches == subfolder)).flatten();
+    exact.or_else(|| configs.iter().find(|c| c.subfolder_matches.is_empty())).map(|c| c.pubsub_topic_name.as_str())
+}
+
+impl Core {
+    /// Checks a device's JWT against its credentials, and that it may use `transport`.
+    pub async fn authenticate_device(
+        &self,
+        name: &DeviceName,
+        token: &str,
+        transport: Transport,
+    ) -> std::result::Result<AuthenticatedDevice, AuthFailure> {
+        let device = match self.inner.store.get_device(name).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(AuthFailure::NotAuthorized(format!("no device {name}"))),
+            Err(e) => {
+                tracing::error!(error = %e, "device lookup failed during authentication");
+                return Err(AuthFailure::Unavailable);
+            }
+        };
+        let registry = self.cached_registry(&name.registry).await.map_err(|e| match e.code {
+            Code::NotFound => AuthFailure::NotAuthorized(format!("no registry {}", name.registry)),
+            _ => AuthFailure::Unavailable,
+        })?;
+        let disabled = match transport {
+            Transport::Mqtt => registry.mqtt_state == MqttState::Disabled,
+            Transport::Http => registry.http_state == HttpState::Disabled,
+        };
+        if disabled {
+            return Err(AuthFailure::NotAuthorized(format!("{transport:?} is disabled for the registry")));
+        }
+        if device.blocked {
+            return Err(AuthFailure::NotAuthorized("the device is blocked".into()));
+        }
+        let keys = VerificationKey::from_credentials(&device.credentials);
+        let rules = JwtRules::default();
+        let project = name.registry.parent.project.as_str();
+        let verified = verify_device_jwt(token, project, &keys, self.now(), &rules).map_err(|e| match e {
+            JwtError::TooLong
+            | JwtError::NotCompact
+            | JwtError::BadEncoding
+            | JwtError::InvalidHeader
+            | JwtError::InvalidClaims => AuthFailure::Malformed(e.to_string()),
+            other => AuthFailure::NotAuthorized(other.to_string()),
+        })?;
+        Ok(AuthenticatedDevice {
+            registry: name.registry.clone(),
+            id: device.id,
+            num_id: device.num_id,
+            token_deadline: verified.deadline(&rules),
+            token: verified,
+        })
+    }
+
+    /// The registry, from a cache that registry updates invalidate, so per-message routing never
+    /// reads the database.
+    pub(crate) async fn cached_registry(&self, name: &RegistryName) -> Result<Arc<Registry>> {
+        if let Some(r) = self.inner.registries.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(r.clone());
+        }
+        let registry = Arc::new(self.get_registry(name).await?);
+        self.inner.registries.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), registry.clone());
+        Ok(registry)
+    }
+
+    pub(crate) fn forget_registry(&self, name: &RegistryName) {
+        self.inner.registries.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    /// Routes one telemetry message and returns once its destination holds it durably.
+    pub async fn publish_event(&self, dev: &AuthenticatedDevice, subfolder: &str, data: Bytes) -> Result<()> {
+        if data.len() > MAX_TELEMETRY_BYTES {
+            return Err(Error::invalid(
+                "binary_data",
+                format!("The telemetry message is {} bytes; the limit is {MAX_TELEMETRY_BYTES} bytes.", data.len()),
+            ));
+        }
+        let now = self.now();
+        let registry = self.cached_registry(&dev.registry).await?;
+        let Some(topic) = route_event(&registry, subfolder) else {
+            let e = Error::failed_precondition(format!(
+                "The registry '{}' has no telemetry topic for subfolder '{subfolder}'.",
+                dev.registry
+            ));
+            self.record_device_error(dev.num_id, &e);
+            return Err(e);
+        };
+        let message = Message { time: now, attributes: attributes(dev, Some(subfolder)), data };
+        self.inner.sink.publish(topic, vec![message]).await.map_err(|e| {
+            let err = sink_error(e);
+            self.record_device_error(dev.num_id, &err);
+            err
+        })?;
+        self.inner.activity.record(dev.num_id, &DeviceActivity { last_event_time: Some(now), ..Default::default() });
+        Ok(())
+    }
+
+    /// Stores a reported state (durably when this returns) and forwards it, best effort, to the
+    /// registry's state topic.
+    pub async fn report_state(&self, dev: &AuthenticatedDevice, data: Bytes) -> Result<()> {
+        if data.len() > MAX_STATE_BYTES {
+            return Err(Error::invalid(
+                "state.binary_data",
+                format!("The state is {} bytes; the limit is {MAX_STATE_BYTES} bytes.", data.len()),
+            ));
+        }
+        let now = self.now();
+        if !self.inner.state_rate.allow(dev.num_id, now) {
+            return Err(Error::new(Code::ResourceExhausted, "A device may report its state at most once per second."));
+        }
+        self.inner
+            .states
+            .write(dev.num_id, DeviceState { update_time: now, binary_data: data.to_vec() })
+            .await
+            .map_err(storage)?;
+        self.inner.activity.record(dev.num_id, &DeviceActivity { last_state_time: Some(now), ..Default::default() });
+        let registry = self.cached_registry(&dev.registry).await?;
+        if let Some(topic) = registry.state_notification_config.as_ref().map(|s| s.pubsub_topic_name.clone()) {
+            let message = Message { time: now, attributes: attributes(dev, None), data };
+            if let Err(e) = self.inner.sink.publish(&topic, vec![message]).await {
+                // State notifications are best effort: the state is stored all the same.
+                tracing::warn!(error = %e, %topic, "state notification not delivered");
+            }
+        }
+        Ok(())
+    }
+
+    /// The device's current config.
+    pub async fn device_config(&self, dev: &AuthenticatedDevice) -> Result<DeviceConfig> {
+        Ok(self.get_device(&dev.name()).await?.config)
+    }
+
+    /// Notes that the current config was sent to the device.
+    pub fn config_sent(&self, dev: &AuthenticatedDevice) {
+        let a = DeviceActivity { last_config_send_time: Some(self.now()), ..Default::default() };
+        self.inner.activity.record(dev.num_id, &a);
+    }
+
+    /// Records the device's acknowledgement of config `version`.
+    pub async fn config_acked(&self, dev: &AuthenticatedDevice, version: i64) -> Result<()> {
+        self.inner.store.ack_config(dev.num_id, version, self.now()).await.map_err(storage)
+    }
+
+    /// Notes a keep-alive from the device.
+    pub fn heartbeat(&self, dev: &AuthenticatedDevice) {
+        let a = DeviceActivity { last_heartbeat_time: Some(self.now()), ..Default::default() };
+        self.inner.activity.record(dev.num_id, &a);
+    }
+
+    /// Records an error in the device's `lastErrorStatus` / `lastErrorTime`.
+    pub fn record_device_error(&self, device: NumId, error: &Error) {
+        let status = Status { code: error.code as i32, message: error.message.clone() };
+        self.record_device_status(device, status);
+    }
+
+    pub fn record_device_status(&self, device: NumId, status: Status) {
+        let a =
+            DeviceActivity { last_error_time: Some(self.now()), last_error_status: Some(status), ..Default::default() };
+        self.inner.activity.record(device, &a);
+    }
+
+    pub fn clock_now(&self) -> Timestamp {
+        self.now()
+    }
+}
+
+fn sink_error(e: SinkError) -> Error {
+    match e {
+        SinkError::Rejected(why) => {
+            Error::failed_precondition(format!("The telemetry topic refused the message: {why}"))
+        }
+        SinkError::BackPressure => {
+            Error::new(Code::ResourceExhausted, "The telemetry destination is busy; retry later.")
+        }
+        SinkError::Unavailable(why) => {
+            tracing::error!(%why, "telemetry sink unavailable");
+            Error::new(Code::Unavailable, "The telemetry destination is unavailable; retry later.")
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The contract every telemetry destination meets.
+//!
+//! The core routes device telemetry and state to topics (`projects/P/topics/T`) and hands them to
+//! a [`Sink`]: the embedded topic log by default, external buses later. A sink accepts a batch for
+//! one topic and answers once it holds it durably (accepted), refuses it for good (rejected), or
+//! asks the caller to slow down (back-pressure). QoS 1 telemetry is acknowledged to the device only
+//! after its sink accepted it.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ferrocore_model::Timestamp;
+
+/// One message for a topic: the device's payload and the attributes IoT Core attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub time: Timestamp,
+    pub attributes: Vec<(String, String)>,
+    pub data: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The sink will never take this batch (an unknown or invalid topic, say).
+    #[error("the destination refused the messages: {0}")]
+    Rejected(String),
+    /// The sink is full; retry later.
+    #[error("the destination is busy; retry later")]
+    BackPressure,
+    /// The sink cannot take messages now; the text is for logs.
+    #[error("the destination is unavailable")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkHealth {
+    Healthy,
+    Degraded(String),
+}
+
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers `messages` to `topic` in order; Ok means they are durable.
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), SinkError>;
+    fn health(&self) -> SinkHealth;
+}
+
+/// Keeps messages in memory: for embedding and tests, where durability is not wanted.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    topics: std::sync::Mutex<std::collections::HashMap<String, Vec<Message>>>,
+}
+
+impl MemorySink {
+    pub fn messages(&self, topic: &str) -> Vec<Message> {
+        self.topics.lock().unwrap_or_else(|e| e.into_inner()).get(topic).cloned().unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), SinkError> {
+        self.topics.lock().unwrap_or_else(|e| e.into_inner()).entry(topic.to_owned()).or_default().extend(messages);
+        Ok(())
+    }
+
+    fn health(&self) -> SinkHealth {
+        SinkHealth::Healthy
+    }
+}
