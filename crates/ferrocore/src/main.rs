@@ -31,12 +31,18 @@ struct ServeArgs {
     /// Address of the gRPC DeviceManager API (h2c). Pass `off` to serve no gRPC.
     #[arg(long, env = "FERROCORE_GRPC", default_value = "127.0.0.1:8081")]
     grpc: Listen,
-    /// Address of the plain-TCP MQTT bridge; off unless given (not served yet).
+    /// Address of a plain-TCP MQTT bridge; off unless given.
     #[arg(long, env = "FERROCORE_MQTT")]
     mqtt: Option<SocketAddr>,
-    /// Address of the MQTT-over-TLS bridge (not served yet).
+    /// Address of the MQTT-over-TLS bridge. Pass `off` to serve none.
     #[arg(long, env = "FERROCORE_MQTTS", default_value = "127.0.0.1:8883")]
-    mqtts: SocketAddr,
+    mqtts: Listen,
+    /// Days telemetry stays in the embedded topic log.
+    #[arg(long, default_value_t = 7.0)]
+    topic_retention_days: f64,
+    /// Megabytes each topic may keep in the embedded topic log; the oldest records go first.
+    #[arg(long, default_value_t = 1024)]
+    topic_retention_mb: u64,
     /// File holding the admin token (mode 0600). Without it and without FERROCORE_ADMIN_TOKEN, the
     /// token in DATA_DIR/admin-token is used, generated on first start.
     #[arg(long, env = "FERROCORE_ADMIN_TOKEN_FILE")]
@@ -81,31 +87,36 @@ fn serve(args: ServeArgs) -> Result<()> {
             (Some(cert), Some(key)) => Some(server::TlsFiles { cert, key }),
             _ => None,
         },
+        topic_log: server::TopicLogSettings {
+            max_age: Duration::try_from_secs_f64(args.topic_retention_days * 86_400.0)
+                .map_err(|_| anyhow::anyhow!("--topic-retention-days must be a positive number"))?,
+            max_bytes_per_topic: args.topic_retention_mb.saturating_mul(1 << 20),
+        },
+        mqtt: ferrocore_mqtt::MqttConfig::default(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let http = tokio::net::TcpListener::bind(args.http)
             .await
             .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
-        let grpc = match args.grpc {
-            Listen::Off => None,
-            Listen::At(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
+        async fn bind(flag: &str, listen: Option<SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+            match listen {
+                None => Ok(None),
+                Some(addr) => tokio::net::TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("cannot listen on {addr} (--grpc)"))?,
-            ),
-        };
-        for (flag, addr) in [("--mqtt", args.mqtt), ("--mqtts", Some(args.mqtts))] {
-            if let Some(addr) = addr {
-                tracing::info!(%addr, "{flag} is accepted but not served by this version");
+                    .map(Some)
+                    .with_context(|| format!("cannot listen on {addr} ({flag})")),
             }
         }
-        server::run(config, Listeners { http, grpc }, shutdown_signal(), |bound| {
+        let listeners = Listeners {
+            http,
+            grpc: bind("--grpc", args.grpc.addr()).await?,
+            mqtts: bind("--mqtts", args.mqtts.addr()).await?,
+            mqtt: bind("--mqtt", args.mqtt).await?,
+        };
+        server::run(config, listeners, shutdown_signal(), |bound| {
             // A line scripts can wait for; with port 0 it tells which ports were chosen.
-            match bound.grpc {
-                Some(grpc) => println!("ferrocore listening http={} grpc={grpc}", bound.http),
-                None => println!("ferrocore listening http={}", bound.http),
-            }
+            println!("ferrocore listening {bound}");
         })
         .await
     })
@@ -116,6 +127,15 @@ fn serve(args: ServeArgs) -> Result<()> {
 enum Listen {
     Off,
     At(SocketAddr),
+}
+
+impl Listen {
+    fn addr(self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::At(a) => Some(a),
+        }
+    }
 }
 
 impl std::str::FromStr for Listen {

@@ -23,7 +23,24 @@ pub struct Config {
     /// How often batched device activity reaches the store.
     pub activity_flush_interval: Duration,
     /// Certificate chain and private key (PEM) for TLS; gRPC uses TLS with ALPN h2 when set.
+    /// MQTT over TLS uses them, or a certificate generated in the data directory.
     pub tls: Option<TlsFiles>,
+    /// Where telemetry topics are kept, and for how long.
+    pub topic_log: TopicLogSettings,
+    pub mqtt: ferrocore_mqtt::MqttConfig,
+}
+
+/// Retention of the embedded topic log.
+#[derive(Debug, Clone)]
+pub struct TopicLogSettings {
+    pub max_age: Duration,
+    pub max_bytes_per_topic: u64,
+}
+
+impl Default for TopicLogSettings {
+    fn default() -> Self {
+        Self { max_age: Duration::from_secs(7 * 24 * 3600), max_bytes_per_topic: 1 << 30 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -40,11 +57,15 @@ fn load_tls(files: &TlsFiles) -> Result<tonic::transport::Identity> {
     Ok(tonic::transport::Identity::from_pem(cert, key))
 }
 
-/// Listeners bound by the caller, so tests can pass port-0 sockets.
+/// Listeners bound by the caller, so tests can pass port-0 sockets. None serves nothing there.
 pub struct Listeners {
     pub http: TcpListener,
-    /// The gRPC DeviceManager; None serves no gRPC.
+    /// The gRPC DeviceManager.
     pub grpc: Option<TcpListener>,
+    /// MQTT over TLS.
+    pub mqtts: Option<TcpListener>,
+    /// Plain MQTT, for networks that terminate TLS elsewhere.
+    pub mqtt: Option<TcpListener>,
 }
 
 /// Addresses actually bound, reported once the server is up.
@@ -52,6 +73,21 @@ pub struct Listeners {
 pub struct Bound {
     pub http: SocketAddr,
     pub grpc: Option<SocketAddr>,
+    pub mqtts: Option<SocketAddr>,
+    pub mqtt: Option<SocketAddr>,
+}
+
+impl std::fmt::Display for Bound {
+    /// `http=ADDR grpc=ADDR mqtts=ADDR mqtt=ADDR`, leaving out what is not served.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http={}", self.http)?;
+        for (name, addr) in [("grpc", self.grpc), ("mqtts", self.mqtts), ("mqtt", self.mqtt)] {
+            if let Some(a) = addr {
+                write!(f, " {name}={a}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs the server until `shutdown` completes, then drains requests and flushes batched state.
@@ -80,8 +116,13 @@ pub async fn run(
     let store = Arc::new(
         SqliteStore::open(&db).await.map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", db.display()))?,
     );
-    // Telemetry has no destination until the device bridges are served.
-    let sink = Arc::new(ferrocore_core::sink::MemorySink::default());
+    let mut log_config = ferrocore_topiclog::LogConfig::new(config.data_dir.join("topics"));
+    log_config.retention_max_age = config.topic_log.max_age;
+    log_config.retention_max_bytes = config.topic_log.max_bytes_per_topic;
+    let topic_log = ferrocore_topiclog::TopicLog::open(log_config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the topic log: {}", e.detail()))?;
+    let sink = Arc::new(ferrocore_sinks::log::LogSink::new(topic_log.clone()));
     let core = Core::new(store.clone(), Arc::new(SystemClock), sink);
     let activity = core.activity().clone();
     let flusher = activity.spawn_flusher(config.activity_flush_interval);
@@ -103,7 +144,25 @@ pub async fn run(
     let bound = Bound {
         http: listeners.http.local_addr()?,
         grpc: listeners.grpc.as_ref().map(TcpListener::local_addr).transpose()?,
+        mqtts: listeners.mqtts.as_ref().map(TcpListener::local_addr).transpose()?,
+        mqtt: listeners.mqtt.as_ref().map(TcpListener::local_addr).transpose()?,
     };
+    let mut mqtt_tasks = Vec::new();
+    if let Some(listener) = listeners.mqtts {
+        let files = crate::tls::files(&config.data_dir, config.tls.as_ref())?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&files, &[])?);
+        let serve = ferrocore_mqtt::serve(listener, Some(acceptor), core.clone(), config.mqtt.clone(), stopped());
+        mqtt_tasks.push(tokio::spawn(serve));
+    }
+    if let Some(listener) = listeners.mqtt {
+        mqtt_tasks.push(tokio::spawn(ferrocore_mqtt::serve(
+            listener,
+            None,
+            core.clone(),
+            config.mqtt.clone(),
+            stopped(),
+        )));
+    }
     let service = ferrocore_api::service::DeviceManager::new(core.clone());
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let grpc = match listeners.grpc {
@@ -120,10 +179,10 @@ pub async fn run(
         }
         None => None,
     };
-    let app = ferrocore_api::rest::router(service, token, ready.clone());
+    let app = ferrocore_api::rest::router(core.clone(), topic_log.clone(), token, ready.clone());
     let http = tokio::spawn(axum::serve(listeners.http, app).with_graceful_shutdown(stopped()).into_future());
     ready.store(true, Ordering::Release);
-    tracing::info!(http = %bound.http, grpc = ?bound.grpc, "ferrocore is serving");
+    tracing::info!(listening = %bound, "ferrocore is serving");
     on_ready(bound);
 
     let served_http = http.await.context("the HTTP server task failed")?;
@@ -132,8 +191,12 @@ pub async fn run(
         None => Ok(()),
     };
 
+    for task in mqtt_tasks {
+        let _ = task.await;
+    }
     flusher.abort();
     activity.flush().await;
+    topic_log.close().await;
     store.close().await;
     tracing::info!("ferrocore stopped");
     served_http.context("the HTTP listener failed")?;

@@ -6,9 +6,11 @@
 //! rendered with the wire types' Google JSON mapping, or the error with [`error`].
 //! `GET /healthz` answers without a token.
 
+pub mod device;
 pub mod discovery;
 pub mod error;
 pub mod route;
+pub mod topics;
 
 use crate::admin_auth::AdminToken;
 use crate::service::DeviceManager;
@@ -34,14 +36,21 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
 struct App {
+    core: ferrocore_core::Core,
+    topic_log: ferrocore_topiclog::TopicLog,
     service: DeviceManager,
     token: AdminToken,
     ready: Arc<AtomicBool>,
 }
 
 /// The REST router. `ready` turns `/healthz` to 200 once every listener of the server accepts.
-pub fn router(service: DeviceManager, token: AdminToken, ready: Arc<AtomicBool>) -> Router {
-    let app = App { service, token, ready };
+pub fn router(
+    core: ferrocore_core::Core,
+    topic_log: ferrocore_topiclog::TopicLog,
+    token: AdminToken,
+    ready: Arc<AtomicBool>,
+) -> Router {
+    let app = App { service: DeviceManager::new(core.clone()), core, topic_log, token, ready };
     Router::new().route("/healthz", get(healthz)).fallback(dispatch).with_state(app)
 }
 
@@ -53,7 +62,7 @@ async fn healthz(State(app): State<App>) -> Response {
     }
 }
 
-fn json_response<T: Serialize>(value: &T) -> Response {
+pub(crate) fn json_response<T: Serialize>(value: &T) -> Response {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut resp = (StatusCode::OK, body).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
@@ -87,7 +96,7 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
 }
 
 /// Query parameters, in order, with repeated keys kept.
-struct Query(Vec<(String, String)>);
+pub(crate) struct Query(Vec<(String, String)>);
 
 /// Google's system parameters, accepted on every method; the server answers JSON regardless.
 const SYSTEM_PARAMS: &[&str] = &[
@@ -114,7 +123,7 @@ impl Query {
 
     /// Refuses parameters the method does not know; `allowed` lists camelCase names, and the
     /// snake_case spelling of each is accepted too.
-    fn check(&self, allowed: &[&str]) -> Result<(), Error> {
+    pub(crate) fn check(&self, allowed: &[&str]) -> Result<(), Error> {
         for (k, _) in &self.0 {
             let camel = snake_to_camel(k);
             if !SYSTEM_PARAMS.contains(&k.as_str()) && !allowed.contains(&camel.as_str()) {
@@ -134,11 +143,11 @@ impl Query {
         self.0.iter().filter(move |(k, _)| snake_to_camel(k) == name).map(|(_, v)| v.as_str())
     }
 
-    fn one(&self, name: &str) -> Option<&str> {
+    pub(crate) fn one(&self, name: &str) -> Option<&str> {
         self.all(name).last()
     }
 
-    fn int32(&self, name: &str) -> Result<i32, Error> {
+    pub(crate) fn int32(&self, name: &str) -> Result<i32, Error> {
         match self.one(name) {
             None | Some("") => Ok(0),
             Some(v) => v.parse().map_err(|_| {
@@ -172,7 +181,7 @@ fn snake_to_camel(s: &str) -> String {
     out
 }
 
-fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
+pub(crate) fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -209,6 +218,17 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
     Ok(value)
 }
 
+fn require_admin(app: &App, headers: &axum::http::HeaderMap) -> Result<(), Error> {
+    if app.token.accepts(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            Code::Unauthenticated,
+            "Request is missing or has an invalid admin token; send 'Authorization: Bearer TOKEN'.",
+        ))
+    }
+}
+
 async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Result<Response, Error> {
     if discovery::is_discovery_path(parts.uri.path()) && parts.method == HttpMethod::GET {
         return discovery::document(&parts.headers, parts.uri.query())
@@ -220,11 +240,9 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
             model::ids::printable(parts.uri.path())
         )));
     };
-    if !app.token.accepts(parts.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
-        return Err(Error::new(
-            Code::Unauthenticated,
-            "Request is missing or has an invalid admin token; send 'Authorization: Bearer TOKEN'.",
-        ));
+    if let Some(topics_route) = topics::parse(path).filter(|_| parts.method == HttpMethod::GET) {
+        require_admin(app, &parts.headers)?;
+        return topics::serve(&app.topic_log, topics_route, &Query::parse(parts.uri.query())).await;
     }
     let override_method = parts.headers.get("x-http-method-override").and_then(|v| v.to_str().ok());
     let method = match (&parts.method, override_method) {
@@ -239,6 +257,10 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
     };
     let route = route::parse(method, path)?;
     let query = Query::parse(parts.uri.query());
+    if route.is_device_bridge() {
+        return device::serve(&app.core, route, &parts.headers, &query, &body).await;
+    }
+    require_admin(app, &parts.headers)?;
     serve(&app.service, route, &query, &body).await
 }
 
@@ -334,6 +356,9 @@ async fn serve(svc: &DeviceManager, route: Route, q: &Query, body: &Bytes) -> Re
             let req =
                 iot::ListDeviceConfigVersionsRequest { name: name.to_string(), num_versions: q.int32("numVersions")? };
             json_response(&svc.list_device_config_versions(req).await?)
+        }
+        Route::PublishEvent(_) | Route::SetState(_) | Route::GetConfig(_) => {
+            return Err(Error::not_found("Device bridge routes are served separately."));
         }
         Route::ListStates(name) => {
             q.check(&["numStates"])?;

@@ -34,6 +34,17 @@ pub enum Route {
     SendCommand(DeviceName),
     ListConfigVersions(DeviceName),
     ListStates(DeviceName),
+    /// The HTTP device bridge: authenticated by the device's own JWT, not the admin token.
+    PublishEvent(DeviceName),
+    SetState(DeviceName),
+    GetConfig(DeviceName),
+}
+
+impl Route {
+    /// Whether a device, rather than an administrator, calls this route.
+    pub fn is_device_bridge(&self) -> bool {
+        matches!(self, Route::PublishEvent(_) | Route::SetState(_) | Route::GetConfig(_))
+    }
 }
 
 fn not_found(path: &str) -> Error {
@@ -115,7 +126,10 @@ pub fn parse(method: Method, path: &str) -> Result<Route, Error> {
         (8, Some("registries"), Some("devices"), _, Post, Some("sendCommandToDevice")) => {
             Route::SendCommand(dev("name")?)
         }
+        (8, Some("registries"), Some("devices"), _, Post, Some("publishEvent")) => Route::PublishEvent(dev("name")?),
+        (8, Some("registries"), Some("devices"), _, Post, Some("setState")) => Route::SetState(dev("name")?),
         (8, Some("registries"), Some("devices"), _, _, Some(v)) => return Err(unknown_verb(v)),
+        (9, Some("registries"), Some("devices"), Some("config"), Get, None) => Route::GetConfig(dev("name")?),
         (9, Some("registries"), Some("devices"), Some("configVersions"), Get, None) => {
             Route::ListConfigVersions(dev("name")?)
         }

@@ -445,10 +445,12 @@ async fn a_tls_key_readable_by_others_is_refused() {
         admin_token: Some(TOKEN.into()),
         activity_flush_interval: std::time::Duration::from_secs(1),
         tls: Some(files),
+        topic_log: Default::default(),
+        mqtt: Default::default(),
     };
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listeners = ferrocore::server::Listeners { http, grpc: Some(grpc) };
+    let listeners = ferrocore::server::Listeners { http, grpc: Some(grpc), mqtts: None, mqtt: None };
     let err = ferrocore::server::run(config, listeners, std::future::pending(), |_| {}).await.unwrap_err();
     assert!(format!("{err:#}").contains("readable by other users"), "{err:#}");
 }

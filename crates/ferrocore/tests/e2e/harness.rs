@@ -31,6 +31,8 @@ pub fn fixture(name: &str) -> String {
 pub struct TestServer {
     pub base: String,
     pub grpc: std::net::SocketAddr,
+    pub mqtts: std::net::SocketAddr,
+    pub mqtt: std::net::SocketAddr,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -51,15 +53,21 @@ impl TestServer {
             admin_token: Some(TOKEN.into()),
             activity_flush_interval: Duration::from_millis(50),
             tls,
+            topic_log: Default::default(),
+            mqtt: ferrocore_mqtt::MqttConfig { connect_timeout: Duration::from_secs(2), ..Default::default() },
         };
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = http.local_addr().unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_addr = grpc.local_addr().unwrap();
+        let mqtts = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mqtts_addr = mqtts.local_addr().unwrap();
+        let mqtt = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mqtt_addr = mqtt.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(ferrocore::server::run(
             config,
-            ferrocore::server::Listeners { http, grpc: Some(grpc) },
+            ferrocore::server::Listeners { http, grpc: Some(grpc), mqtts: Some(mqtts), mqtt: Some(mqtt) },
             async move {
                 let _ = stopped.await;
             },
@@ -68,6 +76,8 @@ impl TestServer {
         let server = Self {
             base: format!("http://{addr}"),
             grpc: grpc_addr,
+            mqtts: mqtts_addr,
+            mqtt: mqtt_addr,
             client: reqwest::Client::new(),
             stop: Some(stop),
             task: Some(task),
@@ -91,6 +101,11 @@ impl TestServer {
         let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
             token.map(|t| format!("Bearer {t}").parse().unwrap());
         DeviceManagerClient::with_interceptor(channel, AddToken(header))
+    }
+
+    /// The CA that signed the server's generated MQTT certificate.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("data").join("tls").join("ca.pem")).unwrap()
     }
 
     /// The server's database file, for tests that play the part of a device bridge.

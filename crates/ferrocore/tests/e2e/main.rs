@@ -1,8 +1,10 @@
 //! End-to-end tests: the real server on port 0, driven over HTTP like a back end would.
 
 mod crash;
+mod device;
 mod devices;
 mod errors;
 mod grpc;
 mod harness;
+mod mqtt;
 mod registries;

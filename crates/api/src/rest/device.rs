@@ -1,0 +1,164 @@
+//! The HTTP device bridge (Cloud IoT's `cloudiotdevice` v1): `:publishEvent`, `:setState` and
+//! `GET .../config`, each authenticated by the device's own JWT in `Authorization: Bearer`.
+//!
+//! Nothing is remembered between requests: every request carries and proves its token.
+
+use super::{Query, json_response, parse_body};
+use crate::rest::route::Route;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use base64::Engine;
+use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Transport};
+use ferrocore_core::{Code, Core, Error};
+use ferrocore_model::DeviceName;
+use serde::de::{Deserializer, Error as _};
+use serde::{Deserialize, Serialize};
+
+/// bytes fields: standard or URL-safe base64, padded or not, as Google's JSON allows.
+fn base64_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let s = String::deserialize(d)?;
+    let trimmed = s.trim().trim_end_matches('=');
+    let decoded =
+        if trimmed.contains(['-', '_']) { URL_SAFE_NO_PAD.decode(trimmed) } else { STANDARD_NO_PAD.decode(trimmed) };
+    decoded.map(Bytes::from).map_err(|_| D::Error::custom("Base64 decoding failed"))
+}
+
+/// `gatewayInfo`: a gateway acting for a device. Only its absence is served for now.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct GatewayInfo {
+    #[serde(alias = "gateway_id")]
+    gateway_id: String,
+    #[serde(alias = "delegated_device_id")]
+    delegated_device_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct PublishEventRequest {
+    name: String,
+    #[serde(alias = "binary_data", deserialize_with = "base64_bytes")]
+    binary_data: Bytes,
+    #[serde(alias = "sub_folder")]
+    sub_folder: String,
+    #[serde(alias = "gateway_info")]
+    gateway_info: Option<GatewayInfo>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct StateBody {
+    #[serde(alias = "binary_data", deserialize_with = "base64_bytes")]
+    binary_data: Bytes,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct SetStateRequest {
+    name: String,
+    state: Option<StateBody>,
+    #[serde(alias = "gateway_info")]
+    gateway_info: Option<GatewayInfo>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigResponse {
+    version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    binary_data: String,
+}
+
+fn no_gateways(info: &Option<GatewayInfo>) -> Result<(), Error> {
+    match info {
+        Some(g) if !g.gateway_id.is_empty() || !g.delegated_device_id.is_empty() => Err(Error::new(
+            Code::Unimplemented,
+            "Publishing through a gateway (gatewayInfo) is not supported by this server yet.",
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn authenticate(core: &Core, name: &DeviceName, headers: &HeaderMap) -> Result<AuthenticatedDevice, Error> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].trim()))
+        .ok_or_else(|| Error::new(Code::Unauthenticated, "Send the device's JWT as 'Authorization: Bearer <JWT>'."))?;
+    core.authenticate_device(name, token, Transport::Http).await.map_err(|e| match e {
+        // The reason goes to the log only: a caller probing device names learns nothing.
+        AuthFailure::Malformed(why) | AuthFailure::NotAuthorized(why) => {
+            tracing::debug!(device = %name, %why, "HTTP device request refused");
+            Error::new(Code::Unauthenticated, "The device's JWT was refused.")
+        }
+        AuthFailure::Unavailable => Error::new(Code::Unavailable, "Authentication is unavailable; retry later."),
+    })
+}
+
+fn check_name(given: &str, path: &DeviceName) -> Result<(), Error> {
+    if given.is_empty() || given == path.to_string() {
+        Ok(())
+    } else {
+        Err(Error::invalid("name", "The device name in the body does not match the one in the URL."))
+    }
+}
+
+pub(crate) async fn serve(
+    core: &Core,
+    route: Route,
+    headers: &HeaderMap,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, Error> {
+    let empty = || json_response(&serde_json::json!({}));
+    match route {
+        Route::PublishEvent(name) => {
+            q.check(&[])?;
+            let req: PublishEventRequest = parse_body(body)?;
+            check_name(&req.name, &name)?;
+            no_gateways(&req.gateway_info)?;
+            ferrocore_model::limits::check_subfolder("sub_folder", &req.sub_folder)?;
+            let device = authenticate(core, &name, headers).await?;
+            core.publish_event(&device, &req.sub_folder, req.binary_data).await?;
+            Ok(empty())
+        }
+        Route::SetState(name) => {
+            q.check(&[])?;
+            let req: SetStateRequest = parse_body(body)?;
+            check_name(&req.name, &name)?;
+            no_gateways(&req.gateway_info)?;
+            let state = req.state.ok_or_else(|| Error::invalid("state", "The request needs a state."))?;
+            let device = authenticate(core, &name, headers).await?;
+            core.report_state(&device, state.binary_data).await?;
+            Ok(empty())
+        }
+        Route::GetConfig(name) => {
+            q.check(&["localVersion", "gatewayInfo.gatewayId", "gatewayInfo.delegatedDeviceId"])?;
+            if q.one("gatewayInfo.gatewayId").is_some() || q.one("gatewayInfo.delegatedDeviceId").is_some() {
+                no_gateways(&Some(GatewayInfo { gateway_id: "x".into(), ..Default::default() }))?;
+            }
+            let local = match q.one("localVersion") {
+                None | Some("") => 0,
+                Some(v) => v
+                    .parse::<i64>()
+                    .map_err(|_| Error::invalid("local_version", "The local version must be an integer."))?,
+            };
+            let device = authenticate(core, &name, headers).await?;
+            let config = core.device_config(&device).await?;
+            if local > config.version {
+                return Err(Error::new(
+                    Code::OutOfRange,
+                    format!("The local version {local} is newer than the latest config version {}.", config.version),
+                ));
+            }
+            core.config_sent(&device);
+            Ok(json_response(&ConfigResponse {
+                version: config.version.to_string(),
+                binary_data: base64::engine::general_purpose::STANDARD.encode(&config.binary_data),
+            }))
+        }
+        _ => Err(Error::not_found("Not a device bridge route.")),
+    }
+}

@@ -1,0 +1,139 @@
+//! Reading telemetry topics from the embedded topic log: Ferrocore's own REST extension, for back
+//! ends that used to pull from Pub/Sub.
+//!
+//! * `GET /v1/projects/P/topics` lists the topics that hold messages.
+//! * `GET /v1/projects/P/topics/T/messages?offset=N|from=earliest|latest&maxMessages=M&waitSeconds=S`
+//!   returns up to M messages from offset N (or the oldest kept, or only new ones), waiting up to S
+//!   seconds (at most 60) for the first when none is there. `nextOffset` is where to continue.
+//!
+//! Both need the admin token.
+
+use super::{Query, json_response};
+use axum::response::Response;
+use base64::Engine;
+use ferrocore_core::{Code, Error};
+use ferrocore_model::Timestamp;
+use ferrocore_topiclog::{LogError, ReadFrom, TopicLog};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// At most this many messages per read, and this much payload.
+const MAX_MESSAGES: usize = 1000;
+const MAX_READ_BYTES: usize = 8 << 20;
+const MAX_WAIT_SECONDS: u64 = 60;
+
+/// A parsed topics path.
+pub(crate) enum TopicsRoute {
+    List { project: String },
+    Messages { topic: String },
+}
+
+/// Recognises `projects/P/topics` and `projects/P/topics/T/messages`.
+pub(crate) fn parse(path: &str) -> Option<TopicsRoute> {
+    let s: Vec<&str> = path.split('/').collect();
+    match s.as_slice() {
+        ["projects", p, "topics"] if !p.is_empty() => Some(TopicsRoute::List { project: (*p).to_owned() }),
+        ["projects", p, "topics", t, "messages"] if !p.is_empty() && !t.is_empty() => {
+            Some(TopicsRoute::Messages { topic: format!("projects/{p}/topics/{t}") })
+        }
+        _ => None,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TopicJson {
+    name: String,
+    earliest_offset: String,
+    next_offset: String,
+    bytes: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageJson {
+    offset: String,
+    publish_time: String,
+    attributes: BTreeMap<String, String>,
+    data: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MessagesJson {
+    messages: Vec<MessageJson>,
+    next_offset: String,
+    earliest_offset: String,
+}
+
+fn log_error(e: LogError) -> Error {
+    match e {
+        LogError::InvalidTopic(_) => Error::invalid("topic", e.to_string()),
+        other => {
+            tracing::error!(detail = %other.detail(), "topic log read failed");
+            Error::new(Code::Unavailable, "The topic log is unavailable; retry later.")
+        }
+    }
+}
+
+pub(crate) async fn serve(log: &TopicLog, route: TopicsRoute, q: &Query) -> Result<Response, Error> {
+    match route {
+        TopicsRoute::List { project } => {
+            q.check(&[])?;
+            let prefix = format!("projects/{project}/topics/");
+            let topics: Vec<TopicJson> = log
+                .topics()
+                .into_iter()
+                .filter(|t| t.name.starts_with(&prefix))
+                .map(|t| TopicJson {
+                    name: t.name,
+                    earliest_offset: t.earliest_offset.to_string(),
+                    next_offset: t.next_offset.to_string(),
+                    bytes: t.bytes.to_string(),
+                })
+                .collect();
+            Ok(json_response(&serde_json::json!({ "topics": topics })))
+        }
+        TopicsRoute::Messages { topic } => {
+            q.check(&["offset", "from", "maxMessages", "waitSeconds"])?;
+            let from = match (q.one("offset"), q.one("from")) {
+                (Some(o), None) => ReadFrom::Offset(
+                    o.parse().map_err(|_| Error::invalid("offset", "The offset must be a non-negative integer."))?,
+                ),
+                (None, None) | (None, Some("earliest")) => ReadFrom::Earliest,
+                (None, Some("latest")) => ReadFrom::Latest,
+                (None, Some(_)) => return Err(Error::invalid("from", "'from' must be 'earliest' or 'latest'.")),
+                (Some(_), Some(_)) => {
+                    return Err(Error::invalid("offset", "Give either 'offset' or 'from', not both."));
+                }
+            };
+            let max = match q.int32("maxMessages")? {
+                0 => 100,
+                n if n < 0 => return Err(Error::invalid("max_messages", "maxMessages must not be negative.")),
+                n => (n as usize).min(MAX_MESSAGES),
+            };
+            let wait = match q.int32("waitSeconds")? {
+                0 => None,
+                n if n < 0 => return Err(Error::invalid("wait_seconds", "waitSeconds must not be negative.")),
+                n => Some(Duration::from_secs((n as u64).min(MAX_WAIT_SECONDS))),
+            };
+            let read = log.read(&topic, from, max, MAX_READ_BYTES, wait).await.map_err(log_error)?;
+            let engine = base64::engine::general_purpose::STANDARD;
+            Ok(json_response(&MessagesJson {
+                messages: read
+                    .records
+                    .into_iter()
+                    .map(|r| MessageJson {
+                        offset: r.offset.to_string(),
+                        publish_time: Timestamp(r.timestamp_nanos).to_string(),
+                        attributes: r.attributes.into_iter().collect(),
+                        data: engine.encode(&r.payload),
+                    })
+                    .collect(),
+                next_offset: read.next_offset.to_string(),
+                earliest_offset: read.earliest_offset.to_string(),
+            }))
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The MQTT bridge end to end: real TLS, real JWTs, the topics Cloud IoT Core firmware uses.
+
+use crate::device::*;
+use crate::harness::*;
+use ferrocore_mqtt_codec::{ConnectReturnCode as Rc, Packet, QoS, SubAckCode};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const PROJECT: &str = "mqtt-proj";
+
+/// A registry with a default telemetry topic, an `alerts` subfolder topic and a state topic, and
+/// one ES256 device in it. Returns (registry path, client id).
+async fn setup(s: &TestServer, device: &str) -> (String, String) {
+    let parent = format!("projects/{PROJECT}/locations/us-central1");
+    let (st, _) = s
+        .post(
+            &format!("{parent}/registries"),
+            json!({
+                "id": "fleet",
+                "eventNotificationConfigs": [
+                    {"subfolderMatches": "alerts", "pubsubTopicName": format!("projects/{PROJECT}/topics/alerts")},
+                    {"pubsubTopicName": format!("projects/{PROJECT}/topics/telemetry")}
+                ],
+                "stateNotificationConfig": {"pubsubTopicName": format!("projects/{PROJECT}/topics/state")}
+            }),
+        )
+        .await;
+    assert!(st == StatusCode::OK || st == StatusCode::CONFLICT);
+    let reg = format!("{parent}/registries/fleet");
+    s.device(&reg, device, json!({})).await;
+    (reg.clone(), format!("{reg}/devices/{device}"))
+}
+
+async fn connected(s: &TestServer, client_id: &str) -> MqttClient {
+    let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    assert_eq!(c.connect(client_id, Some(&es256_token(PROJECT)), 60).await, Rc::Accepted);
+    c
+}
+
+async fn messages(s: &TestServer, topic: &str) -> Vec<Value> {
+    let (st, body) = s.get(&format!("projects/{PROJECT}/topics/{topic}/messages?from=earliest&maxMessages=1000")).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    body["messages"].as_array().cloned().unwrap_or_default()
+}
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[tokio::test]
+async fn telemetry_and_state_reach_their_topics_with_iot_core_attributes() {
+    let s = TestServer::start().await;
+    let (reg, id) = setup(&s, "sensor-1").await;
+    let mut c = connected(&s, &id).await;
+    c.publish_acked("/devices/sensor-1/events", b"t=21").await;
+    c.publish_acked("/devices/sensor-1/events/alerts", b"fire").await;
+    c.publish_acked("/devices/sensor-1/events/other/sub", b"routed to default").await;
+    c.publish("/devices/sensor-1/events", QoS::AtMostOnce, b"qos0").await;
+    c.publish_acked("/devices/sensor-1/state", b"on").await;
+
+    let telemetry = messages(&s, "telemetry").await;
+    let payloads: Vec<&str> = telemetry.iter().map(|m| m["data"].as_str().unwrap()).collect();
+    assert_eq!(payloads[..2], [b64(b"t=21"), b64(b"routed to default")]);
+    let a = &telemetry[0]["attributes"];
+    assert_eq!(a["deviceId"], "sensor-1");
+    assert_eq!(a["deviceRegistryId"], "fleet");
+    assert_eq!(a["deviceRegistryLocation"], "us-central1");
+    assert_eq!(a["projectId"], PROJECT);
+    assert!(a["deviceNumId"].as_str().unwrap().parse::<u64>().is_ok());
+    assert!(a.get("subFolder").is_none(), "no subfolder attribute without a subfolder");
+    assert_eq!(telemetry[1]["attributes"]["subFolder"], "other/sub");
+    let alerts = messages(&s, "alerts").await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["data"], b64(b"fire"));
+    assert_eq!(alerts[0]["attributes"]["subFolder"], "alerts");
+    let states = messages(&s, "state").await;
+    assert_eq!(states[0]["data"], b64(b"on"));
+
+    let (_, list) = s.get(&format!("{reg}/devices/sensor-1/states")).await;
+    assert_eq!(list["deviceStates"][0]["binaryData"], b64(b"on"));
+    // The QoS 0 message arrives too, once the connection has handled it.
+    c.send(Packet::PingReq).await;
+    assert_eq!(c.recv().await, Packet::PingResp);
+    assert_eq!(messages(&s, "telemetry").await.len(), 3);
+    let (_, dev) = s.get(&format!("{reg}/devices/sensor-1")).await;
+    for field in ["lastEventTime", "lastStateTime", "lastHeartbeatTime"] {
+        assert!(dev[field].as_str().is_some_and(|t| t.ends_with('Z')), "{field}: {dev}");
+    }
+    assert_eq!(dev["state"]["binaryData"], b64(b"on"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn config_arrives_on_subscribe_and_on_every_update_and_acks_are_recorded() {
+    let s = TestServer::start().await;
+    let (reg, id) = setup(&s, "cfg-dev").await;
+    let dev = format!("{reg}/devices/cfg-dev");
+    let (st, _) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": b64(b"v2")})).await;
+    assert_eq!(st, StatusCode::OK);
+    let mut c = connected(&s, &id).await;
+    // QoS 2 is granted as 1.
+    assert_eq!(
+        c.subscribe(&[("/devices/cfg-dev/config", QoS::ExactlyOnce)]).await,
+        [SubAckCode::Granted(QoS::AtLeastOnce)]
+    );
+    let Packet::Publish(p) = c.recv().await else { panic!("expected the current config") };
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("/devices/cfg-dev/config", &b"v2"[..]));
+    c.send(Packet::PubAck(p.packet_id.unwrap())).await;
+
+    let (st, _) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": b64(b"v3")})).await;
+    assert_eq!(st, StatusCode::OK);
+    let Packet::Publish(p) = c.recv().await else { panic!("expected the new config") };
+    assert_eq!(&p.payload[..], b"v3");
+    c.send(Packet::PubAck(p.packet_id.unwrap())).await;
+    c.send(Packet::PingReq).await;
+    assert_eq!(c.recv().await, Packet::PingResp);
+
+    let (_, versions) = s.get(&format!("{dev}/configVersions")).await;
+    let v = &versions["deviceConfigs"];
+    assert_eq!(v[0]["version"], "3");
+    assert!(v[0]["deviceAckTime"].as_str().is_some(), "{versions}");
+    assert!(v[1]["deviceAckTime"].as_str().is_some(), "{versions}");
+    assert!(v[2].get("deviceAckTime").is_none(), "version 1 was never sent: {versions}");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, d) = s.get(&dev).await;
+    assert!(d["lastConfigAckTime"].is_string() && d["lastConfigSendTime"].is_string(), "{d}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn commands_reach_subscribed_devices_and_wait_for_the_puback() {
+    let s = TestServer::start().await;
+    let (reg, id) = setup(&s, "cmd-dev").await;
+    let dev = format!("{reg}/devices/cmd-dev");
+    let mut c = connected(&s, &id).await;
+    let (st, body) = s.post(&format!("{dev}:sendCommandToDevice"), json!({"binaryData": b64(b"x")})).await;
+    assert!(expect_error(st, &body, 400, "FAILED_PRECONDITION").contains("is not subscribed to the commands topic"));
+    assert_eq!(
+        c.subscribe(&[("/devices/cmd-dev/commands/#", QoS::AtLeastOnce)]).await,
+        [SubAckCode::Granted(QoS::AtLeastOnce)]
+    );
+
+    let base = s.base.clone();
+    let send = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/{dev}:sendCommandToDevice"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"binaryData": b64(b"reboot"), "subfolder": "power/main"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let Packet::Publish(p) = c.recv().await else { panic!("expected a command") };
+    assert_eq!(p.topic, "/devices/cmd-dev/commands/power/main");
+    assert_eq!(&p.payload[..], b"reboot");
+    assert!(!send.is_finished(), "the API waits for the device's PUBACK");
+    c.send(Packet::PubAck(p.packet_id.unwrap())).await;
+    assert_eq!(send.await.unwrap(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_refusal_gets_its_connack_and_a_good_device_still_connects() {
+    let s = TestServer::start().await;
+    let (reg, id) = setup(&s, "good").await;
+    s.device(&reg, "blocked-dev", json!({"blocked": true})).await;
+    s.device(
+        &reg,
+        "rsa-dev",
+        json!({"credentials": [{"publicKey": {"format": "RSA_X509_PEM", "key": fixture("rsa_cert.pem")}}]}),
+    )
+    .await;
+    let ec = fixture("ec_private.pem");
+    let t = now();
+    let cases: Vec<(String, Option<String>, Rc)> = vec![
+        ("not-a-device-path".into(), Some(es256_token(PROJECT)), Rc::IdentifierRejected),
+        (id.clone(), None, Rc::BadUsernameOrPassword),
+        (id.clone(), Some("not.a.jwt".into()), Rc::BadUsernameOrPassword),
+        (id.clone(), Some(jwt("ES256", &ec, "other-project", t, t + 3600)), Rc::NotAuthorized),
+        (id.clone(), Some(jwt("ES256", &ec, PROJECT, t - 7200, t - 3600)), Rc::NotAuthorized),
+        (id.clone(), Some(jwt("ES256", &ec, PROJECT, t + 3600, t + 7200)), Rc::NotAuthorized),
+        (id.clone(), Some(jwt("ES256", &ec, PROJECT, t, t + 48 * 3600)), Rc::NotAuthorized),
+        (id.clone(), Some(jwt("RS256", &fixture("rsa_private.pem"), PROJECT, t, t + 3600)), Rc::NotAuthorized),
+        (format!("{reg}/devices/ghost"), Some(es256_token(PROJECT)), Rc::NotAuthorized),
+        (format!("{reg}/devices/blocked-dev"), Some(es256_token(PROJECT)), Rc::NotAuthorized),
+    ];
+    for (client_id, password, want) in cases {
+        let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+        assert_eq!(c.connect(&client_id, password.as_deref(), 60).await, want, "{client_id} {password:?}");
+        assert!(c.closed_within(Duration::from_secs(2)).await, "refused connections are closed");
+    }
+    // RS256 with an X.509 credential works.
+    let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    let rs = jwt("RS256", &fixture("rsa_private.pem"), PROJECT, t, t + 3600);
+    assert_eq!(c.connect(&format!("{reg}/devices/rsa-dev"), Some(&rs), 60).await, Rc::Accepted);
+
+    // MQTT 3.1 (protocol level 3) gets CONNACK 1.
+    let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    let mut v31 = vec![0x10, 0x00];
+    let body = [&[0x00, 0x06][..], b"MQIsdp", &[3, 0x02, 0, 60, 0, 1], b"x"].concat();
+    v31[1] = body.len() as u8;
+    v31.extend(body);
+    c.send_raw(&v31).await;
+    assert_eq!(
+        c.recv().await,
+        Packet::ConnAck(ferrocore_mqtt_codec::ConnAck {
+            session_present: false,
+            code: Rc::UnacceptableProtocolVersion
+        })
+    );
+
+    // MQTT disabled on the registry.
+    let (st, _) = s
+        .patch(&format!("{reg}?updateMask=mqtt_config"), json!({"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    assert_eq!(c.connect(&id, Some(&es256_token(PROJECT)), 60).await, Rc::NotAuthorized);
+    let (st, _) = s
+        .patch(&format!("{reg}?updateMask=mqtt_config"), json!({"mqttConfig": {"mqttEnabledState": "MQTT_ENABLED"}}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let mut c = connected(&s, &id).await;
+    c.publish_acked("/devices/good/events", b"after all that").await;
+
+    // Silence after the TCP connect: closed at the CONNECT deadline.
+    let mut idle = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    assert!(idle.closed_within(Duration::from_secs(5)).await, "CONNECT deadline");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_violations_close_the_connection_and_are_recorded() {
+    let s = TestServer::start().await;
+    let (reg, id) = setup(&s, "rude").await;
+    s.device(&reg, "other", json!({})).await;
+
+    let mut c = connected(&s, &id).await;
+    assert_eq!(
+        c.subscribe(&[
+            ("/devices/other/config", QoS::AtLeastOnce),
+            ("#", QoS::AtMostOnce),
+            ("/devices/rude/commands/x", QoS::AtMostOnce)
+        ])
+        .await,
+        [SubAckCode::Failure, SubAckCode::Failure, SubAckCode::Failure]
+    );
+    c.publish("/devices/rude/events", QoS::ExactlyOnce, b"qos2").await;
+    assert!(c.closed_within(Duration::from_secs(2)).await, "QoS 2 publish closes the connection");
+
+    let mut c = connected(&s, &id).await;
+    c.publish("/devices/other/events", QoS::AtLeastOnce, b"spoof").await;
+    assert!(c.closed_within(Duration::from_secs(2)).await, "publishing for another device closes");
+    let mut c = connected(&s, &id).await;
+    c.publish("/random/topic", QoS::AtMostOnce, b"x").await;
+    assert!(c.closed_within(Duration::from_secs(2)).await);
+    let mut c = connected(&s, &id).await;
+    c.send_raw(&[0xf0, 0x00]).await; // packet type 15 is reserved
+    assert!(c.closed_within(Duration::from_secs(2)).await, "a malformed packet closes");
+
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, d) = s.get(&format!("{reg}/devices/rude")).await;
+    assert!(d["lastErrorStatus"]["message"].is_string() && d["lastErrorTime"].is_string(), "{d}");
+    assert!(messages(&s, "telemetry").await.is_empty(), "nothing was routed");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn one_connection_per_device_and_blocking_disconnects() {
+    let s = TestServer::start().await;
+    let (reg, id) = setup(&s, "twin").await;
+    let mut first = connected(&s, &id).await;
+    let mut second = connected(&s, &id).await;
+    assert!(first.closed_within(Duration::from_secs(2)).await, "the newer connection takes over");
+    second.publish_acked("/devices/twin/events", b"still here").await;
+
+    let (st, _) = s.patch(&format!("{reg}/devices/twin?updateMask=blocked"), json!({"blocked": true})).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(second.closed_within(Duration::from_secs(2)).await, "blocking disconnects");
+    let mut again = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    assert_eq!(again.connect(&id, Some(&es256_token(PROJECT)), 60).await, Rc::NotAuthorized);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn no_matching_topic_closes_and_the_token_expiry_cuts_the_connection() {
+    let s = TestServer::start().await;
+    let parent = format!("projects/{PROJECT}/locations/us-central1");
+    let (st, _) = s.post(&format!("{parent}/registries"), json!({"id": "no-topics"})).await;
+    assert_eq!(st, StatusCode::OK);
+    let reg = format!("{parent}/registries/no-topics");
+    s.device(&reg, "lonely", json!({})).await;
+    let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    assert_eq!(c.connect(&format!("{reg}/devices/lonely"), Some(&es256_token(PROJECT)), 60).await, Rc::Accepted);
+    // State needs no telemetry topic.
+    c.publish_acked("/devices/lonely/state", b"ok").await;
+    c.publish("/devices/lonely/events", QoS::AtLeastOnce, b"nowhere").await;
+    assert!(c.closed_within(Duration::from_secs(2)).await);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, d) = s.get(&format!("{reg}/devices/lonely")).await;
+    assert_eq!(d["lastErrorStatus"]["code"], 9, "{d}");
+
+    // A token that expired 598 s ago is still within the 10-minute skew for 2 more seconds.
+    let t = now();
+    let token = jwt("ES256", &fixture("ec_private.pem"), PROJECT, t - 1200, t - 598);
+    let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    assert_eq!(c.connect(&format!("{reg}/devices/lonely"), Some(&token), 60).await, Rc::Accepted);
+    assert!(c.closed_within(Duration::from_secs(6)).await, "cut when the token expires");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, d) = s.get(&format!("{reg}/devices/lonely")).await;
+    assert!(d["lastErrorStatus"]["message"].as_str().unwrap().contains("token expired"), "{d}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn plain_mqtt_and_keep_alive() {
+    let s = TestServer::start().await;
+    let (_, id) = setup(&s, "plain-dev").await;
+    let mut c = MqttClient::plain(s.mqtt).await;
+    assert_eq!(c.connect(&id, Some(&es256_token(PROJECT)), 1).await, Rc::Accepted);
+    c.publish_acked("/devices/plain-dev/events", b"over tcp").await;
+    // Keep-alive 1 s: silence for 1.5 s closes the connection.
+    assert!(c.closed_within(Duration::from_secs(4)).await, "keep-alive enforced");
+    s.stop().await;
+}

@@ -1,0 +1,15 @@
+//! Ferrocore's MQTT bridge: what devices running Cloud IoT Core firmware connect to.
+//!
+//! * [`server`]: the accept loop, TLS, the connection cap and the CONNECT deadline.
+//! * [`session`]: one connected device: authentication, topics, QoS 1, keep-alive, token expiry,
+//!   and the control messages (commands, config pushes, disconnects) the core sends it.
+//! * [`topic`]: Cloud IoT Core's topic layout, parsed into typed values.
+//!
+//! Protocol parsing lives in `ferrocore-mqtt-codec`; use cases (authentication, routing,
+//! storage) in `ferrocore-core`. This crate only connects the two.
+
+pub mod server;
+pub mod session;
+pub mod topic;
+
+pub use server::{MqttConfig, serve};

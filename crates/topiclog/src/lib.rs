@@ -1,0 +1,415 @@
+//! Ferrocore's embedded topic log: the default destination of device telemetry and state.
+//!
+//! Each topic (`projects/P/topics/T`) is an append-only sequence of [`Record`]s numbered by
+//! offset from 0, stored as segment files in the data directory, trimmed by age and size, and read
+//! by back ends from an offset, from the start or from the tail with long-poll.
+//!
+//! A device's QoS 1 PUBLISH is acknowledged once its record is durable, so [`TopicLog::append`]
+//! returns only after an fsync. To keep thousands of publishers from costing thousands of fsyncs,
+//! appends are group-committed: concurrent appends to a topic share one write and one fsync.
+//!
+//! Map of the crate:
+//! * [`config`]: [`LogConfig`], sizes and retention.
+//! * [`error`]: [`LogError`]; its `Display` is safe to show clients, [`LogError::detail`] is for logs.
+//! * `name`: topic name validation and its safe mapping to directories.
+//! * `format`: the on-disk bytes (segment header, record frame, CRC-32C).
+//! * `segment`: one segment file, its sparse index, verifying scans and record reads.
+//! * `topic`: a topic's shared state, the read path and retention.
+//! * `writer`: the per-topic group-commit writer.
+//! * `recovery`: open-time discovery and torn-tail repair.
+//!
+//! On disk: `{dir}/{project}/{topic}/{base_offset:020}.log`, the directory names percent-encoded
+//! (only `[A-Za-z0-9_-]` and `%XX`). Each segment is a 32-byte header followed by CRC-framed
+//! records; the byte layout is documented in `format`.
+
+pub mod config;
+pub mod error;
+mod format;
+mod name;
+mod recovery;
+mod segment;
+mod topic;
+mod writer;
+
+pub use config::LogConfig;
+pub use error::LogError;
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use topic::Topic;
+use writer::{AppendRequest, WriterState};
+
+/// A record to append. The log assigns its offset.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewRecord {
+    /// When the record was published (Unix epoch nanoseconds). Age retention compares it with
+    /// the wall clock.
+    pub timestamp_nanos: i64,
+    pub attributes: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_nanos: i64,
+    pub attributes: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// This offset, or the earliest retained one if it is older.
+    Offset(u64),
+    /// The oldest retained record.
+    Earliest,
+    /// Only records appended after the call.
+    Latest,
+}
+
+/// What a read returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// In offset order; empty if nothing was available (and, with `wait`, nothing arrived in time).
+    pub records: Vec<Record>,
+    /// The offset to read from next.
+    pub next_offset: u64,
+    /// The oldest retained offset. If the requested offset fell below it, reading resumed here.
+    pub earliest_offset: u64,
+}
+
+/// A topic's extent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub earliest_offset: u64,
+    pub next_offset: u64,
+    /// Bytes on disk, headers and framing included.
+    pub bytes: u64,
+}
+
+/// Memory that queued and in-flight appends may hold, over all topics. Appends beyond it wait
+/// (back-pressure reaches the publishers); a single larger append takes the whole budget.
+const QUEUE_BUDGET_BYTES: usize = 64 << 20;
+
+/// The embedded topic log. Cheap to clone; all clones share one log.
+#[derive(Clone)]
+pub struct TopicLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: LogConfig,
+    topics: RwLock<HashMap<String, TopicEntry>>,
+    /// Woken when a topic is created, for readers long-polling a topic that does not exist yet.
+    created: Notify,
+    queue: Arc<Semaphore>,
+    syncs: Arc<AtomicU64>,
+    shutdown: watch::Sender<bool>,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct TopicEntry {
+    topic: Arc<Topic>,
+    /// Unbounded because the queue budget already bounds it by bytes.
+    tx: mpsc::UnboundedSender<AppendRequest>,
+}
+
+impl TopicLog {
+    /// Opens (or creates) the log in `config.dir`, recovering every topic: torn tails of the last
+    /// segments are cut off. Starts one writer task per topic and the periodic retention task, so
+    /// it must run inside a Tokio runtime.
+    pub async fn open(config: LogConfig) -> Result<TopicLog, LogError> {
+        config.validate()?;
+        let syncs = Arc::new(AtomicU64::new(0));
+        let loaded = {
+            let config = config.clone();
+            let syncs = syncs.clone();
+            tokio::task::spawn_blocking(move || recovery::load_all(&config, &syncs))
+                .await
+                .map_err(|e| LogError::Io(format!("recovery task failed: {e}")))??
+        };
+        let inner = Arc::new(Inner {
+            config,
+            topics: RwLock::new(HashMap::new()),
+            created: Notify::new(),
+            queue: Arc::new(Semaphore::new(QUEUE_BUDGET_BYTES)),
+            syncs,
+            shutdown: watch::Sender::new(false),
+            closed: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        });
+        {
+            let mut topics = inner.topics.write().unwrap_or_else(PoisonError::into_inner);
+            for t in loaded {
+                tracing::debug!(topic = %t.name, next_offset = t.next_offset, segments = t.segments.len(), "recovered topic");
+                let topic = Arc::new(Topic::new(t.name.clone(), t.dir, t.segments, t.next_offset));
+                let entry = inner.start_writer(topic, t.active, t.next_offset);
+                topics.insert(t.name, entry);
+            }
+        }
+        let retention = tokio::spawn(retention_loop(Arc::downgrade(&inner), inner.shutdown.subscribe()));
+        inner.tasks.lock().unwrap_or_else(PoisonError::into_inner).push(retention);
+        Ok(TopicLog { inner })
+    }
+
+    /// Appends `records` to `topic` in order, creating the topic on first use. Returns their
+    /// offsets (contiguous) once they are durable. Concurrent calls share one write and fsync.
+    /// Waits while the append queue is full.
+    pub async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<u64>, LogError> {
+        let parsed = name::parse(topic)?;
+        let limit = self.inner.config.max_record_bytes;
+        let mut frame_bytes = 0usize;
+        for rec in &records {
+            let size = format::record_size(rec.payload.len(), &rec.attributes);
+            if size > limit || rec.attributes.len() > format::MAX_ATTRIBUTES {
+                return Err(LogError::RecordTooLarge { size, limit });
+            }
+            frame_bytes = frame_bytes.saturating_add(format::frame_len(rec));
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let permits = frame_bytes.clamp(1, QUEUE_BUDGET_BYTES) as u32;
+        let permit = self.inner.queue.clone().acquire_many_owned(permits).await.map_err(|_| LogError::Closed)?;
+        let tx = self.inner.topic_sender(topic, &parsed)?;
+        let count = records.len() as u64;
+        let (reply, answer) = oneshot::channel();
+        tx.send(AppendRequest { records, frame_bytes, reply, _permit: permit }).map_err(|_| self.inner.stopped())?;
+        let first = answer.await.map_err(|_| self.inner.stopped())??;
+        Ok((first..first + count).collect())
+    }
+
+    /// Reads up to `max_records` records and about `max_bytes` of payload and attributes (at
+    /// least one record when any is available) from `from`. When none are available and `wait` is
+    /// given, waits up to that long for new ones; a topic that does not exist yet reads as empty.
+    pub async fn read(
+        &self,
+        topic: &str,
+        from: ReadFrom,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Option<Duration>,
+    ) -> Result<ReadResult, LogError> {
+        name::parse(topic)?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let max_records = max_records.max(1);
+        // Until the topic exists it is empty, and all three starting points mean offset 0.
+        let mut missing_start = None;
+        let topic = loop {
+            let created = self.inner.created.notified();
+            tokio::pin!(created);
+            // Register before looking, so a creation between the look and the wait is not missed.
+            created.as_mut().enable();
+            if let Some(t) = self.inner.topic(topic) {
+                break t;
+            }
+            let start = match from {
+                ReadFrom::Offset(o) => o,
+                ReadFrom::Earliest | ReadFrom::Latest => 0,
+            };
+            missing_start = Some(start);
+            let empty = ReadResult { records: Vec::new(), next_offset: start, earliest_offset: 0 };
+            let Some(deadline) = deadline else { return Ok(empty) };
+            tokio::select! {
+                _ = &mut created => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(empty),
+                _ = shutdown.wait_for(|&s| s) => return Ok(empty),
+            }
+        };
+        let mut start = match (missing_start, from) {
+            (Some(start), _) | (None, ReadFrom::Offset(start)) => start,
+            (None, ReadFrom::Earliest) => topic.lock().earliest(),
+            (None, ReadFrom::Latest) => topic.lock().next_offset,
+        };
+        loop {
+            // Subscribing before reading marks the current offset as seen: a commit after the
+            // read is then guaranteed to wake the wait below.
+            let mut committed = topic.committed.subscribe();
+            let t = topic.clone();
+            let result = tokio::task::spawn_blocking(move || t.read_blocking(start, max_records, max_bytes))
+                .await
+                .map_err(|e| LogError::Io(format!("read task failed: {e}")))??;
+            let Some(deadline) = deadline else { return Ok(result) };
+            if !result.records.is_empty() {
+                return Ok(result);
+            }
+            let target = result.next_offset;
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, committed.wait_for(|&next| next > target)) => {
+                    if !matches!(changed, Ok(Ok(_))) {
+                        return Ok(result);
+                    }
+                }
+                _ = shutdown.wait_for(|&s| s) => return Ok(result),
+            }
+            start = result.next_offset;
+        }
+    }
+
+    /// Every known topic with its extent, sorted by name.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let topics = self.inner.topics.read().unwrap_or_else(PoisonError::into_inner);
+        let mut infos: Vec<TopicInfo> = topics.values().map(|e| e.topic.info()).collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
+    }
+
+    /// Applies retention to every topic now, against the wall clock. The task started by `open`
+    /// also does this periodically.
+    pub async fn enforce_retention(&self) -> Result<(), LogError> {
+        self.enforce_retention_at(writer::now_nanos()).await
+    }
+
+    /// [`enforce_retention`](Self::enforce_retention) with an injected clock, for tests.
+    #[doc(hidden)]
+    pub async fn enforce_retention_at(&self, now_nanos: i64) -> Result<(), LogError> {
+        let topics: Vec<Arc<Topic>> = {
+            let topics = self.inner.topics.read().unwrap_or_else(PoisonError::into_inner);
+            topics.values().map(|e| e.topic.clone()).collect()
+        };
+        let max_age = self.inner.config.max_age_nanos();
+        let max_bytes = self.inner.config.retention_max_bytes;
+        let mut first_error = None;
+        for topic in topics {
+            let syncs = self.inner.syncs.clone();
+            let t = topic.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                t.enforce_retention_blocking(max_age, max_bytes, now_nanos, &syncs)
+            })
+            .await
+            .map_err(|e| LogError::Io(format!("retention task failed: {e}")))
+            .and_then(|r| r);
+            if let Err(err) = outcome {
+                // One broken topic must not stop the others from being trimmed.
+                tracing::error!(topic = %topic.name, error = %err.detail(), "retention failed");
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Stops accepting appends and reads, lets every writer finish what is queued (those appends
+    /// still succeed), wakes long-polling readers, and stops the retention task.
+    pub async fn close(&self) {
+        {
+            // Under the topics lock, so that no topic (and writer task) is created after this.
+            let _topics = self.inner.topics.write().unwrap_or_else(PoisonError::into_inner);
+            self.inner.closed.store(true, Ordering::Release);
+        }
+        self.inner.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// How many fsyncs (files and directories) this log has issued: lets tests check that group
+    /// commit batches.
+    #[doc(hidden)]
+    pub fn sync_count(&self) -> u64 {
+        self.inner.syncs.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for TopicLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicLog").field("dir", &self.inner.config.dir).finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(PoisonError::into_inner).get(name).map(|e| e.topic.clone())
+    }
+
+    /// The queue of `name`'s writer, creating the topic (in memory; its files come with the first
+    /// batch) if it is new.
+    fn topic_sender(
+        &self,
+        name: &str,
+        parsed: &name::TopicName<'_>,
+    ) -> Result<mpsc::UnboundedSender<AppendRequest>, LogError> {
+        if let Some(entry) = self.topics.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return Ok(entry.tx.clone());
+        }
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        if let Some(entry) = topics.get(name) {
+            return Ok(entry.tx.clone());
+        }
+        let dir = name::topic_dir(&self.config.dir, parsed);
+        let topic = Arc::new(Topic::new(name.to_owned(), dir, Default::default(), 0));
+        let entry = self.start_writer(topic, None, 0);
+        let tx = entry.tx.clone();
+        topics.insert(name.to_owned(), entry);
+        drop(topics);
+        self.created.notify_waiters();
+        Ok(tx)
+    }
+
+    fn start_writer(&self, topic: Arc<Topic>, active: Option<writer::ActiveSegment>, next_offset: u64) -> TopicEntry {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = WriterState::new(
+            self.config.dir.clone(),
+            topic.dir.clone(),
+            active,
+            next_offset,
+            self.config.segment_bytes,
+            self.config.roll_after_nanos(),
+            self.syncs.clone(),
+        );
+        let task = tokio::spawn(writer::run(topic.clone(), rx, state, self.shutdown.subscribe()));
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner).push(task);
+        TopicEntry { topic, tx }
+    }
+
+    /// The error for an append whose writer went away: closed by us, or failed.
+    fn stopped(&self) -> LogError {
+        if self.closed.load(Ordering::Acquire) {
+            LogError::Closed
+        } else {
+            LogError::Io("the topic writer stopped; reopen the log".to_owned())
+        }
+    }
+}
+
+/// How often the background task applies retention: often enough for size limits to bite within
+/// a minute, rarely enough to cost nothing.
+fn retention_period(config: &LogConfig) -> Duration {
+    (config.retention_max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
+
+/// Holds only a weak reference, so dropping every `TopicLog` without `close` still ends it.
+async fn retention_loop(inner: Weak<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let Some(period) = inner.upgrade().map(|i| retention_period(&i.config)) else { return };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|&s| s) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let log = TopicLog { inner };
+        // Errors are logged per topic inside; the next tick tries again.
+        let _ = log.enforce_retention().await;
+    }
+}
