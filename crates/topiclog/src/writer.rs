@@ -317,9 +317,6 @@ pub(crate) async fn run(
             }
         };
         let pace_until = (!closing).then(|| last_commit + COMMIT_INTERVAL);
-        if std::env::var_os("TL_DEBUG").is_some() {
-            eprintln!("DBG since_last_start={:?}", last_commit.elapsed());
-        }
         // The pacing wait and the drain happen on the blocking thread too: Tokio's timer rounds
         // up to whole milliseconds (a 2 ms wait takes 3-4), and draining after the wait lets
         // everything that arrived during it join the batch.
@@ -339,16 +336,7 @@ pub(crate) async fn run(
                     Err(_) => break,
                 }
             }
-            let t0 = std::time::Instant::now();
             let result = state.commit(&batch, now_nanos());
-            if std::env::var_os("TL_DEBUG").is_some() {
-                eprintln!(
-                    "DBG slept_from_prev={:?} batch={} commit={:?}",
-                    started.duration_since(t0.min(started)),
-                    batch.len(),
-                    t0.elapsed()
-                );
-            }
             (state, rx, batch, result, started)
         })
         .await;

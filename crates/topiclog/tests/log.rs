@@ -671,3 +671,58 @@ async fn throughput() {
     println!("read back {} records in {:.2} s", all.len(), started.elapsed().as_secs_f64());
     log.close().await;
 }
+
+/// Open loop: 1,000 publishers at 50 appends/s each (50k/s offered) for 3 s. Reports the fsync
+/// rate at that load. `cargo test --release -p ferrocore-topiclog -- --ignored --nocapture open_loop`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement, not a check"]
+async fn open_loop_50k_per_second() {
+    let dir = match std::env::var_os("TOPICLOG_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("tempdir");
+    let log = TopicLog::open(config(dir.path())).await.expect("open");
+    const PUBLISHERS: usize = 1000;
+    const PER_PUBLISHER: usize = 150;
+    let payload = Bytes::from(vec![b'x'; 100]);
+    let syncs_before = log.sync_count();
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for p in 0..PUBLISHERS {
+        let log = log.clone();
+        let payload = payload.clone();
+        handles.push(tokio::spawn(async move {
+            // Spread the publishers over the 20 ms period instead of firing all at once.
+            tokio::time::sleep(Duration::from_micros((p * 20) as u64)).await;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut worst = Duration::ZERO;
+            for _ in 0..PER_PUBLISHER {
+                tick.tick().await;
+                let t = Instant::now();
+                log.append(
+                    TOPIC,
+                    vec![NewRecord { timestamp_nanos: now_nanos(), attributes: Vec::new(), payload: payload.clone() }],
+                )
+                .await
+                .expect("append");
+                worst = worst.max(t.elapsed());
+            }
+            worst
+        }));
+    }
+    let mut worst = Duration::ZERO;
+    for h in handles {
+        worst = worst.max(h.await.expect("task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let syncs = log.sync_count() - syncs_before;
+    let n = (PUBLISHERS * PER_PUBLISHER) as f64;
+    println!(
+        "open loop, {PUBLISHERS} publishers x 50/s: {:.0} appends/s achieved, {:.0} fsyncs/s ({:.1} appends per fsync), worst append latency {worst:?}",
+        n / secs,
+        syncs as f64 / secs,
+        n / syncs as f64
+    );
+    log.close().await;
+}

@@ -101,3 +101,110 @@ async fn acknowledged_writes_survive_kill_9() {
     }
     assert_eq!(acked.len(), 100);
 }
+
+/// QoS 1 telemetry: every PUBACKed message is in the topic log after a kill -9 of the server.
+#[tokio::test]
+async fn every_acknowledged_telemetry_message_survives_kill_9() {
+    use crate::device::{MqttClient, es256_token};
+    use ferrocore_mqtt_codec::{ConnectReturnCode, Packet, QoS};
+    let dir = tempfile::tempdir().unwrap();
+    let spawn_with_mqtt = |dir: &std::path::Path| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocore"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--http", "127.0.0.1:0", "--grpc", "off", "--mqtts", "off", "--mqtt", "127.0.0.1:0"])
+            .env("FERROCORE_ADMIN_TOKEN", TOKEN)
+            .env("FERROCORE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start ferrocore");
+        let stdout = child.stdout.take().unwrap();
+        let child = Server(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let find = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap().to_owned();
+        (child, format!("http://{}/v1", find("http=")), find("mqtt=").parse::<std::net::SocketAddr>().unwrap())
+    };
+    let (child, base, mqtt) = spawn_with_mqtt(dir.path());
+    let client = reqwest::Client::new();
+    let parent = "projects/qos/locations/l";
+    let r = client
+        .post(format!("{base}/{parent}/registries"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"id": "reg", "eventNotificationConfigs": [{"pubsubTopicName": "projects/qos/topics/telemetry"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let key = crate::harness::fixture("ec_public.pem");
+    let mut tasks = vec![];
+    for d in 0..4 {
+        let r = client
+            .post(format!("{base}/{parent}/registries/reg/devices"))
+            .bearer_auth(TOKEN)
+            .json(
+                &json!({"id": format!("dev-{d}"), "credentials": [{"publicKey": {"format": "ES256_PEM", "key": key}}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        tasks.push(tokio::spawn(async move {
+            let mut c = MqttClient::plain(mqtt).await;
+            let id = format!("{parent}/registries/reg/devices/dev-{d}");
+            assert_eq!(c.connect(&id, Some(&es256_token("qos")), 60).await, ConnectReturnCode::Accepted);
+            let mut acked = vec![];
+            // Keep publishing until the server dies; record what it acknowledged.
+            for i in 0..90u32 {
+                let payload = format!("{d}-{i}");
+                let Some(pid) =
+                    c.publish(&format!("/devices/dev-{d}/events"), QoS::AtLeastOnce, payload.as_bytes()).await
+                else {
+                    break;
+                };
+                match c.recv_within(std::time::Duration::from_secs(5)).await {
+                    Some(Packet::PubAck(got)) if got == pid => acked.push(payload),
+                    _ => break,
+                }
+            }
+            acked
+        }));
+    }
+    // Let some messages through, then kill the server mid-stream.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(child);
+    let mut acked = vec![];
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert!(!acked.is_empty(), "some messages were acknowledged before the kill");
+
+    let (_child, base, _) = spawn_with_mqtt(dir.path());
+    let v: Value = client
+        .get(format!("{base}/projects/qos/topics/telemetry/messages?from=earliest&maxMessages=1000"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine;
+    let stored: std::collections::HashSet<String> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(m["data"].as_str().unwrap()).unwrap())
+                .unwrap()
+        })
+        .collect();
+    for p in &acked {
+        assert!(
+            stored.contains(p),
+            "acknowledged message {p} was lost ({} acked, {} stored)",
+            acked.len(),
+            stored.len()
+        );
+    }
+}

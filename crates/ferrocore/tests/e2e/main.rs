@@ -6,5 +6,6 @@ mod devices;
 mod errors;
 mod grpc;
 mod harness;
+mod http_bridge;
 mod mqtt;
 mod registries;

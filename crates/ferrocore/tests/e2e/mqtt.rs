@@ -326,3 +326,37 @@ async fn plain_mqtt_and_keep_alive() {
     assert!(c.closed_within(Duration::from_secs(4)).await, "keep-alive enforced");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn payload_and_rate_limits_hold() {
+    let s = TestServer::start().await;
+    let (reg, id) = setup(&s, "noisy").await;
+    let mut c = connected(&s, &id).await;
+    c.publish_acked("/devices/noisy/events", &vec![7u8; 256 * 1024]).await;
+    c.publish("/devices/noisy/events", QoS::AtLeastOnce, &vec![7u8; 256 * 1024 + 1]).await;
+    assert!(c.closed_within(Duration::from_secs(2)).await, "telemetry over 256 KiB closes the connection");
+
+    let mut c = connected(&s, &id).await;
+    c.publish("/devices/noisy/state", QoS::AtLeastOnce, &vec![1u8; 64 * 1024 + 1]).await;
+    assert!(c.closed_within(Duration::from_secs(2)).await, "state over 64 KiB closes");
+
+    let mut c = connected(&s, &id).await;
+    c.publish_acked("/devices/noisy/state", b"one").await;
+    c.publish("/devices/noisy/state", QoS::AtLeastOnce, b"two").await;
+    assert!(c.closed_within(Duration::from_secs(2)).await, "a second state within a second closes");
+
+    // 100 messages per second per connection; the 101st in the same second closes it.
+    let mut c = connected(&s, &id).await;
+    for i in 0..101u32 {
+        c.publish("/devices/noisy/events", QoS::AtMostOnce, &i.to_be_bytes()).await;
+    }
+    assert!(c.closed_within(Duration::from_secs(2)).await, "the rate limit closes the connection");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, d) = s.get(&format!("{reg}/devices/noisy")).await;
+    assert_eq!(d["lastErrorStatus"]["code"], 8, "RESOURCE_EXHAUSTED recorded: {d}");
+    let n = messages(&s, "telemetry").await.len();
+    assert!((1..=101).contains(&n), "{n}");
+    let (_, states) = s.get(&format!("{reg}/devices/noisy/states")).await;
+    assert_eq!(states["deviceStates"].as_array().unwrap().len(), 1, "only the acknowledged state is kept");
+    s.stop().await;
+}
