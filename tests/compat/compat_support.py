@@ -1,5 +1,6 @@
 """Shared helpers for the compatibility suite: ids, keys, a thin JSON-over-HTTP client, error
-checks that work for both transports of google-cloud-iot, and its gRPC client.
+checks that work for both transports of google-cloud-iot, its gRPC client, and devices that
+connect the way Google's device samples do (PyJWT, paho-mqtt, requests).
 
 Test modules import this directly (pytest puts this folder on sys.path); the server itself is
 started by the session fixture in conftest.py.
@@ -7,17 +8,25 @@ started by the session fixture in conftest.py.
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import dataclasses
+import datetime
 import functools
 import json
 import pathlib
+import queue
 import re
+import ssl
+import threading
+import time
 import uuid
 from typing import Any
 
 import grpc
+import jwt
+import paho.mqtt.client as mqtt
 import pytest
 import requests
 from google.api_core import exceptions as gexc
@@ -93,8 +102,6 @@ def ec_p384_public_pem() -> str:
 @functools.lru_cache(maxsize=None)
 def self_signed_cert_pem(kind: str) -> str:
     """A self-signed certificate around a fresh RSA ("rsa") or P-256 ("ec") key."""
-    import datetime
-
     key = (
         rsa.generate_private_key(public_exponent=65537, key_size=2048)
         if kind == "rsa"
@@ -370,3 +377,307 @@ def grpc_client(address: str, token: str | None, *interceptors) -> iot_v1.Device
     chain = ([bearer_interceptor(token)] if token is not None else []) + list(interceptors)
     channel = grpc_channel(address, *chain)
     return iot_v1.DeviceManagerClient(transport=DeviceManagerGrpcTransport(channel=channel))
+
+
+# --- devices, the way Google's device samples connect ------------------------------------------
+#
+# python-docs-samples' iot/api-client/mqtt_example/cloudiot_mqtt_example.py and
+# http_example/cloudiot_http_example.py: keys made as generate_keys.sh makes them, a JWT from
+# PyJWT with iat/exp/aud, paho-mqtt over TLS with the full device path as client id, user name
+# "unused" and the JWT as password; over HTTP, requests with the JWT as a Bearer token.
+
+# How long any device-side wait may take before the test fails instead of hanging.
+DEVICE_TIMEOUT_S = 10.0
+
+# paho 2.x reports an MQTT 3.1.1 CONNACK code as an MQTT 5 reason code; this maps it back
+# through paho's own table (5 "not authorized" arrives as 135, 4 as 134, 2 as 133...).
+_CONNACK_FOR_REASON = {
+    mqtt.convert_connack_rc_to_reason_code(code).value: int(code) for code in mqtt.ConnackCode
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceKey:
+    """A device's key pair as generate_keys.sh leaves it: the private key in a PEM file, and the
+    `credentials[]` entry that registers its public half."""
+
+    algorithm: str  # "RS256" or "ES256", as the samples' --algorithm takes it
+    private_key_file: pathlib.Path
+    credential: dict
+
+
+def make_device_key(directory: pathlib.Path, algorithm: str) -> DeviceKey:
+    """A fresh key pair written to `directory`, like generate_keys.sh:
+
+    * RS256: `openssl req -x509 -nodes -newkey rsa:2048 -subj /CN=unused` -> a PKCS#8 private key
+      and a self-signed certificate, registered as RSA_X509_PEM;
+    * ES256: `openssl ecparam -genkey -name prime256v1 -noout` -> a SEC1 private key, and
+      `openssl ec -pubout` -> its public key, registered as ES256_PEM.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = uuid.uuid4().hex[:8]
+    if algorithm == "RS256":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        private_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "unused")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256())
+        )
+        credential = {"publicKey": {"format": "RSA_X509_PEM",
+                                    "key": cert.public_bytes(serialization.Encoding.PEM).decode()}}
+    elif algorithm == "ES256":
+        key = ec.generate_private_key(ec.SECP256R1())
+        private_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+        credential = {"publicKey": {"format": "ES256_PEM", "key": _public_pem(key)}}
+    else:
+        raise ValueError(f"unknown algorithm {algorithm}")
+    path = directory / f"{algorithm.lower()}_private_{stem}.pem"
+    path.write_bytes(private_pem)
+    return DeviceKey(algorithm, path, credential)
+
+
+def create_jwt(project_id: str, private_key_file: pathlib.Path, algorithm: str, jwt_expires_minutes: int = 20,
+               *, issued_at: datetime.datetime | None = None, audience: str | None = None) -> str:
+    """The samples' create_jwt: iat now, exp `jwt_expires_minutes` later, aud the project id.
+
+    `issued_at` and `audience` let a test make the tokens a device should not get in with.
+    """
+    iat = issued_at or datetime.datetime.now(tz=datetime.timezone.utc)
+    token = {
+        "iat": iat,
+        "exp": iat + datetime.timedelta(minutes=jwt_expires_minutes),
+        "aud": project_id if audience is None else audience,
+    }
+    with open(private_key_file) as f:
+        private_key = f.read()
+    return jwt.encode(token, private_key, algorithm=algorithm)
+
+
+def b64(data: bytes) -> str:
+    """Standard base64, as the admin API's bytes fields take it."""
+    return base64.b64encode(data).decode()
+
+
+@dataclasses.dataclass
+class Received:
+    topic: str
+    payload: bytes
+    qos: int
+
+
+class MqttDevice:
+    """One MQTT connection made as the sample's get_client makes it, with paho's network loop on
+    its own thread (loop_start) so that waits with timeouts are possible.
+
+    paho never reconnects on its own here (reconnect_on_failure=False): each connection a test
+    makes is one it asked for. A refused or dropped connection ends the network thread.
+    """
+
+    def __init__(self, client_id: str, password: str | None, *, port: int, ca_certs: pathlib.Path | str | None,
+                 host: str = "localhost", keepalive: int = 60, tls_version: int = ssl.PROTOCOL_TLSv1_2):
+        self.client_id = client_id
+        self.connack: int | None = None
+        self.disconnect_reason = None
+        self.messages: queue.Queue[Received] = queue.Queue()
+        self._connack_event = threading.Event()
+        self._closed_event = threading.Event()
+        self._subacks: dict[int, list[int]] = {}
+        self._suback_cond = threading.Condition()
+        self._unsubacks: set[int] = set()
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+        client.username_pw_set(username="unused", password=password)
+        if ca_certs is not None:
+            # The sample pins TLS 1.2 this way; `tls_version` lets a test use a current default.
+            client.tls_set(ca_certs=str(ca_certs), tls_version=tls_version)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
+        self.client = client
+        self._host, self._port, self._keepalive = host, port, keepalive
+
+    # paho callbacks (network thread)
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.connack = _CONNACK_FOR_REASON.get(reason_code.value, reason_code.value)
+        self._connack_event.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnect_reason = reason_code
+        self._closed_event.set()
+        self._connack_event.set()  # a connection closed before CONNACK ends that wait too
+
+    def _on_message(self, client, userdata, message):
+        self.messages.put(Received(message.topic, bytes(message.payload), message.qos))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        with self._suback_cond:
+            self._subacks[mid] = [rc.value for rc in reason_codes]
+            self._suback_cond.notify_all()
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties):
+        with self._suback_cond:
+            self._unsubacks.add(mid)
+            self._suback_cond.notify_all()
+
+    # what tests call
+    def connect(self, timeout: float = DEVICE_TIMEOUT_S) -> int | None:
+        """Connects and waits for CONNACK; returns its return code (0 accepted), or None when the
+        server closed the connection without one. A refused connection is cleaned up."""
+        self.client.connect(self._host, self._port, keepalive=self._keepalive)
+        self.client.loop_start()
+        if not self._connack_event.wait(timeout):
+            self.close()
+            raise AssertionError(f"no CONNACK within {timeout}s for {self.client_id}")
+        if self.connack != 0:
+            # The server closes a refused connection; the network thread ends by itself.
+            self._closed_event.wait(timeout)
+            self.close()
+        return self.connack
+
+    def subscribe(self, topic: str, qos: int, timeout: float = DEVICE_TIMEOUT_S) -> list[int]:
+        """Subscribes and returns the SUBACK return codes (granted QoS, or 128 for a failure)."""
+        rc, mid = self.client.subscribe(topic, qos=qos)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe({topic}) not sent: {mqtt.error_string(rc)}"
+        deadline = time.monotonic() + timeout
+        with self._suback_cond:
+            while mid not in self._subacks:
+                left = deadline - time.monotonic()
+                assert left > 0, f"no SUBACK for {topic} within {timeout}s"
+                self._suback_cond.wait(left)
+            return self._subacks.pop(mid)
+
+    def unsubscribe(self, topic: str, timeout: float = DEVICE_TIMEOUT_S) -> None:
+        rc, mid = self.client.unsubscribe(topic)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"unsubscribe({topic}) not sent: {mqtt.error_string(rc)}"
+        deadline = time.monotonic() + timeout
+        with self._suback_cond:
+            while mid not in self._unsubacks:
+                left = deadline - time.monotonic()
+                assert left > 0, f"no UNSUBACK for {topic} within {timeout}s"
+                self._suback_cond.wait(left)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, timeout: float = DEVICE_TIMEOUT_S):
+        """Publishes and, for QoS 1, waits for the PUBACK (the sample's wait_for_publish)."""
+        info = self.client.publish(topic, payload, qos=qos)
+        info.wait_for_publish(timeout=timeout)
+        assert info.is_published(), f"{topic}: not acknowledged within {timeout}s (qos {qos})"
+        return info
+
+    def next_message(self, timeout: float = DEVICE_TIMEOUT_S) -> Received:
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"{self.client_id}: no message within {timeout}s") from None
+
+    def no_message(self, within: float) -> None:
+        try:
+            extra = self.messages.get(timeout=within)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected message: {extra}")
+
+    def wait_closed(self, timeout: float = DEVICE_TIMEOUT_S) -> bool:
+        """True once the connection is gone (closed by either side)."""
+        return self._closed_event.wait(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_event.is_set()
+
+    def disconnect(self, timeout: float = DEVICE_TIMEOUT_S) -> None:
+        """A clean DISCONNECT, as the sample does before reconnecting with a new token."""
+        if not self._closed_event.is_set():
+            self.client.disconnect()
+            self._closed_event.wait(timeout)
+        self.close()
+
+    def close(self) -> None:
+        """Stops the network thread; safe to call more than once."""
+        if not self._closed_event.is_set():
+            self.client.disconnect()
+            self._closed_event.wait(DEVICE_TIMEOUT_S)
+        self.client.loop_stop()
+
+
+class DeviceFixture:
+    """Registries and devices for the device-side tests, created through the admin REST API.
+
+    Every registry lives in a project of its own, so its telemetry topics (projects/P/topics/T)
+    hold only what the test sent.
+    """
+
+    def __init__(self, rest: Rest, key_dir: pathlib.Path):
+        self.rest = rest
+        self.key_dir = key_dir
+        self.project = fresh_project()
+
+    def topic(self, short: str) -> str:
+        return f"projects/{self.project}/topics/{short}"
+
+    def create_registry(self, **extra) -> dict:
+        """A registry routing subfolder "alerts" to topic `alerts`, everything else to `telemetry`,
+        and states to `state`, as an IoT Core user would have set it up."""
+        body = {
+            "id": unique("reg"),
+            "eventNotificationConfigs": [
+                {"subfolderMatches": "alerts", "pubsubTopicName": self.topic("alerts")},
+                {"pubsubTopicName": self.topic("telemetry")},
+            ],
+            "stateNotificationConfig": {"pubsubTopicName": self.topic("state")},
+        }
+        body.update(extra)
+        return self.rest.create_registry(location_path(self.project), body)
+
+    def create_device(self, registry: dict, algorithm: str = "ES256", **extra) -> tuple[dict, DeviceKey]:
+        key = make_device_key(self.key_dir, algorithm)
+        body = {"id": unique("dev"), "credentials": [key.credential]}
+        body.update(extra)
+        return self.rest.create_device(registry["name"], body), key
+
+    def jwt(self, key: DeviceKey, **kw) -> str:
+        return create_jwt(self.project, key.private_key_file, key.algorithm, **kw)
+
+
+def read_topic(rest: Rest, topic: str, *, expect: int, timeout: float = DEVICE_TIMEOUT_S) -> list[dict]:
+    """All messages of a topic of the embedded log, oldest first, once at least `expect` are there.
+
+    Messages acknowledged to a device are stored already; the wait is for QoS 0 and for what the
+    server forwards on its own (state notifications).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = rest.get(f"v1/{topic}/messages", params={"from": "earliest", "maxMessages": 1000})
+        if resp.status_code == 200:
+            messages = resp.json().get("messages", [])
+            if len(messages) >= expect or time.monotonic() > deadline:
+                return messages
+        elif resp.status_code != 404 or time.monotonic() > deadline:
+            raise AssertionError(f"reading {topic}: {resp.status_code} {resp.text}")
+        time.sleep(0.1)
+
+
+def wait_for(predicate, what: str, timeout: float = DEVICE_TIMEOUT_S, interval: float = 0.1):
+    """Polls `predicate` until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -1,7 +1,9 @@
 """Session fixtures: one real Ferrocore server for the whole suite.
 
 The binary comes from $FERROCORE_BIN (scripts/compat-tests.sh sets it). The server gets a fresh
-data directory, loopback ports picked by the OS, and a random admin token.
+data directory, loopback ports picked by the OS (HTTP, gRPC, MQTT over TLS and plain MQTT), and a
+random admin token. No TLS certificate is given, so the server makes its own CA in the data
+directory (`Server.ca_path`), which the device tests trust.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Server:
     http_port: int
     grpc_port: int
     mqtts_port: int
+    mqtt_port: int
     token: str
     data_dir: pathlib.Path
     log_path: pathlib.Path
@@ -48,6 +51,11 @@ class Server:
     def grpc_address(self) -> str:
         """host:port of the plaintext (h2c) gRPC API, as grpc.insecure_channel takes it."""
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def ca_path(self) -> pathlib.Path:
+        """The local CA the server generates when no --tls-cert is given; devices trust it."""
+        return self.data_dir / "tls" / "ca.pem"
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if the server has not exited within 10 s."""
@@ -112,7 +120,7 @@ def launch_server(data_dir: pathlib.Path, log_path: pathlib.Path, token: str | N
     `<data_dir>/admin-token`; `Server.token` is then read from that file.
     """
     binary = _server_binary()
-    http_port, grpc_port, mqtts_port = _free_ports(3)
+    http_port, grpc_port, mqtts_port, mqtt_port = _free_ports(4)
 
     # Settings the caller's shell may carry (FERROCORE_ADMIN_TOKEN_FILE, FERROCORE_MQTT, ...) would
     # change what is tested; only the log filter is passed through.
@@ -127,13 +135,14 @@ def launch_server(data_dir: pathlib.Path, log_path: pathlib.Path, token: str | N
         "--http", f"127.0.0.1:{http_port}",
         "--grpc", f"127.0.0.1:{grpc_port}",
         "--mqtts", f"127.0.0.1:{mqtts_port}",
+        "--mqtt", f"127.0.0.1:{mqtt_port}",
     ]
     # Output goes to a file, not a pipe: a chatty server must never block on a full pipe.
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    srv = Server(process, http_port, grpc_port, mqtts_port, token or "", data_dir, log_path)
+    srv = Server(process, http_port, grpc_port, mqtts_port, mqtt_port, token or "", data_dir, log_path)
 
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     last_status = None

@@ -95,12 +95,15 @@ def test_everything_survives_a_restart(launch, tmp_path):
     assert new["numId"] not in (gw["numId"], dev["numId"])
 
 
-def test_both_listeners_are_announced_and_grpc_serves_the_same_data(launch, tmp_path):
+def test_every_listener_is_announced_and_grpc_serves_the_same_data(launch, tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     token = secrets.token_urlsafe(32)
     srv = launch(data_dir, token)
-    wanted = f"ferrocore listening http=127.0.0.1:{srv.http_port} grpc={srv.grpc_address}"
+    wanted = (
+        f"ferrocore listening http=127.0.0.1:{srv.http_port} grpc={srv.grpc_address}"
+        f" mqtts=127.0.0.1:{srv.mqtts_port} mqtt=127.0.0.1:{srv.mqtt_port}"
+    )
     deadline = time.monotonic() + 5
     while wanted not in srv.log_path.read_text(errors="replace").splitlines():
         assert time.monotonic() < deadline, f"no line {wanted!r} in the output:\n{srv.log_tail()}"

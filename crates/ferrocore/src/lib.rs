@@ -4,6 +4,7 @@
 //! The `ferrocore` binary is a thin command line over this; tests start the same server on
 //! port-0 listeners.
 
+pub mod cli;
 pub mod secrets;
 pub mod server;
 pub mod tls;

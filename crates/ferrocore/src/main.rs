@@ -16,8 +16,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: the Cloud IoT v1 REST API now; gRPC and the device bridges as they land.
+    /// Run the server: REST and gRPC admin APIs, the MQTT and HTTP device bridges.
     Serve(ServeArgs),
+    /// Read telemetry topics from a running server.
+    Events {
+        #[command(subcommand)]
+        command: ferrocore::cli::EventsCommand,
+    },
 }
 
 #[derive(Parser)]
@@ -66,6 +71,10 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Events { command } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(ferrocore::cli::events(command)),
     }
 }
 

@@ -115,6 +115,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The directory lock; released by `close` (or drop) so that the directory can be reopened.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 struct TopicEntry {
@@ -130,7 +132,7 @@ impl TopicLog {
     pub async fn open(config: LogConfig) -> Result<TopicLog, LogError> {
         config.validate()?;
         let syncs = Arc::new(AtomicU64::new(0));
-        let loaded = {
+        let (lock, loaded) = {
             let config = config.clone();
             let syncs = syncs.clone();
             tokio::task::spawn_blocking(move || recovery::load_all(&config, &syncs))
@@ -146,6 +148,7 @@ impl TopicLog {
             shutdown: watch::Sender::new(false),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            lock: Mutex::new(Some(lock)),
         });
         {
             let mut topics = inner.topics.write().unwrap_or_else(PoisonError::into_inner);
@@ -241,10 +244,15 @@ impl TopicLog {
             // Subscribing before reading marks the current offset as seen: a commit after the
             // read is then guaranteed to wake the wait below.
             let mut committed = topic.committed.subscribe();
-            let t = topic.clone();
-            let result = tokio::task::spawn_blocking(move || t.read_blocking(start, max_records, max_bytes))
-                .await
-                .map_err(|e| LogError::Io(format!("read task failed: {e}")))??;
+            let result = match topic.at_tail(start) {
+                Some(empty) => empty,
+                None => {
+                    let t = topic.clone();
+                    tokio::task::spawn_blocking(move || t.read_blocking(start, max_records, max_bytes))
+                        .await
+                        .map_err(|e| LogError::Io(format!("read task failed: {e}")))??
+                }
+            };
             let Some(deadline) = deadline else { return Ok(result) };
             if !result.records.is_empty() {
                 return Ok(result);
@@ -279,6 +287,9 @@ impl TopicLog {
     /// [`enforce_retention`](Self::enforce_retention) with an injected clock, for tests.
     #[doc(hidden)]
     pub async fn enforce_retention_at(&self, now_nanos: i64) -> Result<(), LogError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
         let topics: Vec<Arc<Topic>> = {
             let topics = self.inner.topics.read().unwrap_or_else(PoisonError::into_inner);
             topics.values().map(|e| e.topic.clone()).collect()
@@ -305,7 +316,8 @@ impl TopicLog {
     }
 
     /// Stops accepting appends and reads, lets every writer finish what is queued (those appends
-    /// still succeed), wakes long-polling readers, and stops the retention task.
+    /// still succeed), wakes long-polling readers, stops the retention task and releases the
+    /// directory lock. Call it before opening the same directory again.
     pub async fn close(&self) {
         {
             // Under the topics lock, so that no topic (and writer task) is created after this.
@@ -317,6 +329,8 @@ impl TopicLog {
         for task in tasks {
             let _ = task.await;
         }
+        // Every writer has finished, so nothing touches the files any more.
+        drop(self.inner.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 
     /// How many fsyncs (files and directories) this log has issued: lets tests check that group
@@ -411,5 +425,51 @@ async fn retention_loop(inner: Weak<Inner>, mut shutdown: watch::Receiver<bool>)
         let log = TopicLog { inner };
         // Errors are logged per topic inside; the next tick tries again.
         let _ = log.enforce_retention().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPIC: &str = "projects/p/topics/queue";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_wait_while_the_queue_is_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = TopicLog::open(LogConfig::new(dir.path())).await.expect("open");
+        // Stand in for 64 MiB of appends that are queued and not yet durable.
+        let hog = log.inner.queue.clone().acquire_many_owned(QUEUE_BUDGET_BYTES as u32).await.expect("budget");
+        let pending = tokio::spawn({
+            let log = log.clone();
+            async move {
+                log.append(TOPIC, vec![NewRecord { payload: Bytes::from_static(b"x"), ..Default::default() }]).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!pending.is_finished(), "the append must wait for room in the queue");
+        assert!(log.topics().is_empty(), "nothing was queued yet");
+        drop(hog);
+        assert_eq!(pending.await.expect("task").expect("append"), vec![0]);
+        // The budget comes back once the writer has answered.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while log.inner.queue.available_permits() != QUEUE_BUDGET_BYTES {
+            assert!(std::time::Instant::now() < deadline, "queue budget leaked");
+            tokio::task::yield_now().await;
+        }
+        log.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_append_larger_than_the_queue_still_goes_through_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LogConfig { max_record_bytes: 1 << 20, ..LogConfig::new(dir.path()) };
+        let log = TopicLog::open(config).await.expect("open");
+        // 80 MiB in one append: more than the whole budget, which it takes in full.
+        let records: Vec<NewRecord> =
+            (0..80).map(|_| NewRecord { payload: Bytes::from(vec![7u8; 1 << 20]), ..Default::default() }).collect();
+        let offsets = log.append(TOPIC, records).await.expect("append");
+        assert_eq!(offsets, (0..80).collect::<Vec<_>>());
+        log.close().await;
     }
 }

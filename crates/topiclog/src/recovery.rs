@@ -27,10 +27,38 @@ pub(crate) struct LoadedTopic {
     pub active: Option<ActiveSegment>,
 }
 
-pub(crate) fn load_all(config: &LogConfig, syncs: &AtomicU64) -> Result<Vec<LoadedTopic>, LogError> {
+/// Name of the lock file in the log directory.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
+/// Takes the log directory for this process (an advisory `flock`, released by the kernel when
+/// the process dies, so a crash never leaves it stale), then loads every topic. Two writers on
+/// one directory would interleave frames and reuse offsets; the second `open` fails instead.
+pub(crate) fn load_all(config: &LogConfig, syncs: &AtomicU64) -> Result<(File, Vec<LoadedTopic>), LogError> {
     let root = &config.dir;
     let ctx = |what: &str, path: &Path| format!("{what} {}", path.display());
     fs::create_dir_all(root).map_err(|e| LogError::io(ctx("creating", root), e))?;
+    let lock_path = root.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| LogError::io(ctx("opening", &lock_path), e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            return Err(LogError::Io(format!(
+                "{} is locked: another topic log has this directory open",
+                root.display()
+            )));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(LogError::io(ctx("locking", &lock_path), e)),
+    }
+    Ok((lock, load_topics(root, syncs)?))
+}
+
+fn load_topics(root: &Path, syncs: &AtomicU64) -> Result<Vec<LoadedTopic>, LogError> {
     let mut topics = Vec::new();
     for project in read_dir_sorted(root)? {
         let Some(project_name) = dir_name(&project) else { continue };

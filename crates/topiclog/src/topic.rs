@@ -117,6 +117,17 @@ impl Topic {
         self.committed.send_replace(next);
     }
 
+    /// The empty result for a read at or past the committed end, without a trip to the blocking
+    /// pool: the usual case for a consumer long-polling at the tail.
+    pub(crate) fn at_tail(&self, start: u64) -> Option<ReadResult> {
+        let st = self.lock();
+        (start >= st.next_offset).then(|| ReadResult {
+            records: Vec::new(),
+            next_offset: start,
+            earliest_offset: st.earliest(),
+        })
+    }
+
     /// Reads committed records from `start` (raised to the earliest retained offset if below it).
     pub(crate) fn read_blocking(
         &self,

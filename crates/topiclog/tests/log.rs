@@ -490,6 +490,76 @@ async fn recovery_repairs_a_segment_created_just_before_a_crash() {
 }
 
 #[tokio::test]
+async fn damage_inside_a_sealed_segment_skips_to_the_next_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = LogConfig { segment_bytes: 1024, ..config(dir.path()) };
+    let log = TopicLog::open(cfg.clone()).await.expect("open");
+    for i in 0..40 {
+        log.append(TOPIC, vec![rec(format!("{i:03}-{}", "s".repeat(100)))]).await.expect("append");
+    }
+    log.close().await;
+    let files = segment_files(dir.path(), "p1", "telemetry");
+    assert!(files.len() >= 4);
+    // Rot one byte in the middle of the second segment; open only repairs the last one.
+    let victim = &files[1];
+    let mut bytes = std::fs::read(victim).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(victim, &bytes).expect("write");
+    let second_base: u64 = victim.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).expect("base");
+    let third_base: u64 = files[2].file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).expect("base");
+
+    let log = TopicLog::open(cfg).await.expect("reopen");
+    let records = read_all(&log, TOPIC).await;
+    let offsets: Vec<u64> = records.iter().map(|r| r.offset).collect();
+    // Everything outside the damaged segment is there, in order; inside it, the records before
+    // the damage are, and reading moves on to the next segment instead of failing forever.
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+    for o in (0..second_base).chain(third_base..40) {
+        assert!(offsets.contains(&o), "offset {o} missing: {offsets:?}");
+    }
+    assert!(offsets.contains(&second_base), "records before the damage are kept");
+    assert!(offsets.len() < 40);
+    log.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailing_consumer_sees_every_record_once_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = TopicLog::open(LogConfig { segment_bytes: 8 * 1024, ..config(dir.path()) }).await.expect("open");
+    const TOTAL: u64 = 3000;
+    let consumer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut from = ReadFrom::Earliest;
+            while (got.len() as u64) < TOTAL {
+                let r = log.read(TOPIC, from, 64, usize::MAX, Some(Duration::from_secs(10))).await.expect("read");
+                assert!(!r.records.is_empty(), "long-poll timed out with {} of {TOTAL}", got.len());
+                got.extend(r.records.iter().map(|r| r.offset));
+                from = ReadFrom::Offset(r.next_offset);
+            }
+            got
+        })
+    };
+    let mut producers = Vec::new();
+    for p in 0..10 {
+        let log = log.clone();
+        producers.push(tokio::spawn(async move {
+            for i in 0..TOTAL / 10 {
+                log.append(TOPIC, vec![rec(format!("{p}-{i}"))]).await.expect("append");
+            }
+        }));
+    }
+    for p in producers {
+        p.await.expect("producer");
+    }
+    let got = tokio::time::timeout(Duration::from_secs(30), consumer).await.expect("consumer finished").expect("task");
+    assert_eq!(got, (0..TOTAL).collect::<Vec<_>>());
+    log.close().await;
+}
+
+#[tokio::test]
 async fn reopen_preserves_every_topic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = LogConfig { segment_bytes: 4096, ..config(dir.path()) };
@@ -562,8 +632,12 @@ async fn invalid_topics_are_rejected() {
         assert!(matches!(err, LogError::InvalidTopic(_)), "{bad}: {err:?}");
     }
     assert!(log.topics().is_empty());
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
-    assert!(entries.is_empty(), "nothing was created on disk");
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|name| name != "LOCK")
+        .collect();
+    assert!(entries.is_empty(), "nothing was created on disk: {entries:?}");
     log.close().await;
 }
 
@@ -608,6 +682,22 @@ async fn close_drains_queued_appends_then_refuses() {
     // Every append that succeeded is on disk.
     let log = TopicLog::open(config(dir.path())).await.expect("reopen");
     assert_eq!(read_all(&log, TOPIC).await.len(), ok);
+    log.close().await;
+}
+
+#[tokio::test]
+async fn one_directory_one_open_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = TopicLog::open(config(dir.path())).await.expect("open");
+    log.append(TOPIC, vec![rec("a")]).await.expect("append");
+    let err = TopicLog::open(config(dir.path())).await.expect_err("second open must fail");
+    assert!(matches!(err, LogError::Io(_)), "{err:?}");
+    assert!(err.detail().contains("locked"), "{}", err.detail());
+    // Retention after close must not touch the directory either.
+    log.close().await;
+    assert_eq!(log.enforce_retention().await, Err(LogError::Closed));
+    let log = TopicLog::open(config(dir.path())).await.expect("reopen after close");
+    assert_eq!(read_all(&log, TOPIC).await.len(), 1);
     log.close().await;
 }
 

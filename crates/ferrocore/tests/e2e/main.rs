@@ -1,5 +1,6 @@
 //! End-to-end tests: the real server on port 0, driven over HTTP like a back end would.
 
+mod cli;
 mod crash;
 mod device;
 mod devices;
