@@ -434,6 +434,12 @@ mod tests {
 
     const TOPIC: &str = "projects/p/topics/queue";
 
+    #[test]
+    fn handles_are_shareable() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<TopicLog>();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn appends_wait_while_the_queue_is_full() {
         let dir = tempfile::tempdir().expect("tempdir");
