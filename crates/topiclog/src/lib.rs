@@ -20,7 +20,8 @@
 //!
 //! On disk: `{dir}/{project}/{topic}/{base_offset:020}.log`, the directory names percent-encoded
 //! (only `[A-Za-z0-9_-]` and `%XX`). Each segment is a 32-byte header followed by CRC-framed
-//! records; the byte layout is documented in `format`.
+//! records; the byte layout is documented in `format`. A `LOCK` file in `{dir}` holds an advisory
+//! lock while a log has the directory open.
 
 pub mod config;
 pub mod error;

@@ -23,6 +23,9 @@ pub(crate) struct Topic {
     state: Mutex<TopicState>,
     /// The committed next offset, for long-poll wake-ups.
     pub committed: watch::Sender<u64>,
+    /// Serialises retention runs (background and explicit), so that a run that returns has
+    /// also seen the files of a concurrent one removed.
+    retention: Mutex<()>,
 }
 
 pub(crate) struct TopicState {
@@ -65,6 +68,7 @@ impl Topic {
             dir,
             state: Mutex::new(TopicState { segments, next_offset, bytes }),
             committed: watch::Sender::new(next_offset),
+            retention: Mutex::new(()),
         }
     }
 
@@ -274,6 +278,7 @@ impl Topic {
         now_nanos: i64,
         syncs: &AtomicU64,
     ) -> Result<usize, LogError> {
+        let _one_at_a_time = self.retention.lock().unwrap_or_else(PoisonError::into_inner);
         let mut doomed = Vec::new();
         loop {
             let unscanned = {

@@ -568,7 +568,7 @@ async fn reopen_preserves_every_topic() {
     for (n, name) in names.iter().enumerate() {
         for i in 0..(50 * (n + 1)) {
             let r = NewRecord {
-                timestamp_nanos: i as i64,
+                timestamp_nanos: now_nanos() + i as i64,
                 attributes: vec![("i".into(), i.to_string())],
                 payload: Bytes::from(format!("{name}/{i}/{}", "p".repeat(i))),
             };
