@@ -17,6 +17,9 @@ use ferrocore_model::{
 };
 use std::sync::Arc;
 
+/// Resolves once a submitted message is durable; errors are already recorded on the device.
+pub type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
 /// Which bridge a device came through; registries can disable each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -147,6 +150,13 @@ impl Core {
 
     /// Routes one telemetry message and returns once its destination holds it durably.
     pub async fn publish_event(&self, dev: &AuthenticatedDevice, subfolder: &str, data: Bytes) -> Result<()> {
+        self.submit_event(dev, subfolder, data).await?.await
+    }
+
+    /// Routes one telemetry message and queues it at its destination, behind the device's earlier
+    /// messages; the returned [`Delivery`] resolves once it is durable. A connection can keep many
+    /// messages in flight this way and still acknowledge them in order.
+    pub async fn submit_event(&self, dev: &AuthenticatedDevice, subfolder: &str, data: Bytes) -> Result<Delivery> {
         if data.len() > MAX_TELEMETRY_BYTES {
             return Err(Error::invalid(
                 "binary_data",
@@ -164,18 +174,31 @@ impl Core {
             return Err(e);
         };
         let message = Message { time: now, attributes: attributes(dev, Some(subfolder)), data };
-        self.inner.sink.publish(topic, vec![message]).await.map_err(|e| {
+        let ticket = self.inner.sink.submit(topic, vec![message]).await.map_err(|e| {
             let err = sink_error(e);
             self.record_device_error(dev.num_id, &err);
             err
         })?;
-        self.inner.activity.record(dev.num_id, &DeviceActivity { last_event_time: Some(now), ..Default::default() });
-        Ok(())
+        let (core, device) = (self.clone(), dev.num_id);
+        Ok(Box::pin(async move {
+            ticket.await.map_err(|e| {
+                let err = sink_error(e);
+                core.record_device_error(device, &err);
+                err
+            })?;
+            core.inner.activity.record(device, &DeviceActivity { last_event_time: Some(now), ..Default::default() });
+            Ok(())
+        }))
     }
 
     /// Stores a reported state (durably when this returns) and forwards it, best effort, to the
     /// registry's state topic.
     pub async fn report_state(&self, dev: &AuthenticatedDevice, data: Bytes) -> Result<()> {
+        self.submit_state(dev, data).await?.await
+    }
+
+    /// Queues a reported state for storage; the [`Delivery`] resolves once it is stored.
+    pub async fn submit_state(&self, dev: &AuthenticatedDevice, data: Bytes) -> Result<Delivery> {
         if data.len() > MAX_STATE_BYTES {
             return Err(Error::invalid(
                 "state.binary_data",
@@ -186,21 +209,31 @@ impl Core {
         if !self.inner.state_rate.allow(dev.num_id, now) {
             return Err(Error::new(Code::ResourceExhausted, "A device may report its state at most once per second."));
         }
-        self.inner
+        let stored = self
+            .inner
             .states
-            .write(dev.num_id, DeviceState { update_time: now, binary_data: data.to_vec() })
+            .submit(dev.num_id, DeviceState { update_time: now, binary_data: data.to_vec() })
             .await
             .map_err(storage)?;
-        self.inner.activity.record(dev.num_id, &DeviceActivity { last_state_time: Some(now), ..Default::default() });
         let registry = self.cached_registry(&dev.registry).await?;
-        if let Some(topic) = registry.state_notification_config.as_ref().map(|s| s.pubsub_topic_name.clone()) {
+        if let Some(topic) = registry.state_notification_config.as_ref().map(|s| s.pubsub_topic_name.as_str()) {
             let message = Message { time: now, attributes: attributes(dev, None), data };
-            if let Err(e) = self.inner.sink.publish(&topic, vec![message]).await {
-                // State notifications are best effort: the state is stored all the same.
-                tracing::warn!(error = %e, %topic, "state notification not delivered");
+            // State notifications are best effort: the state is stored all the same.
+            match self.inner.sink.submit(topic, vec![message]).await {
+                Ok(ticket) => drop(tokio::spawn(async move {
+                    if let Err(e) = ticket.await {
+                        tracing::warn!(error = %e, "state notification not delivered");
+                    }
+                })),
+                Err(e) => tracing::warn!(error = %e, %topic, "state notification not delivered"),
             }
         }
-        Ok(())
+        let (core, device) = (self.clone(), dev.num_id);
+        Ok(Box::pin(async move {
+            stored.await.map_err(storage)?;
+            core.inner.activity.record(device, &DeviceActivity { last_state_time: Some(now), ..Default::default() });
+            Ok(())
+        }))
     }
 
     /// The device's current config.

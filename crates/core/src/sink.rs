@@ -37,10 +37,22 @@ pub enum SinkHealth {
     Degraded(String),
 }
 
+/// Resolves once a submitted batch is durable (or failed).
+pub type Ticket = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send>>;
+
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// Delivers `messages` to `topic` in order; Ok means they are durable.
     async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<(), SinkError>;
+
+    /// Queues `messages` behind everything submitted before to `topic` and returns a ticket for
+    /// their durability, so a caller can keep several batches in flight and still keep order.
+    /// Sinks that cannot split the two steps deliver here and hand back a resolved ticket.
+    async fn submit(&self, topic: &str, messages: Vec<Message>) -> Result<Ticket, SinkError> {
+        let result = self.publish(topic, messages).await;
+        Ok(Box::pin(std::future::ready(result)))
+    }
+
     fn health(&self) -> SinkHealth;
 }
 

@@ -36,12 +36,16 @@ impl StateWriter {
         Self { tx }
     }
 
-    /// Returns once the state is stored.
-    pub(crate) async fn write(&self, device: NumId, state: DeviceState) -> Result<(), StoreError> {
+    /// Queues the state; the returned future resolves once it is stored.
+    pub(crate) async fn submit(
+        &self,
+        device: NumId,
+        state: DeviceState,
+    ) -> Result<impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static, StoreError> {
         let (done, stored) = oneshot::channel();
         let gone = || StoreError::Backend("the state writer stopped".into());
         self.tx.send((device, state, done)).await.map_err(|_| gone())?;
-        stored.await.map_err(|_| gone())?.map_err(StoreError::Backend)
+        Ok(async move { stored.await.map_err(|_| gone())?.map_err(StoreError::Backend) })
     }
 }
 

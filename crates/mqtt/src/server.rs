@@ -25,6 +25,9 @@ pub struct MqttConfig {
     pub max_idle: Duration,
     /// Commands and configs awaiting a device PUBACK per connection.
     pub max_inflight: usize,
+    /// Device messages a connection may have in flight (received, not yet durable); beyond this
+    /// the connection stops reading, which pushes back on the device.
+    pub max_pipeline: usize,
 }
 
 impl Default for MqttConfig {
@@ -36,6 +39,7 @@ impl Default for MqttConfig {
             max_messages_per_second: 100,
             max_idle: Duration::from_secs(20 * 60),
             max_inflight: 64,
+            max_pipeline: 1024,
         }
     }
 }

@@ -8,14 +8,14 @@
 use crate::server::MqttConfig;
 use crate::topic::{self, PublishTopic, SubscribeTopic};
 use bytes::{Bytes, BytesMut};
-use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Transport};
+use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Delivery, Transport};
 use ferrocore_core::presence::{SessionControl, SessionHandle};
 use ferrocore_core::{Code, Core, Error};
 use ferrocore_model::{DeviceConfig, DeviceName, Status};
 use ferrocore_mqtt_codec::{
     ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Publish, QoS, SubAck, SubAckCode, decode, encode,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,6 +32,16 @@ enum Close {
     Error(Error),
     /// Told to go by the core (takeover, blocked, deleted), with an optional status to record.
     Ordered(Option<Status>),
+}
+
+/// What woke the session loop.
+enum Event {
+    /// Bytes arrived (true) or the peer closed (false).
+    Read(bool),
+    Delivered(ferrocore_core::Result<()>),
+    Control(Option<SessionControl>),
+    Idle,
+    TokenExpired,
 }
 
 /// A message sent to the device that awaits its PUBACK.
@@ -54,6 +64,8 @@ struct Session<S> {
     config_qos: Option<QoS>,
     commands_qos: Option<QoS>,
     inflight: HashMap<u16, Outgoing>,
+    /// Device messages queued for delivery, in arrival order, with the packet id to acknowledge.
+    pending: VecDeque<(Option<u16>, Delivery)>,
     next_packet_id: u16,
     window_start: Instant,
     window_count: u32,
@@ -113,6 +125,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         config_qos: None,
         commands_qos: None,
         inflight: HashMap::new(),
+        pending: VecDeque::new(),
         next_packet_id: 1,
         window_start: now,
         window_count: 0,
@@ -184,21 +197,35 @@ fn violation(message: impl Into<String>) -> Close {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn serve(&mut self, mut control: tokio::sync::mpsc::Receiver<SessionControl>) -> Close {
         loop {
-            let close = tokio::select! {
-                read = self.stream.read_buf(&mut self.rbuf) => match read {
-                    Ok(0) | Err(_) => Some(Close::Normal),
-                    Ok(_) => self.handle_buffered().await.err(),
-                },
-                ctl = control.recv() => match ctl {
-                    Some(ctl) => self.handle_control(ctl).err(),
-                    None => Some(Close::Ordered(None)),
-                },
-                _ = tokio::time::sleep_until(self.idle_deadline) => {
-                    Some(violation(format!("No packet for {:?}: keep-alive expired.", self.idle_limit)))
+            let event = {
+                // Disjoint borrows, so the branches can wait side by side.
+                let (stream, rbuf, pending) = (&mut self.stream, &mut self.rbuf, &mut self.pending);
+                let reading = pending.len() < self.config.max_pipeline;
+                let front = async {
+                    match pending.front_mut() {
+                        Some((_, delivery)) => delivery.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    read = stream.read_buf(rbuf), if reading => Event::Read(read.map(|n| n > 0).unwrap_or(false)),
+                    done = front => Event::Delivered(done),
+                    ctl = control.recv() => Event::Control(ctl),
+                    _ = tokio::time::sleep_until(self.idle_deadline) => Event::Idle,
+                    _ = tokio::time::sleep_until(self.token_deadline) => Event::TokenExpired,
                 }
-                _ = tokio::time::sleep_until(self.token_deadline) => {
-                    Some(Close::Error(Error::new(Code::Unauthenticated, "mqtt: SERVER: The authorization token expired.")))
-                }
+            };
+            let close = match event {
+                Event::Read(false) => Some(Close::Normal),
+                Event::Read(true) => self.handle_buffered().await.err(),
+                Event::Delivered(result) => self.acknowledge(result).await.err(),
+                Event::Control(Some(ctl)) => self.handle_control(ctl).err(),
+                Event::Control(None) => Some(Close::Ordered(None)),
+                Event::Idle => Some(violation(format!("No packet for {:?}: keep-alive expired.", self.idle_limit))),
+                Event::TokenExpired => Some(Close::Error(Error::new(
+                    Code::Unauthenticated,
+                    "mqtt: SERVER: The authorization token expired.",
+                ))),
             };
             if let Some(close) = close {
                 let _ = self.flush().await;
@@ -206,6 +233,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             if self.flush().await.is_err() {
                 return Close::Normal;
+            }
+        }
+    }
+
+    /// Handles the delivery at the front of the pipeline, and every one behind it that is already
+    /// complete, so a burst of PUBACKs leaves in one write. PUBACKs go out in the order the
+    /// PUBLISHes came in.
+    async fn acknowledge(&mut self, first: ferrocore_core::Result<()>) -> Result<(), Close> {
+        let mut result = first;
+        loop {
+            let (packet_id, _) = self.pending.pop_front().expect("the front delivery completed");
+            result.map_err(Close::Error)?;
+            if let Some(id) = packet_id {
+                encode(&Packet::PubAck(id), &mut self.wbuf);
+            }
+            let pending = &mut self.pending;
+            let next = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(match pending.front_mut() {
+                    Some((_, d)) => match d.as_mut().poll(cx) {
+                        std::task::Poll::Ready(r) => Some(r),
+                        std::task::Poll::Pending => None,
+                    },
+                    None => None,
+                })
+            })
+            .await;
+            match next {
+                Some(r) => result = r,
+                None => return Ok(()),
             }
         }
     }
@@ -306,12 +362,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(violation("QoS 2 is not supported; publish with QoS 0 or 1."));
         }
         let own = self.device.id.as_str();
-        let result = match topic::parse_publish(&p.topic) {
+        let delivery = match topic::parse_publish(&p.topic) {
             Some(PublishTopic::Events { device, subfolder }) if device == own => {
-                self.core.publish_event(&self.device, subfolder, p.payload).await
+                self.core.submit_event(&self.device, subfolder, p.payload).await
             }
             Some(PublishTopic::State { device }) if device == own => {
-                self.core.report_state(&self.device, p.payload).await
+                self.core.submit_state(&self.device, p.payload).await
             }
             Some(PublishTopic::Attach { .. } | PublishTopic::Detach { .. }) => {
                 return Err(violation("Only gateways may attach devices, and gateway attach is not supported yet."));
@@ -323,11 +379,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 )));
             }
         };
-        // Without a successful delivery there is no PUBACK: what is acknowledged is never lost.
-        result.map_err(Close::Error)?;
-        if let Some(id) = p.packet_id.filter(|_| p.qos == QoS::AtLeastOnce) {
-            encode(&Packet::PubAck(id), &mut self.wbuf);
-        }
+        // The PUBACK goes out once the delivery completes: what is acknowledged is never lost.
+        let packet_id = p.packet_id.filter(|_| p.qos == QoS::AtLeastOnce);
+        self.pending.push_back((packet_id, delivery.map_err(Close::Error)?));
         Ok(())
     }
 

@@ -55,6 +55,22 @@ pub struct NewRecord {
     pub payload: Bytes,
 }
 
+/// Records queued by [`TopicLog::enqueue`]; [`AppendTicket::durable`] waits until they are.
+pub struct AppendTicket {
+    answer: Option<oneshot::Receiver<Result<u64, LogError>>>,
+    count: u64,
+    log: TopicLog,
+}
+
+impl AppendTicket {
+    /// The records' offsets, once they are fsync'd.
+    pub async fn durable(self) -> Result<Vec<u64>, LogError> {
+        let Some(answer) = self.answer else { return Ok(Vec::new()) };
+        let first = answer.await.map_err(|_| self.log.inner.stopped())??;
+        Ok((first..first + self.count).collect())
+    }
+}
+
 /// A stored record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -169,6 +185,14 @@ impl TopicLog {
     /// offsets (contiguous) once they are durable. Concurrent calls share one write and fsync.
     /// Waits while the append queue is full.
     pub async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<u64>, LogError> {
+        self.enqueue(topic, records).await?.durable().await
+    }
+
+    /// Queues records behind everything queued before on this topic, and returns a ticket that
+    /// resolves once they are durable. Callers that pipeline (an MQTT connection with many QoS 1
+    /// messages in flight) enqueue in order and wait for the tickets later; waiting here only
+    /// happens when the shared queue budget is exhausted (back-pressure).
+    pub async fn enqueue(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendTicket, LogError> {
         let parsed = name::parse(topic)?;
         let limit = self.inner.config.max_record_bytes;
         let mut frame_bytes = 0usize;
@@ -183,7 +207,7 @@ impl TopicLog {
             return Err(LogError::Closed);
         }
         if records.is_empty() {
-            return Ok(Vec::new());
+            return Ok(AppendTicket { answer: None, count: 0, log: self.clone() });
         }
         let permits = frame_bytes.clamp(1, QUEUE_BUDGET_BYTES) as u32;
         let permit = self.inner.queue.clone().acquire_many_owned(permits).await.map_err(|_| LogError::Closed)?;
@@ -191,8 +215,7 @@ impl TopicLog {
         let count = records.len() as u64;
         let (reply, answer) = oneshot::channel();
         tx.send(AppendRequest { records, frame_bytes, reply, _permit: permit }).map_err(|_| self.inner.stopped())?;
-        let first = answer.await.map_err(|_| self.inner.stopped())??;
-        Ok((first..first + count).collect())
+        Ok(AppendTicket { answer: Some(answer), count, log: self.clone() })
     }
 
     /// Reads up to `max_records` records and about `max_bytes` of payload and attributes (at

@@ -360,3 +360,29 @@ async fn payload_and_rate_limits_hold() {
     assert_eq!(states["deviceStates"].as_array().unwrap().len(), 1, "only the acknowledged state is kept");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn pipelined_qos1_publishes_are_acknowledged_in_order_and_kept_in_order() {
+    let s = TestServer::start().await;
+    let (_, id) = setup(&s, "burst").await;
+    let mut c = connected(&s, &id).await;
+    let mut ids = vec![];
+    // Everything is sent before any PUBACK is read: the server keeps them in flight together.
+    for i in 0..90u32 {
+        ids.push(c.publish("/devices/burst/events", QoS::AtLeastOnce, format!("m{i}").as_bytes()).await.unwrap());
+    }
+    ids.push(c.publish("/devices/burst/state", QoS::AtLeastOnce, b"after the burst").await.unwrap());
+    let mut acked = vec![];
+    for _ in 0..91 {
+        match c.recv().await {
+            Packet::PubAck(id) => acked.push(id),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(acked, ids, "PUBACKs come in the order of the PUBLISHes, state included");
+    let stored: Vec<String> =
+        messages(&s, "telemetry").await.iter().map(|m| m["data"].as_str().unwrap().to_owned()).collect();
+    let expected: Vec<String> = (0..90).map(|i| b64(format!("m{i}").as_bytes())).collect();
+    assert_eq!(stored, expected, "stored in the order sent");
+    s.stop().await;
+}
