@@ -282,6 +282,13 @@ async fn one_connection_per_device_and_blocking_disconnects() {
     assert!(second.closed_within(Duration::from_secs(2)).await, "blocking disconnects");
     let mut again = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
     assert_eq!(again.connect(&id, Some(&es256_token(PROJECT)), 60).await, Rc::NotAuthorized);
+
+    // Deleting a connected device disconnects it too.
+    s.device(&reg, "doomed", json!({})).await;
+    let mut doomed = connected(&s, &format!("{reg}/devices/doomed")).await;
+    let (st, _) = s.delete(&format!("{reg}/devices/doomed")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(doomed.closed_within(Duration::from_secs(2)).await, "deleting disconnects");
     s.stop().await;
 }
 
