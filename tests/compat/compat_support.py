@@ -406,44 +406,56 @@ class DeviceKey:
     credential: dict
 
 
-def make_device_key(directory: pathlib.Path, algorithm: str) -> DeviceKey:
-    """A fresh key pair written to `directory`, like generate_keys.sh:
+def _self_signed(key) -> str:
+    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "unused")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+# The credential format of each (algorithm, wrapped in a certificate?) pair.
+CREDENTIAL_FORMATS = {
+    ("RS256", True): "RSA_X509_PEM",
+    ("RS256", False): "RSA_PEM",
+    ("ES256", True): "ES256_X509_PEM",
+    ("ES256", False): "ES256_PEM",
+}
+
+
+def make_device_key(directory: pathlib.Path, algorithm: str, certificate: bool | None = None) -> DeviceKey:
+    """A fresh key pair written to `directory`, by default as generate_keys.sh makes it:
 
     * RS256: `openssl req -x509 -nodes -newkey rsa:2048 -subj /CN=unused` -> a PKCS#8 private key
       and a self-signed certificate, registered as RSA_X509_PEM;
     * ES256: `openssl ecparam -genkey -name prime256v1 -noout` -> a SEC1 private key, and
       `openssl ec -pubout` -> its public key, registered as ES256_PEM.
+
+    `certificate` picks the other form: a bare RSA_PEM key, or an ES256_X509_PEM certificate.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = uuid.uuid4().hex[:8]
+    if certificate is None:
+        certificate = algorithm == "RS256"
     if algorithm == "RS256":
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        private_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "unused")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .sign(key, hashes.SHA256())
-        )
-        credential = {"publicKey": {"format": "RSA_X509_PEM",
-                                    "key": cert.public_bytes(serialization.Encoding.PEM).decode()}}
+        private_format = serialization.PrivateFormat.PKCS8
     elif algorithm == "ES256":
         key = ec.generate_private_key(ec.SECP256R1())
-        private_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-        )
-        credential = {"publicKey": {"format": "ES256_PEM", "key": _public_pem(key)}}
+        private_format = serialization.PrivateFormat.TraditionalOpenSSL
     else:
         raise ValueError(f"unknown algorithm {algorithm}")
-    path = directory / f"{algorithm.lower()}_private_{stem}.pem"
+    private_pem = key.private_bytes(serialization.Encoding.PEM, private_format, serialization.NoEncryption())
+    public = _self_signed(key) if certificate else _public_pem(key)
+    credential = {"publicKey": {"format": CREDENTIAL_FORMATS[(algorithm, certificate)], "key": public}}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{algorithm.lower()}_private_{uuid.uuid4().hex[:8]}.pem"
     path.write_bytes(private_pem)
     return DeviceKey(algorithm, path, credential)
 
@@ -489,13 +501,13 @@ class MqttDevice:
                  host: str = "localhost", keepalive: int = 60, tls_version: int = ssl.PROTOCOL_TLSv1_2):
         self.client_id = client_id
         self.connack: int | None = None
-        self.disconnect_reason = None
         self.messages: queue.Queue[Received] = queue.Queue()
         self._connack_event = threading.Event()
         self._closed_event = threading.Event()
         self._subacks: dict[int, list[int]] = {}
         self._suback_cond = threading.Condition()
         self._unsubacks: set[int] = set()
+        self._started = False
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=mqtt.MQTTv311, reconnect_on_failure=False)
@@ -517,7 +529,6 @@ class MqttDevice:
         self._connack_event.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        self.disconnect_reason = reason_code
         self._closed_event.set()
         self._connack_event.set()  # a connection closed before CONNACK ends that wait too
 
@@ -539,7 +550,7 @@ class MqttDevice:
         """Connects and waits for CONNACK; returns its return code (0 accepted), or None when the
         server closed the connection without one. A refused connection is cleaned up."""
         self.client.connect(self._host, self._port, keepalive=self._keepalive)
-        self.client.loop_start()
+        self.start()
         if not self._connack_event.wait(timeout):
             self.close()
             raise AssertionError(f"no CONNACK within {timeout}s for {self.client_id}")
@@ -547,6 +558,15 @@ class MqttDevice:
             # The server closes a refused connection; the network thread ends by itself.
             self._closed_event.wait(timeout)
             self.close()
+        return self.connack
+
+    def start(self) -> None:
+        """Starts paho's network thread, for a test that called `client.connect` itself."""
+        self._started = True
+        self.client.loop_start()
+
+    def wait_connack(self, timeout: float = DEVICE_TIMEOUT_S) -> int | None:
+        assert self._connack_event.wait(timeout), f"no CONNACK within {timeout}s for {self.client_id}"
         return self.connack
 
     def subscribe(self, topic: str, qos: int, timeout: float = DEVICE_TIMEOUT_S) -> list[int]:
@@ -607,11 +627,16 @@ class MqttDevice:
         self.close()
 
     def close(self) -> None:
-        """Stops the network thread; safe to call more than once."""
+        """Disconnects if still connected and stops the network thread; safe to call more than once."""
+        if not self._started:
+            # No network thread (connect() failed, or a test never started it): nothing to wait for.
+            self.client.disconnect()
+            return
         if not self._closed_event.is_set():
             self.client.disconnect()
             self._closed_event.wait(DEVICE_TIMEOUT_S)
         self.client.loop_stop()
+        self._started = False
 
 
 class DeviceFixture:
@@ -643,8 +668,9 @@ class DeviceFixture:
         body.update(extra)
         return self.rest.create_registry(location_path(self.project), body)
 
-    def create_device(self, registry: dict, algorithm: str = "ES256", **extra) -> tuple[dict, DeviceKey]:
-        key = make_device_key(self.key_dir, algorithm)
+    def create_device(self, registry: dict, algorithm: str = "ES256", certificate: bool | None = None,
+                      **extra) -> tuple[dict, DeviceKey]:
+        key = make_device_key(self.key_dir, algorithm, certificate)
         body = {"id": unique("dev"), "credentials": [key.credential]}
         body.update(extra)
         return self.rest.create_device(registry["name"], body), key
@@ -681,3 +707,16 @@ def wait_for(predicate, what: str, timeout: float = DEVICE_TIMEOUT_S, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def device_with_activity(rest: Rest, device: dict, *fields: str) -> dict:
+    """The device, asserting each output-only activity field in `fields` (lastEventTime, ...) is set.
+
+    The server batches these times in memory and writes them once a second, but every read
+    overlays what it has seen and not yet stored, so a single read right after the traffic must
+    already show them.
+    """
+    got = rest.ok(rest.get(f"v1/{device['name']}"))
+    missing = [f for f in fields if not TIMESTAMP_RE.match(got.get(f, ""))]
+    assert not missing, f"{missing} not set on {device['name']}: {got}"
+    return got

@@ -11,7 +11,10 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import datetime
+import socket
 import ssl
+import struct
+import time
 
 import certifi
 import pytest
@@ -25,13 +28,12 @@ from compat_support import (
     Rest,
     assert_google_error,
     b64,
+    device_with_activity,
     make_device_key,
     read_topic,
     unique,
     wait_for,
 )
-
-ALGORITHMS = ("RS256", "ES256")
 
 
 @pytest.fixture
@@ -96,10 +98,13 @@ def get_device(rest: Rest, device: dict) -> dict:
 
 # --- telemetry and state ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_telemetry_and_state_reach_their_topics(rest, fx, connect, algorithm):
+@pytest.mark.parametrize("algorithm, certificate", [
+    ("RS256", True), ("ES256", False),  # what generate_keys.sh makes and the samples register
+    ("RS256", False), ("ES256", True),
+], ids=["RSA_X509_PEM", "ES256_PEM", "RSA_PEM", "ES256_X509_PEM"])
+def test_telemetry_and_state_reach_their_topics(rest, fx, connect, algorithm, certificate):
     registry = fx.create_registry()
-    device, key = fx.create_device(registry, algorithm)
+    device, key = fx.create_device(registry, algorithm, certificate)
     dev = connect(client_id(fx, registry, device), fx.jwt(key))
     did = device["id"]
 
@@ -138,10 +143,31 @@ def test_telemetry_and_state_reach_their_topics(rest, fx, connect, algorithm):
     assert [base64.b64decode(s["binaryData"]) for s in states] == [b'{"fan": "on"}']
     assert TIMESTAMP_RE.match(states[0]["updateTime"]), states
 
-    got = get_device(rest, device)
+    got = device_with_activity(rest, device, "lastEventTime", "lastStateTime")
     assert base64.b64decode(got["state"]["binaryData"]) == b'{"fan": "on"}'
-    for field in ("lastEventTime", "lastStateTime"):
-        assert TIMESTAMP_RE.match(got.get(field, "")), f"{field} not set: {got}"
+
+
+def test_routing_changes_apply_to_connected_devices(rest, fx, connect):
+    registry = fx.create_registry()
+    device, key = fx.create_device(registry)
+    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev.publish(f"/devices/{device['id']}/events", b"old route", qos=1)
+    dev.publish(f"/devices/{device['id']}/state", b"old state route", qos=1)
+
+    rest.ok(rest.patch(f"v1/{registry['name']}", {
+        "eventNotificationConfigs": [{"pubsubTopicName": fx.topic("telemetry-v2")}],
+        "stateNotificationConfig": {"pubsubTopicName": fx.topic("state-v2")},
+    }, params={"updateMask": "eventNotificationConfigs,stateNotificationConfig"}))
+    dev.publish(f"/devices/{device['id']}/events", b"new route", qos=1)
+    dev.publish(f"/devices/{device['id']}/events/alerts", b"no alerts route any more", qos=1)
+    time.sleep(1.05)  # one state per second
+    dev.publish(f"/devices/{device['id']}/state", b"new state route", qos=1)
+
+    assert payloads(read_topic(rest, fx.topic("telemetry"), expect=1)) == [b"old route"]
+    assert payloads(read_topic(rest, fx.topic("telemetry-v2"), expect=2)) == [
+        b"new route", b"no alerts route any more"]
+    assert payloads(read_topic(rest, fx.topic("state"), expect=1)) == [b"old state route"]
+    assert payloads(read_topic(rest, fx.topic("state-v2"), expect=1)) == [b"new state route"]
 
 
 def test_plain_mqtt_listener_serves_the_same_bridge(rest, fx, connect):
@@ -154,14 +180,18 @@ def test_plain_mqtt_listener_serves_the_same_bridge(rest, fx, connect):
     assert telemetry[0]["attributes"] == attributes(fx, registry, device)
 
 
-def test_tls_1_3_and_an_ip_address_work_too(rest, fx, connect):
-    # The sample pins TLS 1.2; a current client negotiates 1.3. The generated certificate also
-    # names 127.0.0.1, so connecting by address passes hostname verification.
+def test_tls_1_2_as_the_sample_pins_it_and_1_3_by_address(rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
-    dev = connect(client_id(fx, registry, device), fx.jwt(key), host="127.0.0.1",
-                  tls_version=ssl.PROTOCOL_TLS_CLIENT)
-    dev.publish(f"/devices/{device['id']}/events", b"tls 1.3", qos=1)
+    cid = client_id(fx, registry, device)
+    sample = connect(cid, fx.jwt(key))
+    assert sample.client.socket().version() == "TLSv1.2"
+    sample.disconnect()
+    # A current client negotiates TLS 1.3. The generated certificate also names 127.0.0.1, so
+    # connecting by address passes hostname verification.
+    current = connect(cid, fx.jwt(key), host="127.0.0.1", tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    assert current.client.socket().version() == "TLSv1.3"
+    current.publish(f"/devices/{device['id']}/events", b"tls 1.3", qos=1)
     assert payloads(read_topic(rest, fx.topic("telemetry"), expect=1)) == [b"tls 1.3"]
 
 
@@ -176,6 +206,99 @@ def test_the_server_certificate_only_verifies_against_the_generated_ca(server, f
             dev.connect()
     finally:
         dev.close()
+
+
+# --- the sample's get_client, packet for packet -------------------------------------------------
+
+def test_sample_get_client_subscribes_before_the_connack(server, rest, fx):
+    """get_client() connects and subscribes to config (QoS 1) and commands (QoS 0) at once,
+    without waiting for CONNACK. The config must come back with no further traffic from the
+    device. (Over TLS paho's packets reach the server in separate reads in practice; the test
+    below sends them in one write.)"""
+    registry = fx.create_registry()
+    device, key = fx.create_device(registry, "RS256")
+    did = device["id"]
+    rest.ok(rest.post(f"v1/{device['name']}:modifyCloudToDeviceConfig", {"binaryData": b64(b"sample config")}))
+
+    dev = MqttDevice(client_id(fx, registry, device), fx.jwt(key), port=server.mqtts_port,
+                     ca_certs=server.ca_path)
+    try:
+        client = dev.client
+        client.connect("localhost", server.mqtts_port)
+        client.subscribe(f"/devices/{did}/config", qos=1)
+        client.subscribe(f"/devices/{did}/commands/#", qos=0)
+        dev.start()
+        assert dev.wait_connack() == 0, dev.connack
+        got = dev.next_message()
+        assert (got.topic, got.payload) == (f"/devices/{did}/config", b"sample config")
+    finally:
+        dev.close()
+
+
+def _mqtt_bytes(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+def _mqtt_packet(first_byte: int, body: bytes) -> bytes:
+    n, length = len(body), b""
+    while True:
+        digit, n = n & 0x7F, n >> 7
+        length += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            return bytes([first_byte]) + length + body
+
+
+def _read_packets(sock: socket.socket, want: set[int], timeout: float) -> list[tuple[int, bytes]]:
+    """(packet type, body) of what the server sends, until every type in `want` arrived."""
+    data, packets = b"", []
+    deadline = time.monotonic() + timeout
+    while not want <= {t for t, _ in packets}:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        data += chunk
+        while len(data) >= 2:
+            length, shift, i = 0, 0, 1
+            while i < len(data) and data[i] & 0x80:
+                length |= (data[i] & 0x7F) << shift
+                shift, i = shift + 7, i + 1
+            if i >= len(data):
+                break
+            length |= data[i] << shift
+            if len(data) < i + 1 + length:
+                break
+            packets.append((data[0] >> 4, data[i + 1:i + 1 + length]))
+            data = data[i + 1 + length:]
+    return packets
+
+
+def test_packets_sent_together_with_connect_are_served(server, rest, fx):
+    """A client that does not wait for CONNACK (paho's connect() followed by subscribe() and
+    publish(), as get_client does) can put everything in one TCP segment. Over the plain
+    listener, paho itself hit this in 12 of 20 tries here; one write makes it certain."""
+    registry = fx.create_registry()
+    device, key = fx.create_device(registry, "ES256")
+    did = device["id"]
+    connect_packet = _mqtt_packet(0x10, _mqtt_bytes(b"MQTT") + bytes([4, 0xC2]) + struct.pack(">H", 60)
+                                  + _mqtt_bytes(client_id(fx, registry, device).encode())
+                                  + _mqtt_bytes(b"unused") + _mqtt_bytes(fx.jwt(key).encode()))
+    subscribe = _mqtt_packet(0x82, struct.pack(">H", 1) + _mqtt_bytes(f"/devices/{did}/config".encode()) + b"\x01")
+    publish = _mqtt_packet(0x32, _mqtt_bytes(f"/devices/{did}/events".encode()) + struct.pack(">H", 2) + b"together")
+    with socket.create_connection(("127.0.0.1", server.mqtt_port), timeout=DEVICE_TIMEOUT_S) as sock:
+        sock.sendall(connect_packet + subscribe + publish)
+        packets = _read_packets(sock, {2, 9, 3, 4}, timeout=5)
+    types = [t for t, _ in packets]
+    assert types[:1] == [2] and packets[0][1] == b"\x00\x00", f"no CONNACK: {packets}"
+    assert (9, b"\x00\x01\x01") in packets, f"no SUBACK for the config subscription: {types}"
+    assert 3 in types, f"no config PUBLISH: {types}"
+    assert (4, b"\x00\x02") in packets, f"no PUBACK for the telemetry: {types}"
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -211,11 +334,14 @@ def test_config_arrives_on_subscribe_and_on_every_update(rest, fx, connect):
         assert TIMESTAMP_RE.match(versions[v]["deviceAckTime"]), versions[v]
     assert versions["3"]["deviceAckTime"] >= versions["2"]["deviceAckTime"]
 
-    got = get_device(rest, device)
+    got = device_with_activity(rest, device, "lastConfigAckTime", "lastConfigSendTime")
     assert got["config"]["version"] == "3"
     assert TIMESTAMP_RE.match(got["config"].get("deviceAckTime", "")), got["config"]
-    assert TIMESTAMP_RE.match(got.get("lastConfigAckTime", "")), got
-    assert TIMESTAMP_RE.match(got.get("lastConfigSendTime", "")), got
+    dev.no_message(within=0.3)
+
+    # Once unsubscribed, new versions are no longer pushed.
+    dev.unsubscribe(f"/devices/{did}/config")
+    rest.ok(rest.post(modify, {"binaryData": b64(b"version four")}))
     dev.no_message(within=0.5)
 
 
@@ -360,6 +486,27 @@ def test_refused_connections_and_a_good_device_right_after(rest, fx, connect, tm
     assert payloads(read_topic(rest, fx.topic("telemetry"), expect=1)) == [f"after {case}".encode()]
 
 
+def test_key_rotation_any_registered_credential_works(rest, fx, connect, tmp_path):
+    """IoT Core's key rotation: up to three credentials at once, each good for a token, and a
+    removed one no longer lets the device in."""
+    registry = fx.create_registry()
+    old_key = make_device_key(tmp_path / "rotation", "RS256")
+    new_key = make_device_key(tmp_path / "rotation", "ES256")
+    device = fx.rest.create_device(registry["name"], {
+        "id": unique("dev"), "credentials": [old_key.credential, new_key.credential],
+    })
+    cid = client_id(fx, registry, device)
+    connect(cid, fx.jwt(old_key)).disconnect()
+    connect(cid, fx.jwt(new_key)).disconnect()
+
+    rest.ok(rest.patch(f"v1/{device['name']}", {"credentials": [new_key.credential]},
+                       params={"updateMask": "credentials"}))
+    assert connect(cid, fx.jwt(old_key), expect=None).connack == 5
+    dev = connect(cid, fx.jwt(new_key))
+    dev.publish(f"/devices/{device['id']}/events", b"rotated", qos=1)
+    assert payloads(read_topic(rest, fx.topic("telemetry"), expect=1)) == [b"rotated"]
+
+
 # --- sessions -------------------------------------------------------------------------------------
 
 def test_jwt_refresh_by_reconnecting_like_the_sample(rest, fx, connect):
@@ -391,16 +538,46 @@ def test_jwt_refresh_by_reconnecting_like_the_sample(rest, fx, connect):
     assert payloads(telemetry) == [b"before refresh", b"after refresh"]
 
 
-def test_a_second_connection_replaces_the_first(rest, fx, connect):
+def test_the_connection_closes_when_the_token_runs_out(rest, fx, connect):
+    """The sample refreshes its JWT because the bridge drops the connection once the token has
+    expired. With IoT Core's 10 minutes of clock skew, a token that expired 592 s ago is still
+    good for about 8 s."""
+    registry = fx.create_registry()
+    device, key = fx.create_device(registry)
+    exp = datetime.datetime.now(tz=datetime.timezone.utc) - datetime.timedelta(seconds=592)
+    token = fx.jwt(key, jwt_expires_minutes=1, issued_at=exp - datetime.timedelta(minutes=1))
+    started = time.monotonic()
+    dev = connect(client_id(fx, registry, device), token)
+    dev.publish(f"/devices/{device['id']}/events", b"while the token lasts", qos=1)
+    assert dev.wait_closed(timeout=25), "still connected 25 s after the token ran out"
+    lasted = time.monotonic() - started
+    assert lasted > 4, f"closed after {lasted:.1f}s, before the token ran out"
+    status = wait_for(lambda: get_device(rest, device).get("lastErrorStatus"), "lastErrorStatus")
+    assert status["code"] == 16, status  # UNAUTHENTICATED
+
+
+def test_a_second_connection_replaces_the_first(server, rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
     cid = client_id(fx, registry, device)
+    commands = f"/devices/{device['id']}/commands/#"
     old = connect(cid, fx.jwt(key))
+    assert old.subscribe(commands, qos=1) == [1]
     new = connect(cid, fx.jwt(key))
     assert old.wait_closed(), "the first connection was not closed when the device reconnected"
     assert not new.closed
     new.publish(f"/devices/{device['id']}/events", b"from the new connection", qos=1)
     assert payloads(read_topic(rest, fx.topic("telemetry"), expect=1)) == [b"from the new connection"]
+
+    # The old connection's subscription went with it: commands wait for the new one to subscribe.
+    send = f"v1/{device['name']}:sendCommandToDevice"
+    assert_google_error(rest.post(send, {"binaryData": b64(b"whom?")}), 400, "FAILED_PRECONDITION")
+    assert new.subscribe(commands, qos=1) == [1]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        answer = pool.submit(lambda: Rest(server.base_url, server.token).post(send, {"binaryData": b64(b"you")}))
+        got = new.next_message()
+        assert (got.topic, got.payload) == (f"/devices/{device['id']}/commands", b"you")
+        assert answer.result(timeout=DEVICE_TIMEOUT_S + 5).status_code == 200
 
 
 def test_keepalive_pings_keep_the_connection_and_count_as_heartbeats(rest, fx, connect):
@@ -412,6 +589,20 @@ def test_keepalive_pings_keep_the_connection_and_count_as_heartbeats(rest, fx, c
     assert TIMESTAMP_RE.match(got), got
     assert not dev.closed
     dev.publish(f"/devices/{device['id']}/events", b"still here", qos=1)
+
+
+@pytest.mark.parametrize("action", ["block", "delete"])
+def test_blocking_or_deleting_a_connected_device_disconnects_it(rest, fx, connect, action):
+    registry = fx.create_registry()
+    device, key = fx.create_device(registry)
+    cid = client_id(fx, registry, device)
+    dev = connect(cid, fx.jwt(key))
+    if action == "block":
+        rest.ok(rest.patch(f"v1/{device['name']}", {"blocked": True}, params={"updateMask": "blocked"}))
+    else:
+        rest.ok(rest.delete(f"v1/{device['name']}"))
+    assert dev.wait_closed(), f"the device stayed connected after {action}"
+    assert connect(cid, fx.jwt(key), expect=None).connack == 5
 
 
 # --- what closes a connection ---------------------------------------------------------------------
@@ -468,3 +659,14 @@ def test_more_than_100_messages_a_second_close_the_connection(rest, fx, connect)
     stored = read_topic(rest, fx.topic("telemetry"), expect=100)
     assert 100 <= len(stored) < 300, len(stored)
     assert payloads(stored) == [f"burst {n}".encode() for n in range(len(stored))]
+
+
+def test_telemetry_up_to_256_kib(rest, fx, connect):
+    registry = fx.create_registry()
+    device, key = fx.create_device(registry)
+    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    largest = bytes(range(256)) * 1024  # 256 KiB, IoT Core's telemetry limit
+    dev.publish(f"/devices/{device['id']}/events", largest, qos=1)
+    dev.client.publish(f"/devices/{device['id']}/events", largest + b"!", qos=1)
+    assert dev.wait_closed(), "a message over 256 KiB did not close the connection"
+    assert payloads(read_topic(rest, fx.topic("telemetry"), expect=1)) == [largest]

@@ -13,11 +13,21 @@ use std::time::Duration;
 pub struct ActivityBuffer {
     store: Arc<dyn Store>,
     pending: Mutex<HashMap<NumId, DeviceActivity>>,
+    /// The batch being written: still overlaid on reads until the store has it, so a read never
+    /// shows an older value than one already shown.
+    in_flight: Mutex<HashMap<NumId, DeviceActivity>>,
+    /// One flush at a time.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl ActivityBuffer {
     pub(crate) fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, pending: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            pending: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            flushing: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<NumId, DeviceActivity>> {
@@ -30,8 +40,15 @@ impl ActivityBuffer {
         self.pending().entry(device).or_default().merge(activity);
     }
 
-    /// Folds not-yet-flushed activity into a device read from the store.
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<NumId, DeviceActivity>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Folds not-yet-stored activity into a device read from the store.
     pub fn overlay(&self, device: &mut Device) {
+        if let Some(a) = self.in_flight().get(&device.num_id) {
+            device.activity.merge(a);
+        }
         if let Some(a) = self.pending().get(&device.num_id) {
             device.activity.merge(a);
         }
@@ -40,11 +57,18 @@ impl ActivityBuffer {
     /// Writes everything pending in one transaction. On failure the batch is put back, merged with
     /// whatever arrived meanwhile, so nothing is lost.
     pub async fn flush(&self) {
-        let batch: Vec<(NumId, DeviceActivity)> = std::mem::take(&mut *self.pending()).into_iter().collect();
+        let _one_at_a_time = self.flushing.lock().await;
+        let batch: Vec<(NumId, DeviceActivity)> = {
+            let taken = std::mem::take(&mut *self.pending());
+            let mut in_flight = self.in_flight();
+            in_flight.clone_from(&taken);
+            taken.into_iter().collect()
+        };
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.store.record_activity(&batch).await {
+        let result = self.store.record_activity(&batch).await;
+        if let Err(e) = &result {
             tracing::warn!(error = %e, devices = batch.len(), "device activity flush failed; will retry");
             let mut pending = self.pending();
             for (n, mut a) in batch {
@@ -54,6 +78,8 @@ impl ActivityBuffer {
                 pending.insert(n, a);
             }
         }
+        // Only now do reads stop overlaying the batch: the store (or `pending`) has it.
+        self.in_flight().clear();
     }
 
     /// Flushes every `interval` until the returned task is aborted.

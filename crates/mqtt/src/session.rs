@@ -196,6 +196,14 @@ fn violation(message: impl Into<String>) -> Close {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn serve(&mut self, mut control: tokio::sync::mpsc::Receiver<SessionControl>) -> Close {
+        // Packets that arrived together with CONNECT are already buffered: serve them first.
+        if let Err(close) = self.handle_buffered().await {
+            let _ = self.flush().await;
+            return close;
+        }
+        if self.flush().await.is_err() {
+            return Close::Normal;
+        }
         loop {
             let event = {
                 // Disjoint borrows, so the branches can wait side by side.
