@@ -216,21 +216,24 @@ impl Core {
             .await
             .map_err(storage)?;
         let registry = self.cached_registry(&dev.registry).await?;
+        let mut notified = None;
         if let Some(topic) = registry.state_notification_config.as_ref().map(|s| s.pubsub_topic_name.as_str()) {
             let message = Message { time: now, attributes: attributes(dev, None), data };
             // State notifications are best effort: the state is stored all the same.
             match self.inner.sink.submit(topic, vec![message]).await {
-                Ok(ticket) => drop(tokio::spawn(async move {
-                    if let Err(e) = ticket.await {
-                        tracing::warn!(error = %e, "state notification not delivered");
-                    }
-                })),
+                Ok(ticket) => notified = Some(ticket),
                 Err(e) => tracing::warn!(error = %e, %topic, "state notification not delivered"),
             }
         }
         let (core, device) = (self.clone(), dev.num_id);
         Ok(Box::pin(async move {
             stored.await.map_err(storage)?;
+            if let Some(Err(e)) = match notified {
+                Some(ticket) => Some(ticket.await),
+                None => None,
+            } {
+                tracing::warn!(error = %e, "state notification not delivered");
+            }
             core.inner.activity.record(device, &DeviceActivity { last_state_time: Some(now), ..Default::default() });
             Ok(())
         }))

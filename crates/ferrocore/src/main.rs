@@ -1,10 +1,12 @@
-//! The `ferrocore` command line: `ferrocore serve` runs the server.
+//! The `ferrocore` command line: `ferrocore serve` runs the server; the other commands are
+//! clients of a running server (see `ferrocore::cli`).
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ferrocore::server::{self, Config, Listeners};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -18,11 +20,8 @@ struct Cli {
 enum Command {
     /// Run the server: REST and gRPC admin APIs, the MQTT and HTTP device bridges.
     Serve(ServeArgs),
-    /// Read telemetry topics from a running server.
-    Events {
-        #[command(subcommand)]
-        command: ferrocore::cli::EventsCommand,
-    },
+    #[command(flatten)]
+    Client(ferrocore::cli::Command),
 }
 
 #[derive(Parser)]
@@ -63,18 +62,20 @@ struct ServeArgs {
     activity_flush_seconds: f64,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERROCORE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Events { command } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(ferrocore::cli::events(command)),
+    match Cli::parse().command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Client(command) => ferrocore::cli::run(command),
     }
 }
 

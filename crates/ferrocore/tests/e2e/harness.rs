@@ -108,6 +108,11 @@ impl TestServer {
         std::fs::read(self.dir.path().join("data").join("tls").join("ca.pem")).unwrap()
     }
 
+    /// The server's data directory (`tls/ca.pem` is there), as `--data-dir` takes it.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// The server's database file, for tests that play the part of a device bridge.
     pub fn database(&self) -> std::path::PathBuf {
         self.dir.path().join("data").join("ferrocore.db")

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on port 0, driven over HTTP like a back end would.
 
 mod cli;
+mod cli_verbs;
 mod crash;
 mod device;
 mod devices;
@@ -9,4 +10,5 @@ mod grpc;
 mod harness;
 mod http_bridge;
 mod mqtt;
+mod quickstart;
 mod registries;

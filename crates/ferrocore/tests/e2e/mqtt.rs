@@ -393,3 +393,39 @@ async fn pipelined_qos1_publishes_are_acknowledged_in_order_and_kept_in_order() 
     assert_eq!(stored, expected, "stored in the order sent");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn packets_sent_together_with_connect_are_served_at_once() {
+    use bytes::{Bytes, BytesMut};
+    use ferrocore_mqtt_codec::{Connect, Publish, encode};
+    let s = TestServer::start().await;
+    let (_, id) = setup(&s, "eager").await;
+    let mut c = MqttClient::plain(s.mqtt).await;
+    let mut buf = BytesMut::new();
+    let token = es256_token(PROJECT);
+    encode(
+        &Packet::Connect(Connect {
+            protocol_level: 4,
+            clean_session: true,
+            keep_alive: 60,
+            client_id: id.clone(),
+            will: None,
+            username: Some("unused".into()),
+            password: Some(Bytes::copy_from_slice(token.as_bytes())),
+        }),
+        &mut buf,
+    );
+    let publish = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "/devices/eager/events".into(),
+        packet_id: Some(7),
+        payload: Bytes::from_static(b"early"),
+    };
+    encode(&Packet::Publish(publish), &mut buf);
+    c.send_raw(&buf).await;
+    assert!(matches!(c.recv().await, Packet::ConnAck(_)));
+    assert_eq!(c.recv_within(Duration::from_secs(2)).await, Some(Packet::PubAck(7)), "served without more input");
+    s.stop().await;
+}

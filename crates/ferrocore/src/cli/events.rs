@@ -1,40 +1,12 @@
-//! Client commands that talk to a running server over its REST API.
-//!
-//! * `ferrocore events tail`: follows a telemetry topic of the embedded topic log.
-//!
-//! The server is `--server` (default `http://127.0.0.1:8080`); the admin token comes from
-//! `--token`, `FERROCORE_TOKEN`, or the local data directory's `admin-token`.
+//! `ferrocore events tail`: follows a telemetry topic of the embedded topic log, long-polling
+//! `GET /v1/projects/P/topics/T/messages` from one `nextOffset` to the next.
 
+use super::api::Connection;
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 use std::io::Write;
-use std::path::PathBuf;
-
-#[derive(Args, Debug, Clone)]
-pub struct Connection {
-    /// Base URL of the server's REST API.
-    #[arg(long, env = "FERROCORE_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
-    pub server: String,
-    /// Admin token; by default FERROCORE_TOKEN, else DATA_DIR/admin-token.
-    #[arg(long, env = "FERROCORE_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
-    /// Data directory to read the admin token from when none is given.
-    #[arg(long, default_value = "./ferrocore-data", global = true)]
-    pub data_dir: PathBuf,
-}
-
-impl Connection {
-    fn token(&self) -> Result<String> {
-        if let Some(t) = &self.token {
-            return Ok(t.clone());
-        }
-        let path = self.data_dir.join(crate::secrets::TOKEN_FILE);
-        crate::secrets::read_secret_file(&path)
-            .with_context(|| format!("no --token or FERROCORE_TOKEN given, and {} is not readable", path.display()))
-    }
-}
 
 #[derive(Subcommand, Debug)]
 pub enum EventsCommand {

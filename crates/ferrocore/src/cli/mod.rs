@@ -1,0 +1,80 @@
+//! The client side of the `ferrocore` binary: the verbs of `gcloud iot`, against a Ferrocore
+//! server instead of Cloud IoT Core, and the helpers a first device needs.
+//!
+//! * `registries create|describe|list|update|delete` ([`registries`]);
+//! * `devices create|describe|list|update|delete`, `devices configs|states|commands|gateways`
+//!   ([`devices`]), `devices import|export` ([`import`]);
+//! * `keys generate` ([`keys`]);
+//! * `device simulate` ([`simulate`]);
+//! * `events tail` ([`events`]).
+//!
+//! The REST commands find the server with `--server`, `--token` and `--data-dir` ([`api`]).
+//! Output is a table unless `--format json` ([`output`]). Any failure is one `error: ...` line on
+//! stderr and exit code 1; clap's usage errors keep their own exit code 2.
+
+pub mod api;
+pub mod devices;
+pub mod events;
+pub mod import;
+pub mod keys;
+pub mod output;
+pub mod registries;
+pub mod simulate;
+
+pub use api::Connection;
+pub use events::EventsCommand;
+
+use clap::Subcommand;
+use std::process::ExitCode;
+
+/// The client commands, flattened into the binary's top-level commands beside `serve`.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage device registries (like `gcloud iot registries`).
+    Registries(registries::RegistriesArgs),
+    /// Manage devices, their configs, states, commands and gateway bindings (like `gcloud iot devices`).
+    Devices(devices::DevicesArgs),
+    /// Create device key pairs and certificates.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Act as a device.
+    Device {
+        #[command(subcommand)]
+        command: simulate::DeviceCommand,
+    },
+    /// Read telemetry topics from a running server.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+/// Runs a client command to its end and turns any error into one line on stderr.
+pub fn run(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Registries(args) => registries::run(args).await,
+            Command::Devices(args) => devices::run(args).await,
+            Command::Keys { command } => keys::run(command),
+            Command::Device { command } => simulate::run(command).await,
+            Command::Events { command } => events::events(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the causes on one line, never a Debug dump.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
