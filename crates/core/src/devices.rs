@@ -12,7 +12,6 @@ use ferrocore_model::{
 };
 use ferrocore_store::{BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, NewDevice, StoreError};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// A device as a client sent it, before validation.
 #[derive(Debug, Clone, Default)]
@@ -53,9 +52,6 @@ pub struct DevicePage {
     pub devices: Vec<Device>,
     pub next_page_token: String,
 }
-
-/// How long sendCommandToDevice waits for a QoS 1 acknowledgement (IoT Core's backend deadline).
-pub const COMMAND_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn device_not_found(name: &DeviceName) -> Error {
     Error::not_found(format!("A device with the name '{name}' doesn't exist."))
@@ -363,7 +359,7 @@ impl Core {
         let (done, acked) = tokio::sync::oneshot::channel();
         let command = presence::SessionControl::Command { subfolder: subfolder.to_owned(), data, done };
         channel.send(command).await.map_err(|_| not_subscribed())?;
-        match tokio::time::timeout(COMMAND_ACK_TIMEOUT, acked).await {
+        match tokio::time::timeout(self.inner.settings.command_ack_timeout, acked).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(not_subscribed()),
             Err(_) => Err(Error::new(Code::DeadlineExceeded, "The device did not acknowledge the command in time.")),

@@ -49,11 +49,36 @@ struct Inner {
     registries: RwLock<HashMap<RegistryName, Arc<Registry>>>,
     states: states::StateWriter,
     state_rate: states::StateRate,
+    settings: Settings,
+}
+
+/// Tunables of the use cases.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long sendCommandToDevice waits for a QoS 1 acknowledgement before DEADLINE_EXCEEDED
+    /// (IoT Core's backend deadline was 60 s).
+    pub command_ack_timeout: std::time::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { command_ack_timeout: std::time::Duration::from_secs(60) }
+    }
 }
 
 impl Core {
     /// Builds the core; must run inside a tokio runtime (it starts the state writer).
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, sink: Arc<dyn Sink>) -> Self {
+        Self::with_settings(store, clock, sink, Settings::default())
+    }
+
+    /// As [`Core::new`], with non-default settings.
+    pub fn with_settings(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn Sink>,
+        settings: Settings,
+    ) -> Self {
         let activity = Arc::new(ActivityBuffer::new(store.clone()));
         let states = states::StateWriter::spawn(store.clone());
         Self {
@@ -66,6 +91,7 @@ impl Core {
                 registries: RwLock::new(HashMap::new()),
                 states,
                 state_rate: states::StateRate::default(),
+                settings,
             }),
         }
     }

@@ -60,6 +60,9 @@ struct ServeArgs {
     /// Seconds between flushes of batched device activity (last heartbeat, event, state times).
     #[arg(long, default_value_t = 1.0)]
     activity_flush_seconds: f64,
+    /// Seconds sendCommandToDevice waits for a QoS 1 acknowledgement before DEADLINE_EXCEEDED.
+    #[arg(long, default_value_t = 60)]
+    command_timeout_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +106,9 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_bytes_per_topic: args.topic_retention_mb.saturating_mul(1 << 20),
         },
         mqtt: ferrocore_mqtt::MqttConfig::default(),
+        core: ferrocore_core::Settings {
+            command_ack_timeout: Duration::from_secs(args.command_timeout_seconds.max(1)),
+        },
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

@@ -28,6 +28,7 @@ pub struct Config {
     /// Where telemetry topics are kept, and for how long.
     pub topic_log: TopicLogSettings,
     pub mqtt: ferrocore_mqtt::MqttConfig,
+    pub core: ferrocore_core::Settings,
 }
 
 /// Retention of the embedded topic log.
@@ -123,7 +124,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the topic log: {}", e.detail()))?;
     let sink = Arc::new(ferrocore_sinks::log::LogSink::new(topic_log.clone()));
-    let core = Core::new(store.clone(), Arc::new(SystemClock), sink);
+    let core = Core::with_settings(store.clone(), Arc::new(SystemClock), sink, config.core.clone());
     let activity = core.activity().clone();
     let flusher = activity.spawn_flusher(config.activity_flush_interval);
 

@@ -447,6 +447,7 @@ async fn a_tls_key_readable_by_others_is_refused() {
         tls: Some(files),
         topic_log: Default::default(),
         mqtt: Default::default(),
+        core: Default::default(),
     };
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -429,3 +429,21 @@ async fn packets_sent_together_with_connect_are_served_at_once() {
     assert_eq!(c.recv_within(Duration::from_secs(2)).await, Some(Packet::PubAck(7)), "served without more input");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_command_the_device_never_acknowledges_ends_in_deadline_exceeded() {
+    let s = TestServer::start().await;
+    let (reg, id) = setup(&s, "silent").await;
+    let mut c = connected(&s, &id).await;
+    assert_eq!(
+        c.subscribe(&[("/devices/silent/commands/#", QoS::AtLeastOnce)]).await,
+        [SubAckCode::Granted(QoS::AtLeastOnce)]
+    );
+    // The test server waits 1 s for the PUBACK (IoT Core: 60 s); this device never sends it.
+    let (st, body) =
+        s.post(&format!("{reg}/devices/silent:sendCommandToDevice"), json!({"binaryData": b64(b"hello?")})).await;
+    expect_error(st, &body, 504, "DEADLINE_EXCEEDED");
+    let Packet::Publish(p) = c.recv().await else { panic!("the command was delivered") };
+    assert_eq!(&p.payload[..], b"hello?");
+    s.stop().await;
+}
