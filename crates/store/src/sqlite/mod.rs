@@ -333,23 +333,28 @@ impl Store for SqliteStore {
 
     async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>> {
         let reg = &name.registry;
-        let (by_num, id, num_id) = match &name.device {
-            DeviceRef::Id(id) => (false, id.as_str().to_owned(), 0i64),
-            DeviceRef::Num(n) => (true, String::new(), num(*n)),
+        // Two plain statements rather than one with a CASE: each is answered from an index
+        // (the numeric id is the primary key; (registry_pk, id) is unique), whatever the
+        // registry's size.
+        let query = match &name.device {
+            DeviceRef::Id(id) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{DEVICE_SELECT} WHERE d.registry_pk = \
+                 (SELECT pk FROM registries WHERE project = ? AND location = ? AND id = ?) AND d.id = ?"
+            )))
+            .bind(reg.parent.project.as_str().to_owned())
+            .bind(reg.parent.location.as_str().to_owned())
+            .bind(reg.registry.as_str().to_owned())
+            .bind(id.as_str().to_owned()),
+            DeviceRef::Num(n) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{DEVICE_SELECT} WHERE d.num_id = ? AND d.registry_pk = \
+                 (SELECT pk FROM registries WHERE project = ? AND location = ? AND id = ?)"
+            )))
+            .bind(num(*n))
+            .bind(reg.parent.project.as_str().to_owned())
+            .bind(reg.parent.location.as_str().to_owned())
+            .bind(reg.registry.as_str().to_owned()),
         };
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{DEVICE_SELECT} JOIN registries r ON r.pk = d.registry_pk \
-             WHERE r.project = ? AND r.location = ? AND r.id = ? AND (CASE WHEN ? THEN d.num_id = ? ELSE d.id = ? END)"
-        )))
-        .bind(reg.parent.project.as_str().to_owned())
-        .bind(reg.parent.location.as_str().to_owned())
-        .bind(reg.registry.as_str().to_owned())
-        .bind(by_num)
-        .bind(num_id)
-        .bind(id)
-        .fetch_optional(&self.readers)
-        .await
-        .map_err(backend)?;
+        let row = query.fetch_optional(&self.readers).await.map_err(backend)?;
         row.map(|r| device_from_row(reg, &r)).transpose()
     }
 

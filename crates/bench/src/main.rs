@@ -1,0 +1,265 @@
+//! `ferrocore-bench`: a load generator for Ferrocore and for any MQTT 3.1.1 broker.
+//!
+//! Scenarios: `connect`, `telemetry`, `idle`, `command` and `api` (the last two Ferrocore only).
+//! Against Ferrocore (`--broker ferrocore`) devices are provisioned through the REST API with
+//! keys made here and connect with their own JWTs, and acknowledged telemetry is looked up in the
+//! topic log; against a broker (`--broker mqtt`) clients connect anonymously and a subscriber
+//! counts what is delivered. Each run prints a table and, with `--json`, writes the numbers;
+//! with `--server-pid` the server's CPU time per operation and its memory are read from /proc.
+//! Only loopback addresses are accepted as targets.
+
+mod api;
+mod command;
+mod connect;
+mod fleet;
+mod idle;
+mod keys;
+mod load;
+mod mqtt;
+mod report;
+mod stats;
+mod telemetry;
+mod util;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "ferrocore-bench",
+    version,
+    about = "Load generator for Ferrocore and MQTT 3.1.1 brokers (loopback targets only)"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Devices connect (TLS + JWT against Ferrocore) as fast as the server takes them.
+    Connect(connect::ConnectArgs),
+    /// Connected devices publish telemetry; acknowledged messages are checked at the other end.
+    Telemetry(telemetry::TelemetryArgs),
+    /// Idle connections held open: the server's memory per connection.
+    Idle(idle::IdleArgs),
+    /// REST sendCommandToDevice → device receipt latency, optionally under telemetry load.
+    Command(command::CommandArgs),
+    /// devices.create and devices.get throughput, list page latency on a large registry.
+    Api(load::ApiArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Broker {
+    /// Ferrocore: REST provisioning, JWTs, the topic log.
+    Ferrocore,
+    /// Any MQTT 3.1.1 broker: anonymous clients, a subscriber counts deliveries.
+    Mqtt,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// What is being measured.
+    #[arg(long, value_enum, default_value_t = Broker::Ferrocore, global = true)]
+    broker: Broker,
+    /// MQTT host: a loopback address.
+    #[arg(long, default_value = "127.0.0.1", global = true)]
+    host: IpAddr,
+    /// MQTT port; default 8883 with --tls, 1883 without.
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    /// Connect to MQTT over TLS.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// CA certificate (PEM) to trust; against Ferrocore, DATA_DIR/tls/ca.pem by default.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate (loopback only, so no one is in the middle).
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Name the server certificate must carry.
+    #[arg(long, default_value = "localhost", global = true)]
+    tls_name: String,
+    /// Let TLS sessions resume (off: every connect is a full handshake).
+    #[arg(long, global = true)]
+    tls_resume: bool,
+    /// Ferrocore's REST base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    api: String,
+    /// Admin token; else DATA_DIR/admin-token.
+    #[arg(long, env = "FERROCORE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Ferrocore's data directory, for the admin token and the generated CA.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value = "bench", global = true)]
+    project: String,
+    #[arg(long, default_value = "us-central1", global = true)]
+    location: String,
+    /// Registry to use (created if missing); default a new one per run.
+    #[arg(long, global = true)]
+    registry: Option<String>,
+    /// Device key algorithm.
+    #[arg(long, value_enum, default_value_t = keys::Alg::Es256, global = true)]
+    alg: keys::Alg,
+    /// Distinct key pairs shared round-robin by the devices; 0: one per device for ES256, 32
+    /// for RS256 (RSA key generation is slow).
+    #[arg(long, default_value_t = 0, global = true)]
+    key_pairs: usize,
+    /// The server's process id: its CPU time and memory are read from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Write the results here as JSON.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 2.0, global = true)]
+    progress: f64,
+    /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, ... (0: 127.0.0.1).
+    #[arg(long, default_value_t = 8, global = true)]
+    source_ips: usize,
+    /// REST requests in flight while provisioning devices.
+    #[arg(long, default_value_t = 32, global = true)]
+    provision_concurrency: usize,
+    /// Keep-alive announced in CONNECT, seconds.
+    #[arg(long, default_value_t = 600, global = true)]
+    keep_alive: u16,
+    /// Free text stored in the JSON (e.g. "ferrocore tls").
+    #[arg(long, global = true)]
+    label: Option<String>,
+}
+
+/// What every scenario needs: where to connect, how devices authenticate, what to sample.
+pub struct Ctx {
+    pub broker: Broker,
+    pub endpoint: mqtt::Endpoint,
+    pub api: Option<api::Api>,
+    pub server_pid: Option<u32>,
+    pub progress: Duration,
+    pub run_id: u64,
+    pub alg: keys::Alg,
+    pub key_pairs: usize,
+    pub registry: Option<String>,
+    pub provision_concurrency: usize,
+    pub keep_alive: u16,
+}
+
+impl Ctx {
+    fn target(&self) -> String {
+        format!(
+            "{} at {} ({})",
+            match self.broker {
+                Broker::Ferrocore => "Ferrocore",
+                Broker::Mqtt => "MQTT broker",
+            },
+            self.endpoint.addr,
+            if self.endpoint.is_tls() { "TLS" } else { "plain TCP" }
+        )
+    }
+
+    /// Fails for scenarios that need Ferrocore's API.
+    pub fn api(&self, scenario: &str) -> Result<&api::Api> {
+        match &self.api {
+            Some(a) => Ok(a),
+            None => bail!("the {scenario} scenario needs --broker ferrocore"),
+        }
+    }
+}
+
+fn run_id() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    // Mixed with the pid so two runs started in the same instant differ.
+    ((nanos as u64) ^ (u64::from(std::process::id()) << 40)) & 0xffff_ffff_ffff
+}
+
+async fn build_ctx(c: &Common) -> Result<Ctx> {
+    if !c.host.is_loopback() {
+        bail!("--host {} is not a loopback address; only 127.0.0.0/8 and ::1 may be targeted", c.host);
+    }
+    let port = c.port.unwrap_or(if c.tls { 8883 } else { 1883 });
+    let ca = match (&c.ca, &c.data_dir, c.broker) {
+        (Some(ca), _, _) => Some(ca.clone()),
+        (None, Some(d), Broker::Ferrocore) if c.tls && !c.insecure => Some(d.join("tls").join("ca.pem")),
+        _ => None,
+    };
+    if c.tls && ca.is_none() && !c.insecure {
+        bail!("--tls needs --ca FILE (or --data-dir for Ferrocore's generated CA, or --insecure)");
+    }
+    let endpoint = mqtt::Endpoint::new(
+        SocketAddr::new(c.host, port),
+        c.tls,
+        if c.insecure { None } else { ca.as_deref() },
+        &c.tls_name,
+        c.tls_resume,
+        c.source_ips,
+    )?;
+    let api = match c.broker {
+        Broker::Mqtt => None,
+        Broker::Ferrocore => {
+            let token = match (&c.token, &c.data_dir) {
+                (Some(t), _) => t.clone(),
+                (None, Some(d)) => std::fs::read_to_string(d.join("admin-token"))
+                    .with_context(|| format!("cannot read {}/admin-token", d.display()))?
+                    .trim()
+                    .to_owned(),
+                (None, None) => bail!("Ferrocore needs the admin token: --token, FERROCORE_ADMIN_TOKEN or --data-dir"),
+            };
+            let api = api::Api::new(&c.api, token, &c.project, &c.location)?;
+            api.check().await?;
+            Some(api)
+        }
+    };
+    Ok(Ctx {
+        broker: c.broker,
+        endpoint,
+        api,
+        server_pid: c.server_pid,
+        progress: Duration::from_secs_f64(c.progress.max(0.0)),
+        run_id: run_id(),
+        alg: c.alg,
+        key_pairs: c.key_pairs,
+        registry: c.registry.clone(),
+        provision_concurrency: c.provision_concurrency.max(1),
+        keep_alive: c.keep_alive,
+    })
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let ctx = build_ctx(&cli.common).await?;
+        if let Some(pid) = ctx.server_pid
+            && stats::sample(pid).is_none()
+        {
+            bail!("--server-pid {pid}: no such process readable in /proc");
+        }
+        let report = match cli.scenario {
+            Scenario::Connect(a) => connect::run(&ctx, a).await?,
+            Scenario::Telemetry(a) => telemetry::run(&ctx, a).await?,
+            Scenario::Idle(a) => idle::run(&ctx, a).await?,
+            Scenario::Command(a) => command::run(&ctx, a).await?,
+            Scenario::Api(a) => load::run(&ctx, a).await?,
+        };
+        report.print(&ctx.target());
+        if let Some(path) = &cli.common.json {
+            let common = serde_json::json!({
+                "broker": ctx.broker,
+                "address": ctx.endpoint.addr.to_string(),
+                "tls": ctx.endpoint.is_tls(),
+                "alg": ctx.alg,
+                "server_pid": ctx.server_pid,
+                "label": cli.common.label,
+            });
+            report.write_json(path, common)?;
+            eprintln!("wrote {}", path.display());
+        }
+        Ok(())
+    })
+}
