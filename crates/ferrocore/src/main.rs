@@ -60,6 +60,12 @@ struct ServeArgs {
     /// Seconds between flushes of batched device activity (last heartbeat, event, state times).
     #[arg(long, default_value_t = 1.0)]
     activity_flush_seconds: f64,
+    /// MQTT connections served at once (one process may open at most as many files as its limit).
+    #[arg(long, default_value_t = 18_000)]
+    mqtt_max_connections: usize,
+    /// Messages one MQTT connection may send per second (IoT Core: 100).
+    #[arg(long, default_value_t = 100)]
+    mqtt_messages_per_second: u32,
     /// Seconds sendCommandToDevice waits for a QoS 1 acknowledgement before DEADLINE_EXCEEDED.
     #[arg(long, default_value_t = 60)]
     command_timeout_seconds: u64,
@@ -105,7 +111,11 @@ fn serve(args: ServeArgs) -> Result<()> {
                 .map_err(|_| anyhow::anyhow!("--topic-retention-days must be a positive number"))?,
             max_bytes_per_topic: args.topic_retention_mb.saturating_mul(1 << 20),
         },
-        mqtt: ferrocore_mqtt::MqttConfig::default(),
+        mqtt: ferrocore_mqtt::MqttConfig {
+            max_connections: args.mqtt_max_connections.max(1),
+            max_messages_per_second: args.mqtt_messages_per_second.max(1),
+            ..Default::default()
+        },
         core: ferrocore_core::Settings {
             command_ack_timeout: Duration::from_secs(args.command_timeout_seconds.max(1)),
         },
