@@ -17,31 +17,49 @@ impl Drop for Server {
     }
 }
 
-fn spawn(data_dir: &std::path::Path) -> (Server, String) {
+/// A running server and the addresses it announced (`http=... mqtt=...`).
+struct Spawned {
+    server: Server,
+    line: String,
+}
+
+impl Spawned {
+    fn addr(&self, key: &str) -> String {
+        self.line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key).and_then(|w| w.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {key} in {:?}", self.line))
+            .to_owned()
+    }
+
+    fn rest(&self) -> String {
+        format!("http://{}/v1", self.addr("http"))
+    }
+}
+
+/// Starts the binary on port-0 listeners (REST and plain MQTT only), with no fixed port anywhere.
+fn spawn(data_dir: &std::path::Path) -> Spawned {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocore"))
         .args(["serve", "--data-dir"])
         .arg(data_dir)
-        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--grpc", "off", "--mqtts", "off", "--mqtt", "127.0.0.1:0"])
         .env("FERROCORE_ADMIN_TOKEN", TOKEN)
         .env("FERROCORE_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
         .expect("start ferrocore");
     let stdout = child.stdout.take().unwrap();
-    let child = Server(child);
+    let server = Server(child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-    (child, format!("http://{addr}/v1"))
+    Spawned { server, line }
 }
 
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, base) = spawn(dir.path());
+    let first = spawn(dir.path());
+    let base = first.rest();
     let client = reqwest::Client::new();
     let reg = "projects/crash/locations/us-central1/registries/reg";
     let post = |path: String, body: Value| client.post(format!("{base}/{path}")).bearer_auth(TOKEN).json(&body).send();
@@ -83,9 +101,10 @@ async fn acknowledged_writes_survive_kill_9() {
         acked.extend(t.await.unwrap());
     }
     // No graceful shutdown: SIGKILL right after the last acknowledgement.
-    drop(child);
+    drop(first.server);
 
-    let (_child, base) = spawn(dir.path());
+    let second = spawn(dir.path());
+    let base = second.rest();
     for id in &acked {
         let v: Value = client
             .get(format!("{base}/{reg}/devices/{id}?fieldMask=config,metadata"))
@@ -108,24 +127,8 @@ async fn every_acknowledged_telemetry_message_survives_kill_9() {
     use crate::device::{MqttClient, es256_token};
     use ferrocore_mqtt_codec::{ConnectReturnCode, Packet, QoS};
     let dir = tempfile::tempdir().unwrap();
-    let spawn_with_mqtt = |dir: &std::path::Path| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocore"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--http", "127.0.0.1:0", "--grpc", "off", "--mqtts", "off", "--mqtt", "127.0.0.1:0"])
-            .env("FERROCORE_ADMIN_TOKEN", TOKEN)
-            .env("FERROCORE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start ferrocore");
-        let stdout = child.stdout.take().unwrap();
-        let child = Server(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let find = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap().to_owned();
-        (child, format!("http://{}/v1", find("http=")), find("mqtt=").parse::<std::net::SocketAddr>().unwrap())
-    };
-    let (child, base, mqtt) = spawn_with_mqtt(dir.path());
+    let first = spawn(dir.path());
+    let (base, mqtt) = (first.rest(), first.addr("mqtt").parse::<std::net::SocketAddr>().unwrap());
     let client = reqwest::Client::new();
     let parent = "projects/qos/locations/l";
     let r = client
@@ -172,14 +175,15 @@ async fn every_acknowledged_telemetry_message_survives_kill_9() {
     }
     // Let some messages through, then kill the server mid-stream.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    drop(child);
+    drop(first.server);
     let mut acked = vec![];
     for t in tasks {
         acked.extend(t.await.unwrap());
     }
     assert!(!acked.is_empty(), "some messages were acknowledged before the kill");
 
-    let (_child, base, _) = spawn_with_mqtt(dir.path());
+    let second = spawn(dir.path());
+    let base = second.rest();
     let v: Value = client
         .get(format!("{base}/projects/qos/topics/telemetry/messages?from=earliest&maxMessages=1000"))
         .bearer_auth(TOKEN)
