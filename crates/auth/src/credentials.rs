@@ -790,18 +790,8 @@ mod tests {
     use aws_lc_rs::rand::SystemRandom;
     use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair};
 
-    macro_rules! fixture {
-        ($name:literal) => {
-            include_str!(concat!("../tests/fixtures/", $name))
-        };
-    }
+    use crate::test_fixtures::*;
 
-    const RSA_PRIVATE: &str = fixture!("rsa_private.pem");
-    const RSA_PUBLIC: &str = fixture!("rsa_public.pem");
-    const RSA_CERT: &str = fixture!("rsa_cert.pem");
-    const EC_PRIVATE: &str = fixture!("ec_private.pem");
-    const EC_PUBLIC: &str = fixture!("ec_public.pem");
-    const EC_CERT: &str = fixture!("ec_cert.pem");
     const EC_P384_PUBLIC: &str = fixture!("ec_p384_public.pem");
     const RSA1024_PUBLIC: &str = fixture!("rsa1024_public.pem");
     const CA_KEY: &str = fixture!("ca_key.pem");

@@ -366,18 +366,8 @@ mod tests {
     use ferrocore_model::{PublicKey, PublicKeyFormat};
     use serde_json::json;
 
-    macro_rules! fixture {
-        ($name:literal) => {
-            include_str!(concat!("../tests/fixtures/", $name))
-        };
-    }
+    use crate::test_fixtures::*;
 
-    const RSA_PRIVATE: &str = fixture!("rsa_private.pem");
-    const RSA_PUBLIC: &str = fixture!("rsa_public.pem");
-    const RSA_CERT: &str = fixture!("rsa_cert.pem");
-    const EC_PRIVATE: &str = fixture!("ec_private.pem");
-    const EC_PUBLIC: &str = fixture!("ec_public.pem");
-    const EC_CERT: &str = fixture!("ec_cert.pem");
     const OTHER_EC_PRIVATE: &str = fixture!("device_signed_by_ec_ca_key.pem");
     const OTHER_EC_CERT: &str = fixture!("device_signed_by_ec_ca.pem");
     const THIRD_EC_PRIVATE: &str = fixture!("device_signed_by_ca_key.pem");

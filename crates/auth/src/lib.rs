@@ -8,6 +8,8 @@
 
 pub mod credentials;
 pub mod jwt;
+#[cfg(test)]
+mod test_fixtures;
 
 pub use credentials::{
     DeviceKey, KeyAlgorithm, KeyError, ParsedCertificate, check_device_key, is_issued_by, parse_ca_certificate,

@@ -193,7 +193,6 @@ impl TopicLog {
     /// messages in flight) enqueue in order and wait for the tickets later; waiting here only
     /// happens when the shared queue budget is exhausted (back-pressure).
     pub async fn enqueue(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendTicket, LogError> {
-        let parsed = name::parse(topic)?;
         let limit = self.inner.config.max_record_bytes;
         let mut frame_bytes = 0usize;
         for rec in &records {
@@ -211,7 +210,7 @@ impl TopicLog {
         }
         let permits = frame_bytes.clamp(1, QUEUE_BUDGET_BYTES) as u32;
         let permit = self.inner.queue.clone().acquire_many_owned(permits).await.map_err(|_| LogError::Closed)?;
-        let tx = self.inner.topic_sender(topic, &parsed)?;
+        let tx = self.inner.topic_sender(topic)?;
         let count = records.len() as u64;
         let (reply, answer) = oneshot::channel();
         tx.send(AppendRequest { records, frame_bytes, reply, _permit: permit }).map_err(|_| self.inner.stopped())?;
@@ -378,26 +377,25 @@ impl Inner {
 
     /// The queue of `name`'s writer, creating the topic (in memory; its files come with the first
     /// batch) if it is new.
-    fn topic_sender(
-        &self,
-        name: &str,
-        parsed: &name::TopicName<'_>,
-    ) -> Result<mpsc::UnboundedSender<AppendRequest>, LogError> {
-        if let Some(entry) = self.topics.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+    /// The writer of a topic. Known topics are found by name alone; the name is parsed (and the
+    /// topic created) only on first use, not for every append.
+    fn topic_sender(&self, topic_name: &str) -> Result<mpsc::UnboundedSender<AppendRequest>, LogError> {
+        if let Some(entry) = self.topics.read().unwrap_or_else(PoisonError::into_inner).get(topic_name) {
             return Ok(entry.tx.clone());
         }
+        let parsed = name::parse(topic_name)?;
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
         if self.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
         }
-        if let Some(entry) = topics.get(name) {
+        if let Some(entry) = topics.get(topic_name) {
             return Ok(entry.tx.clone());
         }
-        let dir = name::topic_dir(&self.config.dir, parsed);
-        let topic = Arc::new(Topic::new(name.to_owned(), dir, Default::default(), 0));
+        let dir = name::topic_dir(&self.config.dir, &parsed);
+        let topic = Arc::new(Topic::new(topic_name.to_owned(), dir, Default::default(), 0));
         let entry = self.start_writer(topic, None, 0);
         let tx = entry.tx.clone();
-        topics.insert(name.to_owned(), entry);
+        topics.insert(topic_name.to_owned(), entry);
         drop(topics);
         self.created.notify_waiters();
         Ok(tx)

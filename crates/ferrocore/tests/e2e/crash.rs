@@ -37,6 +37,11 @@ impl Spawned {
     }
 }
 
+/// An authenticated GET, as JSON.
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap()
+}
+
 /// Starts the binary on port-0 listeners (REST and plain MQTT only), with no fixed port anywhere.
 fn spawn(data_dir: &std::path::Path) -> Spawned {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocore"))
@@ -106,15 +111,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let second = spawn(dir.path());
     let base = second.rest();
     for id in &acked {
-        let v: Value = client
-            .get(format!("{base}/{reg}/devices/{id}?fieldMask=config,metadata"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&client, &format!("{base}/{reg}/devices/{id}?fieldMask=config,metadata")).await;
         assert_eq!(v["config"]["version"], "2", "{id}: {v}");
         assert_eq!(v["config"]["binaryData"], "Y3Jhc2g=", "{id}");
     }
@@ -184,15 +181,8 @@ async fn every_acknowledged_telemetry_message_survives_kill_9() {
 
     let second = spawn(dir.path());
     let base = second.rest();
-    let v: Value = client
-        .get(format!("{base}/projects/qos/topics/telemetry/messages?from=earliest&maxMessages=1000"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{base}/projects/qos/topics/telemetry/messages?from=earliest&maxMessages=1000");
+    let v = get_json(&client, &url).await;
     use base64::Engine;
     let stored: std::collections::HashSet<String> = v["messages"]
         .as_array()
