@@ -1,11 +1,23 @@
 //! Compiles Ferrocore's .proto files in pure Rust (protox; no system protoc) into prost messages,
-//! tonic service code, and pbjson serde impls for Google's JSON mapping.
+//! tonic service code (server and client: IoT DeviceManager, Pub/Sub Publisher and Subscriber, IAM
+//! IAMPolicy), and pbjson serde impls for Google's JSON mapping.
 
 use prost::Message;
 use std::error::Error;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["proto/google/cloud/iot/v1/device_manager.proto", "proto/google/rpc/error_details.proto"];
+// The roots; protox pulls in what they import (IoT resources, Pub/Sub schema, IAM policy and
+// options, google.type.Expr, the well-known types), and all of it lands in `DESCRIPTORS`.
+const PROTOS: &[&str] = &[
+    "proto/google/cloud/iot/v1/device_manager.proto",
+    "proto/google/rpc/error_details.proto",
+    "proto/google/pubsub/v1/pubsub.proto",
+    "proto/google/iam/v1/iam_policy.proto",
+];
+
+/// Packages that get serde impls following Google's JSON mapping.
+const JSON_PACKAGES: &[&str] =
+    &[".google.cloud.iot.v1", ".google.rpc", ".google.pubsub.v1", ".google.iam.v1", ".google.type"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -29,6 +41,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         .register_descriptors(&descriptors)?
         .extern_path(".google.protobuf.Timestamp", "crate::wkt::Timestamp")
         .extern_path(".google.protobuf", "::pbjson_types")
-        .build(&[".google.cloud.iot.v1", ".google.rpc"])?;
+        .build(JSON_PACKAGES)?;
     Ok(())
 }

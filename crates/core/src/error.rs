@@ -102,7 +102,7 @@ impl From<Invalid> for Error {
 
 /// Storage failures become UNAVAILABLE (retryable by Google's clients) with a generic message; the
 /// cause goes to the log. Callers map NotFound and AlreadyExists themselves where they mean something.
-pub(crate) fn storage(e: StoreError) -> Error {
+pub fn storage(e: StoreError) -> Error {
     match e {
         StoreError::Backend(cause) => {
             tracing::error!(%cause, "storage failure");

@@ -8,6 +8,7 @@
 //! * [`registries`] and [`devices`]: the Device Manager use cases.
 //! * [`bridge`]: what devices do: authenticate, publish telemetry and state, take configs.
 //! * [`sink`]: the contract of telemetry destinations.
+//! * [`topics`]: the read side of telemetry topics.
 //! * [`paging`]: opaque keyset page tokens.
 //! * [`clock`]: the injected clock.
 
@@ -20,6 +21,7 @@ pub mod paging;
 pub mod presence;
 pub mod registries;
 pub mod sink;
+pub mod topics;
 mod states;
 
 pub use error::{Code, Error, Result};

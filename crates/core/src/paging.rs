@@ -8,12 +8,12 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ferrocore_model::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
-pub(crate) fn encode(kind: &str, last_id: &str) -> String {
+pub fn encode(kind: &str, last_id: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{kind}:{last_id}"))
 }
 
 /// Returns the id after which the page starts, or None for the first page.
-pub(crate) fn decode(kind: &str, token: &str) -> Result<Option<String>> {
+pub fn decode(kind: &str, token: &str) -> Result<Option<String>> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -26,7 +26,7 @@ pub(crate) fn decode(kind: &str, token: &str) -> Result<Option<String>> {
 }
 
 /// 0 means the default; larger than the maximum is clamped; negative is refused.
-pub(crate) fn page_size(requested: i64) -> Result<u32> {
+pub fn page_size(requested: i64) -> Result<u32> {
     match requested {
         0 => Ok(DEFAULT_PAGE_SIZE),
         n if n < 0 => Err(Error::invalid("page_size", "The page size must not be negative.")),

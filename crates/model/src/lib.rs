@@ -6,6 +6,7 @@
 //! * [`time`]: timestamps as nanoseconds since the Unix epoch, printed as RFC 3339 `...Z`.
 //! * [`mask`]: field masks for device reads and updates.
 //! * [`limits`]: the documented limits and the checks that enforce them.
+//! * [`pubsub`]: topic and subscription names, topics, subscriptions, cursors and IAM policies.
 //!
 //! Everything here is validated once, at construction; code holding a value of these types can rely
 //! on it.
@@ -14,6 +15,7 @@ pub mod enums;
 pub mod ids;
 pub mod limits;
 pub mod mask;
+pub mod pubsub;
 pub mod resources;
 pub mod time;
 

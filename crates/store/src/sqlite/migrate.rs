@@ -3,7 +3,10 @@
 use crate::{Result, StoreError};
 use sqlx::SqlitePool;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_pubsub.sql")),
+];
 
 pub(super) async fn run(pool: &SqlitePool) -> Result<()> {
     let fail = |e: sqlx::Error| StoreError::Backend(format!("migration failed: {e}"));

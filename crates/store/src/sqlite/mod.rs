@@ -5,6 +5,7 @@
 //! write is in progress. `synchronous=FULL` makes every acknowledged write survive a crash.
 
 mod migrate;
+mod pubsub;
 
 use crate::{
     BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
@@ -185,6 +186,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        pubsub::create_registry_topics(&mut tx, r).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -218,6 +220,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_registry(&self, r: &Registry) -> Result<()> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE registries SET event_configs = ?, state_topic = ?, mqtt_state = ?, http_state = ?, \
              log_level = ?, credentials = ? WHERE project = ? AND location = ? AND id = ?",
@@ -231,10 +234,14 @@ impl Store for SqliteStore {
         .bind(r.name.parent.project.as_str().to_owned())
         .bind(r.name.parent.location.as_str().to_owned())
         .bind(r.name.registry.as_str().to_owned())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        pubsub::create_registry_topics(&mut tx, r).await?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn delete_registry(&self, name: &RegistryName) -> Result<RegistryDelete> {
