@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(true)
         .build_transport(false)
         .compile_well_known_types(true)
+        // Message payloads travel as `Bytes` end to end (log, engine, wire) without copies.
+        .bytes(".google.pubsub.v1.PubsubMessage.data")
         // Our Timestamp prints `...Z` as Google's JSON does; the other well-known types come from
         // pbjson-types, which already follow Google's JSON.
         .extern_path(".google.protobuf.Timestamp", "crate::wkt::Timestamp")

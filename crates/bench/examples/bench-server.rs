@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         core: Default::default(),
+        pubsub_anonymous: false,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

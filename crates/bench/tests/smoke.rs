@@ -30,6 +30,7 @@ async fn start(dir: &Path) -> Server {
         topic_log: Default::default(),
         mqtt: ferrocore_mqtt::MqttConfig::default(),
         core: Default::default(),
+        pubsub_anonymous: false,
     };
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let (http, mqtt, mqtts) = (bind().await, bind().await, bind().await);

@@ -21,8 +21,8 @@ pub mod paging;
 pub mod presence;
 pub mod registries;
 pub mod sink;
-pub mod topics;
 mod states;
+pub mod topics;
 
 pub use error::{Code, Error, Result};
 

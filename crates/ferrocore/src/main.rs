@@ -69,6 +69,11 @@ struct ServeArgs {
     /// Seconds sendCommandToDevice waits for a QoS 1 acknowledgement before DEADLINE_EXCEEDED.
     #[arg(long, default_value_t = 60)]
     command_timeout_seconds: u64,
+    /// Let Pub/Sub API calls that carry no credentials in, as Google's clients send none when
+    /// pointed at an emulator with PUBSUB_EMULATOR_HOST. Only the Pub/Sub services (gRPC and their
+    /// REST paths); DeviceManager and the rest of the admin API still need the token.
+    #[arg(long)]
+    pubsub_anonymous: bool,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +124,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         core: ferrocore_core::Settings {
             command_ack_timeout: Duration::from_secs(args.command_timeout_seconds.max(1)),
         },
+        pubsub_anonymous: args.pubsub_anonymous,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

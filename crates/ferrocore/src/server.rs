@@ -29,6 +29,9 @@ pub struct Config {
     pub topic_log: TopicLogSettings,
     pub mqtt: ferrocore_mqtt::MqttConfig,
     pub core: ferrocore_core::Settings,
+    /// Lets Pub/Sub calls without credentials in (clients set up with `PUBSUB_EMULATOR_HOST`
+    /// send none); never DeviceManager or the rest of the admin API.
+    pub pubsub_anonymous: bool,
 }
 
 /// Retention of the embedded topic log.
@@ -123,17 +126,31 @@ pub async fn run(
     let topic_log = ferrocore_topiclog::TopicLog::open(log_config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the topic log: {}", e.detail()))?;
-    let sink = Arc::new(ferrocore_sinks::log::LogSink::new(topic_log.clone()));
-    let core = Core::with_settings(store.clone(), Arc::new(SystemClock), sink, config.core.clone());
+    // One LogSink is both where telemetry goes and where topic readers read it back.
+    let log_sink = Arc::new(ferrocore_sinks::log::LogSink::new(topic_log.clone()));
+    let core = Core::with_settings(store.clone(), Arc::new(SystemClock), log_sink.clone(), config.core.clone());
     let activity = core.activity().clone();
     let flusher = activity.spawn_flusher(config.activity_flush_interval);
+    let pubsub = ferrocore_pubsub::PubSub::new(
+        store.clone(),
+        log_sink.clone(),
+        Arc::new(SystemClock),
+        ferrocore_pubsub::Settings::default(),
+    );
+    let pubsub_access = ferrocore_api::pubsub::PubsubAccess::new(token.clone(), config.pubsub_anonymous);
 
     // One shutdown signal, fanned out to every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    {
+        let pubsub = pubsub.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            // StreamingPull streams end first (UNAVAILABLE, so clients reconnect elsewhere or later);
+            // the gRPC server's graceful shutdown would otherwise wait for them forever.
+            pubsub.stop_streams();
+            let _ = stop_tx.send(true);
+        });
+    }
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -148,6 +165,16 @@ pub async fn run(
         mqtts: listeners.mqtts.as_ref().map(TcpListener::local_addr).transpose()?,
         mqtt: listeners.mqtt.as_ref().map(TcpListener::local_addr).transpose()?,
     };
+    if config.pubsub_anonymous {
+        let exposed: Vec<SocketAddr> =
+            [Some(bound.http), bound.grpc].into_iter().flatten().filter(|a| !a.ip().is_loopback()).collect();
+        if !exposed.is_empty() {
+            tracing::warn!(
+                listeners = ?exposed,
+                "--pubsub-anonymous lets anyone who reaches these listeners read and publish Pub/Sub messages without a token"
+            );
+        }
+    }
     let mut mqtt_tasks = Vec::new();
     if let Some(listener) = listeners.mqtts {
         let files = crate::tls::files(&config.data_dir, config.tls.as_ref())?;
@@ -168,7 +195,11 @@ pub async fn run(
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let grpc = match listeners.grpc {
         Some(listener) => {
-            let routes = ferrocore_api::grpc::routes(service.clone(), token.clone());
+            let routes = ferrocore_api::pubsub::grpc::add_routes(
+                ferrocore_api::grpc::routes(service.clone(), token.clone()),
+                pubsub.clone(),
+                pubsub_access.clone(),
+            );
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let mut builder = tonic::transport::Server::builder();
             if let Some(identity) = tls {
@@ -180,7 +211,7 @@ pub async fn run(
         }
         None => None,
     };
-    let app = ferrocore_api::rest::router(core.clone(), topic_log.clone(), token, ready.clone());
+    let app = ferrocore_api::rest::router(core.clone(), log_sink, token, ready.clone());
     let http = tokio::spawn(axum::serve(listeners.http, app).with_graceful_shutdown(stopped()).into_future());
     ready.store(true, Ordering::Release);
     tracing::info!(listening = %bound, "ferrocore is serving");
@@ -195,6 +226,7 @@ pub async fn run(
     for task in mqtt_tasks {
         let _ = task.await;
     }
+    pubsub.close().await;
     flusher.abort();
     activity.flush().await;
     topic_log.close().await;

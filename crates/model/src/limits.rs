@@ -63,32 +63,11 @@ pub fn check_metadata(field: &str, metadata: &BTreeMap<String, String>) -> Resul
     Ok(())
 }
 
-/// `projects/{project}/topics/{topic}` with Pub/Sub's topic grammar.
+/// `projects/{project}/topics/{topic}` with Pub/Sub's topic grammar: the one
+/// [`TopicName`](crate::pubsub::TopicName) defines, so that a registry cannot name a topic that
+/// the topic log or the Pub/Sub API would refuse.
 pub fn check_topic_name(field: &str, name: &str) -> Result<(), Invalid> {
-    let bad = || {
-        Invalid::new(
-            field,
-            format!("Invalid topic name '{}': expected 'projects/{{project}}/topics/{{topic}}'.", printable(name)),
-        )
-    };
-    let mut parts = name.split('/');
-    let (Some("projects"), Some(project), Some("topics"), Some(topic), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    if project.is_empty() || project.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(bad());
-    }
-    let mut chars = topic.chars();
-    let topic_ok = (3..=255).contains(&topic.len())
-        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
-        && !topic.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("goog"));
-    if !topic_ok {
-        return Err(bad());
-    }
-    Ok(())
+    crate::pubsub::TopicName::parse(field, name).map(|_| ())
 }
 
 /// A telemetry or command subfolder: at most 256 bytes, without MQTT wildcards or NUL.
@@ -145,14 +124,21 @@ mod tests {
     #[test]
     fn topic_names() {
         assert!(check_topic_name("t", "projects/p/topics/telemetry").is_ok());
+        let longest = format!("projects/p/topics/a{}bc", "~+%".repeat(84));
+        assert!(check_topic_name("t", &longest).is_ok(), "255 characters, any of them '~+%'");
         for bad in [
             "topics/t",
             "projects/p/topics/",
             "projects/p/topics/ab",
             "projects/p/topics/goog-x",
             "projects/p/topics/t/x",
+            "projects/p q/topics/abc",
+            &format!("projects/p/topics/a{}", "b".repeat(255)),
+            &format!("projects/{}/topics/abc", "p".repeat(256)),
         ] {
-            assert!(check_topic_name("t", bad).is_err(), "{bad}");
+            let err = check_topic_name("config.topic", bad).expect_err(bad);
+            assert_eq!(err.field, "config.topic", "{bad}");
+            assert!(err.message.starts_with("Invalid topic name '"), "{bad}: {}", err.message);
         }
     }
 }

@@ -35,7 +35,9 @@ fn is_project(p: &str) -> bool {
 fn split<'a>(name: &'a str, collection: &str) -> Option<(&'a str, &'a str)> {
     let mut parts = name.split('/');
     match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("projects"), Some(p), Some(c), Some(id), None) if c == collection && is_project(p) && is_pubsub_id(id) => {
+        (Some("projects"), Some(p), Some(c), Some(id), None)
+            if c == collection && is_project(p) && is_pubsub_id(id) =>
+        {
             Some((p, id))
         }
         _ => None,

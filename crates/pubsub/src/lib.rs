@@ -36,8 +36,8 @@ use ferrocore_model::Timestamp;
 use ferrocore_model::pubsub::{
     IamPolicy, Subscription, SubscriptionCursor, SubscriptionName, Topic, TopicName, TopicOrigin,
 };
-use ferrocore_store::pubsub::{Page, PubsubStore};
 use ferrocore_store::StoreError;
+use ferrocore_store::pubsub::{Page, PubsubStore};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -164,7 +164,13 @@ impl PubSub {
         service
     }
 
-    /// Ends every stream (UNAVAILABLE), stops the tasks and saves every cursor.
+    /// Ends every StreamingPull stream with UNAVAILABLE and stops the subscriptions' tasks; new
+    /// calls are refused (UNAVAILABLE) from now on.
+    pub fn stop_streams(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Stops as [`PubSub::stop_streams`] does, then saves every cursor.
     pub async fn close(&self) {
         self.inner.shutdown.send_replace(true);
         let flusher = self.inner.flusher.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -210,9 +216,7 @@ impl PubSub {
     /// A page of `project`'s topics, and the token of the next page (empty at the end).
     pub async fn list_topics(&self, project: &str, page_size: i32, page_token: &str) -> Result<(Vec<Topic>, String)> {
         let limit = paging::page_size(i64::from(page_size))?;
-        let after = paging::decode("topics", page_token)?
-            .map(|a| TopicName::parse("page_token", &a))
-            .transpose()?;
+        let after = paging::decode("topics", page_token)?.map(|a| TopicName::parse("page_token", &a)).transpose()?;
         let topics = self
             .inner
             .store
@@ -439,7 +443,12 @@ impl PubSub {
     }
 
     /// Up to `max_messages` messages, waiting a while for the first unless `return_immediately`.
-    pub async fn pull(&self, name: &SubscriptionName, max_messages: i32, return_immediately: bool) -> Result<Vec<Delivery>> {
+    pub async fn pull(
+        &self,
+        name: &SubscriptionName,
+        max_messages: i32,
+        return_immediately: bool,
+    ) -> Result<Vec<Delivery>> {
         if max_messages <= 0 {
             return Err(Error::invalid("max_messages", "max_messages must be a positive number."));
         }
@@ -603,7 +612,9 @@ impl PubSub {
         if !(MIN_ACK_DEADLINE..=MAX_ACK_DEADLINE).contains(&seconds) {
             return Err(Error::invalid(
                 "stream_ack_deadline_seconds",
-                format!("Invalid stream ack deadline {seconds}: it must be between {MIN_ACK_DEADLINE} and {MAX_ACK_DEADLINE} seconds."),
+                format!(
+                    "Invalid stream ack deadline {seconds}: it must be between {MIN_ACK_DEADLINE} and {MAX_ACK_DEADLINE} seconds."
+                ),
             ));
         }
         let sub = self.sub(name).await?;
@@ -645,17 +656,16 @@ impl PubSub {
         self.check_iam_resource(resource).await?;
         for (i, b) in policy.bindings.iter().enumerate() {
             if b.role.is_empty() || !b.role.starts_with("roles/") {
-                return Err(Error::invalid(
-                    format!("policy.bindings[{i}].role"),
-                    "A role must be named 'roles/...'.",
-                ));
+                return Err(Error::invalid(format!("policy.bindings[{i}].role"), "A role must be named 'roles/...'."));
             }
             for m in &b.members {
                 if !valid_member(m) {
                     let shown: String = m.chars().take(100).collect();
                     return Err(Error::invalid(
                         format!("policy.bindings[{i}].members"),
-                        format!("Invalid member '{shown}': expected user:, serviceAccount:, group:, domain:, allUsers or allAuthenticatedUsers."),
+                        format!(
+                            "Invalid member '{shown}': expected user:, serviceAccount:, group:, domain:, allUsers or allAuthenticatedUsers."
+                        ),
                     ));
                 }
             }
@@ -721,7 +731,9 @@ fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(
             let shown: String = k.chars().take(63).collect();
             return Err(Error::invalid(
                 "labels",
-                format!("Invalid label '{shown}': keys start with a lowercase letter; keys and values have at most 63 lowercase letters, digits, '_' or '-'."),
+                format!(
+                    "Invalid label '{shown}': keys start with a lowercase letter; keys and values have at most 63 lowercase letters, digits, '_' or '-'."
+                ),
             ));
         }
     }
@@ -806,10 +818,7 @@ fn check_publish(messages: &[OutgoingMessage]) -> Result<()> {
     let mut total = 0usize;
     for (i, m) in messages.iter().enumerate() {
         if m.data.is_empty() && m.attributes.is_empty() {
-            return Err(Error::invalid(
-                format!("messages[{i}]"),
-                "A message needs data or at least one attribute.",
-            ));
+            return Err(Error::invalid(format!("messages[{i}]"), "A message needs data or at least one attribute."));
         }
         if m.attributes.len() > MAX_ATTRIBUTES {
             return Err(Error::invalid(
@@ -918,7 +927,9 @@ impl MessageStream {
         if !(MIN_ACK_DEADLINE..=MAX_ACK_DEADLINE).contains(&seconds) {
             return Err(Error::invalid(
                 "stream_ack_deadline_seconds",
-                format!("Invalid stream ack deadline {seconds}: it must be between {MIN_ACK_DEADLINE} and {MAX_ACK_DEADLINE} seconds."),
+                format!(
+                    "Invalid stream ack deadline {seconds}: it must be between {MIN_ACK_DEADLINE} and {MAX_ACK_DEADLINE} seconds."
+                ),
             ));
         }
         self.lease = Duration::from_secs(seconds as u64);

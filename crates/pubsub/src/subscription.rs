@@ -42,9 +42,15 @@ pub struct Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hold {
     Ready,
-    Leased { deadline: Instant, generation: u32, stream: StreamId },
+    Leased {
+        deadline: Instant,
+        generation: u32,
+        stream: StreamId,
+    },
     /// Back-off after a nack or an expired lease (retry policy).
-    Waiting { until: Instant },
+    Waiting {
+        until: Instant,
+    },
     /// Being moved to the dead-letter topic.
     DeadLettering,
 }
@@ -108,7 +114,11 @@ pub(crate) struct Wake {
 
 impl Wake {
     pub fn or(self, o: Wake) -> Wake {
-        Wake { consumers: self.consumers || o.consumers, timers: self.timers || o.timers, fetcher: self.fetcher || o.fetcher }
+        Wake {
+            consumers: self.consumers || o.consumers,
+            timers: self.timers || o.timers,
+            fetcher: self.fetcher || o.fetcher,
+        }
     }
 }
 
@@ -238,7 +248,8 @@ impl State {
             return taken;
         }
         let head_before = self.timers.first().map(|t| t.0);
-        let dead_letter_after = self.settings.dead_letter_policy.as_ref().map(|p| p.max_delivery_attempts.max(1) as u32);
+        let dead_letter_after =
+            self.settings.dead_letter_policy.as_ref().map(|p| p.max_delivery_attempts.max(1) as u32);
         let deadline = now + lease;
         let mut chosen = Vec::new();
         for (scanned, &offset) in self.ready.iter().enumerate() {
@@ -518,7 +529,12 @@ mod tests {
     fn batch(from: u64, to: u64, attrs: impl Fn(u64) -> Vec<(String, String)>) -> ReadBatch {
         ReadBatch {
             messages: (from..to)
-                .map(|o| StoredMessage { offset: o, time: Timestamp(o as i64), attributes: attrs(o), data: Bytes::from(vec![1; 10]) })
+                .map(|o| StoredMessage {
+                    offset: o,
+                    time: Timestamp(o as i64),
+                    attributes: attrs(o),
+                    data: Bytes::from(vec![1; 10]),
+                })
                 .collect(),
             next_offset: to,
             earliest_offset: 0,
@@ -581,10 +597,7 @@ mod tests {
         let mut sub = settings();
         sub.filter = "attributes.deviceId = \"a\"".into();
         let mut s = State::new(Arc::new(sub), &SubscriptionCursor::default());
-        s.add_fetched(
-            batch(0, 4, |o| vec![("deviceId".into(), if o % 2 == 0 { "a".into() } else { "b".into() })]),
-            0,
-        );
+        s.add_fetched(batch(0, 4, |o| vec![("deviceId".into(), if o % 2 == 0 { "a".into() } else { "b".into() })]), 0);
         let t = s.take(PULL, 10, LEASE, Instant::now(), EPOCH);
         assert_eq!(offsets(&t), vec![0, 2]);
         for d in &t.deliveries {

@@ -6,8 +6,9 @@
 /// Why a topic log operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
-    /// The name is not `projects/{project}/topics/{topic}` with Pub/Sub's topic grammar.
-    #[error("invalid topic name {0:?}: expected 'projects/{{project}}/topics/{{topic}}'")]
+    /// The name is not one `ferrocore_model::pubsub::TopicName` accepts. Holds that type's
+    /// explanation (the name, shortened, and the grammar), which is fit for a client.
+    #[error("{0}")]
     InvalidTopic(String),
     /// One record's payload and attributes together exceed `LogConfig::max_record_bytes`.
     #[error("record of {size} bytes exceeds the limit of {limit} bytes")]

@@ -11,17 +11,22 @@
 //! Map of the crate:
 //! * [`config`]: [`LogConfig`], sizes and retention.
 //! * [`error`]: [`LogError`]; its `Display` is safe to show clients, [`LogError::detail`] is for logs.
-//! * `name`: topic name validation and its safe mapping to directories.
+//! * `name`: topic name validation and its safe, reversible mapping to directories.
 //! * `format`: the on-disk bytes (segment header, record frame, CRC-32C).
 //! * `segment`: one segment file, its sparse index, verifying scans and record reads.
-//! * `topic`: a topic's shared state, the read path and retention.
+//! * `topic`: a topic's shared state, the read path, seeking by time and retention.
 //! * `writer`: the per-topic group-commit writer.
 //! * `recovery`: open-time discovery and torn-tail repair.
 //!
+//! Topic names follow [`ferrocore_model::pubsub::TopicName`], the grammar of every other part of
+//! Ferrocore. Besides reads by offset, [`TopicLog::offset_at_time`] finds where a time starts, for
+//! seeking a subscription.
+//!
 //! On disk: `{dir}/{project}/{topic}/{base_offset:020}.log`, the directory names percent-encoded
-//! (only `[A-Za-z0-9_-]` and `%XX`). Each segment is a 32-byte header followed by CRC-framed
-//! records; the byte layout is documented in `format`. A `LOCK` file in `{dir}` holds an advisory
-//! lock while a log has the directory open.
+//! (only `[A-Za-z0-9_-]` and `%XX`), or, for a project or topic id whose encoding would not fit in
+//! a file name, `+` and its SHA-256 with a `NAME` file holding the id (see `name`). Each segment is
+//! a 32-byte header followed by CRC-framed records; the byte layout is documented in `format`. A
+//! `LOCK` file in `{dir}` holds an advisory lock while a log has the directory open.
 
 pub mod config;
 pub mod error;
@@ -228,7 +233,7 @@ impl TopicLog {
         max_bytes: usize,
         wait: Option<Duration>,
     ) -> Result<ReadResult, LogError> {
-        name::parse(topic)?;
+        self.inner.check_name(topic)?;
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
         }
@@ -291,6 +296,31 @@ impl TopicLog {
             }
             start = result.next_offset;
         }
+    }
+
+    /// The first retained offset of `topic` whose record was published (`timestamp_nanos`) at or
+    /// after `time_nanos`; the topic's next offset when there is none, its earliest retained
+    /// offset when `time_nanos` is older than everything kept, and 0 for a topic that does not
+    /// exist yet.
+    ///
+    /// Publishers' clocks make timestamps only roughly ordered, so the answer is found in one
+    /// segment, chosen by its first record's timestamp: the first record in offset order at or
+    /// after the time within that segment. Reads one record per step of a binary search over the
+    /// segments and then scans the chosen segment, never the whole topic.
+    pub async fn offset_at_time(&self, topic: &str, time_nanos: i64) -> Result<u64, LogError> {
+        self.inner.check_name(topic)?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        let Some(topic) = self.inner.topic(topic) else { return Ok(0) };
+        tokio::task::spawn_blocking(move || topic.offset_at_time_blocking(time_nanos))
+            .await
+            .map_err(|e| LogError::Io(format!("seek task failed: {e}")))?
+    }
+
+    /// The extent of one topic, `None` if the log does not know it.
+    pub fn topic_info(&self, topic: &str) -> Option<TopicInfo> {
+        self.inner.topic(topic).map(|t| t.info())
     }
 
     /// Every known topic with its extent, sorted by name.
@@ -375,9 +405,16 @@ impl Inner {
         self.topics.read().unwrap_or_else(PoisonError::into_inner).get(name).map(|e| e.topic.clone())
     }
 
-    /// The queue of `name`'s writer, creating the topic (in memory; its files come with the first
-    /// batch) if it is new.
-    /// The writer of a topic. Known topics are found by name alone; the name is parsed (and the
+    /// Validates a name the log does not know yet; known ones were validated when they came.
+    fn check_name(&self, name: &str) -> Result<(), LogError> {
+        if !self.topics.read().unwrap_or_else(PoisonError::into_inner).contains_key(name) {
+            name::parse(name)?;
+        }
+        Ok(())
+    }
+
+    /// The writer of a topic, creating the topic (in memory; its files come with the first batch)
+    /// if it is new. Known topics are found by name alone; the name is parsed (and the
     /// topic created) only on first use, not for every append.
     fn topic_sender(&self, topic_name: &str) -> Result<mpsc::UnboundedSender<AppendRequest>, LogError> {
         if let Some(entry) = self.topics.read().unwrap_or_else(PoisonError::into_inner).get(topic_name) {
@@ -405,6 +442,7 @@ impl Inner {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = WriterState::new(
             self.config.dir.clone(),
+            topic.name.clone(),
             topic.dir.clone(),
             active,
             next_offset,

@@ -1,56 +1,163 @@
 //! Topic names and the directories that hold them.
 //!
-//! A topic `projects/{project}/topics/{topic}` lives in `{dir}/{project}/{topic}/`, each component
-//! percent-encoded so that only `[A-Za-z0-9_-]` and `%XX` reach the file system. That rules out
-//! `.`, `..`, separators and hidden files, so no name can escape the log directory. The encoding is
-//! canonical (one spelling per name), which is checked when directories are read back at open.
+//! The log accepts exactly the names [`ferrocore_model::pubsub::TopicName`] accepts, so a topic
+//! that a registry or the Pub/Sub API may name can always be stored.
+//!
+//! A topic `projects/{project}/topics/{topic}` lives in `{dir}/{project}/{topic}/`, one directory
+//! per component:
+//! * Usually the component percent-encoded, so that only `[A-Za-z0-9_-]` and `%XX` reach the file
+//!   system. That rules out `.`, `..`, separators and hidden files.
+//! * When that encoding would be longer than a file name may be (255 bytes: a 255-character topic
+//!   id full of `~+%` encodes to 763), `+` and the SHA-256 of the component in hex, with a `NAME`
+//!   file inside holding the component itself. Percent-encoding never produces a `+`, so the two
+//!   forms cannot collide, and names that fit keep the directories they always had.
+//!
+//! Either way no name can escape the log directory, and each component has exactly one
+//! directory name. Both are checked when directories are read back at open: a percent-encoded
+//! name must be canonical, a hashed one must match the hash of its `NAME` and be too long for
+//! the other form.
 
 use crate::LogError;
+use ferrocore_model::pubsub::TopicName;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Longest file name most file systems accept; an encoded component must fit.
 const MAX_COMPONENT_BYTES: usize = 255;
 
-/// The two parts of a valid topic name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TopicName<'a> {
-    pub project: &'a str,
-    pub topic: &'a str,
-}
+/// Starts every hashed directory name; never produced by percent-encoding.
+const HASHED_PREFIX: char = '+';
 
-/// Checks `name` against the grammar the rest of Ferrocore uses (see `ferrocore_model::limits`):
-/// any project id without whitespace or control characters, and Pub/Sub's topic id rules.
-pub(crate) fn parse(name: &str) -> Result<TopicName<'_>, LogError> {
-    let invalid = || LogError::InvalidTopic(name.chars().take(300).collect());
-    let mut parts = name.split('/');
-    let (Some("projects"), Some(project), Some("topics"), Some(topic), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid());
-    };
-    let project_ok = !project.is_empty()
-        && !project.chars().any(|c| c.is_control() || c.is_whitespace())
-        && encoded_len(project) <= MAX_COMPONENT_BYTES;
-    let mut chars = topic.chars();
-    let topic_ok = (3..=255).contains(&topic.len())
-        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c))
-        && !topic.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("goog"))
-        && encoded_len(topic) <= MAX_COMPONENT_BYTES;
-    if project_ok && topic_ok { Ok(TopicName { project, topic }) } else { Err(invalid()) }
+/// In a hashed directory: the component it stands for, as UTF-8 without a line end.
+pub(crate) const LABEL_FILE: &str = "NAME";
+
+/// Where `LABEL_FILE` is written before it is renamed into place.
+const LABEL_TEMP_FILE: &str = "NAME.tmp";
+
+/// Checks `name` against Ferrocore's one topic grammar. The error carries the model's message,
+/// which is safe to show a client.
+pub(crate) fn parse(name: &str) -> Result<TopicName, LogError> {
+    TopicName::parse("topic", name).map_err(|e| LogError::InvalidTopic(e.message))
 }
 
 /// Where a validated topic keeps its segments.
-pub(crate) fn topic_dir(root: &Path, name: &TopicName<'_>) -> PathBuf {
-    root.join(encode(name.project)).join(encode(name.topic))
+pub(crate) fn topic_dir(root: &Path, name: &TopicName) -> PathBuf {
+    root.join(dir_name(name.project())).join(dir_name(name.id()))
 }
 
-/// The topic name stored in `{root}/{project_dir}/{topic_dir}`, if those directory names are the
-/// canonical encoding of a valid topic; anything else in the log directory is not ours.
-pub(crate) fn from_dirs(project_dir: &str, topic_dir: &str) -> Option<String> {
-    let name = format!("projects/{}/topics/{}", decode(project_dir)?, decode(topic_dir)?);
-    parse(&name).ok()?;
-    Some(name)
+/// Creates the directories of `name` under `root` (which exists), with the `NAME` file of each
+/// hashed one, and makes every new name durable before returning, so that no segment can
+/// outlive a crash while its directory, or the record of whose directory it is, does not.
+/// Returns the topic's directory.
+pub(crate) fn create_topic_dir(root: &Path, name: &str, syncs: &AtomicU64) -> io::Result<PathBuf> {
+    let name = parse(name).map_err(|e| io::Error::other(e.to_string()))?;
+    let mut dir = root.to_path_buf();
+    for component in [name.project(), name.id()] {
+        let parent = dir;
+        dir = parent.join(dir_name(component));
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+        // Also when it existed: an earlier attempt may have failed between the two steps.
+        crate::writer::sync_dir(&parent)?;
+        syncs.fetch_add(1, Ordering::Relaxed);
+        if needs_hash(component) {
+            write_label(&dir, component, syncs)?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Makes sure the hashed directory `dir` says it holds `component`.
+fn write_label(dir: &Path, component: &str, syncs: &AtomicU64) -> io::Result<()> {
+    match read_label(dir) {
+        Ok(Some(existing)) if existing == component => return Ok(()),
+        Ok(Some(_)) | Err(_) => {
+            // Two components with one SHA-256, or a damaged label: neither may be mixed up.
+            return Err(io::Error::other(format!("{} is labelled for another name", dir.display())));
+        }
+        Ok(None) => {}
+    }
+    // A directory without a label was skipped at open; adopting one that already holds files
+    // could overwrite data of a topic this log never listed.
+    for entry in fs::read_dir(dir)? {
+        if entry?.file_name() != LABEL_TEMP_FILE {
+            return Err(io::Error::other(format!("{} holds files but no {LABEL_FILE}", dir.display())));
+        }
+    }
+    let temp = dir.join(LABEL_TEMP_FILE);
+    let mut file = File::create(&temp)?;
+    file.write_all(component.as_bytes())?;
+    file.sync_all()?;
+    // The rename makes the label appear whole or not at all.
+    fs::rename(&temp, dir.join(LABEL_FILE))?;
+    crate::writer::sync_dir(dir)?;
+    syncs.fetch_add(2, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The label of a hashed directory: `None` when it has none, an error when it cannot be read or
+/// is not a plausible component (too long, not UTF-8).
+fn read_label(dir: &Path) -> io::Result<Option<String>> {
+    let file = match File::open(dir.join(LABEL_FILE)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::with_capacity(MAX_COMPONENT_BYTES);
+    // One byte more than a component may have, to tell "too long" from "exactly the limit".
+    file.take(MAX_COMPONENT_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_COMPONENT_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "label longer than any component"));
+    }
+    String::from_utf8(bytes).map(Some).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "label is not UTF-8"))
+}
+
+/// The component (project or topic id) stored in the directory `dir`, if its name is the one
+/// [`dir_name`] gives that component; `None` for anything else, which is not ours. Fails only when
+/// the label of a hashed directory cannot be read, so that open does not silently lose a topic.
+pub(crate) fn component_from_dir(dir: &Path) -> io::Result<Option<String>> {
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else { return Ok(None) };
+    if !name.starts_with(HASHED_PREFIX) {
+        return Ok(decode(name));
+    }
+    let component = match read_label(dir) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // The hashed form is canonical only for components the short form cannot hold.
+    Ok((needs_hash(&component) && dir_name(&component) == name).then_some(component))
+}
+
+/// The full topic name of a project and topic directory's components, if it is a valid one.
+pub(crate) fn join(project: &str, topic: &str) -> Option<String> {
+    let name = format!("projects/{project}/topics/{topic}");
+    parse(&name).is_ok().then_some(name)
+}
+
+/// The one directory name of a project or topic id.
+fn dir_name(component: &str) -> String {
+    if !needs_hash(component) {
+        return encode(component);
+    }
+    use std::fmt::Write;
+    let mut out = String::with_capacity(65);
+    out.push(HASHED_PREFIX);
+    for b in Sha256::digest(component.as_bytes()) {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn needs_hash(component: &str) -> bool {
+    encoded_len(component) > MAX_COMPONENT_BYTES
 }
 
 fn is_plain(b: u8) -> bool {
@@ -98,26 +205,58 @@ fn decode(s: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Creates the directories of `name` and reads them back as open does.
+    fn round_trip(root: &Path, name: &str) -> (PathBuf, Option<String>) {
+        let dir = create_topic_dir(root, name, &AtomicU64::new(0)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(dir, topic_dir(root, &parse(name).expect("valid")));
+        let project = component_from_dir(dir.parent().expect("project dir")).expect("readable");
+        let topic = component_from_dir(&dir).expect("readable");
+        let back = project.zip(topic).and_then(|(p, t)| join(&p, &t));
+        (dir, back)
+    }
+
     #[test]
-    fn accepts_valid_names() {
+    fn accepts_what_the_model_accepts_and_maps_it_back() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let long_id = format!("a{}", "~+%".repeat(84) + "bc");
+        assert_eq!(long_id.len(), 255);
         for name in [
             "projects/p/topics/telemetry",
             "projects/my-project-123/topics/a.b~c+d%e_f-g",
             "projects/example.com:proj/topics/Abc",
             "projects/ü/topics/xyz",
+            &format!("projects/p/topics/{long_id}"),
+            &format!("projects/{}/topics/abc", ".".repeat(90)),
+            &format!("projects/{}/topics/{long_id}", "ü".repeat(127)),
         ] {
-            let parsed = parse(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let dir = topic_dir(Path::new("/log"), &parsed);
-            let mut comps = dir.strip_prefix("/log").expect("under root").components();
-            let project_dir = comps.next().expect("project").as_os_str().to_str().expect("utf8");
-            let topic_dir = comps.next().expect("topic").as_os_str().to_str().expect("utf8");
-            assert!(comps.next().is_none());
-            assert_eq!(from_dirs(project_dir, topic_dir).as_deref(), Some(name));
+            let (dir, back) = round_trip(root.path(), name);
+            assert_eq!(back.as_deref(), Some(name));
+            for part in dir.strip_prefix(root.path()).expect("under root").components() {
+                let part = part.as_os_str().to_str().expect("utf8");
+                assert!(part.len() <= MAX_COMPONENT_BYTES, "{part}");
+                assert!(!part.starts_with('.'), "{part}");
+            }
+            // Creating again (a topic reopened without segments) finds everything in place.
+            assert_eq!(round_trip(root.path(), name).1.as_deref(), Some(name));
         }
     }
 
     #[test]
-    fn rejects_invalid_names() {
+    fn short_names_keep_their_percent_encoded_directories() {
+        let name = parse("projects/other.org:p/topics/a.b~c+d%e").expect("valid");
+        assert_eq!(topic_dir(Path::new("/log"), &name), Path::new("/log/other%2Eorg%3Ap/a%2Eb%7Ec%2Bd%25e"));
+        // ".." is a legal project id; it still stays inside the root.
+        let dots = parse("projects/../topics/abc").expect("grammar allows dots");
+        assert_eq!(topic_dir(Path::new("/log"), &dots), Path::new("/log/%2E%2E/abc"));
+        let long = parse(&format!("projects/p/topics/a{}", "~".repeat(85))).expect("valid");
+        let dir = topic_dir(Path::new("/log"), &long);
+        assert_eq!(dir.parent(), Some(Path::new("/log/p")), "the short project keeps its form");
+        let hashed = dir.file_name().and_then(|n| n.to_str()).expect("utf8");
+        assert!(hashed.starts_with('+') && hashed.len() == 65, "{hashed}");
+    }
+
+    #[test]
+    fn rejects_what_the_model_rejects() {
         for name in [
             "",
             "topics/t",
@@ -126,7 +265,6 @@ mod tests {
             "projects/p/topics/goog-x",
             "projects/p/topics/t/x",
             "projects//topics/abc",
-            "projects/../topics/abc",
             "projects/p q/topics/abc",
             "projects/p/topics/../../etc",
             "projects/p/topics/9abc",
@@ -134,19 +272,11 @@ mod tests {
             "projects/p/subscriptions/abc",
             "projects/p\n/topics/abc",
         ] {
-            if name == "projects/../topics/abc" {
-                // ".." is a legal project id in the grammar; it must still stay inside the root.
-                let parsed = parse(name).expect("grammar allows dots");
-                let dir = topic_dir(Path::new("/log"), &parsed);
-                assert_eq!(dir, Path::new("/log/%2E%2E/abc"));
-                continue;
-            }
+            assert_eq!(parse(name).is_ok(), TopicName::parse("t", name).is_ok(), "{name:?}");
             assert!(matches!(parse(name), Err(LogError::InvalidTopic(_))), "{name:?}");
         }
-        let long = format!("projects/p/topics/a{}", "b".repeat(255));
-        assert!(parse(&long).is_err());
-        let long_project = format!("projects/{}/topics/abc", ".".repeat(90));
-        assert!(parse(&long_project).is_err(), "encoded project longer than a file name");
+        assert!(parse(&format!("projects/p/topics/a{}", "b".repeat(255))).is_err());
+        assert!(parse(&format!("projects/{}/topics/abc", "p".repeat(256))).is_err());
     }
 
     #[test]
@@ -159,6 +289,50 @@ mod tests {
         assert_eq!(decode("%"), None);
         assert_eq!(decode("%ZZ"), None);
         assert_eq!(decode("%FF"), None, "not UTF-8");
-        assert_eq!(from_dirs("p", "ab"), None, "topic id too short");
+        assert_eq!(join("p", "ab"), None, "topic id too short");
+    }
+
+    #[test]
+    fn hashed_directories_are_checked_when_read_back() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let long = "~".repeat(90);
+        let short = "abc";
+        let dir = root.path().join(dir_name(&long));
+        fs::create_dir(&dir).expect("mkdir");
+        assert_eq!(component_from_dir(&dir).expect("readable"), None, "no label: not ours");
+        fs::write(dir.join(LABEL_FILE), &long).expect("label");
+        assert_eq!(component_from_dir(&dir).expect("readable"), Some(long.clone()));
+        fs::write(dir.join(LABEL_FILE), format!("{long}x")).expect("label");
+        assert_eq!(component_from_dir(&dir).expect("readable"), None, "label and hash disagree");
+        fs::write(dir.join(LABEL_FILE), vec![b'~'; 300]).expect("label");
+        assert_eq!(component_from_dir(&dir).expect("readable"), None, "label too long");
+
+        // A short component has one spelling, the percent-encoded one.
+        let mut hashed_short = String::from("+");
+        for b in Sha256::digest(short.as_bytes()) {
+            hashed_short.push_str(&format!("{b:02x}"));
+        }
+        let dir = root.path().join(hashed_short);
+        fs::create_dir(&dir).expect("mkdir");
+        fs::write(dir.join(LABEL_FILE), short).expect("label");
+        assert_eq!(component_from_dir(&dir).expect("readable"), None);
+    }
+
+    #[test]
+    fn a_hashed_directory_is_never_shared_or_adopted() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let syncs = AtomicU64::new(0);
+        let name = format!("projects/p/topics/a{}", "%".repeat(90));
+        let dir = topic_dir(root.path(), &parse(&name).expect("valid"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join(LABEL_FILE), "another").expect("label");
+        assert!(create_topic_dir(root.path(), &name, &syncs).is_err(), "labelled for another name");
+        fs::remove_file(dir.join(LABEL_FILE)).expect("rm");
+        fs::write(dir.join("00000000000000000000.log"), b"data").expect("segment");
+        assert!(create_topic_dir(root.path(), &name, &syncs).is_err(), "unlabelled but not empty");
+        fs::remove_file(dir.join("00000000000000000000.log")).expect("rm");
+        fs::write(dir.join(LABEL_TEMP_FILE), b"half").expect("leftover");
+        create_topic_dir(root.path(), &name, &syncs).expect("an interrupted label is redone");
+        assert_eq!(fs::read_to_string(dir.join(LABEL_FILE)).expect("label"), name.rsplit('/').next().expect("id"));
     }
 }

@@ -60,18 +60,26 @@ pub(crate) fn load_all(config: &LogConfig, syncs: &AtomicU64) -> Result<(File, V
 
 fn load_topics(root: &Path, syncs: &AtomicU64) -> Result<Vec<LoadedTopic>, LogError> {
     let mut topics = Vec::new();
-    for project in read_dir_sorted(root)? {
-        let Some(project_name) = dir_name(&project) else { continue };
-        for topic_dir in read_dir_sorted(&project)? {
-            let Some(topic_name) = dir_name(&topic_dir) else { continue };
-            let Some(name) = name::from_dirs(project_name, topic_name) else {
-                tracing::warn!(path = %topic_dir.display(), "ignoring a directory that is not a topic");
+    let not_ours = |path: &Path| tracing::warn!(path = %path.display(), "ignoring a directory that is not a topic");
+    for project_dir in read_dir_sorted(root)? {
+        let Some(project) = component(&project_dir)? else {
+            not_ours(&project_dir);
+            continue;
+        };
+        for topic_dir in read_dir_sorted(&project_dir)? {
+            let Some(name) = component(&topic_dir)?.and_then(|topic| name::join(&project, &topic)) else {
+                not_ours(&topic_dir);
                 continue;
             };
-            topics.push(load_topic(name, topic_dir.clone(), syncs)?);
+            topics.push(load_topic(name, topic_dir, syncs)?);
         }
     }
     Ok(topics)
+}
+
+/// The project or topic id a directory stands for (see `name`).
+fn component(dir: &Path) -> Result<Option<String>, LogError> {
+    name::component_from_dir(dir).map_err(|e| LogError::io(format!("reading the name of {}", dir.display()), e))
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LogError> {
@@ -85,10 +93,6 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LogError> {
     }
     out.sort();
     Ok(out)
-}
-
-fn dir_name(path: &Path) -> Option<&str> {
-    path.file_name()?.to_str()
 }
 
 fn load_topic(name: String, dir: PathBuf, syncs: &AtomicU64) -> Result<LoadedTopic, LogError> {
@@ -120,7 +124,15 @@ fn load_topic(name: String, dir: PathBuf, syncs: &AtomicU64) -> Result<LoadedTop
             // Records carry their own CRC and offset; reads check them one by one.
             Err(HeaderError::Invalid) => tracing::error!(path = %path.display(), "damaged header in a sealed segment"),
         }
-        segments.push_back(Segment { base, path, size, max_ts: None, scanned: false, index: SparseIndex::default() });
+        segments.push_back(Segment {
+            base,
+            path,
+            size,
+            max_ts: None,
+            first_ts: None,
+            scanned: false,
+            index: SparseIndex::default(),
+        });
     }
     let (segment, active, next_offset) = recover_last(last_base, last_path, syncs)?;
     segments.push_back(segment);
@@ -174,6 +186,7 @@ fn recover_last(base: u64, path: PathBuf, syncs: &AtomicU64) -> Result<(Segment,
         path: path.clone(),
         size: scan.valid_len,
         max_ts: scan.max_ts,
+        first_ts: scan.first_ts,
         scanned: true,
         index: scan.index,
     };

@@ -41,6 +41,10 @@ pub(crate) struct Segment {
     pub size: u64,
     /// Newest record timestamp, once known (`None` for an empty or not yet scanned segment).
     pub max_ts: Option<i64>,
+    /// Timestamp of the first record, once known: what seeking by time searches segments by.
+    /// The writer knows it for the segments it creates; for segments found at open it is read on
+    /// first use, and stays `None` while the segment is empty or its first record is damaged.
+    pub first_ts: Option<i64>,
     /// Whether `index` and `max_ts` are complete. Sealed segments found at open are scanned lazily,
     /// on their first read or retention check, so that open does not read the whole log.
     pub scanned: bool,
@@ -89,6 +93,7 @@ pub(crate) struct ScanResult {
     pub valid_len: u64,
     pub index: SparseIndex,
     pub max_ts: Option<i64>,
+    pub first_ts: Option<i64>,
     pub records: u64,
 }
 
@@ -98,8 +103,14 @@ pub(crate) struct ScanResult {
 pub(crate) fn scan(file: &File, base: u64, file_len: u64) -> io::Result<ScanResult> {
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
     reader.seek(SeekFrom::Start(HEADER_LEN))?;
-    let mut result =
-        ScanResult { end: base, valid_len: HEADER_LEN, index: SparseIndex::default(), max_ts: None, records: 0 };
+    let mut result = ScanResult {
+        end: base,
+        valid_len: HEADER_LEN,
+        index: SparseIndex::default(),
+        max_ts: None,
+        first_ts: None,
+        records: 0,
+    };
     let mut body = Vec::new();
     while result.valid_len + FRAME_PREFIX_LEN as u64 <= file_len {
         let mut prefix = [0u8; FRAME_PREFIX_LEN];
@@ -121,11 +132,76 @@ pub(crate) fn scan(file: &File, base: u64, file_len: u64) -> io::Result<ScanResu
         }
         result.index.observe(offset, result.valid_len);
         result.max_ts = Some(result.max_ts.map_or(ts, |m| m.max(ts)));
+        result.first_ts.get_or_insert(ts);
         result.end += 1;
         result.records += 1;
         result.valid_len += prefix.frame_len();
     }
     Ok(result)
+}
+
+/// Record frames of one segment in file order, each checked by CRC and by its offset following
+/// the one before, yielding offset and timestamp. Ends at `end_pos` or at the first frame that
+/// fails, as reads do.
+struct Frames {
+    reader: BufReader<File>,
+    pos: u64,
+    end_pos: u64,
+    next: u64,
+    body: Vec<u8>,
+}
+
+impl Frames {
+    fn open(path: &Path, base: u64, end_pos: u64) -> io::Result<Frames> {
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, File::open(path)?);
+        reader.seek(SeekFrom::Start(HEADER_LEN))?;
+        Ok(Frames { reader, pos: HEADER_LEN, end_pos, next: base, body: Vec::new() })
+    }
+
+    /// The next good record's offset and timestamp; `None` at the end or at damage.
+    fn next_record(&mut self) -> io::Result<Option<(u64, i64)>> {
+        if self.pos + FRAME_PREFIX_LEN as u64 > self.end_pos {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; FRAME_PREFIX_LEN];
+        self.reader.read_exact(&mut prefix)?;
+        let prefix = FramePrefix::parse(&prefix);
+        if self.pos + prefix.frame_len() > self.end_pos {
+            return Ok(None);
+        }
+        self.body.resize(prefix.body_len as usize, 0);
+        self.reader.read_exact(&mut self.body)?;
+        if !prefix.matches(&self.body) {
+            return Ok(None);
+        }
+        match format::body_offset_and_time(&self.body) {
+            Some((offset, ts)) if offset == self.next => {
+                self.pos += prefix.frame_len();
+                self.next += 1;
+                Ok(Some((offset, ts)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The timestamp of the first record of the segment at `path` (base offset `base`, `end_pos`
+/// bytes long); `None` if it has no intact first record.
+pub(crate) fn first_timestamp(path: &Path, base: u64, end_pos: u64) -> io::Result<Option<i64>> {
+    Ok(Frames::open(path, base, end_pos)?.next_record()?.map(|(_, ts)| ts))
+}
+
+/// The offset of the first record, in offset order, whose timestamp is at least `time`; `None` if
+/// no intact record up to `end_pos` has one. Reads the segment from its start: timestamps are
+/// only roughly ordered, so no index can say where such a record begins.
+pub(crate) fn first_at_or_after(path: &Path, base: u64, end_pos: u64, time: i64) -> io::Result<Option<u64>> {
+    let mut frames = Frames::open(path, base, end_pos)?;
+    while let Some((offset, ts)) = frames.next_record()? {
+        if ts >= time {
+            return Ok(Some(offset));
+        }
+    }
+    Ok(None)
 }
 
 /// Why [`read_records`] returned.
@@ -223,7 +299,8 @@ mod tests {
         assert!(idx.observe(0, HEADER_LEN).is_some());
         assert!(idx.observe(1, HEADER_LEN + 100).is_none());
         assert!(idx.observe(2, HEADER_LEN + INDEX_INTERVAL_BYTES).is_some());
-        let seg = Segment { base: 0, path: PathBuf::new(), size: 0, max_ts: None, scanned: true, index: idx };
+        let seg =
+            Segment { base: 0, path: PathBuf::new(), size: 0, max_ts: None, first_ts: None, scanned: true, index: idx };
         assert_eq!(seg.position_for(0), HEADER_LEN);
         assert_eq!(seg.position_for(1), HEADER_LEN);
         assert_eq!(seg.position_for(5), HEADER_LEN + INDEX_INTERVAL_BYTES);

@@ -6,6 +6,7 @@
 //! section after its fsync. The `committed` watch carries the next offset so that long-polling
 //! readers wake exactly when a batch becomes durable.
 
+use crate::format::HEADER_LEN;
 use crate::segment::{self, ReadCursor, ReadStop, Segment};
 use crate::writer::Commit;
 use crate::{LogError, ReadResult, TopicInfo};
@@ -51,6 +52,26 @@ impl TopicState {
         let i = self.segments.partition_point(|s| s.base < base);
         self.segments.get_mut(i).filter(|s| s.base == base)
     }
+}
+
+/// A segment as seeking by time sees it, copied out of the lock.
+struct Probe {
+    base: u64,
+    path: PathBuf,
+    /// Committed bytes when the search started; records appended later are not looked at.
+    size: u64,
+    first_ts: Option<i64>,
+    /// The newest timestamp, when the segment has been scanned.
+    max_ts: Option<i64>,
+}
+
+/// The first timestamp of a probed segment.
+enum FirstTs {
+    Known(i64),
+    /// Retention deleted the segment after the search copied the list.
+    Gone,
+    /// No intact first record (damage, or the file vanished by other hands).
+    Unreadable,
 }
 
 /// What one pass of the read loop does next, decided under the lock and done outside it.
@@ -99,6 +120,7 @@ impl Topic {
                         seg.size = delta.size;
                         seg.index.entries.extend_from_slice(&delta.index);
                         seg.max_ts = max_opt(seg.max_ts, delta.max_ts);
+                        seg.first_ts = seg.first_ts.or(delta.first_ts);
                         grown
                     }
                     None => {
@@ -107,6 +129,7 @@ impl Topic {
                             path: delta.path.clone(),
                             size: delta.size,
                             max_ts: delta.max_ts,
+                            first_ts: delta.first_ts,
                             scanned: true,
                             index: segment::SparseIndex { entries: delta.index.clone() },
                         });
@@ -223,6 +246,104 @@ impl Topic {
         Ok(ReadResult { records: cursor.records, next_offset: cursor.next, earliest_offset: earliest })
     }
 
+    /// The first offset whose record was published at or after `time`; the next offset when no
+    /// retained record was.
+    ///
+    /// Timestamps are the publishers' clocks at append time: they rise with offsets, but may step
+    /// back a little. So the segment is chosen by binary search over the timestamps of the
+    /// segments' first records (read from disk once per segment found at open, then kept), and
+    /// the answer is the first record of that segment, in offset order, at or after `time`, or
+    /// the start of the next segment when it holds none. With ordered timestamps that is the
+    /// first record at or after `time` in the whole topic; with a clock step back across a
+    /// segment boundary an earlier segment may still hold a later record, which this does not
+    /// look for. Pub/Sub's seek to a time needs exactly this: one position in the log, before
+    /// which everything counts as published before the time. Costs `log2(segments)` first-record
+    /// reads and one scan of a single segment.
+    pub(crate) fn offset_at_time_blocking(&self, time: i64) -> Result<u64, LogError> {
+        loop {
+            let (probes, next_offset) = {
+                let st = self.lock();
+                let probes: Vec<Probe> = st
+                    .segments
+                    .iter()
+                    .filter(|s| s.size > HEADER_LEN)
+                    .map(|s| Probe {
+                        base: s.base,
+                        path: s.path.clone(),
+                        size: s.size,
+                        first_ts: s.first_ts,
+                        max_ts: s.max_ts.filter(|_| s.scanned),
+                    })
+                    .collect();
+                (probes, st.next_offset)
+            };
+            if let Some(offset) = self.search_time(&probes, next_offset, time)? {
+                return Ok(offset);
+            }
+            // A segment went under retention meanwhile: search the list as it is now.
+        }
+    }
+
+    /// One search over a copy of the segment list; `None` when it is out of date.
+    fn search_time(&self, probes: &[Probe], next_offset: u64, time: i64) -> Result<Option<u64>, LogError> {
+        let Some(first) = probes.first() else { return Ok(Some(next_offset)) };
+        let earliest = first.base;
+        // The first segment whose first record is at or after `time`.
+        let (mut lo, mut hi) = (0, probes.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let first_ts = match self.first_ts(&probes[mid])? {
+                FirstTs::Known(ts) => ts,
+                FirstTs::Gone => return Ok(None),
+                // Nothing to find at its start: treat it as older than any time, so that the
+                // answer lands after it, as reads skip past it too.
+                FirstTs::Unreadable => i64::MIN,
+            };
+            if first_ts < time {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == 0 {
+            return Ok(Some(earliest));
+        }
+        let after = probes.get(lo).map_or(next_offset, |p| p.base);
+        let p = &probes[lo - 1];
+        if p.max_ts.is_some_and(|max| max < time) {
+            return Ok(Some(after));
+        }
+        match segment::first_at_or_after(&p.path, p.base, p.size, time) {
+            Ok(found) => Ok(Some(found.unwrap_or(after))),
+            Err(err) if err.kind() == io::ErrorKind::NotFound && !self.has_segment(p.base) => Ok(None),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Some(after)),
+            Err(err) => Err(LogError::io(format!("searching {}", p.path.display()), err)),
+        }
+    }
+
+    /// The first timestamp of a probed segment, read from its file (and kept) when not known yet.
+    fn first_ts(&self, p: &Probe) -> Result<FirstTs, LogError> {
+        if let Some(ts) = p.first_ts {
+            return Ok(FirstTs::Known(ts));
+        }
+        match segment::first_timestamp(&p.path, p.base, p.size) {
+            Ok(Some(ts)) => {
+                if let Some(seg) = self.lock().by_base(p.base) {
+                    seg.first_ts = Some(ts);
+                }
+                Ok(FirstTs::Known(ts))
+            }
+            Ok(None) => {
+                tracing::error!(topic = %self.name, path = %p.path.display(), "segment has no intact first record; seeking past it");
+                Ok(FirstTs::Unreadable)
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                Ok(if self.has_segment(p.base) { FirstTs::Unreadable } else { FirstTs::Gone })
+            }
+            Err(err) => Err(LogError::io(format!("reading the first record of {}", p.path.display()), err)),
+        }
+    }
+
     fn has_segment(&self, base: u64) -> bool {
         self.lock().by_base(base).is_some()
     }
@@ -263,6 +384,7 @@ impl Topic {
             seg.size = result.valid_len;
             seg.index = result.index;
             seg.max_ts = result.max_ts;
+            seg.first_ts = seg.first_ts.or(result.first_ts);
             seg.scanned = true;
             st.bytes = st.bytes - old + result.valid_len;
         }

@@ -67,6 +67,8 @@ pub(crate) struct ActiveSegment {
 /// Everything the writer owns; moved into the blocking pool for each batch and back.
 pub(crate) struct WriterState {
     pub root: PathBuf,
+    /// The topic's name, which says how to create its directories.
+    pub name: String,
     pub dir: PathBuf,
     pub active: Option<ActiveSegment>,
     pub next_offset: u64,
@@ -96,6 +98,8 @@ pub(crate) struct SegmentDelta {
     pub size: u64,
     pub index: Vec<(u64, u64)>,
     pub max_ts: Option<i64>,
+    /// Set when the batch wrote the segment's first record.
+    pub first_ts: Option<i64>,
 }
 
 /// What to restore if a batch fails.
@@ -107,6 +111,7 @@ struct Checkpoint {
 impl WriterState {
     pub(crate) fn new(
         root: PathBuf,
+        name: String,
         dir: PathBuf,
         active: Option<ActiveSegment>,
         next_offset: u64,
@@ -116,6 +121,7 @@ impl WriterState {
     ) -> WriterState {
         WriterState {
             root,
+            name,
             dir,
             active,
             next_offset,
@@ -186,6 +192,9 @@ impl WriterState {
                     d.index.push((self.next_offset, pos));
                 }
                 d.max_ts = Some(d.max_ts.map_or(rec.timestamp_nanos, |m| m.max(rec.timestamp_nanos)));
+                if pos == HEADER_LEN {
+                    d.first_ts = Some(rec.timestamp_nanos);
+                }
                 format::encode_frame(&mut self.buf, self.next_offset, rec);
                 self.next_offset += 1;
             }
@@ -220,7 +229,8 @@ impl WriterState {
     /// batch's write and fsync; only the new directory entry needs its own fsync.
     fn roll(&mut self, now_nanos: i64) -> io::Result<()> {
         if self.active.is_none() {
-            create_topic_dir(&self.root, &self.dir, &self.syncs)?;
+            let dir = crate::name::create_topic_dir(&self.root, &self.name, &self.syncs)?;
+            debug_assert_eq!(dir, self.dir);
         }
         let base = self.next_offset;
         let path = self.dir.join(segment::file_name(base));
@@ -260,26 +270,7 @@ impl WriterState {
 }
 
 fn delta(a: &ActiveSegment) -> SegmentDelta {
-    SegmentDelta { base: a.base, path: a.path.clone(), size: a.size, index: Vec::new(), max_ts: None }
-}
-
-/// Creates `{root}/{project}/{topic}` and makes the new names durable, so that the first
-/// segment cannot outlive a crash while its directory does not.
-fn create_topic_dir(root: &Path, dir: &Path, syncs: &AtomicU64) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
-    let mut d = dir;
-    while let Some(parent) = d.parent() {
-        sync_dir(parent)?;
-        syncs.fetch_add(1, Ordering::Relaxed);
-        if parent == root {
-            break;
-        }
-        d = parent;
-    }
-    Ok(())
+    SegmentDelta { base: a.base, path: a.path.clone(), size: a.size, index: Vec::new(), max_ts: None, first_ts: None }
 }
 
 /// fsync of a directory: makes created, renamed and removed names in it durable.

@@ -21,6 +21,7 @@ use axum::http::{HeaderValue, Method as HttpMethod, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use error::RestError;
+use ferrocore_core::topics::TopicSource;
 use ferrocore_core::{Code, Error};
 use ferrocore_model::{self as model, DeviceName, RegistryName};
 use ferrocore_proto::{FieldMask, iot};
@@ -37,7 +38,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 struct App {
     core: ferrocore_core::Core,
-    topic_log: ferrocore_topiclog::TopicLog,
+    topics: Arc<dyn TopicSource>,
     service: DeviceManager,
     token: AdminToken,
     ready: Arc<AtomicBool>,
@@ -46,11 +47,11 @@ struct App {
 /// The REST router. `ready` turns `/healthz` to 200 once every listener of the server accepts.
 pub fn router(
     core: ferrocore_core::Core,
-    topic_log: ferrocore_topiclog::TopicLog,
+    topics: Arc<dyn TopicSource>,
     token: AdminToken,
     ready: Arc<AtomicBool>,
 ) -> Router {
-    let app = App { service: DeviceManager::new(core.clone()), core, topic_log, token, ready };
+    let app = App { service: DeviceManager::new(core.clone()), core, topics, token, ready };
     Router::new().route("/healthz", get(healthz)).fallback(dispatch).with_state(app)
 }
 
@@ -242,7 +243,7 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
     };
     if let Some(topics_route) = topics::parse(path).filter(|_| parts.method == HttpMethod::GET) {
         require_admin(app, &parts.headers)?;
-        return topics::serve(&app.topic_log, topics_route, &Query::parse(parts.uri.query())).await;
+        return topics::serve(app.topics.as_ref(), topics_route, &Query::parse(parts.uri.query())).await;
     }
     let override_method = parts.headers.get("x-http-method-override").and_then(|v| v.to_str().ok());
     let method = match (&parts.method, override_method) {

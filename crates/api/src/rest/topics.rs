@@ -1,5 +1,5 @@
-//! Reading telemetry topics from the embedded topic log: Ferrocore's own REST extension, for back
-//! ends that used to pull from Pub/Sub.
+//! Reading telemetry topics through the core's [`TopicSource`] (the embedded topic log):
+//! Ferrocore's own REST extension, for back ends that used to pull from Pub/Sub.
 //!
 //! * `GET /v1/projects/P/topics` lists the topics that hold messages.
 //! * `GET /v1/projects/P/topics/T/messages?offset=N|from=earliest|latest&maxMessages=M&waitSeconds=S`
@@ -11,9 +11,8 @@
 use super::{Query, json_response};
 use axum::response::Response;
 use base64::Engine;
+use ferrocore_core::topics::{ReadError, ReadFrom, TopicSource};
 use ferrocore_core::{Code, Error};
-use ferrocore_model::Timestamp;
-use ferrocore_topiclog::{LogError, ReadFrom, TopicLog};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -67,23 +66,21 @@ struct MessagesJson {
     earliest_offset: String,
 }
 
-fn log_error(e: LogError) -> Error {
+/// The source logged the cause of an outage already; the client only learns to retry.
+fn read_error(e: ReadError) -> Error {
     match e {
-        LogError::InvalidTopic(_) => Error::invalid("topic", e.to_string()),
-        other => {
-            tracing::error!(detail = %other.detail(), "topic log read failed");
-            Error::new(Code::Unavailable, "The topic log is unavailable; retry later.")
-        }
+        ReadError::InvalidTopic(message) => Error::invalid("topic", message),
+        ReadError::Unavailable(_) => Error::new(Code::Unavailable, "The topic log is unavailable; retry later."),
     }
 }
 
-pub(crate) async fn serve(log: &TopicLog, route: TopicsRoute, q: &Query) -> Result<Response, Error> {
+pub(crate) async fn serve(source: &dyn TopicSource, route: TopicsRoute, q: &Query) -> Result<Response, Error> {
     match route {
         TopicsRoute::List { project } => {
             q.check(&[])?;
             let prefix = format!("projects/{project}/topics/");
-            let topics: Vec<TopicJson> = log
-                .topics()
+            let topics: Vec<TopicJson> = source
+                .extents()
                 .into_iter()
                 .filter(|t| t.name.starts_with(&prefix))
                 .map(|t| TopicJson {
@@ -118,17 +115,17 @@ pub(crate) async fn serve(log: &TopicLog, route: TopicsRoute, q: &Query) -> Resu
                 n if n < 0 => return Err(Error::invalid("wait_seconds", "waitSeconds must not be negative.")),
                 n => Some(Duration::from_secs((n as u64).min(MAX_WAIT_SECONDS))),
             };
-            let read = log.read(&topic, from, max, MAX_READ_BYTES, wait).await.map_err(log_error)?;
+            let read = source.read(&topic, from, max, MAX_READ_BYTES, wait).await.map_err(read_error)?;
             let engine = base64::engine::general_purpose::STANDARD;
             Ok(json_response(&MessagesJson {
                 messages: read
-                    .records
+                    .messages
                     .into_iter()
-                    .map(|r| MessageJson {
-                        offset: r.offset.to_string(),
-                        publish_time: Timestamp(r.timestamp_nanos).to_string(),
-                        attributes: r.attributes.into_iter().collect(),
-                        data: engine.encode(&r.payload),
+                    .map(|m| MessageJson {
+                        offset: m.offset.to_string(),
+                        publish_time: m.time.to_string(),
+                        attributes: m.attributes.into_iter().collect(),
+                        data: engine.encode(&m.data),
                     })
                     .collect(),
                 next_offset: read.next_offset.to_string(),

@@ -56,6 +56,7 @@ impl TestServer {
             topic_log: Default::default(),
             mqtt: ferrocore_mqtt::MqttConfig { connect_timeout: Duration::from_secs(2), ..Default::default() },
             core: ferrocore_core::Settings { command_ack_timeout: Duration::from_secs(1) },
+            pubsub_anonymous: false,
         };
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = http.local_addr().unwrap();

@@ -1,0 +1,446 @@
+//! `google.pubsub.v1.Publisher`, `google.pubsub.v1.Subscriber` and `google.iam.v1.IAMPolicy`
+//! over gRPC, served beside DeviceManager on the `--grpc` listener.
+//!
+//! StreamingPull runs two halves per stream: a reader that applies the client's in-stream acks
+//! and deadline changes and answers protocol-1 keep-alives at once, and a sender that waits for
+//! deliverable messages within the stream's flow-control window. A stream the server ends
+//! (shutdown) ends with UNAVAILABLE, which every official client retries.
+
+use super::PubsubAccess;
+use super::convert::{self, subscription_name, topic_name};
+use crate::grpc::status;
+use ferrocore_core::{Code, Error};
+use ferrocore_proto::pubsub::publisher_server::{Publisher, PublisherServer};
+use ferrocore_proto::pubsub::subscriber_server::{Subscriber, SubscriberServer};
+use ferrocore_proto::pubsub::{self as ps, streaming_pull_response as spr};
+use ferrocore_proto::{Empty, iam};
+use ferrocore_pubsub::{PubSub, StreamOptions};
+use std::pin::Pin;
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Largest request accepted: a full 10 MB publish request with its framing.
+pub const MAX_MESSAGE_BYTES: usize = 11 * 1024 * 1024;
+/// Messages per StreamingPull response at most.
+const MAX_BATCH: usize = 1000;
+
+#[derive(Clone)]
+pub struct PubsubGrpc {
+    pubsub: PubSub,
+    access: PubsubAccess,
+}
+
+/// Adds the three services to `routes` (the DeviceManager's, so one listener serves all).
+pub fn add_routes(routes: tonic::service::Routes, pubsub: PubSub, access: PubsubAccess) -> tonic::service::Routes {
+    let svc = PubsubGrpc { pubsub, access };
+    routes
+        .add_service(
+            PublisherServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            SubscriberServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(iam::iam_policy_server::IamPolicyServer::new(svc))
+}
+
+impl PubsubGrpc {
+    fn authorize<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
+        if self.access.allows(req.metadata().get("authorization").map(|v| v.as_bytes())) {
+            Ok(())
+        } else {
+            Err(super::unauthenticated_status())
+        }
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    status(Error::new(Code::Unimplemented, format!("{what} is not supported by this server.")))
+}
+
+type Result<T> = std::result::Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Publisher for PubsubGrpc {
+    async fn create_topic(&self, request: Request<ps::Topic>) -> Result<ps::Topic> {
+        self.authorize(&request)?;
+        let topic = convert::topic_from_wire(request.into_inner()).map_err(status)?;
+        let created = self.pubsub.create_topic(topic).await.map_err(status)?;
+        Ok(Response::new(convert::topic_to_wire(&created)))
+    }
+
+    async fn update_topic(&self, request: Request<ps::UpdateTopicRequest>) -> Result<ps::Topic> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let update = req.topic.ok_or_else(|| status(Error::invalid("topic", "The topic is missing.")))?;
+        let name = topic_name("topic.name", &update.name).map_err(status)?;
+        let current = self.pubsub.get_topic(&name).await.map_err(status)?;
+        let topic = convert::apply_topic_mask(&current, update, req.update_mask).map_err(status)?;
+        let updated = self.pubsub.update_topic(topic).await.map_err(status)?;
+        Ok(Response::new(convert::topic_to_wire(&updated)))
+    }
+
+    async fn publish(&self, request: Request<ps::PublishRequest>) -> Result<ps::PublishResponse> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let topic = topic_name("topic", &req.topic).map_err(status)?;
+        let messages = req.messages.into_iter().map(convert::outgoing).collect();
+        let message_ids = self.pubsub.publish(&topic, messages).await.map_err(status)?;
+        Ok(Response::new(ps::PublishResponse { message_ids }))
+    }
+
+    async fn get_topic(&self, request: Request<ps::GetTopicRequest>) -> Result<ps::Topic> {
+        self.authorize(&request)?;
+        let name = topic_name("topic", &request.into_inner().topic).map_err(status)?;
+        let topic = self.pubsub.get_topic(&name).await.map_err(status)?;
+        Ok(Response::new(convert::topic_to_wire(&topic)))
+    }
+
+    async fn list_topics(&self, request: Request<ps::ListTopicsRequest>) -> Result<ps::ListTopicsResponse> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let project = convert::project("project", &req.project).map_err(status)?;
+        let (topics, next_page_token) =
+            self.pubsub.list_topics(&project, req.page_size, &req.page_token).await.map_err(status)?;
+        Ok(Response::new(ps::ListTopicsResponse {
+            topics: topics.iter().map(convert::topic_to_wire).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_topic_subscriptions(
+        &self,
+        request: Request<ps::ListTopicSubscriptionsRequest>,
+    ) -> Result<ps::ListTopicSubscriptionsResponse> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let topic = topic_name("topic", &req.topic).map_err(status)?;
+        let (names, next_page_token) =
+            self.pubsub.list_topic_subscriptions(&topic, req.page_size, &req.page_token).await.map_err(status)?;
+        Ok(Response::new(ps::ListTopicSubscriptionsResponse {
+            subscriptions: names.into_iter().map(String::from).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_topic_snapshots(
+        &self,
+        request: Request<ps::ListTopicSnapshotsRequest>,
+    ) -> Result<ps::ListTopicSnapshotsResponse> {
+        self.authorize(&request)?;
+        let topic = topic_name("topic", &request.into_inner().topic).map_err(status)?;
+        // Snapshots are not supported, so no topic has any.
+        self.pubsub.get_topic(&topic).await.map_err(status)?;
+        Ok(Response::new(ps::ListTopicSnapshotsResponse::default()))
+    }
+
+    async fn delete_topic(&self, request: Request<ps::DeleteTopicRequest>) -> Result<Empty> {
+        self.authorize(&request)?;
+        let name = topic_name("topic", &request.into_inner().topic).map_err(status)?;
+        self.pubsub.delete_topic(&name).await.map_err(status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn detach_subscription(
+        &self,
+        request: Request<ps::DetachSubscriptionRequest>,
+    ) -> Result<ps::DetachSubscriptionResponse> {
+        self.authorize(&request)?;
+        let name = subscription_name("subscription", &request.into_inner().subscription).map_err(status)?;
+        self.pubsub.detach_subscription(&name).await.map_err(status)?;
+        Ok(Response::new(ps::DetachSubscriptionResponse {}))
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = std::result::Result<ps::StreamingPullResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Subscriber for PubsubGrpc {
+    async fn create_subscription(&self, request: Request<ps::Subscription>) -> Result<ps::Subscription> {
+        self.authorize(&request)?;
+        let sub = convert::subscription_from_wire(request.into_inner()).map_err(status)?;
+        let created = self.pubsub.create_subscription(sub).await.map_err(status)?;
+        Ok(Response::new(convert::subscription_to_wire(&created)))
+    }
+
+    async fn get_subscription(&self, request: Request<ps::GetSubscriptionRequest>) -> Result<ps::Subscription> {
+        self.authorize(&request)?;
+        let name = subscription_name("subscription", &request.into_inner().subscription).map_err(status)?;
+        let sub = self.pubsub.get_subscription(&name).await.map_err(status)?;
+        Ok(Response::new(convert::subscription_to_wire(&sub)))
+    }
+
+    async fn update_subscription(&self, request: Request<ps::UpdateSubscriptionRequest>) -> Result<ps::Subscription> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let update =
+            req.subscription.ok_or_else(|| status(Error::invalid("subscription", "The subscription is missing.")))?;
+        let name = subscription_name("subscription.name", &update.name).map_err(status)?;
+        let current = self.pubsub.get_subscription(&name).await.map_err(status)?;
+        let sub = convert::apply_subscription_mask(&current, update, req.update_mask).map_err(status)?;
+        let updated = self.pubsub.update_subscription(sub).await.map_err(status)?;
+        Ok(Response::new(convert::subscription_to_wire(&updated)))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<ps::ListSubscriptionsRequest>,
+    ) -> Result<ps::ListSubscriptionsResponse> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let project = convert::project("project", &req.project).map_err(status)?;
+        let (subs, next_page_token) =
+            self.pubsub.list_subscriptions(&project, req.page_size, &req.page_token).await.map_err(status)?;
+        Ok(Response::new(ps::ListSubscriptionsResponse {
+            subscriptions: subs.iter().map(convert::subscription_to_wire).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_subscription(&self, request: Request<ps::DeleteSubscriptionRequest>) -> Result<Empty> {
+        self.authorize(&request)?;
+        let name = subscription_name("subscription", &request.into_inner().subscription).map_err(status)?;
+        self.pubsub.delete_subscription(&name).await.map_err(status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn modify_ack_deadline(&self, request: Request<ps::ModifyAckDeadlineRequest>) -> Result<Empty> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        self.pubsub.modify_ack_deadline(&name, &req.ack_ids, req.ack_deadline_seconds).await.map_err(status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn acknowledge(&self, request: Request<ps::AcknowledgeRequest>) -> Result<Empty> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        self.pubsub.acknowledge(&name, &req.ack_ids).await.map_err(status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    #[allow(deprecated)]
+    async fn pull(&self, request: Request<ps::PullRequest>) -> Result<ps::PullResponse> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        let got = self.pubsub.pull(&name, req.max_messages, req.return_immediately).await.map_err(status)?;
+        Ok(Response::new(ps::PullResponse { received_messages: got.into_iter().map(convert::received).collect() }))
+    }
+
+    type StreamingPullStream = ResponseStream;
+
+    async fn streaming_pull(
+        &self,
+        request: Request<Streaming<ps::StreamingPullRequest>>,
+    ) -> Result<Self::StreamingPullStream> {
+        self.authorize(&request)?;
+        let mut inbound = request.into_inner();
+        let first = match inbound.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => {
+                return Err(status(Error::invalid("subscription", "The stream ended before its first request.")));
+            }
+            Err(e) => return Err(e),
+        };
+        let name = subscription_name("subscription", &first.subscription).map_err(status)?;
+        let options = StreamOptions {
+            ack_deadline_seconds: first.stream_ack_deadline_seconds,
+            max_outstanding_messages: first.max_outstanding_messages,
+            max_outstanding_bytes: first.max_outstanding_bytes,
+        };
+        let mut stream = self.pubsub.open_stream(&name, options).await.map_err(status)?;
+        apply_in_stream(&self.pubsub, &name, &first).await.map_err(status)?;
+        let keep_alive = first.protocol_version >= 1;
+        let ordering = stream.message_ordering();
+        let (tx, rx) = mpsc::channel::<std::result::Result<ps::StreamingPullResponse, Status>>(4);
+
+        // Reader: in-stream acks and deadline changes, keep-alive answers, new stream deadlines.
+        let (deadline_tx, mut deadline_rx) = tokio::sync::watch::channel(first.stream_ack_deadline_seconds);
+        let (reader_done_tx, mut reader_done) = tokio::sync::oneshot::channel::<()>();
+        let reader = {
+            let pubsub = self.pubsub.clone();
+            let name = name.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // Dropped when the reader ends, which tells the sender.
+                let _done = reader_done_tx;
+                loop {
+                    let req = match inbound.message().await {
+                        Ok(Some(r)) => r,
+                        // Half-close or a broken connection: the stream is over.
+                        Ok(None) | Err(_) => return,
+                    };
+                    if let Err(e) = apply_in_stream(&pubsub, &name, &req).await {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                    if req.stream_ack_deadline_seconds != 0 {
+                        let _ = deadline_tx.send(req.stream_ack_deadline_seconds);
+                    }
+                    let empty = req.ack_ids.is_empty() && req.modify_deadline_ack_ids.is_empty();
+                    if keep_alive && empty && tx.send(Ok(ps::StreamingPullResponse::default())).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+
+        // Sender: deliveries within the window, until the client goes away or the server stops.
+        tokio::spawn(async move {
+            let mut first_response = true;
+            loop {
+                let next = tokio::select! {
+                    next = stream.next(MAX_BATCH) => next,
+                    _ = tx.closed() => break,
+                    _ = &mut reader_done => break,
+                    changed = deadline_rx.changed() => {
+                        if changed.is_ok() {
+                            let seconds = *deadline_rx.borrow_and_update();
+                            if let Err(e) = stream.set_ack_deadline(seconds) {
+                                let _ = tx.send(Err(status(e))).await;
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let response = match next {
+                    Ok(deliveries) => ps::StreamingPullResponse {
+                        received_messages: deliveries.into_iter().map(convert::received).collect(),
+                        subscription_properties: first_response.then_some(spr::SubscriptionProperties {
+                            exactly_once_delivery_enabled: false,
+                            message_ordering_enabled: ordering,
+                        }),
+                        ..Default::default()
+                    },
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        break;
+                    }
+                };
+                first_response = false;
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+            reader.abort();
+        });
+        let out = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn modify_push_config(&self, request: Request<ps::ModifyPushConfigRequest>) -> Result<Empty> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        self.pubsub.get_subscription(&name).await.map_err(status)?;
+        if req.push_config.is_some_and(|p| !p.push_endpoint.is_empty()) {
+            return Err(unimplemented("Push delivery"));
+        }
+        // An empty push config turns a subscription into a pull one, which every one already is.
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn get_snapshot(&self, request: Request<ps::GetSnapshotRequest>) -> Result<ps::Snapshot> {
+        self.authorize(&request)?;
+        Err(unimplemented("Snapshots"))
+    }
+
+    async fn list_snapshots(&self, request: Request<ps::ListSnapshotsRequest>) -> Result<ps::ListSnapshotsResponse> {
+        self.authorize(&request)?;
+        Err(unimplemented("Snapshots"))
+    }
+
+    async fn create_snapshot(&self, request: Request<ps::CreateSnapshotRequest>) -> Result<ps::Snapshot> {
+        self.authorize(&request)?;
+        Err(unimplemented("Snapshots"))
+    }
+
+    async fn update_snapshot(&self, request: Request<ps::UpdateSnapshotRequest>) -> Result<ps::Snapshot> {
+        self.authorize(&request)?;
+        Err(unimplemented("Snapshots"))
+    }
+
+    async fn delete_snapshot(&self, request: Request<ps::DeleteSnapshotRequest>) -> Result<Empty> {
+        self.authorize(&request)?;
+        Err(unimplemented("Snapshots"))
+    }
+
+    async fn seek(&self, request: Request<ps::SeekRequest>) -> Result<ps::SeekResponse> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        match req.target {
+            Some(ps::seek_request::Target::Time(t)) => {
+                let time = convert::seek_time(Some(t)).map_err(status)?;
+                self.pubsub.seek_to_time(&name, time).await.map_err(status)?;
+                Ok(Response::new(ps::SeekResponse {}))
+            }
+            Some(ps::seek_request::Target::Snapshot(_)) => Err(unimplemented("Seeking to a snapshot")),
+            None => Err(status(Error::invalid("time", "A seek needs a time or a snapshot."))),
+        }
+    }
+}
+
+/// Acks and deadline changes carried inside a StreamingPull request.
+async fn apply_in_stream(
+    pubsub: &PubSub,
+    name: &ferrocore_model::pubsub::SubscriptionName,
+    req: &ps::StreamingPullRequest,
+) -> ferrocore_core::Result<()> {
+    if req.modify_deadline_ack_ids.len() != req.modify_deadline_seconds.len() {
+        return Err(Error::invalid(
+            "modify_deadline_seconds",
+            "modify_deadline_seconds and modify_deadline_ack_ids must have the same length.",
+        ));
+    }
+    if !req.ack_ids.is_empty() {
+        pubsub.acknowledge(name, &req.ack_ids).await?;
+    }
+    // Consecutive ids with the same deadline go in one call.
+    let mut i = 0;
+    while i < req.modify_deadline_ack_ids.len() {
+        let seconds = req.modify_deadline_seconds[i];
+        let mut j = i + 1;
+        while j < req.modify_deadline_ack_ids.len() && req.modify_deadline_seconds[j] == seconds {
+            j += 1;
+        }
+        pubsub.modify_ack_deadline(name, &req.modify_deadline_ack_ids[i..j], seconds).await?;
+        i = j;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl iam::iam_policy_server::IamPolicy for PubsubGrpc {
+    async fn set_iam_policy(&self, request: Request<iam::SetIamPolicyRequest>) -> Result<iam::Policy> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let policy = req.policy.ok_or_else(|| status(Error::invalid("policy", "The policy is missing.")))?;
+        let policy = convert::policy_from_wire(policy).map_err(status)?;
+        let stored = self.pubsub.set_iam_policy(&req.resource, policy).await.map_err(status)?;
+        Ok(Response::new(convert::policy_to_wire(&stored)))
+    }
+
+    async fn get_iam_policy(&self, request: Request<iam::GetIamPolicyRequest>) -> Result<iam::Policy> {
+        self.authorize(&request)?;
+        let policy = self.pubsub.get_iam_policy(&request.into_inner().resource).await.map_err(status)?;
+        Ok(Response::new(convert::policy_to_wire(&policy)))
+    }
+
+    async fn test_iam_permissions(
+        &self,
+        request: Request<iam::TestIamPermissionsRequest>,
+    ) -> Result<iam::TestIamPermissionsResponse> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let permissions = self.pubsub.test_iam_permissions(&req.resource, &req.permissions).await.map_err(status)?;
+        Ok(Response::new(iam::TestIamPermissionsResponse { permissions }))
+    }
+}
