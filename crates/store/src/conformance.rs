@@ -294,3 +294,166 @@ async fn bindings(store: &dyn Store) {
     q.gateway = GatewayFilter::BoundTo(gw.num_id);
     assert!(store.list_devices(&q).await.unwrap().is_empty());
 }
+
+/// The behaviour every [`crate::PubsubStore`] backend must show. Works in projects of its own.
+pub async fn run_pubsub<S: Store + crate::PubsubStore>(store: &S) {
+    pubsub_topics(store).await;
+    pubsub_subscriptions(store).await;
+    pubsub_registry_topics(store).await;
+    pubsub_iam(store).await;
+}
+
+mod ps {
+    pub use ferrocore_model::pubsub::*;
+}
+
+fn ps_topic(name: &str) -> ps::Topic {
+    ps::Topic {
+        name: ps::TopicName::parse("t", name).unwrap(),
+        labels: BTreeMap::from([("env".to_owned(), "test".to_owned())]),
+        message_retention_seconds: Some(3600),
+        origin: ps::TopicOrigin::Created,
+    }
+}
+
+fn ps_subscription(name: &str, topic: &str) -> ps::Subscription {
+    ps::Subscription {
+        name: ps::SubscriptionName::parse("s", name).unwrap(),
+        topic: Some(ps::TopicName::parse("t", topic).unwrap()),
+        ack_deadline_seconds: 10,
+        retain_acked_messages: false,
+        message_retention_seconds: 604_800,
+        labels: BTreeMap::new(),
+        enable_message_ordering: true,
+        expiration_ttl_seconds: None,
+        filter: "attributes:deviceId".into(),
+        dead_letter_policy: Some(ps::DeadLetterPolicy {
+            dead_letter_topic: ps::TopicName::parse("t", topic).unwrap(),
+            max_delivery_attempts: 5,
+        }),
+        retry_policy: Some(ps::RetryPolicy { minimum_backoff_seconds: 1, maximum_backoff_seconds: 60 }),
+        detached: false,
+        created: Timestamp::from_unix_seconds(1_700_000_000),
+    }
+}
+
+async fn pubsub_topics<S: crate::PubsubStore>(store: &S) {
+    use crate::pubsub::Page;
+    let mut t = ps_topic("projects/conf-ps/topics/alpha");
+    store.create_topic(&t).await.unwrap();
+    assert!(matches!(store.create_topic(&t).await, Err(StoreError::AlreadyExists)), "duplicate topic");
+    assert_eq!(store.get_topic(&t.name).await.unwrap().as_ref(), Some(&t), "topic round trip");
+    for id in ["gamma", "beta", "delta"] {
+        store.create_topic(&ps_topic(&format!("projects/conf-ps/topics/{id}"))).await.unwrap();
+    }
+    store.create_topic(&ps_topic("projects/conf-ps-other/topics/alpha")).await.unwrap();
+    let page = store.list_topics(Page { project: "conf-ps", after: None, limit: 2 }).await.unwrap();
+    let ids: Vec<_> = page.iter().map(|t| t.name.id().to_owned()).collect();
+    assert_eq!(ids, ["alpha", "beta"], "topics in name order, one project");
+    let rest = store.list_topics(Page { project: "conf-ps", after: Some(&page[1].name), limit: 10 }).await.unwrap();
+    let ids: Vec<_> = rest.iter().map(|t| t.name.id().to_owned()).collect();
+    assert_eq!(ids, ["delta", "gamma"], "keyset continues");
+    t.labels.clear();
+    t.message_retention_seconds = None;
+    store.update_topic(&t).await.unwrap();
+    assert_eq!(store.get_topic(&t.name).await.unwrap().as_ref(), Some(&t), "update replaces labels and retention");
+    let missing = ps_topic("projects/conf-ps/topics/missing");
+    assert!(matches!(store.update_topic(&missing).await, Err(StoreError::NotFound)));
+    assert!(store.delete_topic(&t.name).await.unwrap());
+    assert!(!store.delete_topic(&t.name).await.unwrap(), "second delete finds nothing");
+    assert!(store.get_topic(&t.name).await.unwrap().is_none());
+}
+
+async fn pubsub_subscriptions<S: crate::PubsubStore>(store: &S) {
+    use crate::pubsub::Page;
+    let topic = ps_topic("projects/conf-sub/topics/events");
+    store.create_topic(&topic).await.unwrap();
+    let sub = ps_subscription("projects/conf-sub/subscriptions/s-a", "projects/conf-sub/topics/events");
+    let cursor = ps::SubscriptionCursor { floor: 7, acked: vec![] };
+    store.create_subscription(&sub, &cursor).await.unwrap();
+    assert!(matches!(store.create_subscription(&sub, &cursor).await, Err(StoreError::AlreadyExists)));
+    let orphan = ps_subscription("projects/conf-sub/subscriptions/s-x", "projects/conf-sub/topics/nope");
+    assert!(
+        matches!(store.create_subscription(&orphan, &cursor).await, Err(StoreError::NotFound)),
+        "a subscription needs its topic"
+    );
+    assert_eq!(store.get_subscription(&sub.name).await.unwrap(), Some((sub.clone(), cursor.clone())));
+    for id in ["s-c", "s-b"] {
+        let s = ps_subscription(&format!("projects/conf-sub/subscriptions/{id}"), "projects/conf-sub/topics/events");
+        store.create_subscription(&s, &cursor).await.unwrap();
+    }
+    let page = store.list_subscriptions(Page { project: "conf-sub", after: None, limit: 2 }).await.unwrap();
+    let ids: Vec<_> = page.iter().map(|s| s.name.id().to_owned()).collect();
+    assert_eq!(ids, ["s-a", "s-b"]);
+    let names = store.list_topic_subscriptions(&topic.name, Some(&page[0].name), 10).await.unwrap();
+    let ids: Vec<_> = names.iter().map(|n| n.id().to_owned()).collect();
+    assert_eq!(ids, ["s-b", "s-c"], "a topic's subscriptions, after a name");
+
+    // Cursors are saved in batches, and a batch naming a deleted subscription still saves the rest.
+    let saved = ps::SubscriptionCursor { floor: 12, acked: vec![(14, 16), (20, 21)] };
+    let gone = ps::SubscriptionName::parse("s", "projects/conf-sub/subscriptions/gone").unwrap();
+    store.save_cursors(&[(sub.name.clone(), saved.clone()), (gone, saved.clone())]).await.unwrap();
+    assert_eq!(store.get_subscription(&sub.name).await.unwrap().unwrap().1, saved, "cursor saved");
+
+    let mut changed = sub.clone();
+    changed.ack_deadline_seconds = 60;
+    changed.filter.clear();
+    store.update_subscription(&changed).await.unwrap();
+    let (read, read_cursor) = store.get_subscription(&sub.name).await.unwrap().unwrap();
+    assert_eq!(read, changed, "settings replaced");
+    assert_eq!(read_cursor, saved, "an update keeps the cursor");
+
+    // Deleting the topic detaches its subscriptions; they stay.
+    assert!(store.delete_topic(&topic.name).await.unwrap());
+    let (detached, _) = store.get_subscription(&sub.name).await.unwrap().unwrap();
+    assert_eq!(detached.topic, None, "topic cleared on its deletion");
+    assert!(store.delete_subscription(&sub.name).await.unwrap());
+    assert!(!store.delete_subscription(&sub.name).await.unwrap());
+    assert!(store.get_subscription(&sub.name).await.unwrap().is_none());
+}
+
+async fn pubsub_registry_topics<S: Store + crate::PubsubStore>(store: &S) {
+    let mut r = registry("conf-regtop", "reg");
+    r.event_notification_configs = vec![EventNotificationConfig {
+        subfolder_matches: String::new(),
+        pubsub_topic_name: "projects/conf-regtop/topics/telemetry".into(),
+    }];
+    r.state_notification_config =
+        Some(StateNotificationConfig { pubsub_topic_name: "projects/conf-regtop/topics/state".into() });
+    store.create_registry(&r).await.unwrap();
+    for id in ["telemetry", "state"] {
+        let name = ps::TopicName::parse("t", &format!("projects/conf-regtop/topics/{id}")).unwrap();
+        let t = store.get_topic(&name).await.unwrap().expect("a registry creates the topics it names");
+        assert_eq!(t.origin, ps::TopicOrigin::Registry);
+    }
+    // A topic created first keeps its origin and labels when a registry names it later.
+    let first = ps_topic("projects/conf-regtop/topics/created-first");
+    store.create_topic(&first).await.unwrap();
+    r.event_notification_configs.push(EventNotificationConfig {
+        subfolder_matches: "sub".into(),
+        pubsub_topic_name: first.name.to_string(),
+    });
+    store.update_registry(&r).await.unwrap();
+    assert_eq!(store.get_topic(&first.name).await.unwrap().as_ref(), Some(&first));
+}
+
+async fn pubsub_iam<S: crate::PubsubStore>(store: &S) {
+    let resource = "projects/conf-iam/topics/t1";
+    assert!(store.get_iam_policy(resource).await.unwrap().is_none());
+    let policy = ps::IamPolicy {
+        version: 1,
+        bindings: vec![ps::IamBinding {
+            role: "roles/pubsub.publisher".into(),
+            members: vec!["serviceAccount:cloud-iot@system.gserviceaccount.com".into()],
+            condition: None,
+        }],
+        etag: vec![1, 2, 3],
+    };
+    store.set_iam_policy(resource, &policy).await.unwrap();
+    assert_eq!(store.get_iam_policy(resource).await.unwrap(), Some(policy.clone()));
+    let replaced = ps::IamPolicy { bindings: vec![], etag: vec![4], ..policy };
+    store.set_iam_policy(resource, &replaced).await.unwrap();
+    assert_eq!(store.get_iam_policy(resource).await.unwrap(), Some(replaced));
+    store.delete_iam_policy(resource).await.unwrap();
+    assert!(store.get_iam_policy(resource).await.unwrap().is_none());
+}

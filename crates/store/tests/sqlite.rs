@@ -11,6 +11,13 @@ async fn sqlite_passes_the_conformance_suite() {
 }
 
 #[tokio::test]
+async fn sqlite_passes_the_pubsub_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("ferrocore.db")).await.unwrap();
+    conformance::run_pubsub(&store).await;
+}
+
+#[tokio::test]
 async fn data_and_schema_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferrocore.db");
@@ -23,4 +30,41 @@ async fn data_and_schema_survive_reopening() {
     drop(store);
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.list_registries(&parent, None, 100).await.unwrap(), before);
+}
+
+/// A database from before Pub/Sub: its registries' topics exist once the migration ran.
+#[tokio::test]
+async fn migration_creates_the_topics_existing_registries_name() {
+    use ferrocore_store::PubsubStore;
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferrocore.db");
+    {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(include_str!("../migrations/sqlite/0001_initial.sql")).execute(&mut conn).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);
+             INSERT INTO schema_migrations VALUES (1, 0);
+             INSERT INTO registries (project, location, id, event_configs, state_topic, mqtt_state, http_state, log_level, credentials)
+             VALUES ('old', 'us-central1', 'reg',
+                     '[{\"subfolder_matches\":\"\",\"pubsub_topic_name\":\"projects/old/topics/telemetry\"},{\"subfolder_matches\":\"x\",\"pubsub_topic_name\":\"projects/other/topics/sub-x\"}]',
+                     'projects/old/topics/state', 1, 1, 0, '[]');",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    for name in ["projects/old/topics/telemetry", "projects/other/topics/sub-x", "projects/old/topics/state"] {
+        let topic = ferrocore_model::pubsub::TopicName::parse("t", name).unwrap();
+        let found = store.get_topic(&topic).await.unwrap();
+        assert!(found.is_some(), "{name} exists after the migration");
+    }
+    let other = store
+        .list_topics(ferrocore_store::pubsub::Page { project: "other", after: None, limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1, "the project column is the topic's own project");
 }
