@@ -21,6 +21,13 @@ impl tonic::service::Interceptor for AddToken {
     }
 }
 
+impl AddToken {
+    /// Sends `Authorization: Bearer <token>`, or nothing for None.
+    pub fn bearer(token: Option<&str>) -> Self {
+        Self(token.map(|t| format!("Bearer {t}").parse().expect("a token fits in metadata")))
+    }
+}
+
 pub const TOKEN: &str = "e2e-admin-token-0123456789";
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../auth/tests/fixtures");
 

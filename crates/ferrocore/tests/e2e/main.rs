@@ -10,5 +10,6 @@ mod grpc;
 mod harness;
 mod http_bridge;
 mod mqtt;
+mod pubsub_grpc;
 mod quickstart;
 mod registries;
