@@ -429,10 +429,8 @@ async fn pubsub_registry_topics<S: Store + crate::PubsubStore>(store: &S) {
     // A topic created first keeps its origin and labels when a registry names it later.
     let first = ps_topic("projects/conf-regtop/topics/created-first");
     store.create_topic(&first).await.unwrap();
-    r.event_notification_configs.push(EventNotificationConfig {
-        subfolder_matches: "sub".into(),
-        pubsub_topic_name: first.name.to_string(),
-    });
+    r.event_notification_configs
+        .push(EventNotificationConfig { subfolder_matches: "sub".into(), pubsub_topic_name: first.name.to_string() });
     store.update_registry(&r).await.unwrap();
     assert_eq!(store.get_topic(&first.name).await.unwrap().as_ref(), Some(&first));
 }

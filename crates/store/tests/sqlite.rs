@@ -62,9 +62,7 @@ async fn migration_creates_the_topics_existing_registries_name() {
         let found = store.get_topic(&topic).await.unwrap();
         assert!(found.is_some(), "{name} exists after the migration");
     }
-    let other = store
-        .list_topics(ferrocore_store::pubsub::Page { project: "other", after: None, limit: 10 })
-        .await
-        .unwrap();
+    let other =
+        store.list_topics(ferrocore_store::pubsub::Page { project: "other", after: None, limit: 10 }).await.unwrap();
     assert_eq!(other.len(), 1, "the project column is the topic's own project");
 }
