@@ -466,7 +466,7 @@ impl PubSub {
                 }
                 Duration::from_secs(s.settings.ack_deadline_seconds.clamp(MIN_ACK_DEADLINE, MAX_ACK_DEADLINE) as u64)
             };
-            let got = self.take(&sub, PULL, max_messages as usize, lease).await;
+            let got = self.take(&sub, PULL, max_messages as usize, lease);
             if !got.is_empty() || return_immediately {
                 return Ok(got);
             }
@@ -479,7 +479,7 @@ impl PubSub {
     }
 
     /// Leases messages to `stream` and moves those past their dead-letter policy on.
-    async fn take(&self, sub: &Arc<Sub>, stream: StreamId, max: usize, lease: Duration) -> Vec<Delivery> {
+    fn take(&self, sub: &Arc<Sub>, stream: StreamId, max: usize, lease: Duration) -> Vec<Delivery> {
         let (taken, dead_topic, attempts) = {
             let mut s = sub.lock();
             if s.settings.detached {
@@ -493,7 +493,11 @@ impl PubSub {
         if let Some(topic) = dead_topic
             && !taken.dead_letters.is_empty()
         {
-            self.dead_letter(sub, &topic, attempts, taken.dead_letters).await;
+            // In a task of its own: a caller that is cancelled (a stream whose client left) must
+            // not strand messages half-way to the dead-letter topic.
+            let service = self.clone();
+            let sub = sub.clone();
+            tokio::spawn(async move { service.dead_letter(&sub, &topic, attempts, taken.dead_letters).await });
         }
         taken.deliveries
     }
@@ -901,7 +905,7 @@ impl MessageStream {
                 s.has_deliverable(self.id)
             };
             if deliverable {
-                let got = self.service.take(&self.sub, self.id, max, self.lease).await;
+                let got = self.service.take(&self.sub, self.id, max, self.lease);
                 if !got.is_empty() {
                     return Ok(got);
                 }
