@@ -123,6 +123,8 @@ pub async fn run(
     let mut log_config = ferrocore_topiclog::LogConfig::new(config.data_dir.join("topics"));
     log_config.retention_max_age = config.topic_log.max_age;
     log_config.retention_max_bytes = config.topic_log.max_bytes_per_topic;
+    // Pub/Sub lets one message carry 10 MB (its whole request); devices stay under 256 KiB.
+    log_config.max_record_bytes = ferrocore_pubsub::MAX_PUBLISH_BYTES + (1 << 20);
     let topic_log = ferrocore_topiclog::TopicLog::open(log_config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the topic log: {}", e.detail()))?;
@@ -211,7 +213,7 @@ pub async fn run(
         }
         None => None,
     };
-    let app = ferrocore_api::rest::router(core.clone(), log_sink, token, ready.clone());
+    let app = ferrocore_api::rest::router(core.clone(), log_sink, token, pubsub.clone(), pubsub_access, ready.clone());
     let http = tokio::spawn(axum::serve(listeners.http, app).with_graceful_shutdown(stopped()).into_future());
     ready.store(true, Ordering::Release);
     tracing::info!(listening = %bound, "ferrocore is serving");

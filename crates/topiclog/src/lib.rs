@@ -442,8 +442,7 @@ impl Inner {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = WriterState::new(
             self.config.dir.clone(),
-            topic.name.clone(),
-            topic.dir.clone(),
+            &topic,
             active,
             next_offset,
             self.config.segment_bytes,

@@ -111,8 +111,7 @@ struct Checkpoint {
 impl WriterState {
     pub(crate) fn new(
         root: PathBuf,
-        name: String,
-        dir: PathBuf,
+        topic: &Topic,
         active: Option<ActiveSegment>,
         next_offset: u64,
         segment_bytes: u64,
@@ -121,8 +120,8 @@ impl WriterState {
     ) -> WriterState {
         WriterState {
             root,
-            name,
-            dir,
+            name: topic.name.clone(),
+            dir: topic.dir.clone(),
             active,
             next_offset,
             segment_bytes,
