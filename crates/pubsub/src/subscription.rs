@@ -19,6 +19,8 @@ use tokio::time::Instant;
 /// Bounds on what one subscription holds in memory.
 pub(crate) const MAX_HELD_MESSAGES: usize = 20_000;
 pub(crate) const MAX_HELD_BYTES: usize = 64 << 20;
+/// Payload and attributes one `take` hands out at most (when the first message is smaller).
+const MAX_RESPONSE_BYTES: i64 = 3 << 20;
 /// How far `take` looks past messages it may not deliver yet (keys held by another stream).
 const MAX_SCAN: usize = 10_000;
 
@@ -242,9 +244,12 @@ impl State {
         let window = self.windows.get(&stream).copied().unwrap_or_default();
         let room_messages =
             if window.max_messages > 0 { (window.max_messages - window.messages).max(0) as usize } else { usize::MAX };
-        let mut room_bytes = if window.max_bytes > 0 { window.max_bytes - window.bytes } else { i64::MAX };
+        let window_bytes = if window.max_bytes > 0 { window.max_bytes - window.bytes } else { i64::MAX };
+        // One answer stays under the 4 MiB a gRPC client accepts by default (Google's clients keep
+        // that default in emulator mode); a single larger message still goes alone.
+        let mut room_bytes = window_bytes.min(MAX_RESPONSE_BYTES);
         let max = max.min(room_messages);
-        if max == 0 || room_bytes <= 0 {
+        if max == 0 || window_bytes <= 0 {
             return taken;
         }
         let head_before = self.timers.first().map(|t| t.0);
@@ -666,6 +671,27 @@ mod tests {
         assert_eq!(offsets(&s.take(PULL, 1, LEASE, now, EPOCH)), vec![0]);
         assert_eq!(backoff_delay(2, 5, 1), Duration::from_secs(2));
         assert_eq!(backoff_delay(2, 5, 3), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn one_take_stays_under_the_client_receive_limit() {
+        let mut s = State::new(Arc::new(settings()), &SubscriptionCursor::default());
+        let big = ReadBatch {
+            messages: (0..4)
+                .map(|o| StoredMessage {
+                    offset: o,
+                    time: Timestamp(0),
+                    attributes: vec![],
+                    data: Bytes::from(vec![0; 2 << 20]),
+                })
+                .collect(),
+            next_offset: 4,
+            earliest_offset: 0,
+        };
+        s.add_fetched(big, 0);
+        let now = Instant::now();
+        assert_eq!(offsets(&s.take(PULL, 10, LEASE, now, EPOCH)), vec![0], "2 MiB + 2 MiB would pass 3 MiB");
+        assert_eq!(offsets(&s.take(PULL, 10, LEASE, now, EPOCH)), vec![1]);
     }
 
     #[test]
