@@ -701,7 +701,7 @@ impl PubSub {
 }
 
 /// The etag of a resource that never had a policy (`ACAB` in base64, as Pub/Sub answers).
-const EMPTY_POLICY_ETAG: &[u8] = &[0x00, 0x00, 0x01];
+const EMPTY_POLICY_ETAG: &[u8] = &[0x00, 0x20, 0x01];
 
 fn valid_member(m: &str) -> bool {
     matches!(m, "allUsers" | "allAuthenticatedUsers")

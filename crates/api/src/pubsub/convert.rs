@@ -310,7 +310,7 @@ pub fn policy_to_wire(p: &IamPolicy) -> iam::Policy {
                 }),
             })
             .collect(),
-        etag: p.etag.clone().into(),
+        etag: p.etag.clone(),
         audit_configs: Vec::new(),
     }
 }

@@ -1,10 +1,13 @@
-//! The Cloud IoT v1 REST API: Google's paths, JSON and errors over the core.
+//! The REST APIs of the `--http` listener: Cloud IoT v1, Pub/Sub v1, and Ferrocore's topic-log
+//! reads, with Google's paths, JSON and errors.
 //!
-//! One fallback handler serves `/v1/...`: it checks the admin token, parses the path into a
-//! [`route::Route`], and transcodes path, query and body into the same request message the gRPC
-//! API takes, as Google's HTTP mapping does; [`DeviceManager`] serves it, and the result is
-//! rendered with the wire types' Google JSON mapping, or the error with [`error`].
-//! `GET /healthz` answers without a token.
+//! One fallback handler serves `/v1/...`. It tells the API from the path's shape and checks the
+//! caller first: the admin token for Cloud IoT and the topic log ([`topics`]), [`PubsubAccess`]
+//! for Pub/Sub paths ([`crate::pubsub::rest`]), a device's JWT for the device bridge
+//! ([`device`]). Then it parses the path (for Cloud IoT into a [`route::Route`]) and transcodes
+//! path, query and body into the same request message the gRPC API takes, as Google's HTTP
+//! mapping does; the result is rendered with the wire types' Google JSON mapping, or the error
+//! with [`error`]. `GET /healthz` answers without a token.
 
 pub mod device;
 pub mod discovery;
@@ -13,6 +16,8 @@ pub mod route;
 pub mod topics;
 
 use crate::admin_auth::AdminToken;
+use crate::pubsub::PubsubAccess;
+use crate::pubsub::rest as pubsub_rest;
 use crate::service::DeviceManager;
 use axum::Router;
 use axum::body::Bytes;
@@ -25,14 +30,16 @@ use ferrocore_core::topics::TopicSource;
 use ferrocore_core::{Code, Error};
 use ferrocore_model::{self as model, DeviceName, RegistryName};
 use ferrocore_proto::{FieldMask, iot};
+use ferrocore_pubsub::PubSub;
 use route::{Method, Route};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Largest request body accepted: a device with three certificates and its full 256 KiB of
-/// metadata, or a 256 KiB command in base64, fits with room to spare.
+/// Largest request body accepted (except on Pub/Sub paths, see [`pubsub_rest::MAX_BODY_BYTES`]):
+/// a device with three certificates and its full 256 KiB of metadata, or a 256 KiB command in
+/// base64, fits with room to spare.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
@@ -41,6 +48,8 @@ struct App {
     topics: Arc<dyn TopicSource>,
     service: DeviceManager,
     token: AdminToken,
+    pubsub: PubSub,
+    pubsub_access: PubsubAccess,
     ready: Arc<AtomicBool>,
 }
 
@@ -49,9 +58,11 @@ pub fn router(
     core: ferrocore_core::Core,
     topics: Arc<dyn TopicSource>,
     token: AdminToken,
+    pubsub: PubSub,
+    pubsub_access: PubsubAccess,
     ready: Arc<AtomicBool>,
 ) -> Router {
-    let app = App { service: DeviceManager::new(core.clone()), core, topics, token, ready };
+    let app = App { service: DeviceManager::new(core.clone()), core, topics, token, pubsub, pubsub_access, ready };
     Router::new().route("/healthz", get(healthz)).fallback(dispatch).with_state(app)
 }
 
@@ -72,20 +83,38 @@ pub(crate) fn json_response<T: Serialize>(value: &T) -> Response {
 
 async fn dispatch(State(app): State<App>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let v1 = parts.uri.path().strip_prefix("/v1/");
+    // Ferrocore's topic-log reads live under Pub/Sub's `topics/T`, but are admin-only.
+    let pubsub = v1.is_some_and(|p| topics::parse(p).is_none() && pubsub_rest::is_pubsub_path(p));
+    // A Pub/Sub caller is checked before anything else of the request is parsed; only an admitted
+    // one may send the larger body a publish request needs.
+    let refused = pubsub && !app.pubsub_access.allows(authorization(&parts.headers));
+    let limit = if pubsub && !refused { pubsub_rest::MAX_BODY_BYTES } else { MAX_BODY_BYTES };
     // The body is read before anything is decided, refusals included: answering with a body left
     // unread would make the connection unusable for the client's next request.
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let body = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
-            let e =
-                Error::invalid("body", format!("The request body is larger than the limit of {MAX_BODY_BYTES} bytes."));
+            let e = if refused {
+                unauthenticated()
+            } else {
+                Error::invalid("body", format!("The request body is larger than the limit of {limit} bytes."))
+            };
             let mut resp = RestError(e).into_response();
             // The rest of the body was not read, so this connection cannot carry another request.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             return resp;
         }
     };
-    match handle(&app, parts, body).await {
+    let result = match v1 {
+        _ if refused => Err(unauthenticated()),
+        Some(path) if pubsub => match method(&parts) {
+            Ok(m) => pubsub_rest::serve(&app.pubsub, m, path, &Query::parse(parts.uri.query()), &body).await,
+            Err(e) => Err(e),
+        },
+        _ => handle(&app, parts, body).await,
+    };
+    match result {
         Ok(resp) => resp,
         Err(e) => {
             if e.code == Code::Internal || e.code == Code::Unavailable {
@@ -94,6 +123,31 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
             RestError(e).into_response()
         }
     }
+}
+
+fn authorization(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
+    headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)
+}
+
+/// The HTTP method, or the one `X-HTTP-Method-Override` asks a POST to stand for.
+fn method(parts: &axum::http::request::Parts) -> Result<Method, Error> {
+    let override_method = parts.headers.get("x-http-method-override").and_then(|v| v.to_str().ok());
+    Ok(match (&parts.method, override_method) {
+        (&HttpMethod::POST, Some(m)) if m.eq_ignore_ascii_case("PATCH") => Method::Patch,
+        (&HttpMethod::POST, Some(m)) if m.eq_ignore_ascii_case("DELETE") => Method::Delete,
+        (&HttpMethod::POST, Some(m)) if m.eq_ignore_ascii_case("GET") => Method::Get,
+        (&HttpMethod::POST, Some(m)) if m.eq_ignore_ascii_case("PUT") => Method::Put,
+        (&HttpMethod::GET, _) => Method::Get,
+        (&HttpMethod::POST, _) => Method::Post,
+        (&HttpMethod::PUT, _) => Method::Put,
+        (&HttpMethod::PATCH, _) => Method::Patch,
+        (&HttpMethod::DELETE, _) => Method::Delete,
+        _ => return Err(method_not_supported()),
+    })
+}
+
+pub(crate) fn method_not_supported() -> Error {
+    Error::not_found("The requested method is not supported on this URL.")
 }
 
 /// Query parameters, in order, with repeated keys kept.
@@ -118,7 +172,7 @@ const SYSTEM_PARAMS: &[&str] = &[
 ];
 
 impl Query {
-    fn parse(raw: Option<&str>) -> Self {
+    pub(crate) fn parse(raw: Option<&str>) -> Self {
         Self(form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect())
     }
 
@@ -220,14 +274,14 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<
 }
 
 fn require_admin(app: &App, headers: &axum::http::HeaderMap) -> Result<(), Error> {
-    if app.token.accepts(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
-        Ok(())
-    } else {
-        Err(Error::new(
-            Code::Unauthenticated,
-            "Request is missing or has an invalid admin token; send 'Authorization: Bearer TOKEN'.",
-        ))
-    }
+    if app.token.accepts(authorization(headers)) { Ok(()) } else { Err(unauthenticated()) }
+}
+
+fn unauthenticated() -> Error {
+    Error::new(
+        Code::Unauthenticated,
+        "Request is missing or has an invalid admin token; send 'Authorization: Bearer TOKEN'.",
+    )
 }
 
 async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Result<Response, Error> {
@@ -241,20 +295,17 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
             model::ids::printable(parts.uri.path())
         )));
     };
-    if let Some(topics_route) = topics::parse(path).filter(|_| parts.method == HttpMethod::GET) {
+    if let Some(topics_route) = topics::parse(path) {
         require_admin(app, &parts.headers)?;
+        if parts.method != HttpMethod::GET {
+            return Err(method_not_supported());
+        }
         return topics::serve(app.topics.as_ref(), topics_route, &Query::parse(parts.uri.query())).await;
     }
-    let override_method = parts.headers.get("x-http-method-override").and_then(|v| v.to_str().ok());
-    let method = match (&parts.method, override_method) {
-        (&HttpMethod::POST, Some(m)) if m.eq_ignore_ascii_case("PATCH") => Method::Patch,
-        (&HttpMethod::POST, Some(m)) if m.eq_ignore_ascii_case("DELETE") => Method::Delete,
-        (&HttpMethod::POST, Some(m)) if m.eq_ignore_ascii_case("GET") => Method::Get,
-        (&HttpMethod::GET, _) => Method::Get,
-        (&HttpMethod::POST, _) => Method::Post,
-        (&HttpMethod::PATCH, _) => Method::Patch,
-        (&HttpMethod::DELETE, _) => Method::Delete,
-        _ => return Err(Error::not_found("The requested method is not supported on this URL.")),
+    let method = match method(&parts)? {
+        // No Cloud IoT method is a PUT.
+        Method::Put => return Err(method_not_supported()),
+        m => m,
     };
     let route = route::parse(method, path)?;
     let query = Query::parse(parts.uri.query());
@@ -370,7 +421,7 @@ async fn serve(svc: &DeviceManager, route: Route, q: &Query, body: &Bytes) -> Re
 }
 
 /// A resource name repeated in the body must agree with the path.
-fn check_body_name(field: &str, given: &str, path: &str) -> Result<(), Error> {
+pub(crate) fn check_body_name(field: &str, given: &str, path: &str) -> Result<(), Error> {
     if given.is_empty() || given == path {
         Ok(())
     } else {

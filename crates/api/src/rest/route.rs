@@ -12,6 +12,7 @@ use percent_encoding::percent_decode_str;
 pub enum Method {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -47,7 +48,7 @@ impl Route {
     }
 }
 
-fn not_found(path: &str) -> Error {
+pub(crate) fn not_found(path: &str) -> Error {
     Error::not_found(format!(
         "The requested URL '{}' was not found on this server.",
         ferrocore_model::ids::printable(path)
@@ -56,7 +57,7 @@ fn not_found(path: &str) -> Error {
 
 /// Percent-decodes a path segment, except `%2F`, which Google's HTTP mapping leaves as it is in
 /// multi-segment variables (so an encoded slash can never split a resource name).
-fn decode(seg: &str) -> Result<String, Error> {
+pub(crate) fn decode(seg: &str) -> Result<String, Error> {
     let bad = || Error::invalid("name", "The resource name is not valid UTF-8.");
     let mut out = String::with_capacity(seg.len());
     for (i, part) in seg.split("%2F").enumerate() {
@@ -72,15 +73,21 @@ fn decode(seg: &str) -> Result<String, Error> {
     Ok(out)
 }
 
-/// Resolves `path` (everything after `/v1/`) for `method`.
-pub fn parse(method: Method, path: &str) -> Result<Route, Error> {
-    let (path, verb) = match path.rsplit_once('/') {
+/// Splits the custom verb off the last segment: `a/b/c:verb` → (`a/b/c`, `verb`). Only the last
+/// segment can carry one, so a project id with a `:` (`example.com:p`) stays whole.
+pub(crate) fn split_verb(path: &str) -> (&str, Option<&str>) {
+    match path.rsplit_once('/') {
         Some((head, last)) => match last.split_once(':') {
             Some((last, verb)) => (&path[..head.len() + 1 + last.len()], Some(verb)),
             None => (path, None),
         },
         None => (path, None),
-    };
+    }
+}
+
+/// Resolves `path` (everything after `/v1/`) for `method`.
+pub fn parse(method: Method, path: &str) -> Result<Route, Error> {
+    let (path, verb) = split_verb(path);
     let raw: Vec<&str> = path.split('/').collect();
     let mut segs = raw.iter().map(|s| decode(s)).collect::<Result<Vec<_>, _>>()?;
     // Groups were never released: `registries/R/groups/G/devices...` means `registries/R/devices...`.

@@ -1,18 +1,21 @@
 //! Reading telemetry topics through the core's [`TopicSource`] (the embedded topic log):
 //! Ferrocore's own REST extension, for back ends that used to pull from Pub/Sub.
 //!
-//! * `GET /v1/projects/P/topics` lists the topics that hold messages.
+//! * `GET /v1/projects/P/topics/T/extent` tells which offsets the log holds for the topic, and
+//!   how many bytes (all zero for a topic never written).
 //! * `GET /v1/projects/P/topics/T/messages?offset=N|from=earliest|latest&maxMessages=M&waitSeconds=S`
 //!   returns up to M messages from offset N (or the oldest kept, or only new ones), waiting up to S
 //!   seconds (at most 60) for the first when none is there. `nextOffset` is where to continue.
 //!
-//! Both need the admin token.
+//! Both need the admin token. (`GET /v1/projects/P/topics` is Pub/Sub's ListTopics: see
+//! [`crate::pubsub::rest`].)
 
 use super::{Query, json_response};
 use axum::response::Response;
 use base64::Engine;
 use ferrocore_core::topics::{ReadError, ReadFrom, TopicSource};
 use ferrocore_core::{Code, Error};
+use ferrocore_model::pubsub::TopicName;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,17 +25,19 @@ const MAX_MESSAGES: usize = 1000;
 const MAX_READ_BYTES: usize = 8 << 20;
 const MAX_WAIT_SECONDS: u64 = 60;
 
-/// A parsed topics path.
+/// A parsed topic-log path.
 pub(crate) enum TopicsRoute {
-    List { project: String },
+    Extent { topic: String },
     Messages { topic: String },
 }
 
-/// Recognises `projects/P/topics` and `projects/P/topics/T/messages`.
+/// Recognises `projects/P/topics/T/extent` and `projects/P/topics/T/messages`.
 pub(crate) fn parse(path: &str) -> Option<TopicsRoute> {
     let s: Vec<&str> = path.split('/').collect();
     match s.as_slice() {
-        ["projects", p, "topics"] if !p.is_empty() => Some(TopicsRoute::List { project: (*p).to_owned() }),
+        ["projects", p, "topics", t, "extent"] if !p.is_empty() && !t.is_empty() => {
+            Some(TopicsRoute::Extent { topic: format!("projects/{p}/topics/{t}") })
+        }
         ["projects", p, "topics", t, "messages"] if !p.is_empty() && !t.is_empty() => {
             Some(TopicsRoute::Messages { topic: format!("projects/{p}/topics/{t}") })
         }
@@ -42,7 +47,7 @@ pub(crate) fn parse(path: &str) -> Option<TopicsRoute> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct TopicJson {
+struct ExtentJson {
     name: String,
     earliest_offset: String,
     next_offset: String,
@@ -76,21 +81,19 @@ fn read_error(e: ReadError) -> Error {
 
 pub(crate) async fn serve(source: &dyn TopicSource, route: TopicsRoute, q: &Query) -> Result<Response, Error> {
     match route {
-        TopicsRoute::List { project } => {
+        TopicsRoute::Extent { topic } => {
             q.check(&[])?;
-            let prefix = format!("projects/{project}/topics/");
-            let topics: Vec<TopicJson> = source
-                .extents()
-                .into_iter()
-                .filter(|t| t.name.starts_with(&prefix))
-                .map(|t| TopicJson {
-                    name: t.name,
-                    earliest_offset: t.earliest_offset.to_string(),
-                    next_offset: t.next_offset.to_string(),
-                    bytes: t.bytes.to_string(),
-                })
-                .collect();
-            Ok(json_response(&serde_json::json!({ "topics": topics })))
+            let name = TopicName::parse("topic", &topic)?;
+            // A topic nothing was written to yet is empty rather than unknown: a reader may start
+            // at its nextOffset 0.
+            let (earliest, next, bytes) =
+                source.extent(name.as_str()).map_or((0, 0, 0), |e| (e.earliest_offset, e.next_offset, e.bytes));
+            Ok(json_response(&ExtentJson {
+                name: name.to_string(),
+                earliest_offset: earliest.to_string(),
+                next_offset: next.to_string(),
+                bytes: bytes.to_string(),
+            }))
         }
         TopicsRoute::Messages { topic } => {
             q.check(&["offset", "from", "maxMessages", "waitSeconds"])?;

@@ -98,7 +98,7 @@ impl Registry {
     }
 }
 
-fn no_slash(what: &str, id: &str) -> Result<()> {
+pub fn no_slash(what: &str, id: &str) -> Result<()> {
     if id.is_empty() || id.contains('/') {
         bail!("'{id}' is neither a {what} id nor a full name starting with projects/");
     }
@@ -106,7 +106,7 @@ fn no_slash(what: &str, id: &str) -> Result<()> {
 }
 
 /// Checks that `name` is `kinds[0]/X/kinds[1]/Y/...` with every id present.
-fn full_name(name: &str, kinds: &[&str]) -> Result<String> {
+pub fn full_name(name: &str, kinds: &[&str]) -> Result<String> {
     let segs: Vec<&str> = name.split('/').collect();
     let ok = segs.len() == kinds.len() * 2
         && segs.chunks(2).zip(kinds).all(|(pair, kind)| pair[0] == *kind && !pair[1].is_empty());
@@ -159,6 +159,11 @@ impl Api {
 
     pub async fn post(&self, name: &str, suffix: &str, body: &Value) -> Result<Value> {
         self.send(reqwest::Method::POST, name, suffix, &[], Some(body)).await
+    }
+
+    /// `PUT /v1/{name}`: Pub/Sub creates topics and subscriptions at their own names.
+    pub async fn put(&self, name: &str, body: &Value) -> Result<Value> {
+        self.send(reqwest::Method::PUT, name, "", &[], Some(body)).await
     }
 
     pub async fn patch(&self, name: &str, query: &[(&str, String)], body: &Value) -> Result<Value> {

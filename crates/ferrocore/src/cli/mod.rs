@@ -6,7 +6,8 @@
 //!   ([`devices`]), `devices import|export` ([`import`]);
 //! * `keys generate` ([`keys`]);
 //! * `device simulate` ([`simulate`]);
-//! * `events tail` ([`events`]).
+//! * `events tail` ([`events`]);
+//! * `pubsub topics|subscriptions|pull` ([`pubsub`]), the verbs of `gcloud pubsub`.
 //!
 //! The REST commands find the server with `--server`, `--token` and `--data-dir` ([`api`]).
 //! Output is a table unless `--format json` ([`output`]). Any failure is one `error: ...` line on
@@ -18,6 +19,7 @@ pub mod events;
 pub mod import;
 pub mod keys;
 pub mod output;
+pub mod pubsub;
 pub mod registries;
 pub mod simulate;
 
@@ -49,6 +51,8 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Manage Pub/Sub topics and subscriptions, publish and pull (like `gcloud pubsub`).
+    Pubsub(pubsub::PubsubArgs),
 }
 
 /// Runs a client command to its end and turns any error into one line on stderr.
@@ -67,6 +71,7 @@ pub fn run(command: Command) -> ExitCode {
             Command::Keys { command } => keys::run(command),
             Command::Device { command } => simulate::run(command).await,
             Command::Events { command } => events::events(command).await,
+            Command::Pubsub(args) => pubsub::run(args).await,
         }
     });
     match result {

@@ -53,9 +53,22 @@ impl TestServer {
 
     /// Starts with TLS files prepared in the server's temp dir by `tls`.
     pub async fn start_with(tls: impl FnOnce(&Path) -> Option<ferrocore::server::TlsFiles>) -> Self {
+        Self::start_configured(tls, |_| {}).await
+    }
+
+    /// Starts with `--pubsub-anonymous`: Pub/Sub calls without credentials are let in.
+    pub async fn start_pubsub_anonymous() -> Self {
+        Self::start_configured(|_| None, |c| c.pubsub_anonymous = true).await
+    }
+
+    /// Starts with the test defaults changed by `configure`.
+    pub async fn start_configured(
+        tls: impl FnOnce(&Path) -> Option<ferrocore::server::TlsFiles>,
+        configure: impl FnOnce(&mut ferrocore::server::Config),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tls = tls(dir.path());
-        let config = ferrocore::server::Config {
+        let mut config = ferrocore::server::Config {
             data_dir: dir.path().join("data"),
             admin_token: Some(TOKEN.into()),
             activity_flush_interval: Duration::from_millis(50),
@@ -65,6 +78,7 @@ impl TestServer {
             core: ferrocore_core::Settings { command_ack_timeout: Duration::from_secs(1) },
             pubsub_anonymous: false,
         };
+        configure(&mut config);
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = http.local_addr().unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -129,7 +143,21 @@ impl TestServer {
 
     /// Sends an authenticated request; returns the status and the JSON body.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, format!("{}/v1/{path}", self.base)).bearer_auth(TOKEN);
+        self.call_as(Some(&format!("Bearer {TOKEN}")), method, path, body).await
+    }
+
+    /// Sends a request with this `Authorization` header (None: no header at all).
+    pub async fn call_as(
+        &self,
+        authorization: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}/v1/{path}", self.base));
+        if let Some(a) = authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -146,6 +174,10 @@ impl TestServer {
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(body)).await
     }
 
     pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {

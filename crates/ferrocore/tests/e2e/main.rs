@@ -10,6 +10,8 @@ mod grpc;
 mod harness;
 mod http_bridge;
 mod mqtt;
+mod pubsub_cli;
 mod pubsub_grpc;
+mod pubsub_rest;
 mod quickstart;
 mod registries;
