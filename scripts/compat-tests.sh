@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the Python compatibility suite (tests/compat) against a real Ferrocore server, using
-# Google's own client libraries (google-cloud-iot REST transport, google-api-python-client).
+# Google's own client libraries (google-cloud-iot REST transport, google-api-python-client,
+# google-cloud-pubsub), and Google's Node Pub/Sub client (@google-cloud/pubsub, in
+# tests/compat/node) through tests/compat/test_pubsub_node.py.
 #
 #   scripts/compat-tests.sh [extra pytest arguments...]
 #
@@ -8,10 +10,13 @@
 #   FERROCORE_BIN   server binary to test; when unset, `cargo build -p ferrocore` is run and
 #                   the debug binary is used.
 #   PYTHON          interpreter used to create the venv (default: python3.11, else python3 >= 3.10).
-#   CI              when "true", a missing Python toolchain is an error instead of a skip.
+#   CI              when "true", a missing Python toolchain is an error instead of a skip; so is a
+#                   missing node/npm for the Node tests (checked by test_pubsub_node.py).
 #
 # The venv lives in $ROOT/.venv-compat and is reused; packages are reinstalled only when
-# tests/compat/requirements.txt (or the interpreter) changes.
+# tests/compat/requirements.txt (or the interpreter) changes. Likewise the Node tests run `npm ci`
+# into tests/compat/node/node_modules (git-ignored) only when package-lock.json or the Node version
+# changes; a CI cache should keep both directories. Neither needs a network beyond PyPI and npm.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
