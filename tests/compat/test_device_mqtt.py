@@ -427,7 +427,9 @@ REFUSALS = [
     ("blocked-device", 5),
     ("expired-credential", 5),
     ("mqtt-disabled-registry", 5),
-    ("garbage-password", 4),
+    # The same code whether the device exists or not, so refusals do not tell which devices exist.
+    ("garbage-password", 5),
+    ("garbage-password-for-an-unknown-device", 5),
     ("client-id-not-a-device-path", 2),
 ]
 
@@ -471,6 +473,8 @@ def test_refused_connections_and_a_good_device_right_after(rest, fx, connect, tm
         cid, password = client_id(fx, closed, shut_out), fx.jwt(shut_out_key)
     elif case == "garbage-password":
         password = "not-a-jwt"
+    elif case == "garbage-password-for-an-unknown-device":
+        cid, password = client_id(fx, registry, {"id": unique("nobody")}), "not-a-jwt"
     elif case == "client-id-not-a-device-path":
         cid = device["id"]
     else:

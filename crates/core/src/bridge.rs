@@ -12,7 +12,7 @@ use bytes::Bytes;
 use ferrocore_auth::jwt::{JwtError, JwtRules, VerificationKey, VerifiedJwt, verify_device_jwt};
 use ferrocore_model::limits::{MAX_STATE_BYTES, MAX_TELEMETRY_BYTES};
 use ferrocore_model::{
-    DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceState, HttpState, MqttState, NumId, Registry,
+    ConfigAck, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceState, HttpState, MqttState, NumId, Registry,
     RegistryName, Status, Timestamp,
 };
 use std::sync::Arc;
@@ -136,16 +136,26 @@ impl Core {
     /// The registry, from a cache that registry updates invalidate, so per-message routing never
     /// reads the database.
     pub(crate) async fn cached_registry(&self, name: &RegistryName) -> Result<Arc<Registry>> {
-        if let Some(r) = self.inner.registries.read().unwrap_or_else(|e| e.into_inner()).get(name) {
-            return Ok(r.clone());
-        }
+        let generation = {
+            let cache = self.inner.registries.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = cache.entries.get(name) {
+                return Ok(r.clone());
+            }
+            cache.generation
+        };
         let registry = Arc::new(self.get_registry(name).await?);
-        self.inner.registries.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), registry.clone());
+        let mut cache = self.inner.registries.write().unwrap_or_else(|e| e.into_inner());
+        // A registry write during the read may have made it stale: serve it this once, cache it not.
+        if cache.generation == generation {
+            cache.entries.insert(name.clone(), registry.clone());
+        }
         Ok(registry)
     }
 
     pub(crate) fn forget_registry(&self, name: &RegistryName) {
-        self.inner.registries.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let mut cache = self.inner.registries.write().unwrap_or_else(|e| e.into_inner());
+        cache.generation += 1;
+        cache.entries.remove(name);
     }
 
     /// Routes one telemetry message and returns once its destination holds it durably.
@@ -250,9 +260,16 @@ impl Core {
         self.inner.activity.record(dev.num_id, &a);
     }
 
-    /// Records the device's acknowledgement of config `version`.
-    pub async fn config_acked(&self, dev: &AuthenticatedDevice, version: i64) -> Result<()> {
-        self.inner.store.ack_config(dev.num_id, version, self.now()).await.map_err(storage)
+    /// Records the device's acknowledgement of config `version`. It reaches the store with the
+    /// next activity flush (reads show it at once), so a PUBACK costs no transaction of its own.
+    pub fn config_acked(&self, dev: &AuthenticatedDevice, version: i64) {
+        let now = self.now();
+        let a = DeviceActivity {
+            last_config_ack_time: Some(now),
+            config_acks: vec![ConfigAck { version, time: now }],
+            ..Default::default()
+        };
+        self.inner.activity.record(dev.num_id, &a);
     }
 
     /// Notes a keep-alive from the device.

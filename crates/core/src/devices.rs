@@ -328,7 +328,9 @@ impl Core {
     pub async fn list_config_versions(&self, name: &DeviceName, num_versions: i64) -> Result<Vec<DeviceConfig>> {
         let limit = history_limit("num_versions", num_versions)?;
         let device = self.get_device(name).await?;
-        self.inner.store.list_config_versions(device.num_id, limit).await.map_err(storage)
+        let mut configs = self.inner.store.list_config_versions(device.num_id, limit).await.map_err(storage)?;
+        self.inner.activity.overlay_configs(device.num_id, &mut configs);
+        Ok(configs)
     }
 
     /// Newest first; `num_states` 0 means all that are kept.
@@ -358,10 +360,15 @@ impl Core {
         let channel = self.inner.presence.command_channel(device.num_id).ok_or_else(not_subscribed)?;
         let (done, acked) = tokio::sync::oneshot::channel();
         let command = presence::SessionControl::Command { subfolder: subfolder.to_owned(), data, done };
-        channel.send(command).await.map_err(|_| not_subscribed())?;
-        match tokio::time::timeout(self.inner.settings.command_ack_timeout, acked).await {
+        // The deadline covers the wait for room in the session's queue too: a session that does
+        // not drain it must not hold the caller forever.
+        let delivered = async {
+            channel.send(command).await.map_err(|_| ())?;
+            acked.await.map_err(|_| ())
+        };
+        match tokio::time::timeout(self.inner.settings.command_ack_timeout, delivered).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(not_subscribed()),
+            Ok(Err(())) => Err(not_subscribed()),
             Err(_) => Err(Error::new(Code::DeadlineExceeded, "The device did not acknowledge the command in time.")),
         }
     }
@@ -425,5 +432,62 @@ fn history_limit(field: &str, n: i64) -> Result<usize> {
         0 => Ok(HISTORY_KEPT),
         n if n < 0 => Err(Error::invalid(field, format!("The field '{field}' must not be negative."))),
         n => Ok(usize::try_from(n).unwrap_or(HISTORY_KEPT).min(HISTORY_KEPT)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::presence::{CONTROL_QUEUE, SessionControl};
+    use crate::testing::Fixture;
+    use crate::{Code, Settings};
+    use ferrocore_model::DeviceConfig;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    /// Finding 5 of issue 10: the send into a full control queue waited outside the ack timeout,
+    /// so the call could hang forever.
+    #[tokio::test]
+    async fn a_command_to_a_session_that_does_not_drain_its_queue_times_out() {
+        let timeout = Duration::from_millis(200);
+        let f = Fixture::new(Settings { command_ack_timeout: timeout }).await;
+        let presence = f.core.presence();
+        let (handle, _link) = presence.attach(f.device.num_id);
+        handle.commands.store(true, Ordering::Release);
+        let queue = presence.command_channel(f.device.num_id).unwrap();
+        for _ in 0..CONTROL_QUEUE {
+            queue.try_send(SessionControl::Config(DeviceConfig::default())).unwrap();
+        }
+        let started = Instant::now();
+        let sent = tokio::time::timeout(Duration::from_secs(5), f.core.send_command(&f.name(), b"x".to_vec(), ""))
+            .await
+            .expect("sendCommandToDevice returns");
+        assert_eq!(sent.unwrap_err().code, Code::DeadlineExceeded);
+        assert!(started.elapsed() < Duration::from_secs(2), "bounded by the command timeout");
+    }
+
+    /// Finding 11 of issue 10: each config PUBACK was a SQLite transaction of its own. Now it is
+    /// batched with device activity; reads see it before the flush.
+    #[tokio::test]
+    async fn config_acknowledgements_are_batched_and_visible_at_once() {
+        let f = Fixture::new(Settings::default()).await;
+        for data in [b"two", b"six"] {
+            f.core.modify_config(&f.name(), 0, data.to_vec()).await.unwrap();
+        }
+        let dev = f.authenticated();
+        f.core.config_acked(&dev, 2);
+        f.core.config_acked(&dev, 3);
+
+        let stored = f.sqlite.list_config_versions(f.device.num_id, 10).await.unwrap();
+        assert!(stored.iter().all(|c| c.device_ack_time.is_none()), "nothing written per acknowledgement");
+        let seen = f.core.list_config_versions(&f.name(), 0).await.unwrap();
+        let acked: Vec<(i64, bool)> = seen.iter().map(|c| (c.version, c.device_ack_time.is_some())).collect();
+        assert_eq!(acked, [(3, true), (2, true), (1, false)], "reads overlay pending acknowledgements");
+        let device = f.core.get_device(&f.name()).await.unwrap();
+        assert!(device.config.device_ack_time.is_some() && device.activity.last_config_ack_time.is_some());
+
+        f.core.activity().flush().await;
+        let stored = f.sqlite.list_config_versions(f.device.num_id, 10).await.unwrap();
+        let acked: Vec<(i64, bool)> = stored.iter().map(|c| (c.version, c.device_ack_time.is_some())).collect();
+        assert_eq!(acked, [(3, true), (2, true), (1, false)], "one flush writes both");
     }
 }

@@ -22,6 +22,8 @@ pub mod presence;
 pub mod registries;
 pub mod sink;
 mod states;
+#[cfg(test)]
+mod testing;
 pub mod topics;
 
 pub use error::{Code, Error, Result};
@@ -48,10 +50,19 @@ struct Inner {
     presence: Presence,
     sink: Arc<dyn Sink>,
     /// Registries by name, for per-message routing; registry writes invalidate entries.
-    registries: RwLock<HashMap<RegistryName, Arc<Registry>>>,
+    registries: RwLock<RegistryCache>,
     states: states::StateWriter,
     state_rate: states::StateRate,
     settings: Settings,
+}
+
+/// The registry cache. Every invalidation bumps `generation`; a registry read from the store is
+/// cached only if no invalidation happened while it was being read, so a read racing an update
+/// cannot put the old registry back.
+#[derive(Default)]
+struct RegistryCache {
+    generation: u64,
+    entries: HashMap<RegistryName, Arc<Registry>>,
 }
 
 /// Tunables of the use cases.
@@ -90,7 +101,7 @@ impl Core {
                 activity,
                 presence: Presence::default(),
                 sink,
-                registries: RwLock::new(HashMap::new()),
+                registries: RwLock::new(RegistryCache::default()),
                 states,
                 state_rate: states::StateRate::default(),
                 settings,

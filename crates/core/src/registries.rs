@@ -190,3 +190,36 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Fixture;
+    use std::time::Duration;
+
+    /// Finding 10 of issue 10: a cache miss that read the registry just before an update, and
+    /// inserted it just after, kept the old registry in the device bridges' cache for good.
+    #[tokio::test]
+    async fn a_registry_read_racing_an_update_does_not_cache_the_old_registry() {
+        let f = Fixture::new(Default::default()).await;
+        let name = f.device.registry.clone();
+        f.core.forget_registry(&name);
+        f.store.get_registry.arm();
+        let core = f.core.clone();
+        let reader = {
+            let name = name.clone();
+            tokio::spawn(async move { core.cached_registry(&name).await.unwrap() })
+        };
+        f.store.get_registry.held().await;
+        let input = RegistryInput {
+            fields: RegistryFields { mqtt_state: MqttState::Disabled, ..Default::default() },
+            ..Default::default()
+        };
+        f.core.update_registry(&name, input, "mqtt_config").await.unwrap();
+        f.store.get_registry.open();
+        let raced = tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap();
+        assert_eq!(raced.mqtt_state, MqttState::Enabled, "the racing read saw the old registry");
+        let now = f.core.cached_registry(&name).await.unwrap();
+        assert_eq!(now.mqtt_state, MqttState::Disabled, "but it was not cached");
+    }
+}

@@ -5,6 +5,11 @@
 //! port-0 listeners.
 
 pub mod cli;
+pub mod datadir;
+mod grpc_listener;
+mod http_listener;
+pub mod limits;
+mod net;
 pub mod secrets;
 pub mod server;
 pub mod tls;

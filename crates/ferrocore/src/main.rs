@@ -57,6 +57,11 @@ struct ServeArgs {
     /// TLS private key (PEM, mode 0600).
     #[arg(long, env = "FERROCORE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// A host name or IP address the generated certificate is for, besides localhost, 127.0.0.1
+    /// and ::1 (repeat the flag, or separate names with commas). Only when the certificate is
+    /// first generated: it cannot be re-issued (see docs/configuration.md).
+    #[arg(long = "tls-name", env = "FERROCORE_TLS_NAMES", value_delimiter = ',', conflicts_with = "tls_cert")]
+    tls_names: Vec<String>,
     /// Seconds between flushes of batched device activity (last heartbeat, event, state times).
     #[arg(long, default_value_t = 1.0)]
     activity_flush_seconds: f64,
@@ -66,9 +71,47 @@ struct ServeArgs {
     /// Messages one MQTT connection may send per second (IoT Core: 100).
     #[arg(long, default_value_t = 100)]
     mqtt_messages_per_second: u32,
+    /// MQTT connections from one source address (IPv6: one /64) at once; 0 for no limit.
+    #[arg(long, default_value_t = 0)]
+    mqtt_max_connections_per_ip: usize,
+    /// MQTT connections from one source address (IPv6: one /64) still in their TLS handshake or
+    /// CONNECT; 0 for no limit.
+    #[arg(long, default_value_t = 64)]
+    mqtt_max_unauthenticated_per_ip: usize,
+    /// Seconds an MQTT device may leave what the server sends it unread before it is disconnected.
+    #[arg(long, default_value_t = 30.0)]
+    mqtt_write_timeout_seconds: f64,
     /// Seconds sendCommandToDevice waits for a QoS 1 acknowledgement before DEADLINE_EXCEEDED.
     #[arg(long, default_value_t = 60)]
     command_timeout_seconds: u64,
+    /// HTTP connections served at once; further ones are closed at accept.
+    #[arg(long, default_value_t = 1024)]
+    http_max_connections: usize,
+    /// Seconds a client has to send a request's line and headers.
+    #[arg(long, default_value_t = 10.0)]
+    http_header_timeout_seconds: f64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 60.0)]
+    http_body_timeout_seconds: f64,
+    /// Seconds a kept-alive HTTP connection may wait for its next request, or a response for the
+    /// client to read it.
+    #[arg(long, default_value_t = 60.0)]
+    http_idle_timeout_seconds: f64,
+    /// gRPC connections served at once; further ones are closed at accept.
+    #[arg(long, default_value_t = 512)]
+    grpc_max_connections: usize,
+    /// Seconds from a gRPC connection's accept to its HTTP/2 preface (TLS handshake included).
+    #[arg(long, default_value_t = 10.0)]
+    grpc_handshake_timeout_seconds: f64,
+    /// Seconds between the HTTP/2 pings that check a gRPC peer is still there.
+    #[arg(long, default_value_t = 60.0)]
+    grpc_keepalive_seconds: f64,
+    /// Seconds a unary gRPC call may take (streams such as StreamingPull are not cut).
+    #[arg(long, default_value_t = 120.0)]
+    grpc_request_timeout_seconds: f64,
+    /// Seconds requests in progress get to finish on SIGTERM or Ctrl-C before they are aborted.
+    #[arg(long, default_value_t = 10.0)]
+    shutdown_timeout_seconds: f64,
     /// Let Pub/Sub API calls that carry no credentials in, as Google's clients send none when
     /// pointed at an emulator with PUBSUB_EMULATOR_HOST. Only the Pub/Sub services (gRPC and their
     /// REST paths); DeviceManager and the rest of the admin API still need the token.
@@ -119,13 +162,37 @@ fn serve(args: ServeArgs) -> Result<()> {
         mqtt: ferrocore_mqtt::MqttConfig {
             max_connections: args.mqtt_max_connections.max(1),
             max_messages_per_second: args.mqtt_messages_per_second.max(1),
+            max_connections_per_ip: args.mqtt_max_connections_per_ip,
+            max_unauthenticated_per_ip: args.mqtt_max_unauthenticated_per_ip,
+            write_timeout: seconds("--mqtt-write-timeout-seconds", args.mqtt_write_timeout_seconds)?,
+            // Sessions drain within the same deadline as HTTP and gRPC requests.
+            shutdown_timeout: seconds("--shutdown-timeout-seconds", args.shutdown_timeout_seconds)?,
             ..Default::default()
         },
         core: ferrocore_core::Settings {
             command_ack_timeout: Duration::from_secs(args.command_timeout_seconds.max(1)),
         },
         pubsub_anonymous: args.pubsub_anonymous,
+        limits: server::Limits {
+            http_max_connections: args.http_max_connections.max(1),
+            http_header_timeout: seconds("--http-header-timeout-seconds", args.http_header_timeout_seconds)?,
+            http_body_timeout: seconds("--http-body-timeout-seconds", args.http_body_timeout_seconds)?,
+            http_idle_timeout: seconds("--http-idle-timeout-seconds", args.http_idle_timeout_seconds)?,
+            grpc_max_connections: args.grpc_max_connections.max(1),
+            grpc_handshake_timeout: seconds("--grpc-handshake-timeout-seconds", args.grpc_handshake_timeout_seconds)?,
+            grpc_keepalive_interval: seconds("--grpc-keepalive-seconds", args.grpc_keepalive_seconds)?,
+            grpc_request_timeout: seconds("--grpc-request-timeout-seconds", args.grpc_request_timeout_seconds)?,
+            shutdown_timeout: seconds("--shutdown-timeout-seconds", args.shutdown_timeout_seconds)?,
+            ..Default::default()
+        },
+        tls_names: args.tls_names,
+        clock: Default::default(),
     };
+    if config.limits.grpc_request_timeout <= config.core.command_ack_timeout {
+        tracing::warn!(
+            "--grpc-request-timeout-seconds is not above --command-timeout-seconds: sendCommandToDevice over gRPC may be cut before its acknowledgement"
+        );
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let http = tokio::net::TcpListener::bind(args.http)
@@ -152,6 +219,14 @@ fn serve(args: ServeArgs) -> Result<()> {
         })
         .await
     })
+}
+
+/// A duration flag: a positive number of seconds, at most a day.
+fn seconds(flag: &str, value: f64) -> Result<Duration> {
+    if !(value > 0.0 && value <= 86_400.0) {
+        anyhow::bail!("{flag} must be a number of seconds between 0 and 86400");
+    }
+    Ok(Duration::from_secs_f64(value))
 }
 
 /// A listen address, or `off`.

@@ -5,9 +5,8 @@ use anyhow::{Context, Result};
 use ferrocore_core::Core;
 use ferrocore_core::clock::SystemClock;
 use ferrocore_store::sqlite::SqliteStore;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +24,9 @@ pub struct Config {
     /// Certificate chain and private key (PEM) for TLS; gRPC uses TLS with ALPN h2 when set.
     /// MQTT over TLS uses them, or a certificate generated in the data directory.
     pub tls: Option<TlsFiles>,
+    /// Host names and addresses the generated certificate is for besides localhost, 127.0.0.1 and
+    /// ::1 (with `tls` unset). Its CA is constrained to exactly these names.
+    pub tls_names: Vec<String>,
     /// Where telemetry topics are kept, and for how long.
     pub topic_log: TopicLogSettings,
     pub mqtt: ferrocore_mqtt::MqttConfig,
@@ -32,6 +34,49 @@ pub struct Config {
     /// Lets Pub/Sub calls without credentials in (clients set up with `PUBSUB_EMULATOR_HOST`
     /// send none); never DeviceManager or the rest of the admin API.
     pub pubsub_anonymous: bool,
+    /// Timeouts and connection caps of the HTTP and gRPC listeners, and the shutdown deadline.
+    pub limits: Limits,
+    /// What the core and Pub/Sub take for the current time (token and credential expiry, resource
+    /// timestamps): the system clock, except in tests that move time instead of waiting.
+    pub clock: ServerClock,
+}
+
+/// The clock of a server: [`SystemClock`] unless a test gives its own.
+#[derive(Clone)]
+pub struct ServerClock(pub Arc<dyn ferrocore_core::clock::Clock>);
+
+impl Default for ServerClock {
+    fn default() -> Self {
+        Self(Arc::new(SystemClock))
+    }
+}
+
+impl std::fmt::Debug for ServerClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerClock({})", self.0.now())
+    }
+}
+
+pub use crate::limits::Limits;
+
+impl Default for Config {
+    /// `ferrocore serve`'s defaults; callers set the fields they care about and take the rest
+    /// with `..Default::default()`.
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("ferrocore-data"),
+            admin_token: None,
+            activity_flush_interval: Duration::from_secs(1),
+            tls: None,
+            tls_names: Vec::new(),
+            topic_log: TopicLogSettings::default(),
+            mqtt: ferrocore_mqtt::MqttConfig::default(),
+            core: ferrocore_core::Settings::default(),
+            pubsub_anonymous: false,
+            limits: Limits::default(),
+            clock: ServerClock::default(),
+        }
+    }
 }
 
 /// Retention of the embedded topic log.
@@ -51,14 +96,6 @@ impl Default for TopicLogSettings {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-/// Reads the certificate and key; the key must not be readable by other users.
-fn load_tls(files: &TlsFiles) -> Result<tonic::transport::Identity> {
-    let cert = std::fs::read(&files.cert)
-        .with_context(|| format!("cannot read the TLS certificate {}", files.cert.display()))?;
-    let key = secrets::read_secret_file(&files.key).context("cannot use the TLS key")?;
-    Ok(tonic::transport::Identity::from_pem(cert, key))
 }
 
 /// Listeners bound by the caller, so tests can pass port-0 sockets. None serves nothing there.
@@ -102,11 +139,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(Bound) + Send,
 ) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let db = crate::datadir::prepare(&config.data_dir)?;
+    let open_files = crate::limits::raise_open_file_limit();
+    warn_if_files_short(open_files, &config);
     let (token, source) = secrets::admin_token(&config.data_dir, config.admin_token.clone())?;
     match source {
         TokenSource::Configured => tracing::info!("admin token taken from the configuration"),
@@ -116,7 +151,6 @@ pub async fn run(
         }
     }
 
-    let db = config.data_dir.join("ferrocore.db");
     let store = Arc::new(
         SqliteStore::open(&db).await.map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", db.display()))?,
     );
@@ -130,13 +164,13 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("cannot open the topic log: {}", e.detail()))?;
     // One LogSink is both where telemetry goes and where topic readers read it back.
     let log_sink = Arc::new(ferrocore_sinks::log::LogSink::new(topic_log.clone()));
-    let core = Core::with_settings(store.clone(), Arc::new(SystemClock), log_sink.clone(), config.core.clone());
+    let core = Core::with_settings(store.clone(), config.clock.0.clone(), log_sink.clone(), config.core.clone());
     let activity = core.activity().clone();
     let flusher = activity.spawn_flusher(config.activity_flush_interval);
     let pubsub = ferrocore_pubsub::PubSub::new(
         store.clone(),
         log_sink.clone(),
-        Arc::new(SystemClock),
+        config.clock.0.clone(),
         ferrocore_pubsub::Settings::default(),
     );
     let pubsub_access = ferrocore_api::pubsub::PubsubAccess::new(token.clone(), config.pubsub_anonymous);
@@ -179,7 +213,7 @@ pub async fn run(
     }
     let mut mqtt_tasks = Vec::new();
     if let Some(listener) = listeners.mqtts {
-        let files = crate::tls::files(&config.data_dir, config.tls.as_ref())?;
+        let files = crate::tls::files(&config.data_dir, config.tls.as_ref(), &config.tls_names)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&files, &[])?);
         let serve = ferrocore_mqtt::serve(listener, Some(acceptor), core.clone(), config.mqtt.clone(), stopped());
         mqtt_tasks.push(tokio::spawn(serve));
@@ -194,7 +228,7 @@ pub async fn run(
         )));
     }
     let service = ferrocore_api::service::DeviceManager::new(core.clone());
-    let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    let tls = config.tls.as_ref().map(|files| crate::tls::server_config(files, &[b"h2"])).transpose()?;
     let grpc = match listeners.grpc {
         Some(listener) => {
             let routes = ferrocore_api::pubsub::grpc::add_routes(
@@ -202,38 +236,53 @@ pub async fn run(
                 pubsub.clone(),
                 pubsub_access.clone(),
             );
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let mut builder = tonic::transport::Server::builder();
-            if let Some(identity) = tls {
-                builder = builder
-                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                    .context("the TLS certificate or key is not usable")?;
-            }
-            Some(tokio::spawn(builder.add_routes(routes).serve_with_incoming_shutdown(incoming, stopped())))
+            Some(tokio::spawn(crate::grpc_listener::serve(listener, tls, routes, config.limits.clone(), stopped())))
         }
         None => None,
     };
-    let app = ferrocore_api::rest::router(core.clone(), log_sink, token, pubsub.clone(), pubsub_access, ready.clone());
-    let http = tokio::spawn(axum::serve(listeners.http, app).with_graceful_shutdown(stopped()).into_future());
+    let app = ferrocore_api::rest::router(core.clone(), log_sink, token, pubsub.clone(), pubsub_access, ready.clone())
+        .layer(axum::Extension(ferrocore_api::rest::BodyTimeout(config.limits.http_body_timeout)));
+    let http = tokio::spawn(crate::http_listener::serve(listeners.http, app, config.limits.clone(), stopped()));
     ready.store(true, Ordering::Release);
     tracing::info!(listening = %bound, "ferrocore is serving");
     on_ready(bound);
 
-    let served_http = http.await.context("the HTTP server task failed")?;
+    http.await.context("the HTTP server task failed")?;
     let served_grpc = match grpc {
         Some(task) => task.await.context("the gRPC server task failed")?.map_err(anyhow::Error::from),
         None => Ok(()),
     };
 
+    // Close order: listeners (above), MQTT sessions (each serve task returns once its sessions
+    // drained), then batched activity, Pub/Sub cursors, the topic log and the store, so nothing
+    // writes to what is already closed.
     for task in mqtt_tasks {
         let _ = task.await;
     }
-    pubsub.close().await;
-    flusher.abort();
+    flusher.stop().await;
     activity.flush().await;
+    pubsub.close().await;
     topic_log.close().await;
     store.close().await;
     tracing::info!("ferrocore stopped");
-    served_http.context("the HTTP listener failed")?;
     served_grpc.context("the gRPC listener failed")
+}
+
+/// Warns when the listeners' connection caps add up to more than the process may open: beyond
+/// the limit, accepting fails on every listener at once instead of on the one that is full.
+fn warn_if_files_short(open_files: Option<u64>, config: &Config) {
+    let Some(limit) = open_files else { return };
+    // Database, topic log segments, listeners, and room to spare.
+    const RESERVED: u64 = 256;
+    let caps = [config.mqtt.max_connections, config.limits.http_max_connections, config.limits.grpc_max_connections];
+    let needed = caps.iter().map(|&c| c as u64).sum::<u64>() + RESERVED;
+    if needed > limit {
+        tracing::warn!(
+            open_file_limit = limit,
+            needed,
+            "the connection caps (--mqtt-max-connections, --http-max-connections, --grpc-max-connections) exceed the open-file limit; lower them or raise the limit"
+        );
+    } else {
+        tracing::debug!(open_file_limit = limit, "open-file limit");
+    }
 }

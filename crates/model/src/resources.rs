@@ -105,6 +105,16 @@ pub struct DeviceActivity {
     pub last_config_send_time: Option<Timestamp>,
     pub last_error_time: Option<Timestamp>,
     pub last_error_status: Option<Status>,
+    /// Config versions the device acknowledged and when, waiting to reach the store with the rest
+    /// (each sets that version's `deviceAckTime`). Empty on devices read from the store.
+    pub config_acks: Vec<ConfigAck>,
+}
+
+/// A device's acknowledgement of one config version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigAck {
+    pub version: i64,
+    pub time: Timestamp,
 }
 
 impl DeviceActivity {
@@ -123,6 +133,17 @@ impl DeviceActivity {
         if newer.last_error_time > self.last_error_time {
             self.last_error_time = newer.last_error_time;
             self.last_error_status = newer.last_error_status.clone();
+        }
+        for ack in &newer.config_acks {
+            match self.config_acks.iter_mut().find(|a| a.version == ack.version) {
+                Some(a) => a.time = a.time.max(ack.time),
+                None => self.config_acks.push(*ack),
+            }
+        }
+        // Only the newest versions are kept in the store, so older acks have nothing to mark.
+        if self.config_acks.len() > crate::limits::HISTORY_KEPT {
+            self.config_acks.sort_unstable_by_key(|a| std::cmp::Reverse(a.version));
+            self.config_acks.truncate(crate::limits::HISTORY_KEPT);
         }
     }
 }

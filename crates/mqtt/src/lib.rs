@@ -1,8 +1,10 @@
 //! Ferrocore's MQTT bridge: what devices running Cloud IoT Core firmware connect to.
 //!
-//! * [`server`]: the accept loop, TLS, the connection cap and the CONNECT deadline.
+//! * [`server`]: the accept loop, TLS, the connection caps (in all and per source address), the
+//!   CONNECT deadline, and the drain of every session on shutdown.
 //! * [`session`]: one connected device: authentication, topics, QoS 1, keep-alive, token expiry,
-//!   and the control messages (commands, config pushes, disconnects) the core sends it.
+//!   write deadlines, and the control messages (commands, config pushes, disconnects) the core
+//!   sends it.
 //! * [`topic`]: Cloud IoT Core's topic layout, parsed into typed values.
 //!
 //! Protocol parsing lives in `ferrocore-mqtt-codec`; use cases (authentication, routing,

@@ -1,13 +1,17 @@
-//! Accepts MQTT connections (plain or TLS) and runs a session for each, within limits.
+//! Accepts MQTT connections (plain or TLS) and runs a session for each, within limits: a cap on
+//! connections, per source address caps (all connections, and those not yet authenticated), and
+//! a drain on shutdown that waits, up to a deadline, for every session to finish.
 
 use crate::session;
 use ferrocore_core::Core;
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 /// Limits of the MQTT bridge.
@@ -17,9 +21,19 @@ pub struct MqttConfig {
     pub connect_timeout: Duration,
     /// Largest packet accepted: the 256 KiB telemetry limit plus room for the topic and headers.
     pub max_packet_size: usize,
+    /// Largest first packet (CONNECT) accepted before the device is authenticated. A client id,
+    /// a user name and a JWT (at most 8 KiB) fit with room to spare.
+    pub max_connect_size: usize,
     /// Connections served at once; further ones are closed at accept.
     pub max_connections: usize,
-    /// Messages a connection may send per second (IoT Core: 100).
+    /// Connections from one source address (IPv6: one /64) at once; 0 for no limit. Fleets behind
+    /// NAT share addresses, so this is off by default.
+    pub max_connections_per_ip: usize,
+    /// Connections from one source address (IPv6: one /64) not yet authenticated (TLS handshake
+    /// or CONNECT under way); 0 for no limit.
+    pub max_unauthenticated_per_ip: usize,
+    /// Packets a connection may send per second (IoT Core: 100 messages); every packet counts but
+    /// the PUBACKs answering the server's own messages.
     pub max_messages_per_second: u32,
     /// Longest silence allowed whatever the keep-alive (IoT Core: 20 minutes).
     pub max_idle: Duration,
@@ -28,6 +42,13 @@ pub struct MqttConfig {
     /// Device messages a connection may have in flight (received, not yet durable); beyond this
     /// the connection stops reading, which pushes back on the device.
     pub max_pipeline: usize,
+    /// Output may wait this long for a device to read it; then the connection is closed.
+    pub write_timeout: Duration,
+    /// Output waiting for one device beyond this closes its connection. Must hold the largest
+    /// command (256 KiB) with its topic.
+    pub max_write_buffer: usize,
+    /// On shutdown, sessions get this long to finish what they took; then they are aborted.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for MqttConfig {
@@ -35,16 +56,24 @@ impl Default for MqttConfig {
         Self {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 256 * 1024 + 4 * 1024,
+            max_connect_size: 16 * 1024,
             max_connections: 18_000,
+            max_connections_per_ip: 0,
+            max_unauthenticated_per_ip: 64,
             max_messages_per_second: 100,
             max_idle: Duration::from_secs(20 * 60),
             max_inflight: 64,
             max_pipeline: 1024,
+            write_timeout: Duration::from_secs(30),
+            max_write_buffer: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Serves `listener` until `shutdown` completes; open sessions are closed then.
+/// Serves `listener` until `shutdown` completes. Then it stops accepting, tells every session to
+/// drain, and returns once they all finished, or `shutdown_timeout` passed and the rest were
+/// aborted: nothing of a session outlives this future.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -54,11 +83,15 @@ pub async fn serve(
 ) {
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sources = Arc::new(Sources::new(&config));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
+            // Finished sessions are reaped as they go, so the set only holds live ones.
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -73,18 +106,25 @@ pub async fn serve(
             tracing::warn!(%peer, "connection limit reached; closing the new connection");
             continue;
         };
+        let Some(source) = sources.admit(peer.ip()) else {
+            tracing::debug!(%peer, "per-address connection limit reached; closing the new connection");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let (core, config, tls, mut stop) = (core.clone(), config.clone(), tls.clone(), stop_rx.clone());
-        tokio::spawn(async move {
+        let (core, config, tls, stop) = (core.clone(), config.clone(), tls.clone(), stop_rx.clone());
+        sessions.spawn(async move {
             let _slot = slot;
-            let run = serve_connection(tcp, peer, tls, core, config);
-            tokio::select! {
-                _ = run => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
+            serve_connection(tcp, peer, tls, core, config, stop, source).await;
         });
     }
+    drop(listener);
     let _ = stop_tx.send(true);
+    let drained =
+        tokio::time::timeout(config.shutdown_timeout, async { while sessions.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(sessions = sessions.len(), "MQTT sessions still open at the shutdown deadline; aborting them");
+        sessions.shutdown().await;
+    }
 }
 
 async fn serve_connection(
@@ -93,14 +133,146 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
     core: Core,
     config: Arc<MqttConfig>,
+    mut stop: watch::Receiver<bool>,
+    mut source: SourceSlot,
 ) {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let connected = || source.authenticated();
     match tls {
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => session::run(stream, peer, core, config, deadline).await,
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
-        None => session::run(tcp, peer, core, config, deadline).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            session::run(stream, peer, core, config, deadline, stop, connected).await
+        }
+        None => session::run(tcp, peer, core, config, deadline, stop, connected).await,
+    }
+}
+
+/// Connection counts per source address.
+struct Sources {
+    max_total: usize,
+    max_unauthenticated: usize,
+    counts: Mutex<HashMap<SourceKey, Counts>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    unauthenticated: usize,
+}
+
+/// An IPv4 address, or the /64 an IPv6 address is in (one host usually holds a whole /64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceKey {
+    V4(u32),
+    V6(u64),
+}
+
+impl SourceKey {
+    fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self::V4(v4.to_bits()),
+            IpAddr::V6(v6) => Self::V6((v6.to_bits() >> 64) as u64),
+        }
+    }
+}
+
+impl Sources {
+    fn new(config: &MqttConfig) -> Self {
+        Self {
+            max_total: config.max_connections_per_ip,
+            max_unauthenticated: config.max_unauthenticated_per_ip,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<SourceKey, Counts>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a new connection from `ip`, or None when that address is at one of its limits.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let key = SourceKey::of(ip);
+        let mut counts = self.counts();
+        let c = counts.entry(key).or_default();
+        let over = |n: usize, max: usize| max != 0 && n >= max;
+        if over(c.total, self.max_total) || over(c.unauthenticated, self.max_unauthenticated) {
+            if c.total == 0 {
+                counts.remove(&key);
+            }
+            return None;
+        }
+        c.total += 1;
+        c.unauthenticated += 1;
+        Some(SourceSlot { sources: self.clone(), key, authenticated: false })
+    }
+}
+
+/// One counted connection; uncounted when dropped.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    key: SourceKey,
+    authenticated: bool,
+}
+
+impl SourceSlot {
+    fn authenticated(&mut self) {
+        if !std::mem::replace(&mut self.authenticated, true)
+            && let Some(c) = self.sources.counts().get_mut(&self.key)
+        {
+            c.unauthenticated -= 1;
+        }
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.sources.counts();
+        if let Some(c) = counts.get_mut(&self.key) {
+            c.total -= 1;
+            if !self.authenticated {
+                c.unauthenticated -= 1;
+            }
+            if c.total == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_limits_count_and_release() {
+        let config = MqttConfig { max_connections_per_ip: 3, max_unauthenticated_per_ip: 2, ..Default::default() };
+        let sources = Arc::new(Sources::new(&config));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut first = sources.admit(a).unwrap();
+        let second = sources.admit(a).unwrap();
+        assert!(sources.admit(a).is_none(), "two not yet authenticated");
+        assert!(sources.admit("10.0.0.2".parse().unwrap()).is_some(), "another address is not affected");
+        first.authenticated();
+        first.authenticated();
+        let _third = sources.admit(a).unwrap();
+        assert!(sources.admit(a).is_none(), "three in all");
+        drop(second);
+        drop(first);
+        assert!(sources.admit(a).is_some());
+        // One IPv6 host: the /64 counts as one source; a v4-mapped address as its IPv4.
+        let v6 = |s: &str| SourceKey::of(s.parse().unwrap());
+        assert_eq!(v6("2001:db8::1"), v6("2001:db8::ffff:1"));
+        assert_ne!(v6("2001:db8::1"), v6("2001:db8:0:1::1"));
+        assert_eq!(v6("::ffff:10.0.0.1"), SourceKey::of(a));
+        drop(_third);
+        assert!(sources.counts().len() <= 1, "entries of idle addresses are removed");
     }
 }

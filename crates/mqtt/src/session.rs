@@ -1,32 +1,48 @@
 //! One device connection, from CONNECT to close.
 //!
 //! The loop reads packets, acts on them through the core, and answers; it also serves the
-//! control messages the core sends (commands, config pushes, disconnects) and enforces the
-//! keep-alive, the token's expiry and the message rate. Replies produced while handling a burst
-//! of packets are written together, so a busy connection costs one write per burst.
+//! control messages the core sends (commands, config pushes), obeys disconnect orders, and
+//! enforces the keep-alive, the token's expiry and the packet rate. Replies produced while
+//! handling a burst of packets are written together, so a busy connection costs one write per
+//! burst.
+//!
+//! Writing is one of the things the loop waits on, never something it waits for: a device that
+//! stops reading cannot stop the session from seeing a deadline or a disconnect order. Output
+//! that waits longer than `write_timeout`, or grows past `max_write_buffer`, closes the
+//! connection. On server shutdown the session stops reading, lets the messages it already took
+//! become durable, writes their PUBACKs and closes.
 
 use crate::server::MqttConfig;
 use crate::topic::{self, PublishTopic, SubscribeTopic};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Delivery, Transport};
-use ferrocore_core::presence::{SessionControl, SessionHandle};
+use ferrocore_core::presence::{Disconnect, SessionControl, SessionLink};
 use ferrocore_core::{Code, Core, Error};
-use ferrocore_model::{DeviceConfig, DeviceName, Status};
+use ferrocore_model::{DeviceConfig, DeviceName, NumId, Status};
 use ferrocore_mqtt_codec::{
     ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Publish, QoS, SubAck, SubAckCode, decode, encode,
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+
+/// Buffers grown past this by a large message are given back once empty, so an idle connection
+/// does not keep the memory of its biggest message.
+const KEEP_BUFFER: usize = 16 * 1024;
+
+/// Longest wait for the last bytes when a connection is closed for a reason other than its output.
+const CLOSING_WRITE: Duration = Duration::from_secs(1);
 
 /// Why a session ended; errors are recorded on the device as IoT Core did.
 enum Close {
-    /// The device disconnected or the socket closed.
+    /// The device disconnected, the socket closed, or the server shut down.
     Normal,
     /// The server ends the connection, recording this on the device.
     Error(Error),
@@ -36,12 +52,24 @@ enum Close {
 
 /// What woke the session loop.
 enum Event {
-    /// Bytes arrived (true) or the peer closed (false).
-    Read(bool),
+    Io(Io),
     Delivered(ferrocore_core::Result<()>),
     Control(Option<SessionControl>),
+    Ended(Disconnect),
+    Shutdown,
     Idle,
     TokenExpired,
+    WriteStalled,
+}
+
+/// What the socket did.
+enum Io {
+    /// Bytes arrived (true) or the peer closed (false).
+    Read(bool),
+    /// All output went out.
+    Wrote,
+    /// The socket failed.
+    Failed,
 }
 
 /// A message sent to the device that awaits its PUBACK.
@@ -55,84 +83,132 @@ struct Session<S> {
     core: Core,
     config: Arc<MqttConfig>,
     device: AuthenticatedDevice,
-    handle: SessionHandle,
+    /// Set while subscribed to commands; presence reads it.
+    commands: Arc<AtomicBool>,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Bytes accepted by the stream but maybe not sent (TLS buffers records until flushed).
+    unflushed: bool,
+    /// Output waiting since before this instant + `write_timeout` closes the connection.
+    write_deadline: Option<Instant>,
+    /// The most output buffered since it was last all out (what `wbuf` may still hold allocated:
+    /// its capacity shrinks as it is written, its allocation does not).
+    wbuf_peak: usize,
     idle_limit: Duration,
     idle_deadline: Instant,
     token_deadline: Instant,
     config_qos: Option<QoS>,
     commands_qos: Option<QoS>,
+    /// The newest config version sent; older pushes that arrive late are not sent.
+    config_version: i64,
     inflight: HashMap<u16, Outgoing>,
     /// Device messages queued for delivery, in arrival order, with the packet id to acknowledge.
     pending: VecDeque<(Option<u16>, Delivery)>,
     next_packet_id: u16,
     window_start: Instant,
     window_count: u32,
+    /// Shutting down: no more reading, only finishing what was taken.
+    draining: bool,
 }
 
-/// Runs a connection: waits for CONNECT until `connect_deadline`, authenticates, then serves.
+/// Removes the session from presence when it ends, however it ends (aborted tasks included).
+struct Attached {
+    core: Core,
+    device: NumId,
+    id: u64,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.core.presence().detach(self.device, self.id);
+    }
+}
+
+/// Resolves once `shutdown` turns true; never if its sender is gone without doing so.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs a connection: waits for CONNECT until `connect_deadline`, authenticates, then serves
+/// until the device leaves, the core ends the session, or `shutdown` turns true (then it
+/// drains). `on_connected` runs once the device is authenticated.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
     core: Core,
     config: Arc<MqttConfig>,
     connect_deadline: Instant,
+    mut shutdown: watch::Receiver<bool>,
+    on_connected: impl FnOnce(),
 ) {
     let mut rbuf = BytesMut::with_capacity(1024);
-    let connect = match tokio::time::timeout_at(connect_deadline, read_packet(&mut stream, &mut rbuf, &config)).await {
-        Ok(Ok(Some(Packet::Connect(c)))) => c,
-        Ok(Err(DecodeError::UnsupportedProtocol { name, level })) => {
-            tracing::debug!(%peer, %name, level, "refused CONNECT for an unsupported protocol");
-            let _ = send_connack(&mut stream, ConnectReturnCode::UnacceptableProtocolVersion).await;
-            return;
-        }
-        Ok(Ok(Some(_))) => return tracing::debug!(%peer, "first packet was not CONNECT"),
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "bad CONNECT"),
-        Err(_) => return tracing::debug!(%peer, "no CONNECT before the deadline"),
+    // Before authentication only a small first packet is buffered: a CONNECT with a JWT fits.
+    let first = tokio::time::timeout_at(connect_deadline, read_packet(&mut stream, &mut rbuf, config.max_connect_size));
+    let connect = tokio::select! {
+        read = first => match read {
+            Ok(Ok(Some(Packet::Connect(c)))) => c,
+            Ok(Err(DecodeError::UnsupportedProtocol { name, level })) => {
+                tracing::debug!(%peer, %name, level, "refused CONNECT for an unsupported protocol");
+                let _ = send_connack(&mut stream, ConnectReturnCode::UnacceptableProtocolVersion, &config).await;
+                return;
+            }
+            Ok(Ok(Some(_))) => return tracing::debug!(%peer, "first packet was not CONNECT"),
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "bad CONNECT"),
+            Err(_) => return tracing::debug!(%peer, "no CONNECT before the deadline"),
+        },
+        _ = stopped(&mut shutdown) => return,
     };
     let device = match authenticate(&core, &connect).await {
         Ok(d) => d,
         Err(code) => {
-            let _ = send_connack(&mut stream, code).await;
+            let _ = send_connack(&mut stream, code, &config).await;
             return;
         }
     };
-    let (handle, control) = core.presence().attach(device.num_id);
-    if send_connack(&mut stream, ConnectReturnCode::Accepted).await.is_err() {
-        core.presence().detach(device.num_id, handle.id);
+    let (handle, mut link) = core.presence().attach(device.num_id);
+    let _attached = Attached { core: core.clone(), device: device.num_id, id: handle.id };
+    // Presence holds the only senders: once it forgets this session, the queue closes.
+    drop(handle);
+    if send_connack(&mut stream, ConnectReturnCode::Accepted, &config).await.is_err() {
         return;
     }
+    on_connected();
     tracing::debug!(%peer, device = %device.name(), "device connected");
     let idle_limit = match connect.keep_alive {
         0 => config.max_idle,
         ka => Duration::from_millis(u64::from(ka) * 1500).min(config.max_idle),
     };
     let now = Instant::now();
-    let token_left = device.token_deadline - core.clock_now().unix_seconds();
+    let token_left = device.token_deadline.saturating_sub(core.clock_now().unix_seconds());
     let mut session = Session {
         stream,
         core: core.clone(),
         config,
         device,
-        handle,
+        commands: link.commands.clone(),
         rbuf,
-        wbuf: BytesMut::with_capacity(1024),
+        wbuf: BytesMut::new(),
+        unflushed: false,
+        write_deadline: None,
+        wbuf_peak: 0,
         idle_limit,
         idle_deadline: now + idle_limit,
         token_deadline: now + Duration::from_secs(u64::try_from(token_left).unwrap_or(0)),
         config_qos: None,
         commands_qos: None,
+        config_version: 0,
         inflight: HashMap::new(),
         pending: VecDeque::new(),
         next_packet_id: 1,
         window_start: now,
         window_count: 0,
+        draining: false,
     };
-    let close = session.serve(control).await;
-    let (device, handle) = (session.device, session.handle);
-    core.presence().detach(device.num_id, handle.id);
+    let close = session.serve(&mut link, &mut shutdown).await;
+    let device = session.device;
     match close {
         Close::Normal | Close::Ordered(None) => {}
         Close::Error(e) => {
@@ -147,10 +223,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 async fn read_packet<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
-    config: &MqttConfig,
+    max_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
     loop {
-        if let Some(p) = decode(rbuf, config.max_packet_size)? {
+        if let Some(p) = decode(rbuf, max_size)? {
             return Ok(Some(p));
         }
         match stream.read_buf(rbuf).await {
@@ -160,14 +236,24 @@ async fn read_packet<S: AsyncRead + Unpin>(
     }
 }
 
-async fn send_connack<S: AsyncWrite + Unpin>(stream: &mut S, code: ConnectReturnCode) -> std::io::Result<()> {
+async fn send_connack<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    code: ConnectReturnCode,
+    config: &MqttConfig,
+) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(4);
     encode(&Packet::ConnAck(ConnAck { session_present: false, code }), &mut buf);
-    stream.write_all(&buf).await?;
-    stream.flush().await
+    let write = async {
+        stream.write_all(&buf).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(config.write_timeout, write).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// CONNECT → an authenticated device, or the CONNACK code refusing it.
+///
+/// Every refused credential gets the same code (5), whatever the reason: a different answer for
+/// an unknown device would tell anyone which devices exist. The reason goes to the server log.
 async fn authenticate(core: &Core, c: &Connect) -> Result<AuthenticatedDevice, ConnectReturnCode> {
     let Ok(name) = DeviceName::parse_field("client_id", &c.client_id) else {
         return Err(ConnectReturnCode::IdentifierRejected);
@@ -178,12 +264,8 @@ async fn authenticate(core: &Core, c: &Connect) -> Result<AuthenticatedDevice, C
     };
     match core.authenticate_device(&name, token, Transport::Mqtt).await {
         Ok(d) => Ok(d),
-        Err(AuthFailure::Malformed(why)) => {
-            tracing::debug!(device = %name, %why, "refused: malformed token");
-            Err(ConnectReturnCode::BadUsernameOrPassword)
-        }
-        Err(AuthFailure::NotAuthorized(why)) => {
-            tracing::debug!(device = %name, %why, "refused: not authorized");
+        Err(AuthFailure::Malformed(why) | AuthFailure::NotAuthorized(why)) => {
+            tracing::debug!(device = %name, %why, "refused CONNECT");
             Err(ConnectReturnCode::NotAuthorized)
         }
         Err(AuthFailure::Unavailable) => Err(ConnectReturnCode::ServerUnavailable),
@@ -194,55 +276,163 @@ fn violation(message: impl Into<String>) -> Close {
     Close::Error(Error::invalid("mqtt", message))
 }
 
+/// Polls the socket for both directions: output first (progress there frees memory), then input
+/// when `reading`. Output that only partly goes out stays pending without waking the loop; it
+/// reports `Wrote` once all of it is out, so the loop can clear the write deadline.
+fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    unflushed: &mut bool,
+    reading: bool,
+) -> Poll<Io> {
+    while !wbuf.is_empty() {
+        match Pin::new(&mut *stream).poll_write(cx, wbuf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Io::Failed),
+            Poll::Ready(Ok(n)) => {
+                wbuf.advance(n);
+                *unflushed = true;
+            }
+            Poll::Pending => break,
+        }
+    }
+    if wbuf.is_empty() && *unflushed {
+        match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                *unflushed = false;
+                return Poll::Ready(Io::Wrote);
+            }
+            Poll::Ready(Err(_)) => return Poll::Ready(Io::Failed),
+            Poll::Pending => {}
+        }
+    }
+    if reading {
+        // `read_buf` keeps nothing between polls, so a fresh future per poll loses no data.
+        let read = std::pin::pin!(stream.read_buf(rbuf));
+        if let Poll::Ready(r) = read.poll(cx) {
+            return Poll::Ready(Io::Read(matches!(r, Ok(n) if n > 0)));
+        }
+    }
+    Poll::Pending
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    async fn serve(&mut self, mut control: tokio::sync::mpsc::Receiver<SessionControl>) -> Close {
+    async fn serve(&mut self, link: &mut SessionLink, shutdown: &mut watch::Receiver<bool>) -> Close {
         // Packets that arrived together with CONNECT are already buffered: serve them first.
         if let Err(close) = self.handle_buffered().await {
-            let _ = self.flush().await;
+            self.write_out().await;
             return close;
         }
-        if self.flush().await.is_err() {
-            return Close::Normal;
-        }
         loop {
+            if let Err(close) = self.check_output() {
+                return close;
+            }
+            if self.draining && self.pending.is_empty() && self.write_deadline.is_none() {
+                return Close::Normal;
+            }
             let event = {
+                let (draining, max_pipeline) = (self.draining, self.config.max_pipeline);
+                let (idle, token, write) = (self.idle_deadline, self.token_deadline, self.write_deadline);
                 // Disjoint borrows, so the branches can wait side by side.
-                let (stream, rbuf, pending) = (&mut self.stream, &mut self.rbuf, &mut self.pending);
-                let reading = pending.len() < self.config.max_pipeline;
+                let Self { stream, rbuf, wbuf, unflushed, pending, .. } = self;
+                let reading = !draining && pending.len() < max_pipeline;
+                let io = std::future::poll_fn(|cx| poll_io(cx, stream, rbuf, wbuf, unflushed, reading));
                 let front = async {
                     match pending.front_mut() {
                         Some((_, delivery)) => delivery.as_mut().await,
                         None => std::future::pending().await,
                     }
                 };
+                let (control, ended, write_at) = (&mut link.control, &mut link.ended, write.unwrap_or(token));
+                // Orders and deadlines first: when they are due, nothing else is served.
                 tokio::select! {
-                    read = stream.read_buf(rbuf), if reading => Event::Read(read.map(|n| n > 0).unwrap_or(false)),
+                    biased;
+                    order = async { match ended.wait_for(Option::is_some).await {
+                        Ok(o) => o.clone().unwrap_or(Disconnect { status: None }),
+                        Err(_) => Disconnect { status: None },
+                    } } => Event::Ended(order),
+                    _ = stopped(shutdown), if !draining => Event::Shutdown,
+                    _ = tokio::time::sleep_until(token) => Event::TokenExpired,
+                    _ = tokio::time::sleep_until(idle), if !draining => Event::Idle,
+                    _ = tokio::time::sleep_until(write_at), if write.is_some() => Event::WriteStalled,
+                    ctl = control.recv(), if !draining => Event::Control(ctl),
                     done = front => Event::Delivered(done),
-                    ctl = control.recv() => Event::Control(ctl),
-                    _ = tokio::time::sleep_until(self.idle_deadline) => Event::Idle,
-                    _ = tokio::time::sleep_until(self.token_deadline) => Event::TokenExpired,
+                    io = io => Event::Io(io),
                 }
             };
             let close = match event {
-                Event::Read(false) => Some(Close::Normal),
-                Event::Read(true) => self.handle_buffered().await.err(),
+                Event::Io(Io::Read(false)) => Some(Close::Normal),
+                Event::Io(Io::Read(true)) => self.handle_buffered().await.err(),
+                Event::Io(Io::Wrote) => None,
+                Event::Io(Io::Failed) => return Close::Normal,
                 Event::Delivered(result) => self.acknowledge(result).await.err(),
                 Event::Control(Some(ctl)) => self.handle_control(ctl).err(),
                 Event::Control(None) => Some(Close::Ordered(None)),
+                Event::Ended(order) => Some(Close::Ordered(order.status)),
+                Event::Shutdown => {
+                    self.draining = true;
+                    None
+                }
                 Event::Idle => Some(violation(format!("No packet for {:?}: keep-alive expired.", self.idle_limit))),
                 Event::TokenExpired => Some(Close::Error(Error::new(
                     Code::Unauthenticated,
                     "mqtt: SERVER: The authorization token expired.",
                 ))),
+                // The device is not reading: there is no point in trying to write more.
+                Event::WriteStalled => {
+                    return Close::Error(Error::new(
+                        Code::DeadlineExceeded,
+                        format!("The device did not read what the server sent within {:?}.", self.config.write_timeout),
+                    ));
+                }
             };
             if let Some(close) = close {
-                let _ = self.flush().await;
+                // Revoked sessions go at once; others send their last answers, unless output was
+                // already stuck before this event.
+                if !matches!(close, Close::Ordered(_)) && self.write_deadline.is_none() {
+                    self.write_out().await;
+                }
                 return close;
             }
-            if self.flush().await.is_err() {
-                return Close::Normal;
-            }
         }
+    }
+
+    /// Bounds the output and keeps its deadline: set when output starts waiting, cleared once
+    /// it is all out.
+    fn check_output(&mut self) -> Result<(), Close> {
+        if self.wbuf.len() > self.config.max_write_buffer {
+            return Err(Close::Error(Error::new(
+                Code::ResourceExhausted,
+                format!(
+                    "The device is not reading: over {} bytes were waiting to be sent to it.",
+                    self.config.max_write_buffer
+                ),
+            )));
+        }
+        self.wbuf_peak = self.wbuf_peak.max(self.wbuf.len());
+        let waiting = !self.wbuf.is_empty() || self.unflushed;
+        match (waiting, self.write_deadline) {
+            (true, None) => self.write_deadline = Some(Instant::now() + self.config.write_timeout),
+            (false, Some(_)) => {
+                self.write_deadline = None;
+                if std::mem::take(&mut self.wbuf_peak) > KEEP_BUFFER {
+                    self.wbuf = BytesMut::new();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered before a close, briefly: the session is ending anyway.
+    async fn write_out(&mut self) {
+        let limit = self.config.write_timeout.min(CLOSING_WRITE);
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        let _ = tokio::time::timeout(limit, write).await;
     }
 
     /// Handles the delivery at the front of the pipeline, and every one behind it that is already
@@ -274,30 +464,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        let result = self.stream.write_all(&self.wbuf).await;
-        self.wbuf.clear();
-        result?;
-        self.stream.flush().await
-    }
-
     /// Handles every whole packet in the read buffer.
     async fn handle_buffered(&mut self) -> Result<(), Close> {
         loop {
             let packet = match decode(&mut self.rbuf, self.config.max_packet_size) {
                 Ok(Some(p)) => p,
-                Ok(None) => return Ok(()),
+                Ok(None) => break,
                 Err(e) => return Err(violation(format!("Malformed MQTT packet: {e}"))),
             };
             self.idle_deadline = Instant::now() + self.idle_limit;
+            // Every packet counts against the rate, except PUBACKs answering the server's own
+            // messages: those are bounded by what the server sends.
+            if !matches!(&packet, Packet::PubAck(id) if self.inflight.contains_key(id)) {
+                self.count_packet()?;
+            }
             self.handle_packet(packet).await?;
         }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+            self.rbuf = BytesMut::with_capacity(1024);
+        }
+        Ok(())
     }
 
-    fn count_message(&mut self) -> Result<(), Close> {
+    fn count_packet(&mut self) -> Result<(), Close> {
         let now = Instant::now();
         if now.duration_since(self.window_start) >= Duration::from_secs(1) {
             self.window_start = now;
@@ -307,7 +496,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.window_count > self.config.max_messages_per_second {
             return Err(Close::Error(Error::new(
                 Code::ResourceExhausted,
-                format!("The device sent more than {} messages in one second.", self.config.max_messages_per_second),
+                format!(
+                    "The device sent more than {} MQTT packets in one second.",
+                    self.config.max_messages_per_second
+                ),
             )));
         }
         Ok(())
@@ -315,28 +507,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn handle_packet(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
-            Packet::Publish(p) => {
-                self.count_message()?;
-                self.handle_publish(p).await
-            }
+            Packet::Publish(p) => self.handle_publish(p).await,
             Packet::PubAck(id) => {
                 match self.inflight.remove(&id) {
                     Some(Outgoing::Command(done)) => {
                         let _ = done.send(());
                     }
-                    Some(Outgoing::Config(version)) => {
-                        if let Err(e) = self.core.config_acked(&self.device, version).await {
-                            tracing::warn!(error = %e, "config acknowledgement not recorded");
-                        }
-                    }
+                    Some(Outgoing::Config(version)) => self.core.config_acked(&self.device, version),
                     None => {}
                 }
                 Ok(())
             }
-            Packet::Subscribe(s) => {
-                self.count_message()?;
-                self.handle_subscribe(s.packet_id, s.filters).await
-            }
+            Packet::Subscribe(s) => self.handle_subscribe(s.packet_id, s.filters).await,
             Packet::Unsubscribe(u) => {
                 for f in &u.filters {
                     match topic::parse_subscribe(f) {
@@ -345,7 +527,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         }
                         Some(SubscribeTopic::Commands { device }) if device == self.device.id.as_str() => {
                             self.commands_qos = None;
-                            self.handle.commands.store(false, Ordering::Release);
+                            self.commands.store(false, Ordering::Release);
                         }
                         _ => {}
                     }
@@ -408,7 +590,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 Some(SubscribeTopic::Commands { device }) if device == own => {
                     self.commands_qos = Some(granted);
-                    self.handle.commands.store(true, Ordering::Release);
+                    self.commands.store(true, Ordering::Release);
                     SubAckCode::Granted(granted)
                 }
                 _ => SubAckCode::Failure,
@@ -419,7 +601,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if send_config {
             // The latest config arrives at once on subscribe, even if the device has seen it.
             let config = self.core.device_config(&self.device).await.map_err(Close::Error)?;
-            self.send_config(config)?;
+            if config.version >= self.config_version {
+                self.send_config(config)?;
+            }
         }
         Ok(())
     }
@@ -462,6 +646,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn send_config(&mut self, config: DeviceConfig) -> Result<(), Close> {
         let Some(qos) = self.config_qos else { return Ok(()) };
         let topic = topic::config_topic(self.device.id.as_str());
+        self.config_version = self.config_version.max(config.version);
         self.publish(topic, qos, Bytes::from(config.binary_data), Outgoing::Config(config.version))?;
         self.core.config_sent(&self.device);
         Ok(())
@@ -475,8 +660,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let topic = topic::command_topic(self.device.id.as_str(), &subfolder);
                 self.publish(topic, qos, Bytes::from(data), Outgoing::Command(done))
             }
+            // Two updates may push in the opposite order to the one they were written in: a
+            // version older than one already sent is stale.
+            SessionControl::Config(config) if config.version <= self.config_version => Ok(()),
             SessionControl::Config(config) => self.send_config(config),
-            SessionControl::Disconnect(reason) => Err(Close::Ordered(reason)),
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::{
     BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, NewDevice, RegistryDelete, Store, StoreError,
 };
 use ferrocore_model::{
-    DeviceActivity, DeviceCredential, DeviceId, DeviceName, DeviceRef, DeviceState, EventNotificationConfig,
+    ConfigAck, DeviceActivity, DeviceCredential, DeviceId, DeviceName, DeviceRef, DeviceState, EventNotificationConfig,
     GatewayAuthMethod, GatewayType, HttpState, LocationId, LocationName, LogLevel, MqttState, NumId, ProjectId,
     PublicKey, PublicKeyFormat, Registry, RegistryId, RegistryName, StateNotificationConfig, Status, Timestamp,
 };
@@ -227,6 +227,19 @@ async fn configs(store: &dyn Store) {
     let got = store.get_device(&name(&r.name, "dev")).await.unwrap().unwrap();
     assert_eq!(got.config.device_ack_time, Some(t(100)));
     assert_eq!(got.activity.last_config_ack_time, Some(t(100)));
+
+    // Acknowledgements batched with the rest of the activity mark their versions.
+    let acks = DeviceActivity {
+        last_config_ack_time: Some(t(102)),
+        config_acks: vec![ConfigAck { version: 13, time: t(101) }, ConfigAck { version: 12, time: t(102) }],
+        ..Default::default()
+    };
+    store.record_activity(&[(d.num_id, acks)]).await.unwrap();
+    let acked: Vec<(i64, Option<Timestamp>)> =
+        store.list_config_versions(d.num_id, 3).await.unwrap().iter().map(|c| (c.version, c.device_ack_time)).collect();
+    assert_eq!(acked, [(14, Some(t(100))), (13, Some(t(101))), (12, Some(t(102)))]);
+    let got = store.get_device(&name(&r.name, "dev")).await.unwrap().unwrap();
+    assert_eq!(got.activity.last_config_ack_time, Some(t(102)));
 
     assert!(matches!(store.modify_config(NumId(7), None, b"x", t(1)).await, Err(StoreError::NotFound)));
 }

@@ -159,7 +159,8 @@ pub trait Store: Send + Sync + 'static {
     async fn record_states(&self, states: &[(NumId, DeviceState)]) -> Result<()>;
     /// Newest first.
     async fn list_states(&self, num_id: NumId, limit: usize) -> Result<Vec<DeviceState>>;
-    /// Folds batched activity into the devices in one transaction; devices that are gone are skipped.
+    /// Folds batched activity into the devices in one transaction, config acknowledgements
+    /// (`deviceAckTime` of each version) included; devices that are gone are skipped.
     async fn record_activity(&self, batch: &[(NumId, DeviceActivity)]) -> Result<()>;
 
     async fn bind(&self, gateway: NumId, device: NumId) -> Result<BindOutcome>;

@@ -8,10 +8,15 @@
 //! path, query and body into the same request message the gRPC API takes, as Google's HTTP
 //! mapping does; the result is rendered with the wire types' Google JSON mapping, or the error
 //! with [`error`]. `GET /healthz` answers without a token.
+//!
+//! A body must arrive within [`BodyTimeout`] (408 otherwise) and fit the path's limit; a declared
+//! `Content-Length` over the limit is refused before anything is read.
 
 pub mod device;
 pub mod discovery;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod route;
 pub mod topics;
 
@@ -36,6 +41,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Largest request body accepted (except on Pub/Sub paths, see [`pubsub_rest::MAX_BODY_BYTES`]):
 /// a device with three certificates and its full 256 KiB of metadata, or a 256 KiB command in
@@ -81,26 +87,53 @@ pub(crate) fn json_response<T: Serialize>(value: &T) -> Response {
     resp
 }
 
+/// How long a request's body may take to arrive, once its headers are in. The server sets it as a
+/// request extension; without one, [`DEFAULT_BODY_TIMEOUT`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request's body could not be had.
+enum BodyFailure {
+    TooLarge,
+    Late,
+}
+
 async fn dispatch(State(app): State<App>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let v1 = parts.uri.path().strip_prefix("/v1/");
     // Ferrocore's topic-log reads live under Pub/Sub's `topics/T`, but are admin-only.
     let pubsub = v1.is_some_and(|p| topics::parse(p).is_none() && pubsub_rest::is_pubsub_path(p));
-    // A Pub/Sub caller is checked before anything else of the request is parsed; only an admitted
-    // one may send the larger body a publish request needs.
-    let refused = pubsub && !app.pubsub_access.allows(authorization(&parts.headers));
+    // Everything else under /v1/ but the device bridge (which checks a device's JWT) is admin-only.
+    let admin = v1.is_some_and(|p| !pubsub && !route::is_device_bridge_path(p));
+    // The caller is checked before anything else of the request is parsed, so a refused one learns
+    // nothing about the path; only an admitted Pub/Sub caller may send the larger body a publish
+    // request needs.
+    let auth = authorization(&parts.headers);
+    let refused = (pubsub && !app.pubsub_access.allows(auth)) || (admin && !app.token.accepts(auth));
     let limit = if pubsub && !refused { pubsub_rest::MAX_BODY_BYTES } else { MAX_BODY_BYTES };
+    let deadline = parts.extensions.get::<BodyTimeout>().map_or(DEFAULT_BODY_TIMEOUT, |t| t.0);
     // The body is read before anything is decided, refusals included: answering with a body left
     // unread would make the connection unusable for the client's next request.
-    let body = match axum::body::to_bytes(body, limit).await {
+    let body = match read_body(&parts.headers, body, limit, deadline).await {
         Ok(b) => b,
-        Err(_) => {
-            let e = if refused {
-                unauthenticated()
-            } else {
-                Error::invalid("body", format!("The request body is larger than the limit of {limit} bytes."))
+        Err(failure) => {
+            let mut resp = match failure {
+                _ if refused => RestError(unauthenticated()).into_response(),
+                BodyFailure::TooLarge => RestError(Error::invalid(
+                    "body",
+                    format!("The request body is larger than the limit of {limit} bytes."),
+                ))
+                .into_response(),
+                BodyFailure::Late => error::with_status(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Error::new(
+                        Code::DeadlineExceeded,
+                        format!("The request body did not arrive within {} seconds.", deadline.as_secs_f64()),
+                    ),
+                ),
             };
-            let mut resp = RestError(e).into_response();
             // The rest of the body was not read, so this connection cannot carry another request.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             return resp;
@@ -122,6 +155,26 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
             }
             RestError(e).into_response()
         }
+    }
+}
+
+/// Reads a body of at most `limit` bytes within `deadline`. A declared length over the limit is
+/// refused before anything is read: waiting for a gigabyte that is never sent would hold the
+/// connection until the deadline for nothing.
+async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, BodyFailure> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyFailure::TooLarge);
+    }
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(BodyFailure::TooLarge),
+        Err(_) => Err(BodyFailure::Late),
     }
 }
 
@@ -295,8 +348,12 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
             model::ids::printable(parts.uri.path())
         )));
     };
-    if let Some(topics_route) = topics::parse(path) {
+    // The dispatcher has refused unauthenticated callers already; this keeps the rule where the
+    // paths are told apart: the token first, before any id is parsed, for all but the device bridge.
+    if !route::is_device_bridge_path(path) {
         require_admin(app, &parts.headers)?;
+    }
+    if let Some(topics_route) = topics::parse(path) {
         if parts.method != HttpMethod::GET {
             return Err(method_not_supported());
         }

@@ -85,6 +85,24 @@ pub(crate) fn split_verb(path: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// Whether `path` (everything after `/v1/`) has the shape of a device-bridge call: a device's
+/// `:publishEvent` or `:setState`, or its `/config`. Only the shape is looked at, so that every
+/// other path can have its caller checked before any id in it is parsed.
+pub fn is_device_bridge_path(path: &str) -> bool {
+    let (bare, verb) = split_verb(path);
+    // Decoded as `parse` decodes, so an escaped `config` is told apart the same way there.
+    let Ok(segs) = bare.split('/').map(decode).collect::<Result<Vec<_>, _>>() else { return false };
+    let n = segs.len();
+    if segs.first().map(String::as_str) != Some("projects") {
+        return false;
+    }
+    match verb {
+        Some("publishEvent" | "setState") => n >= 2 && segs[n - 2] == "devices",
+        Some(_) => false,
+        None => n >= 3 && segs[n - 1] == "config" && segs[n - 3] == "devices",
+    }
+}
+
 /// Resolves `path` (everything after `/v1/`) for `method`.
 pub fn parse(method: Method, path: &str) -> Result<Route, Error> {
     let (path, verb) = split_verb(path);
@@ -177,5 +195,33 @@ mod tests {
             Code::InvalidArgument
         );
         assert_eq!(parse(Method::Get, "").unwrap_err().code, Code::NotFound);
+    }
+
+    #[test]
+    fn device_bridge_shapes() {
+        let dev = "projects/p/locations/l/registries/r/devices/d";
+        for bridge in [
+            format!("{dev}:publishEvent"),
+            format!("{dev}:setState"),
+            format!("{dev}/config"),
+            format!("{dev}/conf%69g"),
+            "projects/p/locations/l/registries/r/groups/g/devices/d:publishEvent".to_owned(),
+            "projects/p/locations/l/registries/1bad/devices/d:setState".to_owned(),
+        ] {
+            assert!(is_device_bridge_path(&bridge), "{bridge}");
+        }
+        for admin in [
+            dev.to_owned(),
+            format!("{dev}:sendCommandToDevice"),
+            format!("{dev}/configVersions"),
+            format!("{dev}/states"),
+            "projects/p/locations/l/registries/r:getIamPolicy".to_owned(),
+            "projects/p/locations/l/registries/1bad".to_owned(),
+            "config".to_owned(),
+            "devices/d:publishEvent".to_owned(),
+            String::new(),
+        ] {
+            assert!(!is_device_bridge_path(&admin), "{admin}");
+        }
     }
 }

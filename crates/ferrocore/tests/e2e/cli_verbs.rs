@@ -144,6 +144,20 @@ impl Lines {
         }
     }
 
+    /// Takes every line up to the end of the stream, once the child has exited: the end is there
+    /// as soon as the reader thread has passed the last lines on. Bounded, in case something
+    /// else still holds the pipe open.
+    fn drain_to_end(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(l) => self.seen.push(l),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("the output did not end 10 s after the process exited"),
+            }
+        }
+    }
+
     pub fn count(&mut self, needle: &str) -> usize {
         self.drain();
         self.seen.iter().filter(|l| l.contains(needle)).count()
@@ -166,9 +180,8 @@ impl Background {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                self.stdout.drain();
-                self.stderr.drain();
+                self.stdout.drain_to_end();
+                self.stderr.drain_to_end();
                 panic!(
                     "exited ({status}) before printing '{needle}' x{times}\nstdout: {:#?}\nstderr: {:#?}",
                     self.stdout.seen, self.stderr.seen
@@ -197,10 +210,9 @@ impl Background {
     pub async fn finish(&mut self) -> ExitStatus {
         for _ in 0..1000 {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // The reader threads end at EOF; give them a moment to pass the last lines on.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                self.stdout.drain();
-                self.stderr.drain();
+                // The reader threads end at EOF, having passed on the last lines.
+                self.stdout.drain_to_end();
+                self.stderr.drain_to_end();
                 return status;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

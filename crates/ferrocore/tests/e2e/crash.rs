@@ -138,6 +138,8 @@ async fn every_acknowledged_telemetry_message_survives_kill_9() {
     assert_eq!(r.status(), StatusCode::OK);
     let key = crate::harness::fixture("ec_public.pem");
     let mut tasks = vec![];
+    // PUBACKs received so far, over all devices: the kill comes once there are some.
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for d in 0..4 {
         let r = client
             .post(format!("{base}/{parent}/registries/reg/devices"))
@@ -149,6 +151,7 @@ async fn every_acknowledged_telemetry_message_survives_kill_9() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
+        let acks = acks.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = MqttClient::plain(mqtt).await;
             let id = format!("{parent}/registries/reg/devices/dev-{d}");
@@ -163,15 +166,21 @@ async fn every_acknowledged_telemetry_message_survives_kill_9() {
                     break;
                 };
                 match c.recv_within(std::time::Duration::from_secs(5)).await {
-                    Some(Packet::PubAck(got)) if got == pid => acked.push(payload),
+                    Some(Packet::PubAck(got)) if got == pid => {
+                        acked.push(payload);
+                        acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     _ => break,
                 }
             }
             acked
         }));
     }
-    // Let some messages through, then kill the server mid-stream.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Let some messages through, then kill the server mid-stream (4 devices publish 90 each).
+    crate::wait::eventually("40 PUBACKs before the kill", async || {
+        (acks.load(std::sync::atomic::Ordering::Relaxed) >= 40).then_some(())
+    })
+    .await;
     drop(first.server);
     let mut acked = vec![];
     for t in tasks {

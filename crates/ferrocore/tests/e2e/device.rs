@@ -59,6 +59,12 @@ pub struct MqttClient {
 impl MqttClient {
     /// Opens TLS to `addr`, trusting `ca_pem` for the name "localhost".
     pub async fn tls(addr: std::net::SocketAddr, ca_pem: &[u8]) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Self::tls_over(tcp, ca_pem).await.unwrap()
+    }
+
+    /// TLS over an open TCP connection; an error when the server closes it during the handshake.
+    pub async fn tls_over(tcp: tokio::net::TcpStream, ca_pem: &[u8]) -> std::io::Result<Self> {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
@@ -70,15 +76,45 @@ impl MqttClient {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
-        Self { stream: Box::new(tls), rbuf: BytesMut::new(), next_id: 1 }
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?;
+        Ok(Self::over(tls))
     }
 
     pub async fn plain(addr: std::net::SocketAddr) -> Self {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        Self { stream: Box::new(tcp), rbuf: BytesMut::new(), next_id: 1 }
+        Self::over(tokio::net::TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// A client over any stream, such as one from [`tcp_from`].
+    pub fn over(stream: impl Stream + 'static) -> Self {
+        Self { stream: Box::new(stream), rbuf: BytesMut::new(), next_id: 1 }
+    }
+
+    /// Sends CONNECT and returns the CONNACK code, or None when the server closed the connection
+    /// instead of answering.
+    pub async fn try_connect(&mut self, client_id: &str, password: Option<&str>) -> Option<ConnectReturnCode> {
+        self.send_connect(client_id, password, 60).await.ok()?;
+        match self.recv_within(Duration::from_secs(5)).await? {
+            Packet::ConnAck(ConnAck { code, .. }) => Some(code),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn send_connect(&mut self, client_id: &str, password: Option<&str>, keep_alive: u16) -> std::io::Result<()> {
+        let mut buf = BytesMut::new();
+        encode(
+            &Packet::Connect(Connect {
+                protocol_level: 4,
+                clean_session: true,
+                keep_alive,
+                client_id: client_id.to_owned(),
+                will: None,
+                username: Some("unused".into()),
+                password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
+            }),
+            &mut buf,
+        );
+        self.stream.write_all(&buf).await
     }
 
     pub async fn send(&mut self, p: Packet) {
@@ -123,16 +159,7 @@ impl MqttClient {
 
     /// Sends CONNECT and returns the CONNACK code.
     pub async fn connect(&mut self, client_id: &str, password: Option<&str>, keep_alive: u16) -> ConnectReturnCode {
-        self.send(Packet::Connect(Connect {
-            protocol_level: 4,
-            clean_session: true,
-            keep_alive,
-            client_id: client_id.to_owned(),
-            will: None,
-            username: Some("unused".into()),
-            password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
-        }))
-        .await;
+        self.send_connect(client_id, password, keep_alive).await.unwrap();
         match self.recv().await {
             Packet::ConnAck(ConnAck { code, .. }) => code,
             other => panic!("expected CONNACK, got {other:?}"),
@@ -182,4 +209,22 @@ impl MqttClient {
             other => panic!("expected SUBACK, got {other:?}"),
         }
     }
+}
+
+/// Opens TCP to `addr` from the local address `source` (None: the kernel's choice; any of
+/// 127.0.0.0/8 works on loopback), with a receive buffer of `recv_buffer` bytes if given: a small
+/// one makes a device that stops reading hold up the server's writes sooner.
+pub async fn tcp_from(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+    recv_buffer: Option<u32>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(ip) = source {
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
 }

@@ -449,6 +449,7 @@ async fn a_tls_key_readable_by_others_is_refused() {
         mqtt: Default::default(),
         core: Default::default(),
         pubsub_anonymous: false,
+        ..Default::default()
     };
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -66,7 +66,16 @@ impl TestServer {
         tls: impl FnOnce(&Path) -> Option<ferrocore::server::TlsFiles>,
         configure: impl FnOnce(&mut ferrocore::server::Config),
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), tls, configure).await
+    }
+
+    /// As [`TestServer::start_configured`], in `dir`: given the directory of a stopped server
+    /// ([`TestServer::stop_keeping_data`]), a restart that finds its data.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        tls: impl FnOnce(&Path) -> Option<ferrocore::server::TlsFiles>,
+        configure: impl FnOnce(&mut ferrocore::server::Config),
+    ) -> Self {
         let tls = tls(dir.path());
         let mut config = ferrocore::server::Config {
             data_dir: dir.path().join("data"),
@@ -77,6 +86,7 @@ impl TestServer {
             mqtt: ferrocore_mqtt::MqttConfig { connect_timeout: Duration::from_secs(2), ..Default::default() },
             core: ferrocore_core::Settings { command_ack_timeout: Duration::from_secs(1) },
             pubsub_anonymous: false,
+            ..Default::default()
         };
         configure(&mut config);
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -222,6 +232,17 @@ impl TestServer {
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
         }
+    }
+
+    /// Stops the server (waiting until `run` returned) and hands back its directory.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        self.dir
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::device::*;
 use crate::harness::*;
+use crate::wait::eventually;
 use ferrocore_mqtt_codec::{ConnectReturnCode as Rc, Packet, QoS, SubAckCode};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -123,9 +124,12 @@ async fn config_arrives_on_subscribe_and_on_every_update_and_acks_are_recorded()
     assert!(v[0]["deviceAckTime"].as_str().is_some(), "{versions}");
     assert!(v[1]["deviceAckTime"].as_str().is_some(), "{versions}");
     assert!(v[2].get("deviceAckTime").is_none(), "version 1 was never sent: {versions}");
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let (_, d) = s.get(&dev).await;
-    assert!(d["lastConfigAckTime"].is_string() && d["lastConfigSendTime"].is_string(), "{d}");
+    // The PUBACK is handled after the PINGRESP went out; wait for its effect.
+    eventually("lastConfigAckTime and lastConfigSendTime on the device", async || {
+        let (_, d) = s.get(&dev).await;
+        (d["lastConfigAckTime"].is_string() && d["lastConfigSendTime"].is_string()).then_some(())
+    })
+    .await;
     s.stop().await;
 }
 
@@ -178,7 +182,8 @@ async fn every_refusal_gets_its_connack_and_a_good_device_still_connects() {
     let cases: Vec<(String, Option<String>, Rc)> = vec![
         ("not-a-device-path".into(), Some(es256_token(PROJECT)), Rc::IdentifierRejected),
         (id.clone(), None, Rc::BadUsernameOrPassword),
-        (id.clone(), Some("not.a.jwt".into()), Rc::BadUsernameOrPassword),
+        // A malformed token is refused like any other: the code says nothing about the device.
+        (id.clone(), Some("not.a.jwt".into()), Rc::NotAuthorized),
         (id.clone(), Some(jwt("ES256", &ec, "other-project", t, t + 3600)), Rc::NotAuthorized),
         (id.clone(), Some(jwt("ES256", &ec, PROJECT, t - 7200, t - 3600)), Rc::NotAuthorized),
         (id.clone(), Some(jwt("ES256", &ec, PROJECT, t + 3600, t + 7200)), Rc::NotAuthorized),
@@ -261,9 +266,11 @@ async fn protocol_violations_close_the_connection_and_are_recorded() {
     c.send_raw(&[0xf0, 0x00]).await; // packet type 15 is reserved
     assert!(c.closed_within(Duration::from_secs(2)).await, "a malformed packet closes");
 
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let (_, d) = s.get(&format!("{reg}/devices/rude")).await;
-    assert!(d["lastErrorStatus"]["message"].is_string() && d["lastErrorTime"].is_string(), "{d}");
+    eventually("the last error recorded on the device", async || {
+        let (_, d) = s.get(&format!("{reg}/devices/rude")).await;
+        (d["lastErrorStatus"]["message"].is_string() && d["lastErrorTime"].is_string()).then_some(())
+    })
+    .await;
     assert!(messages(&s, "telemetry").await.is_empty(), "nothing was routed");
     s.stop().await;
 }
@@ -293,7 +300,7 @@ async fn one_connection_per_device_and_blocking_disconnects() {
 }
 
 #[tokio::test]
-async fn no_matching_topic_closes_and_the_token_expiry_cuts_the_connection() {
+async fn no_matching_topic_closes_the_connection() {
     let s = TestServer::start().await;
     let parent = format!("projects/{PROJECT}/locations/us-central1");
     let (st, _) = s.post(&format!("{parent}/registries"), json!({"id": "no-topics"})).await;
@@ -306,19 +313,39 @@ async fn no_matching_topic_closes_and_the_token_expiry_cuts_the_connection() {
     c.publish_acked("/devices/lonely/state", b"ok").await;
     c.publish("/devices/lonely/events", QoS::AtLeastOnce, b"nowhere").await;
     assert!(c.closed_within(Duration::from_secs(2)).await);
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let (_, d) = s.get(&format!("{reg}/devices/lonely")).await;
-    assert_eq!(d["lastErrorStatus"]["code"], 9, "{d}");
+    eventually("FAILED_PRECONDITION recorded on the device", async || {
+        let (_, d) = s.get(&format!("{reg}/devices/lonely")).await;
+        (d["lastErrorStatus"]["code"] == 9).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
 
-    // A token that expired 598 s ago is still within the 10-minute skew for 2 more seconds.
+#[tokio::test]
+async fn the_token_expiry_cuts_the_connection() {
+    // The server's clock stands still at T, so the test decides when a token expires instead of
+    // waiting for it in real time.
     let t = now();
-    let token = jwt("ES256", &fixture("ec_private.pem"), PROJECT, t - 1200, t - 598);
+    let clock =
+        std::sync::Arc::new(ferrocore_core::clock::ManualClock::new(ferrocore_model::Timestamp::from_unix_seconds(t)));
+    let server_clock = ferrocore::server::ServerClock(clock.clone());
+    let s = TestServer::start_configured(|_| None, move |c| c.clock = server_clock).await;
+    let (reg, id) = setup(&s, "expiring").await;
+    // Expired exactly 600 s before T: still within the 10-minute skew, with no time left. The
+    // connection is accepted, then cut at once.
+    let token = jwt("ES256", &fixture("ec_private.pem"), PROJECT, t - 1200, t - 600);
     let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
-    assert_eq!(c.connect(&format!("{reg}/devices/lonely"), Some(&token), 60).await, Rc::Accepted);
-    assert!(c.closed_within(Duration::from_secs(6)).await, "cut when the token expires");
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let (_, d) = s.get(&format!("{reg}/devices/lonely")).await;
-    assert!(d["lastErrorStatus"]["message"].as_str().unwrap().contains("token expired"), "{d}");
+    assert_eq!(c.connect(&id, Some(&token), 60).await, Rc::Accepted);
+    assert!(c.closed_within(Duration::from_secs(2)).await, "cut when the token expires");
+    eventually("the token expiry recorded on the device", async || {
+        let (_, d) = s.get(&format!("{reg}/devices/expiring")).await;
+        d["lastErrorStatus"]["message"].as_str().is_some_and(|m| m.contains("token expired")).then_some(())
+    })
+    .await;
+    // One second later by the server's clock the same token is refused outright.
+    clock.advance(Duration::from_secs(1));
+    let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    assert_eq!(c.connect(&id, Some(&token), 60).await, Rc::NotAuthorized);
     s.stop().await;
 }
 
@@ -358,9 +385,11 @@ async fn payload_and_rate_limits_hold() {
         c.publish("/devices/noisy/events", QoS::AtMostOnce, &i.to_be_bytes()).await;
     }
     assert!(c.closed_within(Duration::from_secs(2)).await, "the rate limit closes the connection");
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let (_, d) = s.get(&format!("{reg}/devices/noisy")).await;
-    assert_eq!(d["lastErrorStatus"]["code"], 8, "RESOURCE_EXHAUSTED recorded: {d}");
+    eventually("RESOURCE_EXHAUSTED recorded on the device", async || {
+        let (_, d) = s.get(&format!("{reg}/devices/noisy")).await;
+        (d["lastErrorStatus"]["code"] == 8).then_some(())
+    })
+    .await;
     let n = messages(&s, "telemetry").await.len();
     assert!((1..=101).contains(&n), "{n}");
     let (_, states) = s.get(&format!("{reg}/devices/noisy/states")).await;

@@ -144,6 +144,7 @@ fn device_from_row(registry: &RegistryName, row: &SqliteRow) -> Result<Device> {
             last_config_send_time: ts(row.get("last_config_send_time")),
             last_error_time: ts(row.get("last_error_time")),
             last_error_status: status.as_deref().map(from_json::<Status>).transpose()?,
+            config_acks: Vec::new(),
         },
         config: DeviceConfig {
             version: row.get("config_version"),
@@ -592,6 +593,18 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+            for ack in &a.config_acks {
+                sqlx::query(
+                    "UPDATE device_configs SET device_ack_time = MAX(COALESCE(device_ack_time, ?1), ?1) \
+                     WHERE num_id = ?2 AND version = ?3",
+                )
+                .bind(ack.time.0)
+                .bind(num(*n))
+                .bind(ack.version)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
         }
         tx.commit().await.map_err(backend)
     }

@@ -1,0 +1,434 @@
+//! Sessions under conditions real clients rarely produce on demand: a device that stops reading
+//! (an in-memory pipe with a tiny buffer stands in for its socket), orders that arrive while a
+//! write is stuck, config pushes out of order, and a shutdown while messages are on their way
+//! to durability (a sink that holds them until told).
+
+use async_trait::async_trait;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::{Bytes, BytesMut};
+use ferrocore_core::clock::ManualClock;
+use ferrocore_core::devices::DeviceInput;
+use ferrocore_core::presence::SessionControl;
+use ferrocore_core::registries::{RegistryFields, RegistryInput};
+use ferrocore_core::sink::{Message, Sink, SinkError, SinkHealth, Ticket};
+use ferrocore_core::{Code, Core, Settings};
+use ferrocore_model::{
+    DeviceConfig, DeviceCredential, EventNotificationConfig, LocationName, PublicKey, PublicKeyFormat, Timestamp,
+};
+use ferrocore_mqtt::MqttConfig;
+use ferrocore_mqtt_codec::{Connect, ConnectReturnCode, Packet, Publish, QoS, SubAckCode, Subscribe, decode, encode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../auth/tests/fixtures");
+/// The test clock's time at start, in unix seconds; tokens are issued then.
+const T0: i64 = 1_800_000_000;
+const CLIENT_ID: &str = "projects/p/locations/l/registries/reg/devices/dev";
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
+}
+
+/// An ES256 device JWT for project `p`, signed with the fixture key.
+fn jwt(iat: i64, exp: i64) -> String {
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(format!(r#"{{"iat":{iat},"exp":{exp},"aud":"p"}}"#));
+    let input = format!("{header}.{claims}");
+    let pem = fixture("ec_private.pem");
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).unwrap();
+    let sig = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
+/// A sink that records messages and, while `hold` is set, keeps their durability pending until
+/// `release`.
+struct GatedSink {
+    hold: AtomicBool,
+    gate: Arc<Semaphore>,
+    messages: Mutex<Vec<Bytes>>,
+}
+
+impl GatedSink {
+    fn release(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+#[async_trait]
+impl Sink for GatedSink {
+    async fn publish(&self, _topic: &str, messages: Vec<Message>) -> Result<(), SinkError> {
+        self.messages.lock().unwrap().extend(messages.into_iter().map(|m| m.data));
+        Ok(())
+    }
+
+    async fn submit(&self, topic: &str, messages: Vec<Message>) -> Result<Ticket, SinkError> {
+        self.publish(topic, messages).await?;
+        let gate = self.gate.clone();
+        let held = self.hold.load(Ordering::SeqCst);
+        Ok(Box::pin(async move {
+            if held {
+                gate.acquire().await.expect("never closed").forget();
+            }
+            Ok(())
+        }))
+    }
+
+    fn health(&self) -> SinkHealth {
+        SinkHealth::Healthy
+    }
+}
+
+/// A core on a fresh store and the test clock, with registry `reg` (telemetry to `events`) and
+/// device `dev` (the ES256 fixture key).
+struct Rig {
+    core: Core,
+    clock: Arc<ManualClock>,
+    sink: Arc<GatedSink>,
+    device: ferrocore_model::Device,
+    _dir: tempfile::TempDir,
+}
+
+/// A session running over one end of a pipe.
+struct Running {
+    task: JoinHandle<()>,
+    /// Kept so the session does not see its shutdown signal go away.
+    _stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// True once the session has ended (within `within`).
+    async fn ends_within(&mut self, within: Duration) -> bool {
+        tokio::time::timeout(within, &mut self.task).await.is_ok()
+    }
+}
+
+impl Rig {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ferrocore_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
+        let clock = Arc::new(ManualClock::new(Timestamp::from_unix_seconds(T0)));
+        let sink = Arc::new(GatedSink {
+            hold: AtomicBool::new(false),
+            gate: Arc::new(Semaphore::new(0)),
+            messages: Mutex::new(vec![]),
+        });
+        let settings = Settings { command_ack_timeout: Duration::from_secs(2) };
+        let core = Core::with_settings(store, clock.clone(), sink.clone(), settings);
+        let parent = LocationName::parse_field("p", "projects/p/locations/l").unwrap();
+        let events = EventNotificationConfig {
+            pubsub_topic_name: "projects/p/topics/events".into(),
+            subfolder_matches: String::new(),
+        };
+        let fields = RegistryFields { event_notification_configs: vec![events], ..Default::default() };
+        let reg = core.create_registry(&parent, RegistryInput { id: "reg".into(), fields, ..Default::default() });
+        let reg = reg.await.unwrap();
+        let key = PublicKey { format: PublicKeyFormat::Es256Pem, key: fixture("ec_public.pem") };
+        let credentials = vec![DeviceCredential { public_key: key, expiration_time: None }];
+        let input = DeviceInput { id: "dev".into(), credentials, ..Default::default() };
+        let device = core.create_device(&reg.name, input).await.unwrap();
+        Self { core, clock, sink, device, _dir: dir }
+    }
+
+    /// Starts a session on a pipe whose buffer holds `capacity` bytes each way.
+    fn session(&self, config: MqttConfig, capacity: usize) -> (Client, Running) {
+        let (client, server) = tokio::io::duplex(capacity);
+        let (stop, stopped) = watch::channel(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let run =
+            ferrocore_mqtt::session::run(server, peer, self.core.clone(), Arc::new(config), deadline, stopped, || {});
+        (Client::new(client), Running { task: tokio::spawn(run), _stop: stop })
+    }
+
+    /// A connected session whose device has stopped reading: a 4 KiB command is stuck in a pipe
+    /// that holds 256 bytes.
+    async fn stalled(&self, config: MqttConfig) -> (Client, Running) {
+        let (mut client, running) = self.session(config, 256);
+        assert_eq!(client.connect(&jwt(T0, T0 + 3600), 0).await, ConnectReturnCode::Accepted);
+        assert_eq!(
+            client.subscribe("/devices/dev/commands/#", QoS::AtMostOnce).await,
+            [SubAckCode::Granted(QoS::AtMostOnce)]
+        );
+        self.core.send_command(&self.device.name(), vec![7; 4096], "").await.expect("queued for the device");
+        (client, running)
+    }
+
+    async fn last_error(&self) -> Option<(i32, String)> {
+        let d = self.core.get_device(&self.device.name()).await.unwrap();
+        d.activity.last_error_status.map(|s| (s.code, s.message))
+    }
+}
+
+/// The device's side of the connection.
+struct Client {
+    io: Box<dyn Io>,
+    rbuf: BytesMut,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Client {
+    fn new(io: impl Io + 'static) -> Self {
+        Self { io: Box::new(io), rbuf: BytesMut::new() }
+    }
+
+    async fn send(&mut self, p: Packet) {
+        let mut buf = BytesMut::new();
+        encode(&p, &mut buf);
+        // The server may be gone already; tests look at what comes back.
+        let _ = self.io.write_all(&buf).await;
+    }
+
+    /// The next packet, or None once the server closed the connection.
+    async fn recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = decode(&mut self.rbuf, 1 << 20).expect("a well-formed packet") {
+                return Some(p);
+            }
+            let read = tokio::time::timeout(Duration::from_secs(5), self.io.read_buf(&mut self.rbuf)).await;
+            match read.expect("the server answers or closes") {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Every packet until the server closes the connection.
+    async fn rest(&mut self) -> Vec<Packet> {
+        let mut all = vec![];
+        while let Some(p) = self.recv().await {
+            all.push(p);
+        }
+        all
+    }
+
+    async fn connect(&mut self, token: &str, keep_alive: u16) -> ConnectReturnCode {
+        self.send(Packet::Connect(Connect {
+            protocol_level: 4,
+            clean_session: true,
+            keep_alive,
+            client_id: CLIENT_ID.into(),
+            will: None,
+            username: Some("unused".into()),
+            password: Some(Bytes::copy_from_slice(token.as_bytes())),
+        }))
+        .await;
+        match self.recv().await {
+            Some(Packet::ConnAck(c)) => c.code,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<SubAckCode> {
+        self.send(Packet::Subscribe(Subscribe { packet_id: 1, filters: vec![(filter.into(), qos)] })).await;
+        match self.recv().await {
+            Some(Packet::SubAck(s)) => s.return_codes,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    async fn publish(&mut self, packet_id: u16, payload: &[u8]) {
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "/devices/dev/events".into(),
+            packet_id: Some(packet_id),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        self.send(Packet::Publish(publish)).await;
+    }
+}
+
+/// Waits (at most 5 s) until `done` holds.
+async fn until(done: impl Fn() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn config() -> MqttConfig {
+    MqttConfig { write_timeout: Duration::from_secs(60), max_write_buffer: 64 << 20, ..Default::default() }
+}
+
+/// Finding 3 of issue 10: the keep-alive was only checked between writes, so a device that stopped
+/// reading outlived it.
+#[tokio::test]
+async fn the_keep_alive_holds_while_a_write_is_stalled() {
+    let rig = Rig::new().await;
+    let (_client, mut running) = rig.stalled(MqttConfig { max_idle: Duration::from_millis(300), ..config() }).await;
+    assert!(running.ends_within(Duration::from_secs(3)).await, "closed at the keep-alive limit");
+    let (code, message) = rig.last_error().await.expect("recorded");
+    assert!(message.contains("keep-alive expired"), "{code} {message}");
+}
+
+/// Finding 3, with the token: the test clock puts the token one second before its deadline.
+#[tokio::test]
+async fn the_token_expiry_holds_while_a_write_is_stalled() {
+    let rig = Rig::new().await;
+    // Issued at T0, expires an hour later, allowed 10 minutes of skew: one second left.
+    rig.clock.set(Timestamp::from_unix_seconds(T0 + 3600 + 599));
+    let (_client, mut running) = rig.stalled(config()).await;
+    assert!(running.ends_within(Duration::from_secs(4)).await, "closed when the token expires");
+    let (code, message) = rig.last_error().await.expect("recorded");
+    assert_eq!(code, Code::Unauthenticated as i32);
+    assert!(message.contains("token expired"), "{message}");
+}
+
+/// Findings 3 and 4: block a device whose session is stuck writing, with more commands queued
+/// than its control queue holds. The disconnect order used to be dropped (`try_send` on a full
+/// queue), and the session, stuck in its write, would have read it only afterwards anyway.
+#[tokio::test]
+async fn blocking_ends_a_stalled_session_whatever_its_queue_holds() {
+    let rig = Rig::new().await;
+    let (mut client, mut running) = rig.stalled(config()).await;
+    // As many commands as the queue takes, without waiting for the session to take any.
+    let queue = rig.core.presence().command_channel(rig.device.num_id).expect("subscribed");
+    let mut answers = vec![];
+    for _ in 0..40 {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let command = SessionControl::Command { subfolder: String::new(), data: vec![1; 1024], done };
+        if queue.try_send(command).is_ok() {
+            answers.push(answer);
+        }
+    }
+    drop(queue);
+    let blocked = DeviceInput { blocked: true, ..Default::default() };
+    rig.core.update_device(&rig.device.name(), blocked, "blocked").await.unwrap();
+    assert!(running.ends_within(Duration::from_secs(1)).await, "blocking ends the session at once");
+    // Whatever the device sends now is never acknowledged.
+    client.publish(9, b"after the block").await;
+    assert!(!client.rest().await.contains(&Packet::PubAck(9)));
+    for answer in answers {
+        // Delivered or dropped with the session: either way an answer, none left hanging.
+        let _ = tokio::time::timeout(Duration::from_secs(1), answer).await.expect("every command is answered");
+    }
+}
+
+/// Finding 3: a new connection for the device takes over; the stalled one must go.
+#[tokio::test]
+async fn a_takeover_ends_a_stalled_session() {
+    let rig = Rig::new().await;
+    let (_stuck, mut first) = rig.stalled(config()).await;
+    let (mut client, mut second) = rig.session(config(), 64 * 1024);
+    assert_eq!(client.connect(&jwt(T0, T0 + 3600), 60).await, ConnectReturnCode::Accepted);
+    assert!(first.ends_within(Duration::from_secs(1)).await, "the stalled session is closed");
+    client.send(Packet::PingReq).await;
+    assert_eq!(client.recv().await, Some(Packet::PingResp), "the new one is served");
+    assert!(!second.ends_within(Duration::from_millis(10)).await);
+}
+
+/// Finding 3: output nobody reads closes the connection at the write deadline.
+#[tokio::test]
+async fn output_left_unread_past_the_write_timeout_closes_the_connection() {
+    let rig = Rig::new().await;
+    let (_client, mut running) =
+        rig.stalled(MqttConfig { write_timeout: Duration::from_millis(300), ..config() }).await;
+    assert!(running.ends_within(Duration::from_secs(2)).await, "closed at the write deadline");
+    let (code, message) = rig.last_error().await.expect("recorded");
+    assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+}
+
+/// Finding 3: output is bounded; past `max_write_buffer` the connection closes.
+#[tokio::test]
+async fn output_beyond_the_write_buffer_closes_the_connection() {
+    let rig = Rig::new().await;
+    let (_client, mut running) = rig.stalled(MqttConfig { max_write_buffer: 16 * 1024, ..config() }).await;
+    for _ in 0..3 {
+        let _ = rig.core.send_command(&rig.device.name(), vec![2; 8 * 1024], "").await;
+    }
+    assert!(running.ends_within(Duration::from_secs(1)).await, "closed once over the limit");
+    let (code, message) = rig.last_error().await.expect("recorded");
+    assert_eq!(code, Code::ResourceExhausted as i32, "{message}");
+    assert!(message.contains("not reading"), "{message}");
+}
+
+/// Finding 10 of issue 10: two config updates can push in the opposite order to their writes;
+/// the session used to send whatever came last, leaving the device on the older version.
+#[tokio::test]
+async fn a_config_push_older_than_one_sent_is_not_sent() {
+    let rig = Rig::new().await;
+    let (mut client, _running) = rig.session(config(), 64 * 1024);
+    assert_eq!(client.connect(&jwt(T0, T0 + 3600), 60).await, ConnectReturnCode::Accepted);
+    assert_eq!(client.subscribe("/devices/dev/config", QoS::AtMostOnce).await, [SubAckCode::Granted(QoS::AtMostOnce)]);
+    let Some(Packet::Publish(first)) = client.recv().await else { panic!("the current config on subscribe") };
+    assert_eq!(first.topic, "/devices/dev/config");
+    let presence = rig.core.presence();
+    let config =
+        |version: i64| DeviceConfig { version, binary_data: format!("v{version}").into(), ..Default::default() };
+    presence.push_config(rig.device.num_id, config(3));
+    presence.push_config(rig.device.num_id, config(2));
+    client.send(Packet::PingReq).await;
+    let Some(Packet::Publish(p)) = client.recv().await else { panic!("version 3") };
+    assert_eq!(&p.payload[..], b"v3");
+    assert_eq!(client.recv().await, Some(Packet::PingResp), "version 2 came late and was not sent");
+    // A newer version still goes out.
+    presence.push_config(rig.device.num_id, config(4));
+    let Some(Packet::Publish(p)) = client.recv().await else { panic!("version 4") };
+    assert_eq!(&p.payload[..], b"v4");
+}
+
+/// A server on a port-0 listener, stopped through the returned sender.
+async fn serve(
+    rig: &Rig,
+    config: MqttConfig,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(ferrocore_mqtt::serve(listener, None, rig.core.clone(), config, async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
+
+/// Finding 9 of issue 10: shutdown dropped sessions at once, so a message the device had sent was
+/// never acknowledged even when it became durable. Now the session stops reading, waits for
+/// what it took, acknowledges it, and only then closes; `serve` returns after that.
+#[tokio::test]
+async fn shutdown_drains_sessions_before_serve_returns() {
+    let rig = Rig::new().await;
+    let (addr, stop, mut served) = serve(&rig, config()).await;
+    let mut client = Client::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    assert_eq!(client.connect(&jwt(T0, T0 + 3600), 60).await, ConnectReturnCode::Accepted);
+    rig.sink.hold.store(true, Ordering::SeqCst);
+    client.publish(1, b"taken before the shutdown").await;
+    until(|| !rig.sink.messages.lock().unwrap().is_empty(), "the sink has the message").await;
+    stop.send(()).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut served).await.is_err(),
+        "serve waits for the session"
+    );
+    rig.sink.release();
+    assert_eq!(client.rest().await, [Packet::PubAck(1)], "acknowledged, then closed");
+    tokio::time::timeout(Duration::from_secs(2), served).await.expect("serve returns once drained").unwrap();
+}
+
+/// Finding 9: the drain has a deadline; a session that cannot finish is aborted.
+#[tokio::test]
+async fn shutdown_aborts_sessions_still_open_at_its_deadline() {
+    let rig = Rig::new().await;
+    let (addr, stop, served) =
+        serve(&rig, MqttConfig { shutdown_timeout: Duration::from_millis(300), ..config() }).await;
+    let mut client = Client::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    assert_eq!(client.connect(&jwt(T0, T0 + 3600), 60).await, ConnectReturnCode::Accepted);
+    rig.sink.hold.store(true, Ordering::SeqCst);
+    client.publish(1, b"never durable").await;
+    until(|| !rig.sink.messages.lock().unwrap().is_empty(), "the sink has the message").await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), served).await.expect("serve returns at the deadline").unwrap();
+    assert!(client.rest().await.is_empty(), "closed, nothing acknowledged");
+    assert!(!rig.core.presence().is_connected(rig.device.num_id), "the aborted session left presence");
+}
