@@ -1,7 +1,9 @@
 //! `bench-server`: Ferrocore's server (`ferrocore::server::run`, the same code as `ferrocore
 //! serve`) with the MQTT bridge's limits set from the command line, for benchmarks that need
 //! more than the defaults allow: IoT Core's 100 messages per second per connection, and the
-//! 18,000 connection cap. Everything else is as `ferrocore serve` does it.
+//! 18,000 connection cap. Everything else is as `ferrocore serve` does it. `--grpc ADDR` serves
+//! the gRPC listener (DeviceManager and the Pub/Sub API; TLS when a certificate is given), with
+//! `--pubsub-anonymous` as in `ferrocore serve`.
 //!
 //! ```sh
 //! cargo build --release -p ferrocore-bench --example bench-server
@@ -24,6 +26,12 @@ struct Args {
     mqtt: Option<SocketAddr>,
     #[arg(long)]
     mqtts: Option<SocketAddr>,
+    /// The gRPC listener (DeviceManager, Pub/Sub); none unless given.
+    #[arg(long)]
+    grpc: Option<SocketAddr>,
+    /// Let Pub/Sub calls without credentials in (clients set up for an emulator send none).
+    #[arg(long)]
+    pubsub_anonymous: bool,
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
@@ -53,14 +61,18 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         core: Default::default(),
-        pubsub_anonymous: false,
+        pubsub_anonymous: args.pubsub_anonymous,
+        ..Default::default()
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let bind = |a: SocketAddr| async move { tokio::net::TcpListener::bind(a).await };
         let listeners = ferrocore::server::Listeners {
             http: bind(args.http).await?,
-            grpc: None,
+            grpc: match args.grpc {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            },
             mqtts: match args.mqtts {
                 Some(a) => Some(bind(a).await?),
                 None => None,

@@ -47,6 +47,11 @@ impl Api {
         })
     }
 
+    /// The admin token the bench calls with.
+    pub fn token(&self) -> Option<&str> {
+        Some(&self.token)
+    }
+
     pub fn registry_path(&self, registry: &str) -> String {
         format!("projects/{}/locations/{}/registries/{registry}", self.project, self.location)
     }
@@ -153,6 +158,15 @@ impl Api {
     /// The next offset of a topic (0 when it holds nothing yet).
     pub async fn topic_end(&self, topic: &str) -> Result<u64> {
         let name = self.topic_name(topic);
+        // `GET .../topics/T/extent` where the server has it (`GET .../topics` became Pub/Sub's
+        // ListTopics); otherwise the older topic-log listing below.
+        let (s, body) = self.call(reqwest::Method::GET, &format!("{name}/extent"), None).await?;
+        if s == StatusCode::OK {
+            return body["nextOffset"]
+                .as_str()
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| anyhow!("topic {name}: the extent has no nextOffset"));
+        }
         let mut token = String::new();
         for _ in 0..1000 {
             let mut path = format!("projects/{}/topics", self.project);

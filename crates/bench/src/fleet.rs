@@ -48,12 +48,13 @@ impl Fleet {
                     id: i.to_string(),
                     client_id: format!("fb-{:x}-{i}", ctx.run_id),
                     password: None,
-                    events_topic: format!("{prefix}/{i}"),
+                    // Shaped like IoT Core's telemetry topics; the subscriber uses a `+` filter.
+                    events_topic: format!("{prefix}/devices/{i}/events"),
                 })
                 .collect();
             return Ok(Fleet {
                 registry: prefix.clone(),
-                topic: format!("{prefix}/#"),
+                topic: format!("{prefix}/devices/+/events"),
                 devices,
                 provision_seconds: 0.0,
                 created: 0,

@@ -1,6 +1,7 @@
 //! `ferrocore-bench`: a load generator for Ferrocore and for any MQTT 3.1.1 broker.
 //!
-//! Scenarios: `connect`, `telemetry`, `idle`, `command` and `api` (the last two Ferrocore only).
+//! Scenarios: `connect`, `telemetry`, `idle`, `command`, `api` and `pubsub` (the last three
+//! Ferrocore only; `pubsub` reads telemetry back through Google's Pub/Sub gRPC API).
 //! Against Ferrocore (`--broker ferrocore`) devices are provisioned through the REST API with
 //! keys made here and connect with their own JWTs, and acknowledged telemetry is looked up in the
 //! topic log; against a broker (`--broker mqtt`) clients connect anonymously and a subscriber
@@ -12,10 +13,12 @@ mod api;
 mod command;
 mod connect;
 mod fleet;
+mod grpc;
 mod idle;
 mod keys;
 mod load;
 mod mqtt;
+mod pubsub;
 mod report;
 mod stats;
 mod telemetry;
@@ -52,6 +55,9 @@ enum Scenario {
     Command(command::CommandArgs),
     /// devices.create and devices.get throughput, list page latency on a large registry.
     Api(load::ApiArgs),
+    /// Devices publish over MQTT; a back end StreamingPulls the telemetry topic's subscription
+    /// over gRPC and acknowledges: rates, delivery check, publish → receive latency.
+    Pubsub(pubsub::PubsubArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -92,6 +98,10 @@ struct Common {
     /// Ferrocore's REST base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
     api: String,
+    /// Ferrocore's gRPC listener (Pub/Sub API): http:// for h2c, https:// for TLS (trusting --ca,
+    /// or DATA_DIR/tls/ca.pem).
+    #[arg(long, default_value = "http://127.0.0.1:8081", global = true)]
+    grpc: String,
     /// Admin token; else DATA_DIR/admin-token.
     #[arg(long, env = "FERROCORE_ADMIN_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -148,6 +158,10 @@ pub struct Ctx {
     pub registry: Option<String>,
     pub provision_concurrency: usize,
     pub keep_alive: u16,
+    /// Ferrocore's gRPC URL, the CA to trust there, and the name its certificate carries.
+    pub grpc: String,
+    pub grpc_ca: Option<PathBuf>,
+    pub tls_name: String,
 }
 
 impl Ctx {
@@ -227,6 +241,9 @@ async fn build_ctx(c: &Common) -> Result<Ctx> {
         registry: c.registry.clone(),
         provision_concurrency: c.provision_concurrency.max(1),
         keep_alive: c.keep_alive,
+        grpc: c.grpc.clone(),
+        grpc_ca: c.ca.clone().or_else(|| c.data_dir.as_ref().map(|d| d.join("tls").join("ca.pem"))),
+        tls_name: c.tls_name.clone(),
     })
 }
 
@@ -246,6 +263,7 @@ fn main() -> Result<()> {
             Scenario::Idle(a) => idle::run(&ctx, a).await?,
             Scenario::Command(a) => command::run(&ctx, a).await?,
             Scenario::Api(a) => load::run(&ctx, a).await?,
+            Scenario::Pubsub(a) => pubsub::run(&ctx, a).await?,
         };
         report.print(&ctx.target());
         if let Some(path) = &cli.common.json {

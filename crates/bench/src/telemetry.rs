@@ -23,6 +23,15 @@ use tokio::time::Instant;
 
 /// Bytes at the start of every payload: run id (u64), device (u32), sequence (u32), little endian.
 pub const HEADER: usize = 16;
+/// Payloads of at least this many bytes also carry the time they were published (u64, nanoseconds
+/// since the Unix epoch, little endian) after the header, so a receiver on the same machine can
+/// time publish → receive.
+pub const STAMPED: usize = HEADER + 8;
+
+/// Nanoseconds since the Unix epoch: the clock payloads are stamped with.
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,14 +116,22 @@ fn set_bit(bits: &mut Vec<u64>, i: u32) -> bool {
     was
 }
 
-fn payload(spec: &PublishSpec, device: u32, seq: u32) -> Bytes {
+fn payload(spec: &PublishSpec, device: u32, seq: u32, stamp: u64) -> Bytes {
     let mut p = vec![b'x'; spec.payload];
     if spec.payload >= HEADER {
         p[..8].copy_from_slice(&spec.run_id.to_le_bytes());
         p[8..12].copy_from_slice(&device.to_le_bytes());
         p[12..16].copy_from_slice(&seq.to_le_bytes());
     }
+    if spec.payload >= STAMPED {
+        p[HEADER..STAMPED].copy_from_slice(&stamp.to_le_bytes());
+    }
     Bytes::from(p)
+}
+
+/// The publish time a stamped payload carries.
+pub fn parse_stamp(data: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(data.get(HEADER..STAMPED)?.try_into().ok()?))
 }
 
 /// Parses a payload header: (device, seq) when it belongs to run `run_id`.
@@ -151,6 +168,7 @@ pub async fn publish_loop(
         }
         if stopping.is_none() {
             let mut burst = 0;
+            let stamp = unix_nanos();
             while (if qos1 { inflight.len() < spec.window } else { burst < 64 })
                 && u64::from(seq) < spec.max_messages
                 && spec.interval.is_none_or(|_| next_due <= now)
@@ -162,7 +180,7 @@ pub async fn publish_loop(
                     retain: false,
                     topic: topic.clone(),
                     packet_id,
-                    payload: payload(&spec, device, seq),
+                    payload: payload(&spec, device, seq, stamp),
                 }));
                 match packet_id {
                     Some(id) => inflight.push_back((id, seq, now)),
@@ -305,10 +323,15 @@ pub struct Seen {
     /// PINGREQs the subscriber sent to wake a broker that stopped delivering.
     pub kicks: u64,
     pub error: Option<String>,
+    /// Publish → receipt of stamped payloads (meaningful for live receivers only).
+    pub latency: Histogram,
+    /// When the last message of this run arrived.
+    pub last_received: Option<Instant>,
 }
 
 impl Seen {
-    fn mark(&mut self, run_id: u64, data: &[u8]) {
+    /// Counts one received payload; `received` is [`unix_nanos`] at its receipt.
+    pub fn mark_at(&mut self, run_id: u64, data: &[u8], received: u64) {
         match parse_header(run_id, data) {
             Some((dev, seq)) => {
                 let dev = dev as usize;
@@ -319,9 +342,22 @@ impl Seen {
                     self.duplicates += 1;
                 }
                 self.total += 1;
+                if let Some(sent) = parse_stamp(data) {
+                    self.latency.record_nanos(received.saturating_sub(sent));
+                }
+                self.last_received = Some(Instant::now());
             }
             None => self.foreign += 1,
         }
+    }
+
+    fn mark(&mut self, run_id: u64, data: &[u8]) {
+        self.mark_at(run_id, data, unix_nanos());
+    }
+
+    /// Distinct messages of this run received.
+    pub fn unique(&self) -> u64 {
+        self.total - self.duplicates
     }
 }
 
@@ -661,9 +697,21 @@ pub async fn run(ctx: &Ctx, args: TelemetryArgs) -> Result<Report> {
                 seen.error.as_ref().map(|e| format!(" (reader error: {e})")).unwrap_or_default()
             ),
         );
+        let live_subscriber = ctx.broker == Broker::Mqtt;
+        let subscriber_rate =
+            seen.last_received.map(|t| seen.unique() as f64 / t.duration_since(started).as_secs_f64().max(1e-9));
+        let latency = seen.latency.summary();
+        if live_subscriber {
+            r.row("msg/s at the subscriber", subscriber_rate.map_or_else(|| "n/a".into(), thousands));
+            if latency.count > 0 {
+                r.row("publish → subscriber", latency_row(&latency));
+            }
+        }
         verification = json!({
             "mode": verify,
             "where": where_,
+            "subscriber_msgs_per_second": if live_subscriber { subscriber_rate } else { None },
+            "latency": if live_subscriber && latency.count > 0 { Some(&latency) } else { None },
             "found": seen.total,
             "missing_acknowledged": missing,
             "duplicates": seen.duplicates,

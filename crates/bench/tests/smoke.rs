@@ -15,6 +15,7 @@ struct Server {
     http: SocketAddr,
     mqtt: SocketAddr,
     mqtts: SocketAddr,
+    grpc: SocketAddr,
     data: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -31,13 +32,18 @@ async fn start(dir: &Path) -> Server {
         mqtt: ferrocore_mqtt::MqttConfig::default(),
         core: Default::default(),
         pubsub_anonymous: false,
+        ..Default::default()
     };
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
-    let (http, mqtt, mqtts) = (bind().await, bind().await, bind().await);
-    let (http_addr, mqtt_addr, mqtts_addr) =
-        (http.local_addr().unwrap(), mqtt.local_addr().unwrap(), mqtts.local_addr().unwrap());
+    let (http, mqtt, mqtts, grpc) = (bind().await, bind().await, bind().await, bind().await);
+    let (http_addr, mqtt_addr, mqtts_addr, grpc_addr) = (
+        http.local_addr().unwrap(),
+        mqtt.local_addr().unwrap(),
+        mqtts.local_addr().unwrap(),
+        grpc.local_addr().unwrap(),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let listeners = ferrocore::server::Listeners { http, grpc: None, mqtts: Some(mqtts), mqtt: Some(mqtt) };
+    let listeners = ferrocore::server::Listeners { http, grpc: Some(grpc), mqtts: Some(mqtts), mqtt: Some(mqtt) };
     let task = tokio::spawn(ferrocore::server::run(
         config,
         listeners,
@@ -55,7 +61,7 @@ async fn start(dir: &Path) -> Server {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    Server { http: http_addr, mqtt: mqtt_addr, mqtts: mqtts_addr, data, stop: Some(stop), task }
+    Server { http: http_addr, mqtt: mqtt_addr, mqtts: mqtts_addr, grpc: grpc_addr, data, stop: Some(stop), task }
 }
 
 /// Runs the bench binary with `args` and returns the JSON it wrote.
@@ -87,6 +93,8 @@ fn ferrocore_args(s: &Server, tls: bool) -> Vec<String> {
         std::process::id().to_string(),
         "--source-ips".into(),
         "2".into(),
+        "--grpc".into(),
+        format!("http://{}", s.grpc),
     ];
     if tls {
         a.extend(["--tls".into(), "--port".into(), s.mqtts.port().to_string(), "--data-dir".into()]);
@@ -228,6 +236,42 @@ async fn every_scenario_against_the_real_server() {
     assert_eq!(f(&r, &["results", "list", "registry_devices"]), 120.0);
     assert_eq!(f(&r, &["results", "list", "pages"]), 3.0);
 
+    let r = bench(
+        d,
+        "pubsub",
+        with(
+            ferrocore_args(&s, false),
+            &[
+                "pubsub",
+                "--devices",
+                "3",
+                "--messages",
+                "50",
+                "--rate",
+                "300",
+                "--streams",
+                "2",
+                "--drain-timeout",
+                "5",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(f(&r, &["results", "acked"]), 150.0, "{r}");
+    assert_eq!(f(&r, &["results", "verification", "found"]), 150.0, "{r}");
+    assert_eq!(f(&r, &["results", "verification", "missing_acknowledged"]), 0.0);
+    assert_eq!(f(&r, &["results", "delivered_acked"]), 150.0);
+    assert!(f(&r, &["results", "latency", "p50_us"]) > 0.0);
+    assert!(f(&r, &["results", "delivered_acked_per_second"]) > 0.0);
+
+    let r = bench(
+        d,
+        "pubsub-tls",
+        with(ferrocore_args(&s, true), &["pubsub", "--devices", "2", "--messages", "20", "--drain-timeout", "5"]),
+    )
+    .await;
+    assert_eq!(f(&r, &["results", "delivered_acked"]), 40.0, "{r}");
+
     if let Some(stop) = s.stop.take() {
         let _ = stop.send(());
     }
@@ -278,6 +322,8 @@ async fn broker_mode_against_mosquitto_when_installed() {
     let r = bench(d, "m-telemetry", with(base.clone(), &["telemetry", "--devices", "3", "--messages", "100"])).await;
     assert_eq!(f(&r, &["results", "acked"]), 300.0);
     assert_eq!(f(&r, &["results", "verification", "missing_acknowledged"]), 0.0);
+    assert!(f(&r, &["results", "verification", "subscriber_msgs_per_second"]) > 0.0);
+    assert!(f(&r, &["results", "verification", "latency", "p50_us"]) > 0.0);
     let r = bench(d, "m-idle", with(base, &["idle", "--connections", "20", "--settle", "0.2", "--hold", "0.2"])).await;
     assert_eq!(f(&r, &["results", "still_open"]), 20.0);
     let _ = child.kill();
