@@ -11,7 +11,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scenario="${1:?scenario: telemetry-plain|telemetry-tls|connect-plain|connect-tls}"
 seconds="${2:-5}"
-target_dir="${CARGO_TARGET_DIR:-$root/target}"
+# Where cargo puts its output (CARGO_TARGET_DIR, .cargo/config.toml), not necessarily target/.
+target_dir="$(bash "$root/scripts/cargo-target-dir.sh")"
 out="$root/target/bench"
 mkdir -p "$out"
 command -v perf >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-perf; }

@@ -93,11 +93,8 @@ if [[ -n "${FERROCORE_BIN:-}" ]]; then
 else
     echo "compat-tests: building the server (cargo build -p ferrocore)" >&2
     (cd "$ROOT" && cargo build -p ferrocore)
-    FERROCORE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/ferrocore"
-    case "$FERROCORE_BIN" in
-        /*) ;;
-        *) FERROCORE_BIN="$ROOT/$FERROCORE_BIN" ;;
-    esac
+    # Where cargo put it: CARGO_TARGET_DIR or a .cargo/config.toml may move the target directory.
+    FERROCORE_BIN="$(bash "$ROOT/scripts/cargo-target-dir.sh")/debug/ferrocore"
 fi
 export FERROCORE_BIN
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 #[test]
 fn pubsub_message_json_uses_google_mapping() {
     let msg = pubsub::PubsubMessage {
-        data: b"hello world".to_vec(),
+        data: b"hello world".to_vec().into(),
         attributes: HashMap::from([("k".to_string(), "v".to_string())]),
         message_id: "42".into(),
         publish_time: Some(Timestamp { seconds: 1_700_000_000, nanos: 123_000_000 }),
@@ -31,12 +31,13 @@ fn pubsub_message_json_uses_google_mapping() {
     );
 
     // Bytes that differ between standard and URL-safe base64 must come out standard.
-    let v = serde_json::to_value(pubsub::PubsubMessage { data: vec![0xfb, 0xff], ..Default::default() }).unwrap();
+    let v =
+        serde_json::to_value(pubsub::PubsubMessage { data: vec![0xfb, 0xff].into(), ..Default::default() }).unwrap();
     assert_eq!(v["data"], "+/8=");
 
     let back: pubsub::PubsubMessage =
         serde_json::from_value(json!({"data": "aGVsbG8gd29ybGQ=", "attributes": {"k": "v"}})).unwrap();
-    assert_eq!(back.data, b"hello world");
+    assert_eq!(back.data[..], b"hello world"[..]);
     assert_eq!(back.attributes["k"], "v");
 }
 
@@ -48,7 +49,7 @@ fn publish_request_and_response_json() {
     }))
     .unwrap();
     assert_eq!(req.messages.len(), 2);
-    assert_eq!(req.messages[0].data, [1, 2]);
+    assert_eq!(req.messages[0].data[..], [1, 2]);
     assert_eq!(req.messages[1].attributes["a"], "");
 
     let resp = pubsub::PublishResponse { message_ids: vec!["1".into(), "2".into()] };

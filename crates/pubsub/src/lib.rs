@@ -25,6 +25,14 @@ mod subscription;
 
 pub use subscription::{Delivery, ORDERING_KEY_ATTRIBUTE};
 
+/// Parses `text` as an ack id the way Acknowledge and ModifyAckDeadline do, and returns its parts
+/// (epoch, offset, generation) and its canonical encoding; `None` when it is refused. For the
+/// fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub fn fuzz_ack_id(text: &str) -> Option<((u32, u64, u32), String)> {
+    AckId::parse(text).map(|id| ((id.epoch, id.offset, id.generation), id.encode()))
+}
+
 use ackid::AckId;
 use bytes::Bytes;
 use ferrocore_core::clock::Clock;

@@ -31,6 +31,8 @@
 pub mod config;
 pub mod error;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod name;
 mod recovery;
 mod segment;
@@ -42,7 +44,7 @@ pub use error::LogError;
 
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
@@ -132,6 +134,9 @@ struct Inner {
     topics: RwLock<HashMap<String, TopicEntry>>,
     /// Woken when a topic is created, for readers long-polling a topic that does not exist yet.
     created: Notify,
+    /// Reads blocked waiting for records or for their topic, counted once they can no longer
+    /// miss what they wait for (see [`TopicLog::waiting_readers`]).
+    waiting_readers: AtomicUsize,
     queue: Arc<Semaphore>,
     syncs: Arc<AtomicU64>,
     shutdown: watch::Sender<bool>,
@@ -165,6 +170,7 @@ impl TopicLog {
             config,
             topics: RwLock::new(HashMap::new()),
             created: Notify::new(),
+            waiting_readers: AtomicUsize::new(0),
             queue: Arc::new(Semaphore::new(QUEUE_BUDGET_BYTES)),
             syncs,
             shutdown: watch::Sender::new(false),
@@ -257,6 +263,7 @@ impl TopicLog {
             missing_start = Some(start);
             let empty = ReadResult { records: Vec::new(), next_offset: start, earliest_offset: 0 };
             let Some(deadline) = deadline else { return Ok(empty) };
+            let _waiting = Waiting::start(&self.inner.waiting_readers);
             tokio::select! {
                 _ = &mut created => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(empty),
@@ -286,6 +293,7 @@ impl TopicLog {
                 return Ok(result);
             }
             let target = result.next_offset;
+            let _waiting = Waiting::start(&self.inner.waiting_readers);
             tokio::select! {
                 changed = tokio::time::timeout_at(deadline, committed.wait_for(|&next| next > target)) => {
                     if !matches!(changed, Ok(Ok(_))) {
@@ -386,6 +394,15 @@ impl TopicLog {
         drop(self.inner.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 
+    /// How many reads are waiting right now, for records past their topic's end or for their
+    /// topic to be created. A read counts only once it is registered for the wake-up, so an
+    /// append made after this number went up reaches it. For tests that must not append before a
+    /// reader waits; not a stable API.
+    #[doc(hidden)]
+    pub fn waiting_readers(&self) -> usize {
+        self.inner.waiting_readers.load(Ordering::Acquire)
+    }
+
     /// How many fsyncs (files and directories) this log has issued: lets tests check that group
     /// commit batches.
     #[doc(hidden)]
@@ -484,6 +501,22 @@ async fn retention_loop(inner: Weak<Inner>, mut shutdown: watch::Receiver<bool>)
         let log = TopicLog { inner };
         // Errors are logged per topic inside; the next tick tries again.
         let _ = log.enforce_retention().await;
+    }
+}
+
+/// Counts a read as waiting for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -22,6 +22,7 @@ use ferrocore_model::pubsub::TopicName;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,7 +59,7 @@ pub(crate) fn create_topic_dir(root: &Path, name: &str, syncs: &AtomicU64) -> io
     for component in [name.project(), name.id()] {
         let parent = dir;
         dir = parent.join(dir_name(component));
-        match fs::create_dir(&dir) {
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
             Err(e) => return Err(e),
@@ -91,7 +92,7 @@ fn write_label(dir: &Path, component: &str, syncs: &AtomicU64) -> io::Result<()>
         }
     }
     let temp = dir.join(LABEL_TEMP_FILE);
-    let mut file = File::create(&temp)?;
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
     file.write_all(component.as_bytes())?;
     file.sync_all()?;
     // The rename makes the label appear whole or not at all.

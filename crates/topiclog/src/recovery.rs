@@ -14,7 +14,7 @@ use crate::{LogConfig, LogError, name};
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,13 +36,19 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 pub(crate) fn load_all(config: &LogConfig, syncs: &AtomicU64) -> Result<(File, Vec<LoadedTopic>), LogError> {
     let root = &config.dir;
     let ctx = |what: &str, path: &Path| format!("{what} {}", path.display());
-    fs::create_dir_all(root).map_err(|e| LogError::io(ctx("creating", root), e))?;
+    // Messages are for the server's user alone: directories 0700, files 0600.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(|e| LogError::io(ctx("creating", root), e))?;
     let lock_path = root.join(LOCK_FILE);
     let lock = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(|e| LogError::io(ctx("opening", &lock_path), e))?;
     match lock.try_lock() {

@@ -22,7 +22,7 @@ use crate::topic::Topic;
 use crate::{LogError, NewRecord};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -234,7 +234,8 @@ impl WriterState {
         let base = self.next_offset;
         let path = self.dir.join(segment::file_name(base));
         // Truncate: a file with this name can only be debris of a failed earlier attempt.
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        // Readable by the server's user alone, like everything in the data directory.
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&path)?;
         self.created.push(path.clone());
         sync_dir(&self.dir)?;
         self.syncs.fetch_add(1, Ordering::Relaxed);

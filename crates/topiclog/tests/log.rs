@@ -36,6 +36,17 @@ async fn read_all(log: &TopicLog, topic: &str) -> Vec<Record> {
     }
 }
 
+/// Returns once `n` reads are blocked waiting on `log`: registered for the wake-up, so whatever
+/// the test appends next reaches them. Bounded, so a reader that never gets there fails the test
+/// instead of hanging it.
+async fn until_readers_wait(log: &TopicLog, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.waiting_readers() < n {
+        assert!(Instant::now() < deadline, "{n} reader(s) should be waiting, {} are", log.waiting_readers());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Segment files of a topic, oldest first.
 fn segment_files(root: &Path, project: &str, topic: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(project).join(topic))
@@ -255,7 +266,7 @@ async fn latest_with_wait_sees_only_new_records() {
             async move { log.read(TOPIC, ReadFrom::Latest, 10, usize::MAX, Some(Duration::from_secs(10))).await },
         )
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_readers_wait(&log, 1).await;
     let started = Instant::now();
     log.append(TOPIC, vec![rec("new-2")]).await.expect("append");
     let r = reader.await.expect("task").expect("read");
@@ -271,7 +282,7 @@ async fn latest_with_wait_sees_only_new_records() {
             log.read(TOPIC, ReadFrom::Offset(3), 10, usize::MAX, Some(Duration::from_secs(10))).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_readers_wait(&log, 1).await;
     log.append(TOPIC, vec![rec("new-3")]).await.expect("append");
     assert_eq!(reader.await.expect("task").expect("read").records[0].offset, 3);
     log.close().await;
@@ -289,7 +300,7 @@ async fn waiting_on_a_topic_that_does_not_exist_yet() {
             async move { log.read(TOPIC, ReadFrom::Latest, 10, usize::MAX, Some(Duration::from_secs(10))).await },
         )
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_readers_wait(&log, 1).await;
     log.append(TOPIC, vec![rec("first")]).await.expect("append");
     let r = reader.await.expect("task").expect("read");
     assert_eq!(r.records.len(), 1);

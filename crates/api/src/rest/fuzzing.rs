@@ -145,7 +145,9 @@ fn pubsub(method: Method, path: &str, q: &Query, body: &Bytes) -> Result<(), Err
             ps_convert::project("project", &format!("projects/{p}"))?;
             Ok(())
         }
-        (["projects", _, kind @ ("topics" | "subscriptions"), _], _, Some(v)) if v.ends_with("IamPolicy") || v == "testIamPermissions" => {
+        (["projects", _, kind @ ("topics" | "subscriptions"), _], _, Some(v))
+            if v.ends_with("IamPolicy") || v == "testIamPermissions" =>
+        {
             if *kind == "topics" {
                 ps_convert::topic_name("resource", &name)?;
             } else {
