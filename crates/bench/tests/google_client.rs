@@ -23,47 +23,11 @@ use google_cloud_pubsub::model::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-struct Server {
-    grpc: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
+mod support;
+
+use support::Server;
 
 impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let config = ferrocore::server::Config {
-            data_dir: dir.path().join("data"),
-            admin_token: Some("google-client-test-admin-token".into()),
-            activity_flush_interval: Duration::from_millis(200),
-            tls: None,
-            topic_log: Default::default(),
-            mqtt: ferrocore_mqtt::MqttConfig::default(),
-            core: Default::default(),
-            pubsub_anonymous: true,
-            ..Default::default()
-        };
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc_addr = grpc.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let listeners = ferrocore::server::Listeners { http, grpc: Some(grpc), mqtts: None, mqtt: None };
-        let task = tokio::spawn(ferrocore::server::run(
-            config,
-            listeners,
-            async move {
-                let _ = stopped.await;
-            },
-            move |_| {
-                let _ = ready_tx.send(());
-            },
-        ));
-        tokio::time::timeout(Duration::from_secs(20), ready_rx).await.expect("the server starts").unwrap();
-        Server { grpc: grpc_addr, stop: Some(stop), task, _dir: dir }
-    }
-
     fn endpoint(&self) -> String {
         format!("http://{}", self.grpc)
     }
@@ -103,13 +67,6 @@ impl Server {
             .unwrap();
         r.into_inner().received_messages.len()
     }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await.unwrap().unwrap();
-    }
 }
 
 async fn publisher(server: &Server, topic: &str) -> Publisher {
@@ -132,7 +89,7 @@ async fn subscriber(server: &Server) -> Subscriber {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_publishes_receives_nacks_and_acks_every_message() {
-    let server = Server::start().await;
+    let server = Server::start("google-client-test-admin-token").await;
     let (topic, subscription) = server.topic_and_subscription("every-message", 10).await;
     const N: usize = 500;
 
@@ -194,7 +151,7 @@ async fn official_client_publishes_receives_nacks_and_acks_every_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_stream_quiet_for_50_seconds_still_delivers_at_once() {
-    let server = Server::start().await;
+    let server = Server::start("google-client-test-admin-token").await;
     let (topic, subscription) = server.topic_and_subscription("quiet-stream", 10).await;
     let publisher = publisher(&server, &topic).await;
     let client = subscriber(&server).await;

@@ -13,47 +13,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
+mod support;
+
+use support::Server;
+
 const ANSWER_WITHIN: Duration = Duration::from_secs(15);
-
-struct Server {
-    grpc: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let config = ferrocore::server::Config {
-        data_dir: dir.path().join("data"),
-        admin_token: Some("keepalive-test-admin-token-0123".into()),
-        activity_flush_interval: Duration::from_millis(200),
-        tls: None,
-        topic_log: Default::default(),
-        mqtt: ferrocore_mqtt::MqttConfig::default(),
-        core: Default::default(),
-        pubsub_anonymous: true,
-        ..Default::default()
-    };
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = grpc.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let listeners = ferrocore::server::Listeners { http, grpc: Some(grpc), mqtts: None, mqtt: None };
-    let task = tokio::spawn(ferrocore::server::run(
-        config,
-        listeners,
-        async move {
-            let _ = stopped.await;
-        },
-        move |_| {
-            let _ = ready_tx.send(());
-        },
-    ));
-    tokio::time::timeout(Duration::from_secs(20), ready_rx).await.expect("the server starts").unwrap();
-    Server { grpc: grpc_addr, stop: Some(stop), task, _dir: dir }
-}
 
 /// Waits for the next response on the stream, at most `within`.
 async fn next(
@@ -70,7 +34,7 @@ async fn next(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_one_keepalive_is_answered_and_delivery_goes_on() {
-    let mut server = start().await;
+    let server = Server::start("keepalive-test-admin-token-0123").await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
         .unwrap()
         .connect()
@@ -143,8 +107,5 @@ async fn protocol_one_keepalive_is_answered_and_delivery_goes_on() {
 
     drop(tx);
     drop(inbound);
-    if let Some(stop) = server.stop.take() {
-        let _ = stop.send(());
-    }
-    (&mut server.task).await.unwrap().unwrap();
+    server.stop().await;
 }
