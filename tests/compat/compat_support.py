@@ -654,6 +654,23 @@ class DeviceFixture:
     def topic(self, short: str) -> str:
         return f"projects/{self.project}/topics/{short}"
 
+    def client_id(self, registry: dict, device: dict) -> str:
+        """The MQTT client id Google's samples use: the device's full path, with its string id."""
+        return f"projects/{self.project}/locations/{LOCATION}/registries/{registry['id']}/devices/{device['id']}"
+
+    def iot_attributes(self, registry: dict, device: dict, subfolder: str | None = None) -> dict:
+        """The attributes IoT Core put on every message it forwarded to Pub/Sub."""
+        attrs = {
+            "deviceId": device["id"],
+            "deviceNumId": device["numId"],
+            "deviceRegistryId": registry["id"],
+            "deviceRegistryLocation": LOCATION,
+            "projectId": self.project,
+        }
+        if subfolder:
+            attrs["subFolder"] = subfolder
+        return attrs
+
     def create_registry(self, **extra) -> dict:
         """A registry routing subfolder "alerts" to topic `alerts`, everything else to `telemetry`,
         and states to `state`, as an IoT Core user would have set it up."""

@@ -21,7 +21,6 @@ import pytest
 
 from compat_support import (
     DEVICE_TIMEOUT_S,
-    LOCATION,
     TIMESTAMP_RE,
     DeviceFixture,
     MqttDevice,
@@ -69,25 +68,6 @@ def connect(server):
         dev.close()
 
 
-def client_id(fx: DeviceFixture, registry: dict, device: dict) -> str:
-    """The sample's client id: the device's full path, with its string id."""
-    return f"projects/{fx.project}/locations/{LOCATION}/registries/{registry['id']}/devices/{device['id']}"
-
-
-def attributes(fx: DeviceFixture, registry: dict, device: dict, subfolder: str | None = None) -> dict:
-    """The attributes IoT Core put on every message it forwarded to Pub/Sub."""
-    attrs = {
-        "deviceId": device["id"],
-        "deviceNumId": device["numId"],
-        "deviceRegistryId": registry["id"],
-        "deviceRegistryLocation": LOCATION,
-        "projectId": fx.project,
-    }
-    if subfolder:
-        attrs["subFolder"] = subfolder
-    return attrs
-
-
 def payloads(messages: list[dict]) -> list[bytes]:
     return [base64.b64decode(m["data"]) for m in messages]
 
@@ -105,7 +85,7 @@ def get_device(rest: Rest, device: dict) -> dict:
 def test_telemetry_and_state_reach_their_topics(rest, fx, connect, algorithm, certificate):
     registry = fx.create_registry()
     device, key = fx.create_device(registry, algorithm, certificate)
-    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev = connect(fx.client_id(registry, device), fx.jwt(key))
     did = device["id"]
 
     # What the sample publishes ("{registry}/{device}-payload-{n}"), then a binary payload.
@@ -121,10 +101,10 @@ def test_telemetry_and_state_reach_their_topics(rest, fx, connect, algorithm, ce
     # QoS 0 came first on the same connection, so it is stored before the acknowledged ones.
     assert payloads(telemetry) == [b"sent with qos 0", first, binary]
     assert [m["attributes"] for m in telemetry] == [
-        attributes(fx, registry, device),
-        attributes(fx, registry, device),
+        fx.iot_attributes(registry, device),
+        fx.iot_attributes(registry, device),
         # No config matches "rooms/kitchen": the default topic, with the subfolder as attribute.
-        attributes(fx, registry, device, "rooms/kitchen"),
+        fx.iot_attributes(registry, device, "rooms/kitchen"),
     ]
     offsets = [int(m["offset"]) for m in telemetry]
     assert offsets == sorted(offsets) and len(set(offsets)) == 3, offsets
@@ -133,11 +113,11 @@ def test_telemetry_and_state_reach_their_topics(rest, fx, connect, algorithm, ce
 
     alerts = read_topic(rest, fx.topic("alerts"), expect=1)
     assert payloads(alerts) == [b"overheating"]
-    assert alerts[0]["attributes"] == attributes(fx, registry, device, "alerts")
+    assert alerts[0]["attributes"] == fx.iot_attributes(registry, device, "alerts")
 
     notifications = read_topic(rest, fx.topic("state"), expect=1)
     assert payloads(notifications) == [b'{"fan": "on"}']
-    assert notifications[0]["attributes"] == attributes(fx, registry, device)
+    assert notifications[0]["attributes"] == fx.iot_attributes(registry, device)
 
     states = rest.ok(rest.get(f"v1/{device['name']}/states"))["deviceStates"]
     assert [base64.b64decode(s["binaryData"]) for s in states] == [b'{"fan": "on"}']
@@ -150,7 +130,7 @@ def test_telemetry_and_state_reach_their_topics(rest, fx, connect, algorithm, ce
 def test_routing_changes_apply_to_connected_devices(rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
-    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev = connect(fx.client_id(registry, device), fx.jwt(key))
     dev.publish(f"/devices/{device['id']}/events", b"old route", qos=1)
     dev.publish(f"/devices/{device['id']}/state", b"old state route", qos=1)
 
@@ -173,17 +153,17 @@ def test_routing_changes_apply_to_connected_devices(rest, fx, connect):
 def test_plain_mqtt_listener_serves_the_same_bridge(rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry, "RS256")
-    dev = connect(client_id(fx, registry, device), fx.jwt(key), tls=False)
+    dev = connect(fx.client_id(registry, device), fx.jwt(key), tls=False)
     dev.publish(f"/devices/{device['id']}/events", b"no tls", qos=1)
     telemetry = read_topic(rest, fx.topic("telemetry"), expect=1)
     assert payloads(telemetry) == [b"no tls"]
-    assert telemetry[0]["attributes"] == attributes(fx, registry, device)
+    assert telemetry[0]["attributes"] == fx.iot_attributes(registry, device)
 
 
 def test_tls_1_2_as_the_sample_pins_it_and_1_3_by_address(rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
-    cid = client_id(fx, registry, device)
+    cid = fx.client_id(registry, device)
     sample = connect(cid, fx.jwt(key))
     assert sample.client.socket().version() == "TLSv1.2"
     sample.disconnect()
@@ -199,7 +179,7 @@ def test_the_server_certificate_only_verifies_against_the_generated_ca(server, f
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
     # Public roots (certifi) do not vouch for the local CA: the handshake fails on the client.
-    dev = MqttDevice(client_id(fx, registry, device), fx.jwt(key), port=server.mqtts_port,
+    dev = MqttDevice(fx.client_id(registry, device), fx.jwt(key), port=server.mqtts_port,
                      ca_certs=certifi.where())
     try:
         with pytest.raises(ssl.SSLCertVerificationError):
@@ -220,7 +200,7 @@ def test_sample_get_client_subscribes_before_the_connack(server, rest, fx):
     did = device["id"]
     rest.ok(rest.post(f"v1/{device['name']}:modifyCloudToDeviceConfig", {"binaryData": b64(b"sample config")}))
 
-    dev = MqttDevice(client_id(fx, registry, device), fx.jwt(key), port=server.mqtts_port,
+    dev = MqttDevice(fx.client_id(registry, device), fx.jwt(key), port=server.mqtts_port,
                      ca_certs=server.ca_path)
     try:
         client = dev.client
@@ -287,7 +267,7 @@ def test_packets_sent_together_with_connect_are_served(server, rest, fx):
     device, key = fx.create_device(registry, "ES256")
     did = device["id"]
     connect_packet = _mqtt_packet(0x10, _mqtt_bytes(b"MQTT") + bytes([4, 0xC2]) + struct.pack(">H", 60)
-                                  + _mqtt_bytes(client_id(fx, registry, device).encode())
+                                  + _mqtt_bytes(fx.client_id(registry, device).encode())
                                   + _mqtt_bytes(b"unused") + _mqtt_bytes(fx.jwt(key).encode()))
     subscribe = _mqtt_packet(0x82, struct.pack(">H", 1) + _mqtt_bytes(f"/devices/{did}/config".encode()) + b"\x01")
     publish = _mqtt_packet(0x32, _mqtt_bytes(f"/devices/{did}/events".encode()) + struct.pack(">H", 2) + b"together")
@@ -310,7 +290,7 @@ def test_config_arrives_on_subscribe_and_on_every_update(rest, fx, connect):
     modify = f"v1/{device['name']}:modifyCloudToDeviceConfig"
     rest.ok(rest.post(modify, {"binaryData": b64(b"version two")}))
 
-    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev = connect(fx.client_id(registry, device), fx.jwt(key))
     assert dev.subscribe(f"/devices/{did}/config", qos=1) == [1]
     # The latest config comes right after SUBACK, with QoS 1 so the device acknowledges it.
     first = dev.next_message()
@@ -348,7 +328,7 @@ def test_config_arrives_on_subscribe_and_on_every_update(rest, fx, connect):
 def test_a_new_device_gets_its_empty_first_config(rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
-    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev = connect(fx.client_id(registry, device), fx.jwt(key))
     # The sample subscribes to config with QoS 1 and to commands with QoS 0, one after the other.
     assert dev.subscribe(f"/devices/{device['id']}/config", qos=1) == [1]
     assert dev.subscribe(f"/devices/{device['id']}/commands/#", qos=0) == [0]
@@ -369,7 +349,7 @@ def test_commands_reach_the_subscribed_device(server, rest, fx, connect, qos):
     did = device["id"]
     send = f"v1/{device['name']}:sendCommandToDevice"
 
-    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev = connect(fx.client_id(registry, device), fx.jwt(key))
     # Connected but not subscribed: the command is refused at once.
     err = assert_google_error(rest.post(send, {"binaryData": b64(b"too early")}), 400, "FAILED_PRECONDITION")
     assert "not subscribed to the commands topic" in err["message"], err
@@ -404,7 +384,7 @@ def test_commands_reach_the_subscribed_device(server, rest, fx, connect, qos):
 def test_commands_to_a_disconnected_device_fail(rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
-    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev = connect(fx.client_id(registry, device), fx.jwt(key))
     assert dev.subscribe(f"/devices/{device['id']}/commands/#", qos=1) == [1]
     dev.disconnect()
     send = f"v1/{device['name']}:sendCommandToDevice"
@@ -438,7 +418,7 @@ REFUSALS = [
 def test_refused_connections_and_a_good_device_right_after(rest, fx, connect, tmp_path, case, want):
     registry = fx.create_registry()
     device, key = fx.create_device(registry, "ES256")
-    cid = client_id(fx, registry, device)
+    cid = fx.client_id(registry, device)
     now = datetime.datetime.now(tz=datetime.timezone.utc)
     password = fx.jwt(key)
 
@@ -456,25 +436,25 @@ def test_refused_connections_and_a_good_device_right_after(rest, fx, connect, tm
     elif case == "wrong-audience":
         password = fx.jwt(key, audience="some-other-project")
     elif case == "unknown-device":
-        cid = client_id(fx, registry, {"id": unique("nobody")})
+        cid = fx.client_id(registry, {"id": unique("nobody")})
     elif case == "unknown-registry":
-        cid = client_id(fx, {"id": unique("noreg")}, device)
+        cid = fx.client_id({"id": unique("noreg")}, device)
     elif case == "blocked-device":
         blocked, blocked_key = fx.create_device(registry, "ES256", blocked=True)
-        cid, password = client_id(fx, registry, blocked), fx.jwt(blocked_key)
+        cid, password = fx.client_id(registry, blocked), fx.jwt(blocked_key)
     elif case == "expired-credential":
         old_key = make_device_key(tmp_path / "old", "ES256")
         credential = dict(old_key.credential, expirationTime="2020-01-01T00:00:00Z")
         old, _ = fx.create_device(registry, "ES256", credentials=[credential])
-        cid, password = client_id(fx, registry, old), fx.jwt(old_key)
+        cid, password = fx.client_id(registry, old), fx.jwt(old_key)
     elif case == "mqtt-disabled-registry":
         closed = fx.create_registry(mqttConfig={"mqttEnabledState": "MQTT_DISABLED"})
         shut_out, shut_out_key = fx.create_device(closed, "ES256")
-        cid, password = client_id(fx, closed, shut_out), fx.jwt(shut_out_key)
+        cid, password = fx.client_id(closed, shut_out), fx.jwt(shut_out_key)
     elif case == "garbage-password":
         password = "not-a-jwt"
     elif case == "garbage-password-for-an-unknown-device":
-        cid, password = client_id(fx, registry, {"id": unique("nobody")}), "not-a-jwt"
+        cid, password = fx.client_id(registry, {"id": unique("nobody")}), "not-a-jwt"
     elif case == "client-id-not-a-device-path":
         cid = device["id"]
     else:
@@ -485,7 +465,7 @@ def test_refused_connections_and_a_good_device_right_after(rest, fx, connect, tm
     assert refused.wait_closed(), f"{case}: the server kept the refused connection open"
 
     # The server is none the worse: the registered device gets in at once and is served.
-    good = connect(client_id(fx, registry, device), fx.jwt(key))
+    good = connect(fx.client_id(registry, device), fx.jwt(key))
     good.publish(f"/devices/{device['id']}/events", f"after {case}".encode(), qos=1)
     assert payloads(read_topic(rest, fx.topic("telemetry"), expect=1)) == [f"after {case}".encode()]
 
@@ -499,7 +479,7 @@ def test_key_rotation_any_registered_credential_works(rest, fx, connect, tmp_pat
     device = fx.rest.create_device(registry["name"], {
         "id": unique("dev"), "credentials": [old_key.credential, new_key.credential],
     })
-    cid = client_id(fx, registry, device)
+    cid = fx.client_id(registry, device)
     connect(cid, fx.jwt(old_key)).disconnect()
     connect(cid, fx.jwt(new_key)).disconnect()
 
@@ -519,7 +499,7 @@ def test_jwt_refresh_by_reconnecting_like_the_sample(rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry, "RS256")
     did = device["id"]
-    cid = client_id(fx, registry, device)
+    cid = fx.client_id(registry, device)
     rest.ok(rest.post(f"v1/{device['name']}:modifyCloudToDeviceConfig", {"binaryData": b64(b"cfg")}))
 
     first_token = fx.jwt(key, jwt_expires_minutes=1)
@@ -551,7 +531,7 @@ def test_the_connection_closes_when_the_token_runs_out(rest, fx, connect):
     exp = datetime.datetime.now(tz=datetime.timezone.utc) - datetime.timedelta(seconds=592)
     token = fx.jwt(key, jwt_expires_minutes=1, issued_at=exp - datetime.timedelta(minutes=1))
     started = time.monotonic()
-    dev = connect(client_id(fx, registry, device), token)
+    dev = connect(fx.client_id(registry, device), token)
     dev.publish(f"/devices/{device['id']}/events", b"while the token lasts", qos=1)
     assert dev.wait_closed(timeout=25), "still connected 25 s after the token ran out"
     lasted = time.monotonic() - started
@@ -563,7 +543,7 @@ def test_the_connection_closes_when_the_token_runs_out(rest, fx, connect):
 def test_a_second_connection_replaces_the_first(server, rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
-    cid = client_id(fx, registry, device)
+    cid = fx.client_id(registry, device)
     commands = f"/devices/{device['id']}/commands/#"
     old = connect(cid, fx.jwt(key))
     assert old.subscribe(commands, qos=1) == [1]
@@ -588,7 +568,7 @@ def test_keepalive_pings_keep_the_connection_and_count_as_heartbeats(rest, fx, c
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
     # paho pings after `keepalive` idle seconds; the server allows 1.5 times that.
-    dev = connect(client_id(fx, registry, device), fx.jwt(key), keepalive=5)
+    dev = connect(fx.client_id(registry, device), fx.jwt(key), keepalive=5)
     got = wait_for(lambda: get_device(rest, device).get("lastHeartbeatTime"), "lastHeartbeatTime", timeout=12)
     assert TIMESTAMP_RE.match(got), got
     assert not dev.closed
@@ -599,7 +579,7 @@ def test_keepalive_pings_keep_the_connection_and_count_as_heartbeats(rest, fx, c
 def test_blocking_or_deleting_a_connected_device_disconnects_it(rest, fx, connect, action):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
-    cid = client_id(fx, registry, device)
+    cid = fx.client_id(registry, device)
     dev = connect(cid, fx.jwt(key))
     if action == "block":
         rest.ok(rest.patch(f"v1/{device['name']}", {"blocked": True}, params={"updateMask": "blocked"}))
@@ -620,7 +600,7 @@ def test_violations_close_the_connection(rest, fx, connect, case):
     device, key = fx.create_device(registry)
     other, _ = fx.create_device(registry)
     did = device["id"]
-    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev = connect(fx.client_id(registry, device), fx.jwt(key))
     dev.publish(f"/devices/{did}/events", b"marker", qos=1)
 
     if case == "qos2-publish":
@@ -646,14 +626,14 @@ def test_violations_close_the_connection(rest, fx, connect, case):
     # Nothing reached the other device's topic or attributes.
     assert all(m["attributes"]["deviceId"] == did for m in read_topic(rest, fx.topic("telemetry"), expect=1))
 
-    again = connect(client_id(fx, registry, device), fx.jwt(key))
+    again = connect(fx.client_id(registry, device), fx.jwt(key))
     again.publish(f"/devices/{did}/events", b"back", qos=1)
 
 
 def test_more_than_100_messages_a_second_close_the_connection(rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
-    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev = connect(fx.client_id(registry, device), fx.jwt(key))
     # 300 at once: however a one-second window falls across them, one holds more than 100.
     for n in range(300):
         dev.client.publish(f"/devices/{device['id']}/events", f"burst {n}".encode(), qos=0)
@@ -668,7 +648,7 @@ def test_more_than_100_messages_a_second_close_the_connection(rest, fx, connect)
 def test_telemetry_up_to_256_kib(rest, fx, connect):
     registry = fx.create_registry()
     device, key = fx.create_device(registry)
-    dev = connect(client_id(fx, registry, device), fx.jwt(key))
+    dev = connect(fx.client_id(registry, device), fx.jwt(key))
     largest = bytes(range(256)) * 1024  # 256 KiB, IoT Core's telemetry limit
     dev.publish(f"/devices/{device['id']}/events", largest, qos=1)
     dev.client.publish(f"/devices/{device['id']}/events", largest + b"!", qos=1)

@@ -105,7 +105,7 @@ def mqtt_connect(server):
     opened: list[MqttDevice] = []
 
     def _connect(fx: DeviceFixture, registry: dict, device: dict, key) -> MqttDevice:
-        dev = MqttDevice(device_path(fx, registry, device), fx.jwt(key),
+        dev = MqttDevice(fx.client_id(registry, device), fx.jwt(key),
                          port=server.mqtts_port, ca_certs=server.ca_path)
         opened.append(dev)
         assert dev.connect() == 0, f"CONNACK {dev.connack} for {device['id']}"
@@ -127,24 +127,6 @@ def raw_publish(publisher: pubsub_v1.PublisherClient, topic: str, messages: list
     an error must surface as the server gave it)."""
     return GapicPublisherClient.publish(publisher, request={"topic": topic, "messages": messages},
                                         retry=None, timeout=60)
-
-
-def device_path(fx: DeviceFixture, registry: dict, device: dict) -> str:
-    return f"projects/{fx.project}/locations/{LOCATION}/registries/{registry['id']}/devices/{device['id']}"
-
-
-def iot_attributes(fx: DeviceFixture, registry: dict, device: dict, subfolder: str | None = None) -> dict:
-    """The attributes IoT Core put on every message it forwarded to Pub/Sub."""
-    attrs = {
-        "deviceId": device["id"],
-        "deviceNumId": device["numId"],
-        "deviceRegistryId": registry["id"],
-        "deviceRegistryLocation": LOCATION,
-        "projectId": fx.project,
-    }
-    if subfolder:
-        attrs["subFolder"] = subfolder
-    return attrs
 
 
 def rfc3339(t: datetime.datetime) -> str:
@@ -944,7 +926,7 @@ def test_topic_and_subscription_first_then_a_registry_naming_the_topic(ferrocore
     dev = mqtt_connect(fx, registry, device, key)
     dev.publish(f"/devices/{device['id']}/events", b"first light", qos=1)
     [delivery] = collector.wait_messages(1)
-    assert (delivery.data, delivery.attributes) == (b"first light", iot_attributes(fx, registry, device))
+    assert (delivery.data, delivery.attributes) == (b"first light", fx.iot_attributes(registry, device))
     # The grant made before the registry is still there.
     assert [(b.role, list(b.members)) for b in pub.get_iam_policy(request={"resource": topic}).bindings] == [
         ("roles/pubsub.publisher", [CLOUD_IOT_PUBLISHER])]
@@ -973,16 +955,16 @@ def test_device_telemetry_and_state_reach_streaming_subscribers(ferrocore, rest,
         for n in range(3):
             data = f"{registry['id']}/{did}-payload-{n}".encode()
             dev.publish(f"/devices/{did}/events", data, qos=1)
-            expected["telemetry"].add(content(data, iot_attributes(fx, registry, device)))
+            expected["telemetry"].add(content(data, fx.iot_attributes(registry, device)))
         binary = bytes(range(256)) + did.encode()
         dev.publish(f"/devices/{did}/events/rooms/kitchen", binary, qos=1)
-        expected["telemetry"].add(content(binary, iot_attributes(fx, registry, device, "rooms/kitchen")))
+        expected["telemetry"].add(content(binary, fx.iot_attributes(registry, device, "rooms/kitchen")))
         alert = f"{did} overheating".encode()
         dev.publish(f"/devices/{did}/events/alerts", alert, qos=1)
-        expected["alerts"].add(content(alert, iot_attributes(fx, registry, device, "alerts")))
+        expected["alerts"].add(content(alert, fx.iot_attributes(registry, device, "alerts")))
         state = f'{{"device": "{did}", "fan": "on"}}'.encode()
         dev.publish(f"/devices/{did}/state", state, qos=1)
-        expected["state"].add(content(state, iot_attributes(fx, registry, device)))
+        expected["state"].add(content(state, fx.iot_attributes(registry, device)))
 
     for what, collector in collectors.items():
         wanted = expected[what.removesuffix("-second")]

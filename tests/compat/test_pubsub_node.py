@@ -305,20 +305,6 @@ def test_error_codes(node_backend, target):
 
 # --- IoT Core telemetry to a Node back end (Ferrocore only) ----------------------------------------
 
-def iot_attributes(fx: DeviceFixture, registry: dict, device: dict, subfolder: str | None = None) -> dict:
-    """The attributes IoT Core put on every message it forwarded to Pub/Sub."""
-    attrs = {
-        "deviceId": device["id"],
-        "deviceNumId": device["numId"],
-        "deviceRegistryId": registry["id"],
-        "deviceRegistryLocation": LOCATION,
-        "projectId": fx.project,
-    }
-    if subfolder:
-        attrs["subFolder"] = subfolder
-    return attrs
-
-
 def test_device_telemetry_reaches_a_node_backend(server, rest, node_backend, tmp_path):
     fx = DeviceFixture(rest, tmp_path / "keys")
     registry = fx.create_registry()  # subfolder "alerts" -> alerts; other events -> telemetry
@@ -348,7 +334,7 @@ def test_device_telemetry_reaches_a_node_backend(server, rest, node_backend, tmp
             suffix = f"/{subfolder}" if subfolder else ""
             dev.publish(f"/devices/{device['id']}/events{suffix}", payload, qos=1)
             if reaches_telemetry:
-                expected.append((payload, iot_attributes(fx, registry, device, subfolder)))
+                expected.append((payload, fx.iot_attributes(registry, device, subfolder)))
 
         # Telemetry waiting in the subscription before the back end starts...
         for n, (device, _) in enumerate(devices):

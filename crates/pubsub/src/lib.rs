@@ -70,8 +70,8 @@ pub const DEFAULT_ACK_DEADLINE: i32 = 10;
 pub const MIN_RETENTION_SECONDS: i64 = 600;
 pub const MAX_RETENTION_SECONDS: i64 = 31 * 24 * 3600;
 pub const DEFAULT_RETENTION_SECONDS: i64 = 7 * 24 * 3600;
-/// How long a Pull with nothing to deliver waits for a message.
-const PULL_WAIT: Duration = Duration::from_secs(10);
+/// How long a Pull with nothing to deliver waits for a message at most.
+pub const MAX_PULL_WAIT: Duration = Duration::from_secs(10);
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -450,18 +450,15 @@ impl PubSub {
         topic.and_then(|t| self.inner.source.extent(t.as_str())).map_or(0, |e| e.next_offset)
     }
 
-    /// Up to `max_messages` messages, waiting a while for the first unless `return_immediately`.
-    pub async fn pull(
-        &self,
-        name: &SubscriptionName,
-        max_messages: i32,
-        return_immediately: bool,
-    ) -> Result<Vec<Delivery>> {
+    /// Up to `max_messages` messages, waiting up to `wait` (at most [`MAX_PULL_WAIT`]; zero for
+    /// none) for the first. Adapters pass less than the caller's own deadline, so a Pull that finds
+    /// nothing answers empty before the client gives up on it.
+    pub async fn pull(&self, name: &SubscriptionName, max_messages: i32, wait: Duration) -> Result<Vec<Delivery>> {
         if max_messages <= 0 {
             return Err(Error::invalid("max_messages", "max_messages must be a positive number."));
         }
         let sub = self.sub(name).await?;
-        let deadline = Instant::now() + PULL_WAIT;
+        let deadline = Instant::now() + wait.min(MAX_PULL_WAIT);
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {
             let notified = sub.deliverable.notified();
@@ -475,7 +472,7 @@ impl PubSub {
                 Duration::from_secs(s.settings.ack_deadline_seconds.clamp(MIN_ACK_DEADLINE, MAX_ACK_DEADLINE) as u64)
             };
             let got = self.take(&sub, PULL, max_messages as usize, lease);
-            if !got.is_empty() || return_immediately {
+            if !got.is_empty() || wait.is_zero() {
                 return Ok(got);
             }
             tokio::select! {

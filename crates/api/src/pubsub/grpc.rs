@@ -16,12 +16,15 @@ use ferrocore_proto::pubsub::{self as ps, streaming_pull_response as spr};
 use ferrocore_proto::{Empty, iam};
 use ferrocore_pubsub::{PubSub, StreamOptions};
 use std::pin::Pin;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Largest request accepted: a full 10 MB publish request with its framing.
 pub const MAX_MESSAGE_BYTES: usize = 11 * 1024 * 1024;
+/// How long before the client's deadline an empty Pull answers.
+const PULL_DEADLINE_MARGIN: Duration = Duration::from_millis(200);
 /// Messages per StreamingPull response at most.
 const MAX_BATCH: usize = 1000;
 
@@ -75,13 +78,8 @@ impl Publisher for PubsubGrpc {
 
     async fn update_topic(&self, request: Request<ps::UpdateTopicRequest>) -> Result<ps::Topic> {
         self.authorize(&request)?;
-        let req = request.into_inner();
-        let update = req.topic.ok_or_else(|| status(Error::invalid("topic", "The topic is missing.")))?;
-        let name = topic_name("topic.name", &update.name).map_err(status)?;
-        let current = self.pubsub.get_topic(&name).await.map_err(status)?;
-        let topic = convert::apply_topic_mask(&current, update, req.update_mask).map_err(status)?;
-        let updated = self.pubsub.update_topic(topic).await.map_err(status)?;
-        Ok(Response::new(convert::topic_to_wire(&updated)))
+        let updated = super::update_topic(&self.pubsub, request.into_inner()).await.map_err(status)?;
+        Ok(Response::new(updated))
     }
 
     async fn publish(&self, request: Request<ps::PublishRequest>) -> Result<ps::PublishResponse> {
@@ -176,14 +174,8 @@ impl Subscriber for PubsubGrpc {
 
     async fn update_subscription(&self, request: Request<ps::UpdateSubscriptionRequest>) -> Result<ps::Subscription> {
         self.authorize(&request)?;
-        let req = request.into_inner();
-        let update =
-            req.subscription.ok_or_else(|| status(Error::invalid("subscription", "The subscription is missing.")))?;
-        let name = subscription_name("subscription.name", &update.name).map_err(status)?;
-        let current = self.pubsub.get_subscription(&name).await.map_err(status)?;
-        let sub = convert::apply_subscription_mask(&current, update, req.update_mask).map_err(status)?;
-        let updated = self.pubsub.update_subscription(sub).await.map_err(status)?;
-        Ok(Response::new(convert::subscription_to_wire(&updated)))
+        let updated = super::update_subscription(&self.pubsub, request.into_inner()).await.map_err(status)?;
+        Ok(Response::new(updated))
     }
 
     async fn list_subscriptions(
@@ -227,9 +219,16 @@ impl Subscriber for PubsubGrpc {
     #[allow(deprecated)]
     async fn pull(&self, request: Request<ps::PullRequest>) -> Result<ps::PullResponse> {
         self.authorize(&request)?;
+        let client_deadline = request.metadata().get("grpc-timeout").and_then(|v| grpc_timeout(v.to_str().ok()?));
         let req = request.into_inner();
         let name = subscription_name("subscription", &req.subscription).map_err(status)?;
-        let got = self.pubsub.pull(&name, req.max_messages, req.return_immediately).await.map_err(status)?;
+        let wait = match (req.return_immediately, client_deadline) {
+            (true, _) => Duration::ZERO,
+            // Answer (empty) a little before the client's deadline rather than let it expire.
+            (false, Some(deadline)) => deadline.saturating_sub(PULL_DEADLINE_MARGIN),
+            (false, None) => ferrocore_pubsub::MAX_PULL_WAIT,
+        };
+        let got = self.pubsub.pull(&name, req.max_messages, wait).await.map_err(status)?;
         Ok(Response::new(ps::PullResponse { received_messages: got.into_iter().map(convert::received).collect() }))
     }
 
@@ -442,5 +441,38 @@ impl iam::iam_policy_server::IamPolicy for PubsubGrpc {
         let req = request.into_inner();
         let permissions = self.pubsub.test_iam_permissions(&req.resource, &req.permissions).await.map_err(status)?;
         Ok(Response::new(iam::TestIamPermissionsResponse { permissions }))
+    }
+}
+
+/// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("4999m"), Some(Duration::from_millis(4999)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "S", "5", "5x", "123456789S", "-1S", "1.5S", "é"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
     }
 }

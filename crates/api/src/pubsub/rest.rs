@@ -155,15 +155,11 @@ async fn topic(
         }
         (Method::Patch, None) => {
             q.check(&[])?;
-            let req: ps::UpdateTopicRequest = parse_with_mask(body)?;
-            let mut update = req.topic.ok_or_else(|| Error::invalid("topic", "The topic is missing."))?;
+            let mut req: ps::UpdateTopicRequest = parse_with_mask(body)?;
+            let update = req.topic.as_mut().ok_or_else(|| Error::invalid("topic", "The topic is missing."))?;
             check_body_name("topic.name", &update.name, &name)?;
-            let topic = topic_name("topic.name", &name)?;
             update.name = name;
-            let current = pubsub.get_topic(&topic).await?;
-            let changed = convert::apply_topic_mask(&current, update, req.update_mask)?;
-            let updated = pubsub.update_topic(changed).await?;
-            Ok(json_response(&convert::topic_to_wire(&updated)))
+            Ok(json_response(&super::update_topic(pubsub, req).await?))
         }
         (Method::Delete, None) => {
             q.check(&[])?;
@@ -211,16 +207,14 @@ async fn subscription(
         }
         (Method::Patch, None) => {
             q.check(&[])?;
-            let req: ps::UpdateSubscriptionRequest = parse_with_mask(body)?;
-            let mut update =
-                req.subscription.ok_or_else(|| Error::invalid("subscription", "The subscription is missing."))?;
+            let mut req: ps::UpdateSubscriptionRequest = parse_with_mask(body)?;
+            let update = req
+                .subscription
+                .as_mut()
+                .ok_or_else(|| Error::invalid("subscription", "The subscription is missing."))?;
             check_body_name("subscription.name", &update.name, &name)?;
-            let sub = subscription_name("subscription.name", &name)?;
             update.name = name;
-            let current = pubsub.get_subscription(&sub).await?;
-            let changed = convert::apply_subscription_mask(&current, update, req.update_mask)?;
-            let updated = pubsub.update_subscription(changed).await?;
-            Ok(json_response(&convert::subscription_to_wire(&updated)))
+            Ok(json_response(&super::update_subscription(pubsub, req).await?))
         }
         (Method::Delete, None) => {
             q.check(&[])?;
@@ -250,7 +244,8 @@ async fn subscription_verb(
             check_body_name("subscription", &req.subscription, path)?;
             #[allow(deprecated)]
             let return_immediately = req.return_immediately;
-            let got = pubsub.pull(sub, req.max_messages, return_immediately).await?;
+            let wait = if return_immediately { std::time::Duration::ZERO } else { ferrocore_pubsub::MAX_PULL_WAIT };
+            let got = pubsub.pull(sub, req.max_messages, wait).await?;
             Ok(json_response(&ps::PullResponse { received_messages: got.into_iter().map(convert::received).collect() }))
         }
         "acknowledge" => {

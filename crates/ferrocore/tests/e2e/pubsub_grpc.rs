@@ -296,3 +296,21 @@ async fn pubsub_needs_the_admin_token() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn an_empty_pull_answers_before_the_clients_deadline() {
+    let s = TestServer::start().await;
+    let (mut publisher, mut sub) = clients(&s).await;
+    publisher.create_topic(ps::Topic { name: topic("empty"), ..Default::default() }).await.unwrap();
+    create_subscription(&mut sub, &subscription("empty-sub"), &topic("empty"), 0).await;
+    let mut request = tonic::Request::new(ps::PullRequest {
+        subscription: subscription("empty-sub"),
+        max_messages: 10,
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let answer = sub.pull(request).await.expect("an empty answer, not an expired deadline").into_inner();
+    assert!(answer.received_messages.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(500), "it waited for a message first");
+}
