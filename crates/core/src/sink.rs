@@ -79,3 +79,53 @@ impl Sink for MemorySink {
         SinkHealth::Healthy
     }
 }
+
+/// How one external sink is doing: what `GET /v1/sinks` and `ferrocore sinks list` show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkStatus {
+    pub name: String,
+    /// The topic name or pattern the sink takes.
+    pub topics: String,
+    /// The destination URL with passwords and tokens redacted.
+    pub url: String,
+    pub state: SinkState,
+    /// The most recent failure, with the topic it happened on; kept after a recovery.
+    pub last_error: Option<String>,
+    /// Per topic, the offset of the first message not yet confirmed by the destination.
+    pub cursor: Vec<(String, u64)>,
+    /// Messages in the log not yet confirmed, over all topics.
+    pub lag_messages: u64,
+    /// Age of the oldest message not yet confirmed; 0 when caught up.
+    pub lag_seconds: f64,
+    pub forwarded_messages: u64,
+    /// Messages the log's size cap removed before they were forwarded.
+    pub lost_messages: u64,
+    /// Messages the destination can never take (too large for it), skipped.
+    pub rejected_messages: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkState {
+    /// Forwarding, or caught up.
+    Ok,
+    /// The destination is failing; the sink retries with back-off.
+    Retrying,
+    /// The server is shutting down.
+    Stopped,
+}
+
+impl SinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkState::Ok => "ok",
+            SinkState::Retrying => "retrying",
+            SinkState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Reports the external sinks' states.
+#[async_trait]
+pub trait SinkReport: Send + Sync + 'static {
+    async fn statuses(&self) -> Vec<SinkStatus>;
+}

@@ -61,6 +61,13 @@ pub enum ReadError {
     Unavailable(String),
 }
 
+/// Returned by [`TopicSource::hold`]: while it lives, age retention keeps the topic's records from
+/// the held offset on.
+pub trait RetentionHold: Send + Sync + 'static {
+    /// Moves the hold forwards, as its holder's cursor advances.
+    fn advance(&self, offset: u64);
+}
+
 #[async_trait]
 pub trait TopicSource: Send + Sync + 'static {
     /// Appends `messages` to `topic` in order and returns their offsets once they are durable:
@@ -91,4 +98,8 @@ pub trait TopicSource: Send + Sync + 'static {
 
     /// Every topic that holds messages, sorted by name.
     fn extents(&self) -> Vec<TopicExtent>;
+
+    /// Keeps `topic`'s records at and after `offset` from age retention until the hold is dropped
+    /// (a size cap may still remove them). The topic need not exist yet.
+    fn hold(&self, topic: &str, offset: u64) -> Box<dyn RetentionHold>;
 }

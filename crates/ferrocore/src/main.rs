@@ -117,6 +117,12 @@ struct ServeArgs {
     /// REST paths); DeviceManager and the rest of the admin API still need the token.
     #[arg(long)]
     pubsub_anonymous: bool,
+    /// Forward topics to an external system: 'TOPICS=URL', repeatable. TOPICS is a topic name or a
+    /// pattern with * for a whole project or topic id; URL is pubsub://, nats://, amqp://,
+    /// redis:// or http(s):// and may contain {project} and {topic} (see docs/sinks.md). Without
+    /// the flag, FERROCORE_SINKS holds the entries, separated by whitespace.
+    #[arg(long = "sink", value_name = "TOPICS=URL")]
+    sinks: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -146,7 +152,16 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !(args.activity_flush_seconds > 0.0 && args.activity_flush_seconds <= 3600.0) {
         anyhow::bail!("--activity-flush-seconds must be between 0 and 3600");
     }
+    // Flags win over the environment; entries hold no whitespace, so it separates them there.
+    let sink_entries: Vec<String> = if args.sinks.is_empty() {
+        std::env::var("FERROCORE_SINKS").unwrap_or_default().split_whitespace().map(str::to_owned).collect()
+    } else {
+        args.sinks.clone()
+    };
+    let sinks = ferrocore_sinks::spec::parse_all(sink_entries.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!("--sink: {e}"))?;
     let config = Config {
+        sinks,
         data_dir: args.data_dir,
         admin_token,
         activity_flush_interval: Duration::from_secs_f64(args.activity_flush_seconds),
@@ -187,6 +202,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         },
         tls_names: args.tls_names,
         clock: Default::default(),
+        sink_settings: Default::default(),
     };
     if config.limits.grpc_request_timeout <= config.core.command_ack_timeout {
         tracing::warn!(

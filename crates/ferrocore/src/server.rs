@@ -39,6 +39,10 @@ pub struct Config {
     /// What the core and Pub/Sub take for the current time (token and credential expiry, resource
     /// timestamps): the system clock, except in tests that move time instead of waiting.
     pub clock: ServerClock,
+    /// External sinks (`--sink`), each forwarding the topics it takes from the topic log.
+    pub sinks: Vec<ferrocore_sinks::spec::SinkSpec>,
+    /// How the sinks batch, poll and back off.
+    pub sink_settings: ferrocore_sinks::forward::Settings,
 }
 
 /// The clock of a server: [`SystemClock`] unless a test gives its own.
@@ -75,6 +79,8 @@ impl Default for Config {
             pubsub_anonymous: false,
             limits: Limits::default(),
             clock: ServerClock::default(),
+            sinks: Vec::new(),
+            sink_settings: ferrocore_sinks::forward::Settings::default(),
         }
     }
 }
@@ -174,6 +180,21 @@ pub async fn run(
         ferrocore_pubsub::Settings::default(),
     );
     let pubsub_access = ferrocore_api::pubsub::PubsubAccess::new(token.clone(), config.pubsub_anonymous);
+    // Started before any listener, so that retention holds are in place before new records come.
+    let forwarders = if config.sinks.is_empty() {
+        None
+    } else {
+        let f = ferrocore_sinks::forward::Forwarders::start(
+            config.sinks.clone(),
+            log_sink.clone(),
+            store.clone(),
+            config.clock.0.clone(),
+            config.sink_settings.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the sinks: {e}"))?;
+        Some(f)
+    };
 
     // One shutdown signal, fanned out to every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -240,7 +261,15 @@ pub async fn run(
         }
         None => None,
     };
-    let app = ferrocore_api::rest::router(core.clone(), log_sink, token, pubsub.clone(), pubsub_access, ready.clone())
+    let app = ferrocore_api::rest::router(ferrocore_api::rest::RestParts {
+        core: core.clone(),
+        topics: log_sink,
+        token,
+        pubsub: pubsub.clone(),
+        pubsub_access,
+        sinks: forwarders.clone().map(|f| Arc::new(f) as Arc<dyn ferrocore_core::sink::SinkReport>),
+        ready: ready.clone(),
+    })
         .layer(axum::Extension(ferrocore_api::rest::BodyTimeout(config.limits.http_body_timeout)));
     let http = tokio::spawn(crate::http_listener::serve(listeners.http, app, config.limits.clone(), stopped()));
     ready.store(true, Ordering::Release);
@@ -254,14 +283,17 @@ pub async fn run(
     };
 
     // Close order: listeners (above), MQTT sessions (each serve task returns once its sessions
-    // drained), then batched activity, Pub/Sub cursors, the topic log and the store, so nothing
-    // writes to what is already closed.
+    // drained), then batched activity, Pub/Sub cursors, the sinks (their batches in flight and
+    // cursors), the topic log and the store, so nothing writes to what is already closed.
     for task in mqtt_tasks {
         let _ = task.await;
     }
     flusher.stop().await;
     activity.flush().await;
     pubsub.close().await;
+    if let Some(f) = &forwarders {
+        f.close().await;
+    }
     topic_log.close().await;
     store.close().await;
     tracing::info!("ferrocore stopped");

@@ -2,10 +2,21 @@
 //! behind its read side, [`ferrocore_core::topics::TopicSource`].
 //!
 //! * [`log`]: the embedded topic log in the data directory, the default destination of every
-//!   topic, and the source its readers (REST, Pub/Sub, the CLI's tail) read.
-//!
-//! Every sink meets the same contract: accept a batch for one topic and answer only once it is
-//! durable, refuse it for good, or signal back-pressure; and report its health. External buses
-//! (NATS, AMQP, webhooks) will sit beside `log`, each behind a cargo feature.
+//!   topic, the source its readers (REST, Pub/Sub, the CLI's tail) read, and the outbox of the
+//!   external sinks.
+//! * [`destination`]: the contract of an external system: check a URL at start, open a target per
+//!   topic, deliver batches in order and say how far they were confirmed.
+//! * [`spec`]: `--sink 'TOPICS=URL'` entries, checked at start; [`forward`]: the forwarders that
+//!   read each topic at a durable cursor and deliver it, with back-off, retention holds and status.
+//! * one module per external system: [`pubsub`] (Google Cloud Pub/Sub), [`nats`] (JetStream),
+//!   [`amqp`] (RabbitMQ), [`redis`] (Streams), [`webhook`] (Pub/Sub push format).
 
+pub mod amqp;
+pub mod destination;
+pub mod forward;
 pub mod log;
+pub mod nats;
+pub mod pubsub;
+pub mod redis;
+pub mod spec;
+pub mod webhook;

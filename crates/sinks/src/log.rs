@@ -5,7 +5,9 @@
 
 use async_trait::async_trait;
 use ferrocore_core::sink::{Message, Sink, SinkError, SinkHealth, Ticket};
-use ferrocore_core::topics::{ReadBatch, ReadError, ReadFrom, StoredMessage, TopicExtent, TopicSource};
+use ferrocore_core::topics::{
+    ReadBatch, ReadError, ReadFrom, RetentionHold, StoredMessage, TopicExtent, TopicSource,
+};
 use ferrocore_model::Timestamp;
 use ferrocore_topiclog::{LogError, NewRecord, Record, TopicInfo, TopicLog};
 use std::time::Duration;
@@ -118,6 +120,18 @@ impl TopicSource for LogSink {
 
     fn extents(&self) -> Vec<TopicExtent> {
         self.log.topics().into_iter().filter(|t| t.next_offset > 0).map(extent).collect()
+    }
+
+    fn hold(&self, topic: &str, offset: u64) -> Box<dyn RetentionHold> {
+        Box::new(Held(self.log.hold(topic, offset)))
+    }
+}
+
+struct Held(ferrocore_topiclog::RetentionHold);
+
+impl RetentionHold for Held {
+    fn advance(&self, offset: u64) {
+        self.0.advance(offset);
     }
 }
 

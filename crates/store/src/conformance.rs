@@ -468,3 +468,41 @@ async fn pubsub_iam<S: crate::PubsubStore>(store: &S) {
     store.delete_iam_policy(resource).await.unwrap();
     assert!(store.get_iam_policy(resource).await.unwrap().is_none());
 }
+
+/// The behaviour every [`crate::SinkStore`] backend must show. Uses sink names of its own.
+pub async fn run_sinks<S: crate::SinkStore>(store: &S) {
+    use crate::sinks::SinkCursor;
+    let cursor =
+        |sink: &str, topic: &str, next_offset| SinkCursor { sink: sink.into(), topic: topic.into(), next_offset };
+    let (created, cursors) = store.open_sink("conformance-a", Timestamp(1_000)).await.unwrap();
+    assert_eq!((created, cursors), (Timestamp(1_000), vec![]));
+    // A sink keeps the time it was first seen.
+    let (created, _) = store.open_sink("conformance-a", Timestamp(9_000)).await.unwrap();
+    assert_eq!(created, Timestamp(1_000));
+    store.open_sink("conformance-b", Timestamp(2_000)).await.unwrap();
+
+    store.save_sink_cursors(&[]).await.unwrap();
+    store
+        .save_sink_cursors(&[
+            cursor("conformance-a", "projects/p/topics/t2", 5),
+            cursor("conformance-a", "projects/p/topics/t1", 7),
+            cursor("conformance-b", "projects/p/topics/t1", 3),
+        ])
+        .await
+        .unwrap();
+    // Cursors only move forwards.
+    store
+        .save_sink_cursors(&[
+            cursor("conformance-a", "projects/p/topics/t1", 6),
+            cursor("conformance-a", "projects/p/topics/t2", 9),
+        ])
+        .await
+        .unwrap();
+    let (_, a) = store.open_sink("conformance-a", Timestamp(9_000)).await.unwrap();
+    assert_eq!(
+        a,
+        vec![cursor("conformance-a", "projects/p/topics/t1", 7), cursor("conformance-a", "projects/p/topics/t2", 9)]
+    );
+    let (created, b) = store.open_sink("conformance-b", Timestamp(9_000)).await.unwrap();
+    assert_eq!((created, b), (Timestamp(2_000), vec![cursor("conformance-b", "projects/p/topics/t1", 3)]));
+}

@@ -3,13 +3,16 @@
 //! The core never sees SQL or driver errors: every backend maps its failures to [`StoreError`], and
 //! conditional outcomes (a config version that moved, a registry that still holds devices) are
 //! domain values. [`conformance`] is the behaviour every backend must show; each backend's tests run
-//! it. [`sqlite`] is the embedded default. [`pubsub`] is what the Pub/Sub API keeps, beside it.
+//! it. [`sqlite`] is the embedded default. [`pubsub`] is what the Pub/Sub API keeps, beside it, and
+//! [`sinks`] how far each external sink forwarded each topic.
 
 pub mod conformance;
 pub mod pubsub;
+pub mod sinks;
 pub mod sqlite;
 
 pub use pubsub::PubsubStore;
+pub use sinks::SinkStore;
 
 use async_trait::async_trait;
 use ferrocore_model::{

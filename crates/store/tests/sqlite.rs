@@ -18,6 +18,13 @@ async fn sqlite_passes_the_pubsub_conformance_suite() {
 }
 
 #[tokio::test]
+async fn sqlite_passes_the_sinks_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("ferrocore.db")).await.unwrap();
+    conformance::run_sinks(&store).await;
+}
+
+#[tokio::test]
 async fn data_and_schema_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferrocore.db");

@@ -144,6 +144,10 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The directory lock; released by `close` (or drop) so that the directory can be reopened.
     lock: Mutex<Option<std::fs::File>>,
+    /// Retention holds by topic name, then by holder: age retention keeps every record at or
+    /// after the lowest offset held (the size cap still applies).
+    holds: Mutex<HashMap<String, HashMap<u64, u64>>>,
+    next_hold: AtomicU64,
 }
 
 struct TopicEntry {
@@ -177,6 +181,8 @@ impl TopicLog {
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             lock: Mutex::new(Some(lock)),
+            holds: Mutex::new(HashMap::new()),
+            next_hold: AtomicU64::new(0),
         });
         {
             let mut topics = inner.topics.write().unwrap_or_else(PoisonError::into_inner);
@@ -339,6 +345,17 @@ impl TopicLog {
         infos
     }
 
+    /// Keeps age retention from deleting `topic`'s records at or after `offset` while the returned
+    /// hold lives (a reader that must not miss records, such as a sink's forwarder, holds its
+    /// cursor). The topic need not exist yet. The size cap (`retention_max_bytes`) still deletes
+    /// held records: a hold must not let one stalled reader fill the disk.
+    pub fn hold(&self, topic: &str, offset: u64) -> RetentionHold {
+        let id = self.inner.next_hold.fetch_add(1, Ordering::Relaxed);
+        let mut holds = self.inner.holds.lock().unwrap_or_else(PoisonError::into_inner);
+        holds.entry(topic.to_owned()).or_default().insert(id, offset);
+        RetentionHold { inner: Arc::downgrade(&self.inner), topic: topic.to_owned(), id }
+    }
+
     /// Applies retention to every topic now, against the wall clock. The task started by `open`
     /// also does this periodically.
     pub async fn enforce_retention(&self) -> Result<(), LogError> {
@@ -361,8 +378,9 @@ impl TopicLog {
         for topic in topics {
             let syncs = self.inner.syncs.clone();
             let t = topic.clone();
+            let held = self.inner.held_from(&topic.name);
             let outcome = tokio::task::spawn_blocking(move || {
-                t.enforce_retention_blocking(max_age, max_bytes, now_nanos, &syncs)
+                t.enforce_retention_blocking(max_age, max_bytes, held, now_nanos, &syncs)
             })
             .await
             .map_err(|e| LogError::Io(format!("retention task failed: {e}")))
@@ -417,7 +435,45 @@ impl std::fmt::Debug for TopicLog {
     }
 }
 
+/// Returned by [`TopicLog::hold`]; releases the hold when dropped.
+#[derive(Debug)]
+pub struct RetentionHold {
+    inner: Weak<Inner>,
+    topic: String,
+    id: u64,
+}
+
+impl RetentionHold {
+    /// Moves the hold to `offset` (forwards, as the holder's cursor advances).
+    pub fn advance(&self, offset: u64) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let mut holds = inner.holds.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = holds.get_mut(&self.topic).and_then(|h| h.get_mut(&self.id)) {
+            *held = offset;
+        }
+    }
+}
+
+impl Drop for RetentionHold {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let mut holds = inner.holds.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = holds.get_mut(&self.topic) {
+            h.remove(&self.id);
+            if h.is_empty() {
+                holds.remove(&self.topic);
+            }
+        }
+    }
+}
+
 impl Inner {
+    /// The lowest offset any hold keeps on `topic`.
+    fn held_from(&self, topic: &str) -> Option<u64> {
+        let holds = self.holds.lock().unwrap_or_else(PoisonError::into_inner);
+        holds.get(topic).and_then(|h| h.values().copied().min())
+    }
+
     fn topic(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics.read().unwrap_or_else(PoisonError::into_inner).get(name).map(|e| e.topic.clone())
     }

@@ -397,6 +397,7 @@ impl Topic {
         &self,
         max_age_nanos: i64,
         max_bytes: u64,
+        held_from: Option<u64>,
         now_nanos: i64,
         syncs: &AtomicU64,
     ) -> Result<usize, LogError> {
@@ -409,8 +410,12 @@ impl Topic {
                     break;
                 }
                 let front = &st.segments[0];
+                // A held record is kept from age retention: the front segment ends where the
+                // next one begins.
+                let held = held_from.is_some_and(|h| h < st.segments[1].base);
                 let expired = match (front.scanned, front.max_ts) {
                     _ if st.bytes > max_bytes => true,
+                    _ if held => false,
                     (false, _) => false,
                     (true, Some(ts)) => now_nanos.saturating_sub(ts) > max_age_nanos,
                     // A sealed segment without records holds nothing worth keeping.

@@ -404,6 +404,46 @@ async fn retention_by_age_uses_the_newest_record_of_each_segment() {
 }
 
 #[tokio::test]
+async fn holds_keep_records_from_age_retention_but_not_from_the_size_cap() {
+    let base = now_nanos() + 100 * HOUR;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = write_aged(dir.path(), base).await;
+    // A hold placed before the topic's first record (a forwarder that has sent nothing yet)
+    // keeps every record, however old.
+    let hold = log.hold(TOPIC, 0);
+    let other = log.hold(TOPIC, 40);
+    log.enforce_retention_at(base + 10 * HOUR).await.expect("retention");
+    assert_eq!(log.topics()[0].earliest_offset, 0, "the lowest hold wins");
+
+    // As the holder advances, what it passed may expire, and nothing it has not.
+    hold.advance(10);
+    log.enforce_retention_at(base + 10 * HOUR).await.expect("retention");
+    let earliest = log.topics()[0].earliest_offset;
+    assert!(earliest > 0 && earliest <= 10, "expired up to the hold's segment: {earliest}");
+
+    // Released holds hold nothing.
+    drop(hold);
+    drop(other);
+    log.enforce_retention_at(base + 10 * HOUR).await.expect("retention");
+    assert!(log.topics()[0].earliest_offset > 50);
+
+    // The size cap deletes held records all the same.
+    log.close().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = TopicLog::open(LogConfig { retention_max_bytes: 1500, segment_bytes: 500, ..config(dir.path()) })
+        .await
+        .expect("open");
+    let _hold = log.hold(TOPIC, 0);
+    for i in 0..40 {
+        log.append(TOPIC, vec![rec(format!("{i:04}-{}", "y".repeat(96)))]).await.expect("append");
+    }
+    log.enforce_retention_at(base).await.expect("retention");
+    let info = log.topics()[0].clone();
+    assert!(info.bytes <= 1500 && info.earliest_offset > 0, "{info:?}");
+    log.close().await;
+}
+
+#[tokio::test]
 async fn background_retention_rolls_and_expires_quiet_topics() {
     let dir = tempfile::tempdir().expect("tempdir");
     // With a short max age the active segment is rolled by age on the next append, and the

@@ -7,7 +7,8 @@
 //! ([`device`]). Then it parses the path (for Cloud IoT into a [`route::Route`]) and transcodes
 //! path, query and body into the same request message the gRPC API takes, as Google's HTTP
 //! mapping does; the result is rendered with the wire types' Google JSON mapping, or the error
-//! with [`error`]. `GET /healthz` answers without a token.
+//! with [`error`]. `GET /healthz` answers without a token; `GET /v1/sinks` (admin) reports the
+//! external sinks.
 //!
 //! A body must arrive within [`BodyTimeout`] (408 otherwise) and fit the path's limit; a declared
 //! `Content-Length` over the limit is refused before anything is read.
@@ -18,6 +19,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod route;
+mod sinks;
 pub mod topics;
 
 use crate::admin_auth::AdminToken;
@@ -31,6 +33,7 @@ use axum::http::{HeaderValue, Method as HttpMethod, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use error::RestError;
+use ferrocore_core::sink::SinkReport;
 use ferrocore_core::topics::TopicSource;
 use ferrocore_core::{Code, Error};
 use ferrocore_model::{self as model, DeviceName, RegistryName};
@@ -56,19 +59,27 @@ struct App {
     token: AdminToken,
     pubsub: PubSub,
     pubsub_access: PubsubAccess,
+    sinks: Option<Arc<dyn SinkReport>>,
     ready: Arc<AtomicBool>,
 }
 
-/// The REST router. `ready` turns `/healthz` to 200 once every listener of the server accepts.
-pub fn router(
-    core: ferrocore_core::Core,
-    topics: Arc<dyn TopicSource>,
-    token: AdminToken,
-    pubsub: PubSub,
-    pubsub_access: PubsubAccess,
-    ready: Arc<AtomicBool>,
-) -> Router {
-    let app = App { service: DeviceManager::new(core.clone()), core, topics, token, pubsub, pubsub_access, ready };
+/// What the REST router serves.
+pub struct RestParts {
+    pub core: ferrocore_core::Core,
+    pub topics: Arc<dyn TopicSource>,
+    pub token: AdminToken,
+    pub pubsub: PubSub,
+    pub pubsub_access: PubsubAccess,
+    /// The external sinks' report, for `GET /v1/sinks`; `None` when there are none.
+    pub sinks: Option<Arc<dyn SinkReport>>,
+    /// Turns `/healthz` to 200 once every listener of the server accepts.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The REST router.
+pub fn router(parts: RestParts) -> Router {
+    let RestParts { core, topics, token, pubsub, pubsub_access, sinks, ready } = parts;
+    let app = App { service: DeviceManager::new(core.clone()), core, topics, token, pubsub, pubsub_access, sinks, ready };
     Router::new().route("/healthz", get(healthz)).fallback(dispatch).with_state(app)
 }
 
@@ -352,6 +363,13 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
     // paths are told apart: the token first, before any id is parsed, for all but the device bridge.
     if !route::is_device_bridge_path(path) {
         require_admin(app, &parts.headers)?;
+    }
+    if path == "sinks" {
+        if parts.method != HttpMethod::GET {
+            return Err(method_not_supported());
+        }
+        Query::parse(parts.uri.query()).check(&[])?;
+        return Ok(sinks::list(app.sinks.as_deref()).await);
     }
     if let Some(topics_route) = topics::parse(path) {
         if parts.method != HttpMethod::GET {

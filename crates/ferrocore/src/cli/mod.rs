@@ -7,7 +7,8 @@
 //! * `keys generate` ([`keys`]);
 //! * `device simulate` ([`simulate`]);
 //! * `events tail` ([`events`]);
-//! * `pubsub topics|subscriptions|pull` ([`pubsub`]), the verbs of `gcloud pubsub`.
+//! * `pubsub topics|subscriptions|pull` ([`pubsub`]), the verbs of `gcloud pubsub`;
+//! * `sinks list` ([`sinks`]), the external sinks and how far behind they are.
 //!
 //! The REST commands find the server with `--server`, `--token` and `--data-dir` ([`api`]).
 //! Output is a table unless `--format json` ([`output`]). Any failure is one `error: ...` line on
@@ -22,6 +23,7 @@ pub mod output;
 pub mod pubsub;
 pub mod registries;
 pub mod simulate;
+pub mod sinks;
 
 pub use api::Connection;
 pub use events::EventsCommand;
@@ -53,6 +55,8 @@ pub enum Command {
     },
     /// Manage Pub/Sub topics and subscriptions, publish and pull (like `gcloud pubsub`).
     Pubsub(pubsub::PubsubArgs),
+    /// Show the external sinks the server forwards topics to.
+    Sinks(sinks::SinksArgs),
 }
 
 /// Runs a client command to its end and turns any error into one line on stderr.
@@ -72,6 +76,7 @@ pub fn run(command: Command) -> ExitCode {
             Command::Device { command } => simulate::run(command).await,
             Command::Events { command } => events::events(command).await,
             Command::Pubsub(args) => pubsub::run(args).await,
+            Command::Sinks(args) => sinks::run(args).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@
 
 mod migrate;
 mod pubsub;
+mod sinks;
 
 use crate::{
     BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
