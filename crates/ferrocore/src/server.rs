@@ -270,7 +270,7 @@ pub async fn run(
         sinks: forwarders.clone().map(|f| Arc::new(f) as Arc<dyn ferrocore_core::sink::SinkReport>),
         ready: ready.clone(),
     })
-        .layer(axum::Extension(ferrocore_api::rest::BodyTimeout(config.limits.http_body_timeout)));
+    .layer(axum::Extension(ferrocore_api::rest::BodyTimeout(config.limits.http_body_timeout)));
     let http = tokio::spawn(crate::http_listener::serve(listeners.http, app, config.limits.clone(), stopped()));
     ready.store(true, Ordering::Release);
     tracing::info!(listening = %bound, "ferrocore is serving");

@@ -78,7 +78,11 @@ pub const OFFSET_ATTRIBUTE: &str = "ferrocoreOffset";
 /// `deviceNumId`, … as the bridge set them), without the log's internal `goog-` ones, then
 /// `ferrocoreTopic` and `ferrocoreOffset`.
 pub fn attributes<'a>(source: &'a Source<'_>, message: &'a StoredMessage, offset_text: &'a str) -> Attributes<'a> {
-    Attributes { stored: message.attributes.iter(), extra: [(TOPIC_ATTRIBUTE, source.name), (OFFSET_ATTRIBUTE, offset_text)], next_extra: 0 }
+    Attributes {
+        stored: message.attributes.iter(),
+        extra: [(TOPIC_ATTRIBUTE, source.name), (OFFSET_ATTRIBUTE, offset_text)],
+        next_extra: 0,
+    }
 }
 
 /// Iterator returned by [`attributes`].

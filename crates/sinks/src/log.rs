@@ -5,9 +5,7 @@
 
 use async_trait::async_trait;
 use ferrocore_core::sink::{Message, Sink, SinkError, SinkHealth, Ticket};
-use ferrocore_core::topics::{
-    ReadBatch, ReadError, ReadFrom, RetentionHold, StoredMessage, TopicExtent, TopicSource,
-};
+use ferrocore_core::topics::{ReadBatch, ReadError, ReadFrom, RetentionHold, StoredMessage, TopicExtent, TopicSource};
 use ferrocore_model::Timestamp;
 use ferrocore_topiclog::{LogError, NewRecord, Record, TopicInfo, TopicLog};
 use std::time::Duration;

@@ -31,9 +31,7 @@ impl TopicPattern {
         let whole = |part: &str| if part == "*" { None } else { Some(part.to_owned()) };
         let pattern = TopicPattern { project: whole(project), topic: whole(topic) };
         if [project, topic].iter().any(|p| p.contains('*') && **p != "*") {
-            return Err(format!(
-                "'{text}': a * must stand for a whole project id or topic id, not part of one"
-            ));
+            return Err(format!("'{text}': a * must stand for a whole project id or topic id, not part of one"));
         }
         // The concrete parts must be what a topic name allows.
         let sample = TopicName::new(
@@ -270,7 +268,15 @@ mod tests {
         assert!(named.matches(&topic("a", "telemetry")) && !named.matches(&topic("a", "telemetry2")));
         assert!(exact.matches(&topic("p1", "state")) && !exact.matches(&topic("p2", "state")));
         assert_eq!(named.to_string(), "projects/*/topics/telemetry");
-        for bad in ["projects/p*/topics/t", "projects/*/topics/tele*", "projects/*", "projects/*/topics/*/x", "*", "topics/t", "projects/p/topics/ab"] {
+        for bad in [
+            "projects/p*/topics/t",
+            "projects/*/topics/tele*",
+            "projects/*",
+            "projects/*/topics/*/x",
+            "*",
+            "topics/t",
+            "projects/p/topics/ab",
+        ] {
             assert!(TopicPattern::parse(bad).is_err(), "{bad}");
         }
         let e = TopicPattern::parse("projects/*/topics/tele*").unwrap_err();
@@ -303,7 +309,8 @@ mod tests {
 
     #[test]
     fn secrets_never_show() {
-        let u = url::Url::parse("amqp://user:s3cret@h:5672/v?exchange=e&routing_key=k&password=p2&token_file=/x").unwrap();
+        let u =
+            url::Url::parse("amqp://user:s3cret@h:5672/v?exchange=e&routing_key=k&password=p2&token_file=/x").unwrap();
         let r = redact(&u);
         assert!(!r.contains("s3cret") && !r.contains("p2"), "{r}");
         assert!(r.contains("user:****@") && r.contains("token_file=%2Fx"), "{r}");

@@ -121,9 +121,12 @@ impl Rig {
     }
 
     async fn start(&self, topics: &str) -> Forwarders {
-        let spec = SinkSpec::custom("rec", topics, "http://127.0.0.1:9/{project}/{topic}", Arc::new(Rec(self.rec.clone())))
-            .unwrap();
-        Forwarders::start(vec![spec], self.sink.clone(), self.store.clone(), Arc::new(SystemClock), fast()).await.unwrap()
+        let spec =
+            SinkSpec::custom("rec", topics, "http://127.0.0.1:9/{project}/{topic}", Arc::new(Rec(self.rec.clone())))
+                .unwrap();
+        Forwarders::start(vec![spec], self.sink.clone(), self.store.clone(), Arc::new(SystemClock), fast())
+            .await
+            .unwrap()
     }
 
     async fn publish(&self, topic: &str, range: std::ops::Range<u32>) {

@@ -79,7 +79,8 @@ pub struct RestParts {
 /// The REST router.
 pub fn router(parts: RestParts) -> Router {
     let RestParts { core, topics, token, pubsub, pubsub_access, sinks, ready } = parts;
-    let app = App { service: DeviceManager::new(core.clone()), core, topics, token, pubsub, pubsub_access, sinks, ready };
+    let app =
+        App { service: DeviceManager::new(core.clone()), core, topics, token, pubsub, pubsub_access, sinks, ready };
     Router::new().route("/healthz", get(healthz)).fallback(dispatch).with_state(app)
 }
 

@@ -6,7 +6,6 @@ use super::output::{Column, Output, shorten, text};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-
 #[derive(Args, Debug)]
 pub struct SinksArgs {
     #[command(subcommand)]

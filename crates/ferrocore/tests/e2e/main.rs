@@ -19,4 +19,5 @@ mod pubsub_grpc;
 mod pubsub_rest;
 mod quickstart;
 mod registries;
+mod sinks;
 mod wait;
