@@ -1,5 +1,6 @@
 //! Redis Streams destination:
-//! `redis://[:PASSWORD@|USER:PASSWORD@]HOST:PORT[/DB]?stream=KEY[&maxlen=N]`.
+//! `redis://[:PASSWORD@|USER:PASSWORD@]HOST:PORT[/DB]?stream=KEY[&maxlen=N]`, or `rediss://` for
+//! TLS (the system's root certificates).
 //!
 //! Every message becomes one entry of the stream KEY, added with `XADD KEY [MAXLEN ~ N] * …`: the
 //! field `data` holds the payload bytes unchanged, then each attribute of
@@ -49,8 +50,8 @@ struct Settings {
 
 impl Settings {
     fn parse(url: &url::Url) -> Result<Settings, String> {
-        if url.scheme() != "redis" {
-            return Err(format!("redis sink URL must start with redis://, not {}://", url.scheme()));
+        if url.scheme() != "redis" && url.scheme() != "rediss" {
+            return Err(format!("redis sink URL must start with redis:// or rediss://, not {}://", url.scheme()));
         }
         let host = match url.host_str() {
             Some(h) if !h.is_empty() => h,
@@ -242,6 +243,11 @@ mod tests {
         assert_eq!((s.server.as_str(), s.stream.as_str(), s.maxlen), ("h:6379/3", "t/p", Some(1000)));
         assert_eq!(s.client_url.as_str(), "redis://:pw@h/3?protocol=resp3");
         assert!(parse("redis://user:pw@h:1/?stream=k").is_ok());
+        let s = parse("rediss://:pw@redis.example:6380?stream=k").unwrap();
+        assert_eq!(
+            (s.server.as_str(), s.client_url.as_str()),
+            ("redis.example:6380", "rediss://:pw@redis.example:6380")
+        );
         assert!(configure(&url::Url::parse("redis://h:1?stream=k").unwrap()).is_ok());
     }
 
@@ -255,7 +261,8 @@ mod tests {
         assert!(err("redis://h?stream=k&maxlen=lots").contains("positive integer"));
         assert!(err("redis://h/db?stream=k").contains("database number"));
         assert!(err("redis://h?stream=k&maxln=3").contains("unknown parameter"));
-        assert!(err("rediss://h?stream=k").contains("redis://"));
+        assert!(err("http://h?stream=k").contains("redis://"));
+        assert!(err("rediss://h?stream=k#insecure").contains("fragment"));
         assert!(err("redis://h?stream=k&protocol=9").contains("protocol version"));
     }
 

@@ -30,19 +30,22 @@ async fn test_channel() -> (Connection, Channel) {
 }
 
 /// A queue only this test uses, bound to `exchange` with `routing_key` unless that is the default.
+/// Exclusive and auto-delete, so the broker removes both when the test's connection closes, even
+/// after a failed assertion.
 async fn declare(channel: &Channel, exchange: &str, queue: &str, routing_key: &str) {
     if !exchange.is_empty() {
         channel
             .exchange_declare(
                 exchange.into(),
                 ExchangeKind::Direct,
-                ExchangeDeclareOptions::default(),
+                ExchangeDeclareOptions { auto_delete: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
             .expect("declare exchange");
     }
-    channel.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("queue");
+    let exclusive = QueueDeclareOptions { exclusive: true, ..Default::default() };
+    channel.queue_declare(queue.into(), exclusive, FieldTable::default()).await.expect("queue");
     if !exchange.is_empty() {
         channel
             .queue_bind(
