@@ -45,11 +45,15 @@ const BATCH_MESSAGES: u32 = 1000;
 const BATCH_BYTES: u32 = 9_000_000;
 const BATCH_DELAY: Duration = Duration::from_millis(1);
 
-/// How long a delivery waits for the next confirmation. The client retries transient errors (an
-/// unreachable endpoint, UNAVAILABLE) by itself for up to 10 minutes; the forwarder should hear
-/// of the trouble well before that. What the client still retries after the delivery gave up may
-/// arrive besides the forwarder's own retry: subscribers de-duplicate by topic and offset.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the client itself retries a Publish that failed transiently (an unreachable endpoint,
+/// UNAVAILABLE). Its default is 10 minutes; the forwarder should hear of the trouble well before
+/// that, and report the sink as retrying, with its own back-off.
+const CLIENT_RETRY_LIMIT: Duration = Duration::from_secs(20);
+
+/// How long a delivery waits for the next confirmation: past the client's own retries, so a
+/// delivery that gave up leaves no retry of the client's behind (which would arrive besides the
+/// forwarder's own; subscribers de-duplicate by topic and offset all the same).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Checks a `pubsub://` URL (endpoint, `projects/GP/topics/GT`) without network I/O and builds the
 /// destination.
@@ -105,7 +109,10 @@ impl PubSub {
     async fn client(&self) -> Result<&BasePublisher, String> {
         self.client
             .get_or_try_init(|| async {
-                let builder = BasePublisher::builder();
+                use google_cloud_gax::retry_policy::RetryPolicyExt;
+                let builder = BasePublisher::builder().with_retry_policy(
+                    google_cloud_pubsub::retry_policy::RetryableErrors.with_time_limit(CLIENT_RETRY_LIMIT),
+                );
                 let builder = match &self.endpoint {
                     Some(endpoint) => builder.with_endpoint(endpoint).with_credentials(Anonymous::new().build()),
                     None => builder,
