@@ -256,10 +256,11 @@ async fn discover_loop(shared: std::sync::Weak<Shared>) {
 async fn save_cursors(store: Arc<dyn SinkStore>, mut rx: mpsc::UnboundedReceiver<Save>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 4096).await > 0 {
+        // One (sink, topic) task waits for each save before the next, so a batch holds one cursor
+        // per pair; should it hold more, the last queued is the newest.
         let mut latest: HashMap<(String, String), u64> = HashMap::new();
         for c in batch.iter().filter_map(|s| s.cursor.as_ref()) {
-            let e = latest.entry((c.sink.clone(), c.topic.clone())).or_default();
-            *e = (*e).max(c.next_offset);
+            latest.insert((c.sink.clone(), c.topic.clone()), c.next_offset);
         }
         let cursors: Vec<SinkCursor> =
             latest.into_iter().map(|((sink, topic), next_offset)| SinkCursor { sink, topic, next_offset }).collect();
@@ -337,6 +338,23 @@ async fn forward(
             );
             cursor = batch.earliest_offset;
             progress.cursor.store(cursor, Ordering::Release);
+        }
+        if batch.messages.is_empty()
+            && let Some(extent) = shared.source.extent(topic.as_str())
+            && extent.next_offset < cursor
+        {
+            // The log holds less than the sink already forwarded: its directory was replaced
+            // while the store was kept. What it holds now is news to the destination.
+            tracing::warn!(
+                sink = %sink.spec.name, %topic, cursor, log_end = extent.next_offset,
+                "the topic log ends before this sink's cursor (was it replaced?); forwarding what it holds"
+            );
+            cursor = extent.earliest_offset;
+            progress.cursor.store(cursor, Ordering::Release);
+            shared.save(&sink, &topic, cursor).await;
+            hold.advance(cursor);
+            saved = cursor;
+            continue;
         }
         let mut pending: &[StoredMessage] = &batch.messages;
         while !pending.is_empty() {

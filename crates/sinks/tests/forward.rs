@@ -234,6 +234,25 @@ async fn a_restart_resumes_at_the_saved_cursor() {
 }
 
 #[tokio::test]
+async fn a_replaced_log_is_followed_back_to_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::open(dir.path(), |c| c).await;
+    let f = rig.start(T1).await;
+    rig.publish(T1, 0..20).await;
+    until("all arrived", || rig.rec.got().len() == 20).await;
+    rig.close(f).await;
+
+    // The topic log is gone (restored from elsewhere, say); the store with the cursor is not.
+    std::fs::remove_dir_all(dir.path().join("topics")).unwrap();
+    let rig = Rig::open(dir.path(), |c| c).await;
+    rig.publish(T1, 0..3).await;
+    let f = rig.start(T1).await;
+    until("the new log's messages arrived", || rig.rec.got().len() == 3).await;
+    assert_eq!(rig.rec.offsets(T1), vec![0, 1, 2]);
+    rig.close(f).await;
+}
+
+#[tokio::test]
 async fn a_message_the_destination_never_takes_is_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let rig = Rig::open(dir.path(), |c| c).await;

@@ -19,7 +19,6 @@ pub trait SinkStore: Send + Sync + 'static {
     /// Registers `sink` on its first start at `now` and returns when it was first registered
     /// (`now` for a new sink), with its saved cursors sorted by topic.
     async fn open_sink(&self, sink: &str, now: Timestamp) -> Result<(Timestamp, Vec<SinkCursor>)>;
-    /// Writes several cursors (of any sinks) in one transaction. A cursor never moves backwards:
-    /// a lower offset than the saved one is ignored.
+    /// Writes several cursors (of any sinks) in one transaction, each replacing the saved one.
     async fn save_sink_cursors(&self, cursors: &[SinkCursor]) -> Result<()>;
 }

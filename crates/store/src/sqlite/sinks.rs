@@ -47,7 +47,7 @@ impl SinkStore for SqliteStore {
         for c in cursors {
             sqlx::query(
                 "INSERT INTO sink_cursors (sink, topic, next_offset) VALUES (?, ?, ?) \
-                 ON CONFLICT (sink, topic) DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+                 ON CONFLICT (sink, topic) DO UPDATE SET next_offset = excluded.next_offset",
             )
             .bind(c.sink.clone())
             .bind(c.topic.clone())
