@@ -448,7 +448,7 @@ mod tests {
             attributes: vec![("deviceId".into(), "d1".into()), ("goog-x".into(), "hidden".into())],
             data: Bytes::from_static(b"x"),
         };
-        let src = Source { name: "projects/p/topics/t", project: "p", topic: "t" };
+        let src = Source { sink: "test-sink", name: "projects/p/topics/t", project: "p", topic: "t" };
         let p = properties(&src, &m).unwrap();
         assert_eq!(p.delivery_mode(), &Some(2));
         assert_eq!(p.timestamp(), &Some(1_700_000_000));

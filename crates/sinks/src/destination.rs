@@ -47,6 +47,8 @@ impl fmt::Display for Failed {
 /// The topic a batch comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source<'a> {
+    /// The sink's name (`KIND-HASH`), for destinations that name their sender.
+    pub sink: &'a str,
     /// `projects/P/topics/T`.
     pub name: &'a str,
     pub project: &'a str,
@@ -130,7 +132,7 @@ mod tests {
             ],
             data: Bytes::from_static(b"x"),
         };
-        let src = Source { name: "projects/p/topics/t", project: "p", topic: "t" };
+        let src = Source { sink: "test-sink", name: "projects/p/topics/t", project: "p", topic: "t" };
         let got: Vec<_> = attributes(&src, &m, "7").collect();
         assert_eq!(
             got,

@@ -301,7 +301,7 @@ async fn forward(
     hold: Box<dyn RetentionHold>,
 ) {
     let settings = shared.settings.clone();
-    let source = Source { name: topic.as_str(), project: topic.project(), topic: topic.id() };
+    let source = Source { sink: &sink.spec.name, name: topic.as_str(), project: topic.project(), topic: topic.id() };
     let mut stop = shared.stop.subscribe();
     let mut cursor = progress.cursor.load(Ordering::Acquire);
     let mut saved = cursor;

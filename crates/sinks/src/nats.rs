@@ -402,7 +402,7 @@ mod tests {
             ],
             data: Bytes::from_static(b"x"),
         };
-        let src = Source { name: "projects/p/topics/t", project: "p", topic: "t" };
+        let src = Source { sink: "test-sink", name: "projects/p/topics/t", project: "p", topic: "t" };
         let h = headers(&src, &m).unwrap();
         assert_eq!(h.get("deviceId").map(|v| v.as_str()), Some("d1"));
         assert_eq!(h.get("ferrocoreTopic").map(|v| v.as_str()), Some("projects/p/topics/t"));

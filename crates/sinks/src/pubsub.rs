@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn refuses_what_pubsub_never_takes() {
-        let src = Source { name: "projects/p/topics/t", project: "p", topic: "t" };
+        let src = Source { sink: "test-sink", name: "projects/p/topics/t", project: "p", topic: "t" };
         let mut m = StoredMessage {
             offset: 3,
             time: ferrocore_model::Timestamp(0),

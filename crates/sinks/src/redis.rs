@@ -282,7 +282,7 @@ mod tests {
             attributes: vec![("deviceId".into(), "d".into()), ("data".into(), "evil".into())],
             data: Bytes::from_static(b"\x00payload"),
         };
-        let src = Source { name: "projects/p/topics/t", project: "p", topic: "t" };
+        let src = Source { sink: "test-sink", name: "projects/p/topics/t", project: "p", topic: "t" };
         let cmd = xadd(&settings, &src, &m);
         let args: Vec<Vec<u8>> = cmd
             .args_iter()

@@ -199,10 +199,29 @@ fn encode(id: &str) -> String {
     out
 }
 
-/// Query parameters whose values are secrets.
+/// Query parameters whose values are secrets, by the names URLs commonly give them. Exact names,
+/// not substrings: `routing_key` or `auth_mechanism` are settings that must stay readable (and
+/// tell sinks apart, since a sink's name derives from the redacted URL).
 fn secret_param(key: &str) -> bool {
+    const SECRET: &[&str] = &[
+        "password",
+        "passwd",
+        "pass",
+        "pwd",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "auth_token",
+        "api_key",
+        "apikey",
+        "key",
+        "sig",
+        "signature",
+        "credentials",
+    ];
     let k = key.to_ascii_lowercase();
-    k != "token_file" && ["password", "secret", "token", "key", "auth"].iter().any(|s| k.contains(s))
+    SECRET.contains(&k.as_str())
 }
 
 /// The URL with its password and secret query values replaced by `****`.
@@ -317,6 +336,12 @@ mod tests {
         assert_eq!(redact_text("nats://u:pw@h x"), "nats://****@h x");
         let e = SinkSpec::parse("projects/*/topics/*=gopher://u:pw@h/").unwrap_err();
         assert!(!e.contains("pw"), "{e}");
+        // Settings that merely end in "key" stay readable and keep sinks apart.
+        let first = SinkSpec::parse("projects/a/topics/*=amqp://g:g@h:5672/%2f?exchange=e&routing_key=first").unwrap();
+        let second =
+            SinkSpec::parse("projects/a/topics/*=amqp://g:g@h:5672/%2f?exchange=e&routing_key=second").unwrap();
+        assert!(first.redacted.ends_with("routing_key=first"), "{}", first.redacted);
+        assert_ne!(first.name, second.name);
         // The name ignores the password, so rotating it keeps the saved cursors.
         let a = SinkSpec::parse("projects/*/topics/*=redis://:one@127.0.0.1:6379?stream=s").unwrap();
         let b = SinkSpec::parse("projects/*/topics/*=redis://:two@127.0.0.1:6379?stream=s").unwrap();

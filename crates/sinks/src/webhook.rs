@@ -53,11 +53,11 @@ pub fn configure(url: &Url) -> Result<Arc<dyn Destination>, String> {
     Ok(Arc::new(Webhook { authorization, client: tokio::sync::OnceCell::new() }))
 }
 
-/// The `subscription` field of each push request. A push request always names the subscription
-/// that delivered it; a sink has none, so this names a fixed one per source project. It is the
-/// one place the name is made, should it come to carry the sink's name later.
-fn subscription_name(project: &str) -> String {
-    format!("projects/{project}/subscriptions/ferrocore-sink")
+/// The `subscription` field of each push request: a push request names the subscription that
+/// delivered it, and here the sink stands in for one, in the source topic's project. A sink's name
+/// (`webhook-HASH`) is a valid subscription id.
+fn subscription_name(source: &Source<'_>) -> String {
+    format!("projects/{}/subscriptions/{}", source.project, source.sink)
 }
 
 fn check_url(url: &Url) -> Result<(), String> {
@@ -153,7 +153,7 @@ struct WebhookTarget {
 #[async_trait]
 impl Target for WebhookTarget {
     async fn deliver(&mut self, source: &Source<'_>, batch: &[StoredMessage]) -> Result<(), Failed> {
-        let subscription = subscription_name(source.project);
+        let subscription = subscription_name(source);
         // One at a time: the receiver sees the topic's messages in order.
         for (i, message) in batch.iter().enumerate() {
             let body = push_body(source, message, &subscription)
@@ -278,9 +278,9 @@ mod tests {
             attributes: vec![("deviceId".into(), "d1".into())],
             data: bytes::Bytes::from_static(b"hi"),
         };
-        let src = Source { name: "projects/p/topics/t", project: "p", topic: "t" };
+        let src = Source { sink: "test-sink", name: "projects/p/topics/t", project: "p", topic: "t" };
         let v: serde_json::Value =
-            serde_json::from_slice(&push_body(&src, &m, &subscription_name("p")).unwrap()).unwrap();
+            serde_json::from_slice(&push_body(&src, &m, &subscription_name(&src)).unwrap()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
@@ -290,7 +290,7 @@ mod tests {
                     "messageId": "42", "message_id": "42",
                     "publishTime": "2023-11-14T22:13:20.123456789Z", "publish_time": "2023-11-14T22:13:20.123456789Z"
                 },
-                "subscription": "projects/p/subscriptions/ferrocore-sink"
+                "subscription": "projects/p/subscriptions/test-sink"
             })
         );
     }

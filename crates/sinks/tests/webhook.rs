@@ -154,7 +154,7 @@ async fn posts_each_message_in_push_format_with_the_token_and_the_query() {
         assert_eq!(s.authorization.as_deref(), Some("Bearer s3cret-token-value"));
         assert_eq!(s.content_type.as_deref(), Some("application/json"));
         let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
-        assert_eq!(body["subscription"], "projects/iot-project/subscriptions/ferrocore-sink");
+        assert_eq!(body["subscription"], "projects/iot-project/subscriptions/webhook-test");
         let m = &body["message"];
         let mut keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();

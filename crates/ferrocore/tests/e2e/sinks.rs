@@ -117,7 +117,7 @@ async fn a_webhook_sink_gets_its_topics_in_push_format_and_resumes_after_a_resta
         assert_eq!(m["attributes"]["ferrocoreOffset"], i.to_string());
         assert_eq!(m["messageId"], i.to_string());
         assert!(m["publishTime"].as_str().unwrap().ends_with('Z'), "{push}");
-        assert_eq!(push["subscription"], "projects/e2e-sinks/subscriptions/ferrocore-sink");
+        assert_eq!(push["subscription"], format!("projects/e2e-sinks/subscriptions/{name}"));
     }
 
     let (st, list) = s.get("sinks").await;

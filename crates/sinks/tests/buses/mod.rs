@@ -49,7 +49,7 @@ impl Topic {
     }
 
     pub fn source(&self) -> Source<'_> {
-        Source { name: &self.name, project: &self.project, topic: &self.topic }
+        Source { sink: "bus-test", name: &self.name, project: &self.project, topic: &self.topic }
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 pub const SOURCE_NAME: &str = "projects/iot-project/topics/telemetry-events";
 
 pub fn source() -> Source<'static> {
-    Source { name: SOURCE_NAME, project: "iot-project", topic: "telemetry-events" }
+    Source { sink: "webhook-test", name: SOURCE_NAME, project: "iot-project", topic: "telemetry-events" }
 }
 
 /// 2023-11-14T22:13:20Z plus `offset` nanoseconds.
