@@ -1,5 +1,5 @@
-//! Batched device activity: the output-only timestamps that device traffic moves, and config
-//! acknowledgements.
+//! Batched device activity: the output-only timestamps that device traffic moves, config
+//! acknowledgements, and the last gateway that spoke for a device.
 //!
 //! Bridges record activity here in memory; a background task flushes it to the store in one
 //! transaction per interval, so a busy fleet never costs a database write per message. Reads overlay
@@ -88,6 +88,9 @@ impl ActivityBuffer {
             device.activity.merge(&a);
             mark_acks(std::slice::from_mut(&mut device.config), &a.config_acks);
             device.activity.config_acks.clear();
+            if let Some(access) = device.activity.gateway_access.take() {
+                device.gateway_config.note_access(&access);
+            }
         }
     }
 

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use ferrocore_auth::jwt::{JwtError, JwtRules, VerificationKey, VerifiedJwt, verify_device_jwt};
 use ferrocore_model::limits::{MAX_STATE_BYTES, MAX_TELEMETRY_BYTES};
 use ferrocore_model::{
-    ConfigAck, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceState, HttpState, MqttState, NumId, Registry,
-    RegistryName, Status, Timestamp,
+    ConfigAck, Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceState, HttpState, MqttState, NumId,
+    Registry, RegistryName, Status, Timestamp,
 };
 use std::sync::Arc;
 
@@ -42,15 +42,19 @@ pub enum AuthFailure {
     Unavailable,
 }
 
-/// A device that proved who it is.
+/// A device that proved who it is, or that a gateway speaks for under its auth method.
 #[derive(Debug, Clone)]
 pub struct AuthenticatedDevice {
     pub registry: RegistryName,
     pub id: DeviceId,
     pub num_id: NumId,
+    /// The token that let it in: the device's own, or, for a device a gateway speaks for without
+    /// one, the gateway's.
     pub token: VerifiedJwt,
     /// Unix seconds after which the token no longer holds (exp + allowed skew).
     pub token_deadline: i64,
+    /// `gatewayConfig.gatewayType` is GATEWAY: it may attach devices and speak for them.
+    pub is_gateway: bool,
 }
 
 impl AuthenticatedDevice {
@@ -113,23 +117,29 @@ impl Core {
         if device.blocked {
             return Err(AuthFailure::NotAuthorized("the device is blocked".into()));
         }
+        let verified = self.verify_token(&device, token)?;
+        Ok(AuthenticatedDevice {
+            registry: name.registry.clone(),
+            is_gateway: device.gateway_config.gateway_type.is_gateway(),
+            id: device.id,
+            num_id: device.num_id,
+            token_deadline: verified.deadline(&JwtRules::default()),
+            token: verified,
+        })
+    }
+
+    /// Checks a JWT against the device's unexpired credentials, with the project as audience: the
+    /// rules of a device CONNECT password.
+    pub(crate) fn verify_token(&self, device: &Device, token: &str) -> std::result::Result<VerifiedJwt, AuthFailure> {
         let keys = VerificationKey::from_credentials(&device.credentials);
-        let rules = JwtRules::default();
-        let project = name.registry.parent.project.as_str();
-        let verified = verify_device_jwt(token, project, &keys, self.now(), &rules).map_err(|e| match e {
+        let project = device.registry.parent.project.as_str();
+        verify_device_jwt(token, project, &keys, self.now(), &JwtRules::default()).map_err(|e| match e {
             JwtError::TooLong
             | JwtError::NotCompact
             | JwtError::BadEncoding
             | JwtError::InvalidHeader
             | JwtError::InvalidClaims => AuthFailure::Malformed(e.to_string()),
             other => AuthFailure::NotAuthorized(other.to_string()),
-        })?;
-        Ok(AuthenticatedDevice {
-            registry: name.registry.clone(),
-            id: device.id,
-            num_id: device.num_id,
-            token_deadline: verified.deadline(&rules),
-            token: verified,
         })
     }
 
@@ -256,20 +266,31 @@ impl Core {
 
     /// Notes that the current config was sent to the device.
     pub fn config_sent(&self, dev: &AuthenticatedDevice) {
+        self.config_sent_to(dev.num_id);
+    }
+
+    /// As [`Core::config_sent`], by numeric id.
+    pub fn config_sent_to(&self, device: NumId) {
         let a = DeviceActivity { last_config_send_time: Some(self.now()), ..Default::default() };
-        self.inner.activity.record(dev.num_id, &a);
+        self.inner.activity.record(device, &a);
     }
 
     /// Records the device's acknowledgement of config `version`. It reaches the store with the
     /// next activity flush (reads show it at once), so a PUBACK costs no transaction of its own.
     pub fn config_acked(&self, dev: &AuthenticatedDevice, version: i64) {
+        self.config_acked_by(dev.num_id, version);
+    }
+
+    /// As [`Core::config_acked`], for a device known by its numeric id (a gateway acknowledging
+    /// for a device it no longer has attached).
+    pub fn config_acked_by(&self, device: NumId, version: i64) {
         let now = self.now();
         let a = DeviceActivity {
             last_config_ack_time: Some(now),
             config_acks: vec![ConfigAck { version, time: now }],
             ..Default::default()
         };
-        self.inner.activity.record(dev.num_id, &a);
+        self.inner.activity.record(device, &a);
     }
 
     /// Notes a keep-alive from the device.

@@ -276,7 +276,7 @@ impl Core {
         match self.inner.store.update_device(device.num_id, &update).await {
             Ok(()) => {
                 if device.blocked {
-                    self.inner.presence.kick(device.num_id, None);
+                    self.inner.presence.kick(device.num_id, None, presence::Reason::Blocked);
                 }
                 Ok(device)
             }
@@ -289,7 +289,7 @@ impl Core {
         let device = self.get_device(name).await?;
         match self.inner.store.delete_device(device.num_id).await {
             Ok(()) => {
-                self.inner.presence.kick(device.num_id, None);
+                self.inner.presence.kick(device.num_id, None, presence::Reason::Deleted);
                 Ok(())
             }
             Err(StoreError::NotFound) => Err(device_not_found(name)),
@@ -359,7 +359,8 @@ impl Core {
         };
         let channel = self.inner.presence.command_channel(device.num_id).ok_or_else(not_subscribed)?;
         let (done, acked) = tokio::sync::oneshot::channel();
-        let command = presence::SessionControl::Command { subfolder: subfolder.to_owned(), data, done };
+        let command =
+            presence::SessionControl::Command { device: device.num_id, subfolder: subfolder.to_owned(), data, done };
         // The deadline covers the wait for room in the session's queue too: a session that does
         // not drain it must not hold the caller forever.
         let delivered = async {
@@ -405,6 +406,9 @@ impl Core {
     ) -> Result<()> {
         let (gateway, device) = self.gateway_pair(parent, gateway_id, device_id).await?;
         if self.inner.store.unbind(gateway.num_id, device.num_id).await.map_err(storage)? {
+            // Attached through that gateway, it goes: whatever the auth method, an unbound device
+            // is one the gateway no longer speaks for.
+            self.inner.presence.detach_from_gateway(device.num_id, gateway.num_id, presence::Reason::Unbound);
             Ok(())
         } else {
             Err(Error::not_found(format!("The device '{}' is not bound to the gateway '{}'.", device.id, gateway.id)))
@@ -455,7 +459,9 @@ mod tests {
         handle.commands.store(true, Ordering::Release);
         let queue = presence.command_channel(f.device.num_id).unwrap();
         for _ in 0..CONTROL_QUEUE {
-            queue.try_send(SessionControl::Config(DeviceConfig::default())).unwrap();
+            queue
+                .try_send(SessionControl::Config { device: f.device.num_id, config: DeviceConfig::default() })
+                .unwrap();
         }
         let started = Instant::now();
         let sent = tokio::time::timeout(Duration::from_secs(5), f.core.send_command(&f.name(), b"x".to_vec(), ""))

@@ -7,6 +7,7 @@
 //!
 //! * [`registries`] and [`devices`]: the Device Manager use cases.
 //! * [`bridge`]: what devices do: authenticate, publish telemetry and state, take configs.
+//! * [`gateways`]: which devices a gateway may attach or speak for, under its auth method.
 //! * [`sink`]: the contract of telemetry destinations.
 //! * [`topics`]: the read side of telemetry topics.
 //! * [`paging`]: opaque keyset page tokens.
@@ -17,6 +18,7 @@ pub mod bridge;
 pub mod clock;
 pub mod devices;
 pub mod error;
+pub mod gateways;
 pub mod paging;
 pub mod presence;
 pub mod registries;

@@ -6,6 +6,14 @@
 //! queue the session no longer drains). The signal is a value, not a queued message, so it is
 //! never lost however full the queue is. A device with no session here is not connected to this
 //! node.
+//!
+//! A device a gateway attached is present too, through the gateway's connection: its entry
+//! shares the gateway session's control queue (every message names the device it is for) and
+//! has a commands flag of its own. Ending such an entry detaches the device (an order on that
+//! queue), not the gateway; if the queue is full, the stuck gateway connection is closed instead,
+//! which detaches everything it carried. One entry per device, and the newest wins: a direct
+//! connection replaces an attachment and the other way round, as a second connection replaces
+//! the first.
 
 use ferrocore_model::{DeviceConfig, NumId, Status};
 use std::collections::HashMap;
@@ -13,14 +21,40 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// What the server asks of a connected session.
+/// What the server asks of a connected session. Each message names its device: a gateway's
+/// session serves the devices it attached as well as its own.
 #[derive(Debug)]
 pub enum SessionControl {
     /// Deliver a command; answer on `done` once the device has it (QoS 1: when it acknowledged;
     /// QoS 0: when queued for writing).
-    Command { subfolder: String, data: Vec<u8>, done: oneshot::Sender<()> },
-    /// A new config version to push if the device subscribed to its config topic.
-    Config(DeviceConfig),
+    Command { device: NumId, subfolder: String, data: Vec<u8>, done: oneshot::Sender<()> },
+    /// A new config version to push if the device's config topic is subscribed.
+    Config { device: NumId, config: DeviceConfig },
+    /// Presence no longer lists attachment `id` of `device`: the gateway must let it go.
+    Detach { device: NumId, id: u64, reason: Reason },
+}
+
+/// Why the server ended a device's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A newer connection or attachment of the same device took its place.
+    Replaced,
+    Blocked,
+    Deleted,
+    /// Unbound from the gateway it was attached through.
+    Unbound,
+}
+
+impl Reason {
+    /// A sentence for the gateway that loses the device.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::Replaced => "Device detached because it connected directly or through another gateway.",
+            Reason::Blocked => "Device detached because it was blocked.",
+            Reason::Deleted => "Device detached because it was deleted.",
+            Reason::Unbound => "Device detached because it was unbound from the gateway.",
+        }
+    }
 }
 
 /// An order to close a session, with the status to record on the device, if any.
@@ -32,17 +66,22 @@ pub struct Disconnect {
 /// The part of a session the rest of the server may touch.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
-    /// Unique per connection, so a late cleanup of an old connection cannot remove a new one.
+    /// Unique per connection (and per attachment), so a late cleanup of an old one cannot remove
+    /// a new one.
     pub id: u64,
+    device: NumId,
     control: mpsc::Sender<SessionControl>,
-    /// Set while the device is subscribed to `/devices/{id}/commands/#`.
+    /// Set while `/devices/{id}/commands/#` is subscribed for the device.
     pub commands: Arc<AtomicBool>,
+    /// The connection's disconnect signal (the gateway's, for an attachment).
     end: watch::Sender<Option<Disconnect>>,
+    /// The gateway, when the device is attached through one.
+    via: Option<NumId>,
 }
 
 impl SessionHandle {
-    /// Tells the session to close; the first order is the one that counts.
-    pub fn disconnect(&self, status: Option<Status>) {
+    /// Tells the connection to close; the first order is the one that counts.
+    fn close_connection(&self, status: Option<Status>) {
         self.end.send_if_modified(|order| {
             if order.is_some() {
                 return false;
@@ -50,6 +89,19 @@ impl SessionHandle {
             *order = Some(Disconnect { status });
             true
         });
+    }
+
+    /// Ends this presence: a direct connection closes; an attachment is detached from its gateway.
+    fn end(&self, status: Option<Status>, reason: Reason) {
+        if self.via.is_none() {
+            return self.close_connection(status);
+        }
+        let order = SessionControl::Detach { device: self.device, id: self.id, reason };
+        if self.control.try_send(order).is_err() {
+            // A gateway that does not drain its queue is stuck: closing it detaches everything.
+            tracing::warn!(device = %self.device, "gateway control queue full; disconnecting the gateway");
+            self.close_connection(None);
+        }
     }
 }
 
@@ -73,6 +125,15 @@ impl SessionLink {
     }
 }
 
+/// A device attached through a gateway's session, as that session keeps it.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// This attachment's presence id; orders for another id are stale.
+    pub id: u64,
+    /// Set by the gateway session while it subscribes the device's commands topic.
+    pub commands: Arc<AtomicBool>,
+}
+
 #[derive(Debug, Default)]
 pub struct Presence {
     sessions: RwLock<HashMap<NumId, SessionHandle>>,
@@ -81,36 +142,78 @@ pub struct Presence {
 
 /// Control messages a session may have queued; beyond this the sender waits or gives up.
 pub const CONTROL_QUEUE: usize = 32;
+/// The same for a gateway, whose queue carries the messages of every device it attached.
+pub const GATEWAY_CONTROL_QUEUE: usize = 1024;
 
 impl Presence {
-    /// Creates a session for a device and registers it, replacing (and disconnecting) any older
-    /// connection of the same device: one connection per device.
+    fn sessions(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NumId, SessionHandle>> {
+        self.sessions.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates a session for a device and registers it, replacing (and ending) any older
+    /// connection or attachment of the same device: one connection per device.
     pub fn attach(&self, device: NumId) -> (SessionHandle, SessionLink) {
-        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        self.connect(device, CONTROL_QUEUE)
+    }
+
+    /// As [`Presence::attach`], for a gateway: its control queue has room for its devices too.
+    pub fn attach_gateway(&self, device: NumId) -> (SessionHandle, SessionLink) {
+        self.connect(device, GATEWAY_CONTROL_QUEUE)
+    }
+
+    fn connect(&self, device: NumId, queue: usize) -> (SessionHandle, SessionLink) {
+        let (control, control_rx) = mpsc::channel(queue);
         let (end, ended) = watch::channel(None);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let commands = Arc::new(AtomicBool::new(false));
-        let handle = SessionHandle { id, control, commands: commands.clone(), end };
-        let old = self.sessions.write().unwrap_or_else(|e| e.into_inner()).insert(device, handle.clone());
+        let handle = SessionHandle { id, device, control, commands: commands.clone(), end, via: None };
+        let old = self.sessions().insert(device, handle.clone());
         if let Some(old) = old {
-            old.disconnect(None);
+            old.end(None, Reason::Replaced);
         }
         (handle, SessionLink { id, control: control_rx, commands, ended })
     }
 
-    /// Removes the session `id` of a device, unless a newer connection already replaced it.
+    /// Registers `device` as attached through the session `gateway_session` of `gateway`,
+    /// replacing (and ending) any other presence of the device. None when that session is no
+    /// longer registered (it is closing).
+    pub fn attach_through(&self, device: NumId, gateway: NumId, gateway_session: u64) -> Option<Attachment> {
+        let mut sessions = self.sessions();
+        let gw = sessions.get(&gateway).filter(|s| s.id == gateway_session && s.via.is_none())?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let commands = Arc::new(AtomicBool::new(false));
+        let handle = SessionHandle {
+            id,
+            device,
+            control: gw.control.clone(),
+            commands: commands.clone(),
+            end: gw.end.clone(),
+            via: Some(gateway),
+        };
+        if let Some(old) = sessions.insert(device, handle) {
+            old.end(None, Reason::Replaced);
+        }
+        Some(Attachment { id, commands })
+    }
+
+    /// Removes the session or attachment `id` of a device, unless a newer one already replaced it.
     pub fn detach(&self, device: NumId, id: u64) {
-        let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self.sessions();
         if sessions.get(&device).is_some_and(|s| s.id == id) {
             sessions.remove(&device);
         }
+    }
+
+    /// True while presence lists `id` for the device.
+    pub fn holds(&self, device: NumId, id: u64) -> bool {
+        self.get(device).is_some_and(|s| s.id == id)
     }
 
     fn get(&self, device: NumId) -> Option<SessionHandle> {
         self.sessions.read().unwrap_or_else(|e| e.into_inner()).get(&device).cloned()
     }
 
-    /// The control queue of a connected device subscribed to its commands topic.
+    /// The control queue of a connected (or attached) device subscribed to its commands topic.
     pub fn command_channel(&self, device: NumId) -> Option<mpsc::Sender<SessionControl>> {
         self.get(device).filter(|s| s.commands.load(Ordering::Acquire)).map(|s| s.control)
     }
@@ -118,27 +221,46 @@ impl Presence {
     /// Tells a connected device's session about a new config version.
     pub fn push_config(&self, device: NumId, config: DeviceConfig) {
         if let Some(s) = self.get(device)
-            && s.control.try_send(SessionControl::Config(config)).is_err()
+            && s.control.try_send(SessionControl::Config { device, config }).is_err()
         {
-            // A session that cannot keep up with its control queue is stuck; drop it so the
-            // device reconnects and receives the latest config on subscribe.
+            // A session that cannot keep up with its control queue is stuck; drop the connection
+            // (the gateway's, for an attached device) so it comes back and receives the latest
+            // config on subscribe.
             tracing::warn!(device = %device, "config push queue full; disconnecting the device");
-            self.kick(device, None);
+            self.sessions().remove(&device);
+            s.close_connection(None);
         }
     }
 
-    /// Disconnects a device if it is connected here.
-    pub fn kick(&self, device: NumId, reason: Option<Status>) {
-        if let Some(s) = self.sessions.write().unwrap_or_else(|e| e.into_inner()).remove(&device) {
-            s.disconnect(reason);
+    /// Ends a device's presence here, if any: a connection is closed (recording `status` on the
+    /// device), an attachment detached from its gateway.
+    pub fn kick(&self, device: NumId, status: Option<Status>, reason: Reason) {
+        if let Some(s) = self.sessions().remove(&device) {
+            s.end(status, reason);
         }
     }
 
+    /// Detaches a device attached through `gateway`, if it is.
+    pub fn detach_from_gateway(&self, device: NumId, gateway: NumId, reason: Reason) {
+        let mut sessions = self.sessions();
+        if sessions.get(&device).is_some_and(|s| s.via == Some(gateway))
+            && let Some(s) = sessions.remove(&device)
+        {
+            s.end(None, reason);
+        }
+    }
+
+    /// True when the device holds a connection here, or is attached through a gateway that does.
     pub fn is_connected(&self, device: NumId) -> bool {
         self.get(device).is_some()
     }
 
-    /// Devices connected to this node.
+    /// The gateway a device is attached through, if it is.
+    pub fn attached_via(&self, device: NumId) -> Option<NumId> {
+        self.get(device).and_then(|s| s.via)
+    }
+
+    /// Devices connected to this node, attached ones included.
     pub fn len(&self) -> usize {
         self.sessions.read().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -164,7 +286,7 @@ mod tests {
         assert!(p.command_channel(NumId(1)).is_none(), "not subscribed yet");
         second.commands.store(true, Ordering::Release);
         assert!(p.command_channel(NumId(1)).is_some());
-        p.kick(NumId(1), None);
+        p.kick(NumId(1), None, Reason::Blocked);
         assert!(!p.is_connected(NumId(1)));
     }
 
@@ -176,11 +298,12 @@ mod tests {
         let (handle, mut link) = p.attach(NumId(7));
         for v in 0..CONTROL_QUEUE {
             let config = DeviceConfig { version: v as i64, ..Default::default() };
-            handle.control.try_send(SessionControl::Config(config)).expect("room in the queue");
+            handle.control.try_send(SessionControl::Config { device: NumId(7), config }).expect("room in the queue");
         }
-        assert!(handle.control.try_send(SessionControl::Config(DeviceConfig::default())).is_err(), "full");
+        let config = DeviceConfig::default();
+        assert!(handle.control.try_send(SessionControl::Config { device: NumId(7), config }).is_err(), "full");
         let blocked = Status { code: 9, message: "blocked".into() };
-        p.kick(NumId(7), Some(blocked.clone()));
+        p.kick(NumId(7), Some(blocked.clone()), Reason::Blocked);
         let order = tokio::time::timeout(Duration::from_secs(1), link.ended()).await.expect("the order arrives");
         assert_eq!(order, Disconnect { status: Some(blocked) });
         drop(handle);
@@ -202,5 +325,75 @@ mod tests {
         let order = tokio::time::timeout(Duration::from_secs(1), link.ended()).await.expect("closed");
         assert_eq!(order.status, None);
         assert!(!p.is_connected(NumId(8)));
+    }
+
+    /// An attachment shares the gateway's queue, has its own commands flag, and ends by an order
+    /// to the gateway, not by closing the gateway's connection.
+    #[tokio::test]
+    async fn attachments_ride_on_the_gateway_session() {
+        let p = Presence::default();
+        let (gw, mut gw_link) = p.attach_gateway(NumId(1));
+        assert!(p.attach_through(NumId(2), NumId(1), gw.id + 100).is_none(), "only the gateway's live session");
+        let a = p.attach_through(NumId(2), NumId(1), gw.id).expect("attached");
+        assert!(p.is_connected(NumId(2)) && p.holds(NumId(2), a.id));
+        assert_eq!(p.attached_via(NumId(2)), Some(NumId(1)));
+        assert!(p.command_channel(NumId(2)).is_none(), "commands not subscribed for the device yet");
+        a.commands.store(true, Ordering::Release);
+        assert!(p.command_channel(NumId(2)).is_some());
+        assert!(p.command_channel(NumId(1)).is_none(), "the gateway's own flag is apart");
+
+        p.push_config(NumId(2), DeviceConfig { version: 4, ..Default::default() });
+        match gw_link.control.recv().await {
+            Some(SessionControl::Config { device, config }) => assert_eq!((device, config.version), (NumId(2), 4)),
+            other => panic!("{other:?}"),
+        }
+        p.kick(NumId(2), None, Reason::Blocked);
+        match gw_link.control.recv().await {
+            Some(SessionControl::Detach { device, id, reason }) => {
+                assert_eq!((device, id, reason), (NumId(2), a.id, Reason::Blocked))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(gw_link.ended.borrow().is_none(), "the gateway stays connected");
+        assert!(!p.is_connected(NumId(2)) && p.is_connected(NumId(1)));
+    }
+
+    /// The newest presence of a device wins, whichever kind each is.
+    #[tokio::test]
+    async fn the_newest_of_a_connection_and_an_attachment_wins() {
+        let p = Presence::default();
+        let (gw, mut gw_link) = p.attach_gateway(NumId(1));
+        let a = p.attach_through(NumId(2), NumId(1), gw.id).unwrap();
+        let (direct, mut direct_link) = p.attach(NumId(2));
+        match gw_link.control.recv().await {
+            Some(SessionControl::Detach { id, reason: Reason::Replaced, .. }) => assert_eq!(id, a.id),
+            other => panic!("{other:?}"),
+        }
+        p.detach(NumId(2), a.id);
+        assert!(p.holds(NumId(2), direct.id), "a late cleanup of the attachment leaves the connection");
+        let again = p.attach_through(NumId(2), NumId(1), gw.id).unwrap();
+        assert_eq!(direct_link.ended().await, Disconnect { status: None }, "the direct connection is told to go");
+        assert!(p.holds(NumId(2), again.id));
+        // Unbinding from another gateway leaves it; from this one detaches it.
+        p.detach_from_gateway(NumId(2), NumId(9), Reason::Unbound);
+        assert!(p.holds(NumId(2), again.id));
+        p.detach_from_gateway(NumId(2), NumId(1), Reason::Unbound);
+        assert!(!p.is_connected(NumId(2)));
+        assert!(matches!(gw_link.control.recv().await, Some(SessionControl::Detach { reason: Reason::Unbound, .. })));
+    }
+
+    /// A gateway that does not drain its queue is closed when an order for one of its devices
+    /// cannot be queued: nothing is lost, its devices go with it.
+    #[tokio::test]
+    async fn a_stuck_gateway_is_closed_rather_than_losing_a_detach() {
+        let p = Presence::default();
+        let (gw, mut gw_link) = p.attach_gateway(NumId(1));
+        let _a = p.attach_through(NumId(2), NumId(1), gw.id).unwrap();
+        for v in 0..GATEWAY_CONTROL_QUEUE as i64 {
+            p.push_config(NumId(1), DeviceConfig { version: v, ..Default::default() });
+        }
+        p.kick(NumId(2), None, Reason::Deleted);
+        let order = tokio::time::timeout(Duration::from_secs(1), gw_link.ended()).await.expect("closed");
+        assert_eq!(order.status, None);
     }
 }

@@ -184,6 +184,7 @@ impl Fixture {
             num_id: self.device.num_id,
             token,
             token_deadline: i64::MAX / 2,
+            is_gateway: false,
         }
     }
 }

@@ -108,6 +108,17 @@ pub struct DeviceActivity {
     /// Config versions the device acknowledged and when, waiting to reach the store with the rest
     /// (each sets that version's `deviceAckTime`). Empty on devices read from the store.
     pub config_acks: Vec<ConfigAck>,
+    /// The latest gateway that spoke for the device, waiting to reach the store as
+    /// `gatewayConfig.lastAccessedGateway{Id,Time}`. None on devices read from the store, whose
+    /// `gateway_config` holds it.
+    pub gateway_access: Option<GatewayAccess>,
+}
+
+/// A gateway speaking for a device (an MQTT attach, or an HTTP request with `gatewayInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAccess {
+    pub gateway_id: DeviceId,
+    pub time: Timestamp,
 }
 
 /// A device's acknowledgement of one config version.
@@ -144,6 +155,21 @@ impl DeviceActivity {
         if self.config_acks.len() > crate::limits::HISTORY_KEPT {
             self.config_acks.sort_unstable_by_key(|a| std::cmp::Reverse(a.version));
             self.config_acks.truncate(crate::limits::HISTORY_KEPT);
+        }
+        if let Some(access) = &newer.gateway_access
+            && self.gateway_access.as_ref().is_none_or(|a| access.time >= a.time)
+        {
+            self.gateway_access = Some(access.clone());
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Takes a gateway access into `lastAccessedGateway{Id,Time}` unless a later one is there.
+    pub fn note_access(&mut self, access: &GatewayAccess) {
+        if self.last_accessed_gateway_time.is_none_or(|t| access.time >= t) {
+            self.last_accessed_gateway_id = access.gateway_id.to_string();
+            self.last_accessed_gateway_time = Some(access.time);
         }
     }
 }

@@ -5,11 +5,13 @@
 //! * [`session`]: one connected device: authentication, topics, QoS 1, keep-alive, token expiry,
 //!   write deadlines, and the control messages (commands, config pushes, disconnects) the core
 //!   sends it.
+//! * [`gateway`]: what a gateway's session adds: the devices it attached, and its errors topic.
 //! * [`topic`]: Cloud IoT Core's topic layout, parsed into typed values.
 //!
 //! Protocol parsing lives in `ferrocore-mqtt-codec`; use cases (authentication, routing,
 //! storage) in `ferrocore-core`. This crate only connects the two.
 
+pub mod gateway;
 pub mod server;
 pub mod session;
 pub mod topic;

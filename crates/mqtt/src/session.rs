@@ -11,11 +11,19 @@
 //! that waits longer than `write_timeout`, or grows past `max_write_buffer`, closes the
 //! connection. On server shutdown the session stops reading, lets the messages it already took
 //! become durable, writes their PUBACKs and closes.
+//!
+//! A gateway's session also serves the devices it attaches (`/devices/{d}/attach`): it publishes
+//! their telemetry and state through the core under their own identity, subscribes their config
+//! and commands, and reports what goes wrong for one of them on `/devices/{gateway}/errors`
+//! instead of closing (see [`crate::gateway`]). A message that fails for an attached device
+//! detaches that device and gets no PUBACK; the gateway's connection stays open.
 
+use crate::gateway::{self, Delegate, ErrorType, Gateway, MessageInfo};
 use crate::server::MqttConfig;
 use crate::topic::{self, PublishTopic, SubscribeTopic};
 use bytes::{Buf, Bytes, BytesMut};
 use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Delivery, Transport};
+use ferrocore_core::gateways::{GatewayRefusal, MAX_ATTACHED_DEVICES};
 use ferrocore_core::presence::{Disconnect, SessionControl, SessionLink};
 use ferrocore_core::{Code, Core, Error};
 use ferrocore_model::{DeviceConfig, DeviceName, NumId, Status};
@@ -75,16 +83,48 @@ enum Io {
 /// A message sent to the device that awaits its PUBACK.
 enum Outgoing {
     Command(oneshot::Sender<()>),
-    Config(i64),
+    /// Config version for a device (the connection's own, or one its gateway attached).
+    Config(NumId, i64),
 }
+
+/// What a connection subscribed to for one device: its own, or one its gateway attached.
+pub struct Subscriptions {
+    config_qos: Option<QoS>,
+    commands_qos: Option<QoS>,
+    /// The newest config version sent; older pushes that arrive late are not sent.
+    config_version: i64,
+    /// Set while subscribed to commands; presence reads it.
+    commands: Arc<AtomicBool>,
+}
+
+impl Subscriptions {
+    pub fn new(commands: Arc<AtomicBool>) -> Self {
+        Self { config_qos: None, commands_qos: None, config_version: 0, commands }
+    }
+}
+
+/// Which of a device's subscriptions.
+#[derive(Clone, Copy)]
+enum Feed {
+    Config,
+    Commands,
+}
+
+/// For a gateway's message for a device it attached: that device, whose failure detaches it
+/// instead of closing the connection.
+type Relayed = Option<NumId>;
 
 struct Session<S> {
     stream: S,
     core: Core,
     config: Arc<MqttConfig>,
     device: AuthenticatedDevice,
-    /// Set while subscribed to commands; presence reads it.
-    commands: Arc<AtomicBool>,
+    /// This connection's presence id.
+    session_id: u64,
+    /// The device's own subscriptions.
+    subs: Subscriptions,
+    /// Only for a gateway: the devices it attached.
+    gateway: Option<Box<Gateway>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// Bytes accepted by the stream but maybe not sent (TLS buffers records until flushed).
@@ -97,13 +137,9 @@ struct Session<S> {
     idle_limit: Duration,
     idle_deadline: Instant,
     token_deadline: Instant,
-    config_qos: Option<QoS>,
-    commands_qos: Option<QoS>,
-    /// The newest config version sent; older pushes that arrive late are not sent.
-    config_version: i64,
     inflight: HashMap<u16, Outgoing>,
     /// Device messages queued for delivery, in arrival order, with the packet id to acknowledge.
-    pending: VecDeque<(Option<u16>, Delivery)>,
+    pending: VecDeque<(Option<u16>, Delivery, Relayed)>,
     next_packet_id: u16,
     window_start: Instant,
     window_count: u32,
@@ -168,7 +204,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     };
-    let (handle, mut link) = core.presence().attach(device.num_id);
+    let (handle, mut link) = if device.is_gateway {
+        core.presence().attach_gateway(device.num_id)
+    } else {
+        core.presence().attach(device.num_id)
+    };
     let _attached = Attached { core: core.clone(), device: device.num_id, id: handle.id };
     // Presence holds the only senders: once it forgets this session, the queue closes.
     drop(handle);
@@ -183,12 +223,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let now = Instant::now();
     let token_left = device.token_deadline.saturating_sub(core.clock_now().unix_seconds());
+    let gateway = device.is_gateway.then(|| Box::new(Gateway::new(core.clone(), device.id.as_str())));
     let mut session = Session {
         stream,
         core: core.clone(),
         config,
+        session_id: link.id,
+        subs: Subscriptions::new(link.commands.clone()),
+        gateway,
         device,
-        commands: link.commands.clone(),
         rbuf,
         wbuf: BytesMut::new(),
         unflushed: false,
@@ -197,9 +240,6 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         idle_limit,
         idle_deadline: now + idle_limit,
         token_deadline: now + Duration::from_secs(u64::try_from(token_left).unwrap_or(0)),
-        config_qos: None,
-        commands_qos: None,
-        config_version: 0,
         inflight: HashMap::new(),
         pending: VecDeque::new(),
         next_packet_id: 1,
@@ -340,7 +380,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let io = std::future::poll_fn(|cx| poll_io(cx, stream, rbuf, wbuf, unflushed, reading));
                 let front = async {
                     match pending.front_mut() {
-                        Some((_, delivery)) => delivery.as_mut().await,
+                        Some((_, delivery, _)) => delivery.as_mut().await,
                         None => std::future::pending().await,
                     }
                 };
@@ -441,15 +481,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn acknowledge(&mut self, first: ferrocore_core::Result<()>) -> Result<(), Close> {
         let mut result = first;
         loop {
-            let (packet_id, _) = self.pending.pop_front().expect("the front delivery completed");
-            result.map_err(Close::Error)?;
-            if let Some(id) = packet_id {
-                encode(&Packet::PubAck(id), &mut self.wbuf);
+            let (packet_id, _, relayed) = self.pending.pop_front().expect("the front delivery completed");
+            match (result, relayed) {
+                (Ok(()), _) => {
+                    if let Some(id) = packet_id {
+                        encode(&Packet::PubAck(id), &mut self.wbuf);
+                    }
+                }
+                (Err(e), Some(device)) => self.device_failed(device, &e),
+                (Err(e), None) => return Err(Close::Error(e)),
             }
             let pending = &mut self.pending;
             let next = std::future::poll_fn(|cx| {
                 std::task::Poll::Ready(match pending.front_mut() {
-                    Some((_, d)) => match d.as_mut().poll(cx) {
+                    Some((_, d, _)) => match d.as_mut().poll(cx) {
                         std::task::Poll::Ready(r) => Some(r),
                         std::task::Poll::Pending => None,
                     },
@@ -513,7 +558,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Some(Outgoing::Command(done)) => {
                         let _ = done.send(());
                     }
-                    Some(Outgoing::Config(version)) => self.core.config_acked(&self.device, version),
+                    Some(Outgoing::Config(device, version)) => self.core.config_acked_by(device, version),
+                    None if self.gateway.is_some() => {
+                        let info = MessageInfo { message_type: "PUBACK", topic: None, packet_id: Some(id) };
+                        let why = "The server is not waiting for an acknowledgement with this packet ID.";
+                        self.gateway_error(ErrorType::UnexpectedPacketId, None, why, Some(info));
+                    }
                     None => {}
                 }
                 Ok(())
@@ -522,12 +572,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Packet::Unsubscribe(u) => {
                 for f in &u.filters {
                     match topic::parse_subscribe(f) {
-                        Some(SubscribeTopic::Config { device }) if device == self.device.id.as_str() => {
-                            self.config_qos = None
+                        Some(SubscribeTopic::Config { device }) => {
+                            if let Some(subs) = self.subs_by_id(device) {
+                                subs.config_qos = None;
+                            }
                         }
-                        Some(SubscribeTopic::Commands { device }) if device == self.device.id.as_str() => {
-                            self.commands_qos = None;
-                            self.commands.store(false, Ordering::Release);
+                        Some(SubscribeTopic::Commands { device }) => {
+                            if let Some(subs) = self.subs_by_id(device) {
+                                subs.commands_qos = None;
+                                subs.commands.store(false, Ordering::Release);
+                            }
+                        }
+                        Some(SubscribeTopic::Errors { device }) if device == self.device.id.as_str() => {
+                            if let Some(g) = self.gateway.as_deref_mut() {
+                                g.errors = false;
+                            }
                         }
                         _ => {}
                     }
@@ -547,10 +606,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// The device with this numeric id, if this connection serves it: its own, or one its gateway
+    /// attached.
+    fn device_by_num(&self, device: NumId) -> Option<&AuthenticatedDevice> {
+        if device == self.device.num_id {
+            return Some(&self.device);
+        }
+        self.gateway.as_deref()?.get(device).map(|d| &d.device)
+    }
+
+    /// The subscriptions of the device a topic names (by string id).
+    fn subs_by_id(&mut self, device: &str) -> Option<&mut Subscriptions> {
+        if device == self.device.id.as_str() {
+            return Some(&mut self.subs);
+        }
+        let g = self.gateway.as_deref_mut()?;
+        let num = g.num_id(device)?;
+        g.get_mut(num).map(|d| &mut d.subs)
+    }
+
+    /// The device and its subscriptions, by numeric id.
+    fn target(&mut self, device: NumId) -> Option<(&AuthenticatedDevice, &mut Subscriptions)> {
+        if device == self.device.num_id {
+            return Some((&self.device, &mut self.subs));
+        }
+        self.gateway.as_deref_mut()?.get_mut(device).map(|d| (&d.device, &mut d.subs))
+    }
+
     async fn handle_publish(&mut self, p: Publish) -> Result<(), Close> {
         if p.qos == QoS::ExactlyOnce {
             return Err(violation("QoS 2 is not supported; publish with QoS 0 or 1."));
         }
+        // The PUBACK goes out once the delivery completes: what is acknowledged is never lost.
+        let packet_id = p.packet_id.filter(|_| p.qos == QoS::AtLeastOnce);
         let own = self.device.id.as_str();
         let delivery = match topic::parse_publish(&p.topic) {
             Some(PublishTopic::Events { device, subfolder }) if device == own => {
@@ -559,8 +647,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Some(PublishTopic::State { device }) if device == own => {
                 self.core.submit_state(&self.device, p.payload).await
             }
+            _ if self.gateway.is_some() => {
+                self.gateway_publish(p, packet_id).await;
+                return Ok(());
+            }
             Some(PublishTopic::Attach { .. } | PublishTopic::Detach { .. }) => {
-                return Err(violation("Only gateways may attach devices, and gateway attach is not supported yet."));
+                return Err(violation("Only gateways may attach and detach devices."));
             }
             _ => {
                 return Err(violation(format!(
@@ -569,47 +661,228 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 )));
             }
         };
-        // The PUBACK goes out once the delivery completes: what is acknowledged is never lost.
-        let packet_id = p.packet_id.filter(|_| p.qos == QoS::AtLeastOnce);
-        self.pending.push_back((packet_id, delivery.map_err(Close::Error)?));
+        self.pending.push_back((packet_id, delivery.map_err(Close::Error)?, None));
         Ok(())
     }
 
+    /// A gateway's PUBLISH other than its own telemetry and state: an attach, a detach, a message
+    /// for an attached device, or a mistake, reported on its errors topic. None of them closes
+    /// the connection.
+    async fn gateway_publish(&mut self, p: Publish, packet_id: Option<u16>) {
+        let info = MessageInfo { message_type: "PUBLISH", topic: Some(&p.topic), packet_id };
+        match topic::parse_publish(&p.topic) {
+            Some(PublishTopic::Attach { device }) => self.attach(device, &p.payload, info).await,
+            Some(PublishTopic::Detach { device }) => {
+                let gone = self.gateway.as_deref_mut().and_then(|g| g.num_id(device).and_then(|n| g.remove(n)));
+                match gone {
+                    Some(_) => {
+                        tracing::debug!(gateway = %self.device.id, device, "device detached");
+                        self.acknowledge_now(packet_id)
+                    }
+                    None => self.not_attached(device, info),
+                }
+            }
+            Some(PublishTopic::Events { device, subfolder }) => {
+                let Some(dev) = self.gateway.as_deref().and_then(|g| g.by_id(device)).map(|d| &d.device) else {
+                    return self.not_attached(device, info);
+                };
+                let num = dev.num_id;
+                let submitted = self.core.submit_event(dev, subfolder, p.payload).await;
+                self.relay(num, packet_id, submitted);
+            }
+            Some(PublishTopic::State { device }) => {
+                let Some(dev) = self.gateway.as_deref().and_then(|g| g.by_id(device)).map(|d| &d.device) else {
+                    return self.not_attached(device, info);
+                };
+                let num = dev.num_id;
+                let submitted = self.core.submit_state(dev, p.payload).await;
+                self.relay(num, packet_id, submitted);
+            }
+            None => {
+                let (kind, why) = if topic::is_subscribe_topic(&p.topic) {
+                    (ErrorType::WrongMessageType, "Devices subscribe to this topic; it cannot be published to.")
+                } else {
+                    (ErrorType::InvalidMqttTopic, "The topic is not one of Cloud IoT Core's device topics.")
+                };
+                self.gateway_error(kind, None, why, Some(info));
+            }
+        }
+    }
+
+    /// Attaches a device to this gateway if its auth method allows; the PUBACK (QoS 1) says it
+    /// did. A refusal gets no PUBACK, and an error on the errors topic.
+    async fn attach(&mut self, device: &str, payload: &[u8], info: MessageInfo<'_>) {
+        let Ok(token) = gateway::attach_token(payload) else {
+            let why = r#"The attach payload must be empty, {} or {"authorization": "<device JWT>"}."#;
+            return self.gateway_error(ErrorType::AttachmentError, Some(device), why, Some(info));
+        };
+        let Some(g) = self.gateway.as_deref() else { return };
+        if g.num_id(device).is_none() && g.len() >= MAX_ATTACHED_DEVICES {
+            let why = format!("The gateway already has {MAX_ATTACHED_DEVICES} devices attached; detach one first.");
+            return self.gateway_error(ErrorType::AttachmentError, Some(device), &why, Some(info));
+        }
+        let dev = match self.core.attach_to_gateway(&self.device, device, token.as_deref()).await {
+            Ok(dev) => dev,
+            Err(GatewayRefusal::Refused(why)) => {
+                return self.gateway_error(ErrorType::AttachmentError, Some(device), &why, Some(info));
+            }
+            Err(GatewayRefusal::Unavailable) => {
+                let why = "The server could not attach the device; retry later.";
+                return self.gateway_error(ErrorType::UnknownError, Some(device), why, Some(info));
+            }
+        };
+        let (num, presence) = (dev.num_id, self.core.presence());
+        let Some(g) = self.gateway.as_deref_mut() else { return };
+        // Attaching an attached device changes nothing, unless presence gave it to another since.
+        if !g.get(num).is_some_and(|d| presence.holds(num, d.presence_id)) {
+            let Some(a) = presence.attach_through(num, self.device.num_id, self.session_id) else {
+                let why = "The gateway's connection is closing.";
+                return self.gateway_error(ErrorType::UnknownError, Some(device), why, Some(info));
+            };
+            tracing::debug!(gateway = %self.device.id, device = %dev.id, "device attached");
+            g.insert(Delegate { device: dev, presence_id: a.id, subs: Subscriptions::new(a.commands) });
+        }
+        self.acknowledge_now(info.packet_id);
+    }
+
+    /// A PUBACK for a message handled on the spot, in its turn behind the messages still on
+    /// their way to durability.
+    fn acknowledge_now(&mut self, packet_id: Option<u16>) {
+        if packet_id.is_some() {
+            self.pending.push_back((packet_id, Box::pin(std::future::ready(Ok(()))), None));
+        }
+    }
+
+    fn not_attached(&mut self, device: &str, info: MessageInfo<'_>) {
+        let why = format!(
+            "The specified device with ID '{}' is not attached to the gateway.",
+            ferrocore_model::ids::printable(device)
+        );
+        self.gateway_error(ErrorType::DeviceNotFound, Some(device), &why, Some(info));
+    }
+
+    /// Queues a gateway's message for an attached device, or detaches the device if it failed.
+    fn relay(&mut self, device: NumId, packet_id: Option<u16>, submitted: ferrocore_core::Result<Delivery>) {
+        match submitted {
+            Ok(delivery) => self.pending.push_back((packet_id, delivery, Some(device))),
+            Err(e) => self.device_failed(device, &e),
+        }
+    }
+
+    /// A gateway's message for an attached device failed: as IoT Core did, the error is recorded
+    /// on the device and the device is detached (GATEWAY_DETACHMENT_DEVICE_ERROR); the message
+    /// gets no PUBACK and the gateway stays connected.
+    fn device_failed(&mut self, device: NumId, e: &Error) {
+        self.core.record_device_error(device, e);
+        let Some(gone) = self.gateway.as_deref_mut().and_then(|g| g.remove(device)) else { return };
+        let why = format!("Device detached because of a device error: {}", e.message);
+        self.gateway_error(ErrorType::DetachmentDeviceError, Some(gone.device.id.as_str()), &why, None);
+    }
+
+    /// Reports an error on the gateway's errors topic (QoS 0), if it subscribed to it.
+    fn gateway_error(&mut self, kind: ErrorType, device: Option<&str>, why: &str, info: Option<MessageInfo<'_>>) {
+        let Some(g) = self.gateway.as_deref() else { return };
+        tracing::debug!(gateway = %self.device.id, error_type = kind.as_str(), device, why, "gateway error");
+        if !g.errors {
+            return;
+        }
+        let payload = gateway::error_payload(kind, device, why, info);
+        let topic = g.errors_topic.clone();
+        let publish = Publish { dup: false, qos: QoS::AtMostOnce, retain: false, topic, packet_id: None, payload };
+        encode(&Packet::Publish(publish), &mut self.wbuf);
+    }
+
     async fn handle_subscribe(&mut self, packet_id: u16, filters: Vec<(String, QoS)>) -> Result<(), Close> {
-        let own = self.device.id.to_string();
         let mut codes = Vec::with_capacity(filters.len());
-        let mut send_config = false;
+        let mut send_config = Vec::new();
+        let mut refused = Vec::new();
         for (filter, qos) in &filters {
             // QoS 2 is granted as 1.
             let granted = if *qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-            let code = match topic::parse_subscribe(filter) {
-                Some(SubscribeTopic::Config { device }) if device == own => {
-                    self.config_qos = Some(granted);
-                    send_config = true;
-                    SubAckCode::Granted(granted)
+            let (feed, device) = match topic::parse_subscribe(filter) {
+                Some(SubscribeTopic::Config { device }) => (Feed::Config, device),
+                Some(SubscribeTopic::Commands { device }) => (Feed::Commands, device),
+                Some(SubscribeTopic::Errors { device }) if device == self.device.id.as_str() => {
+                    let code = match self.gateway.as_deref_mut() {
+                        // Errors go out at QoS 0, whatever was asked.
+                        Some(g) => {
+                            g.errors = true;
+                            SubAckCode::Granted(QoS::AtMostOnce)
+                        }
+                        None => SubAckCode::Failure,
+                    };
+                    codes.push(code);
+                    continue;
                 }
-                Some(SubscribeTopic::Commands { device }) if device == own => {
-                    self.commands_qos = Some(granted);
-                    self.commands.store(true, Ordering::Release);
-                    SubAckCode::Granted(granted)
+                _ => {
+                    let kind = if topic::is_publish_topic(filter) {
+                        ErrorType::WrongMessageType
+                    } else {
+                        ErrorType::InvalidMqttTopic
+                    };
+                    refused.push((kind, None, filter.as_str()));
+                    codes.push(SubAckCode::Failure);
+                    continue;
                 }
-                _ => SubAckCode::Failure,
             };
-            codes.push(code);
+            let Some(subs) = self.subs_by_id(device) else {
+                refused.push((ErrorType::DeviceNotFound, Some(device), filter.as_str()));
+                codes.push(SubAckCode::Failure);
+                continue;
+            };
+            match feed {
+                Feed::Config => subs.config_qos = Some(granted),
+                Feed::Commands => {
+                    subs.commands_qos = Some(granted);
+                    subs.commands.store(true, Ordering::Release);
+                }
+            }
+            if matches!(feed, Feed::Config) {
+                let num = if device == self.device.id.as_str() {
+                    Some(self.device.num_id)
+                } else {
+                    self.gateway.as_deref().and_then(|g| g.num_id(device))
+                };
+                send_config.extend(num);
+            }
+            codes.push(SubAckCode::Granted(granted));
         }
         encode(&Packet::SubAck(SubAck { packet_id, return_codes: codes }), &mut self.wbuf);
-        if send_config {
+        for (kind, device, filter) in refused {
+            let info = MessageInfo { message_type: "SUBSCRIBE", topic: Some(filter), packet_id: Some(packet_id) };
+            match (kind, device) {
+                (ErrorType::DeviceNotFound, Some(device)) => self.not_attached(device, info),
+                (kind, _) => {
+                    let why = match kind {
+                        ErrorType::WrongMessageType => "Devices publish to this topic; it cannot be subscribed to.",
+                        _ => "The topic filter is not one a device can subscribe to.",
+                    };
+                    self.gateway_error(kind, None, why, Some(info));
+                }
+            }
+        }
+        for device in send_config {
             // The latest config arrives at once on subscribe, even if the device has seen it.
-            let config = self.core.device_config(&self.device).await.map_err(Close::Error)?;
-            if config.version >= self.config_version {
-                self.send_config(config)?;
+            let Some(dev) = self.device_by_num(device) else { continue };
+            match self.core.device_config(dev).await {
+                Ok(config) => self.send_config(device, config, true)?,
+                Err(e) if device == self.device.num_id => return Err(Close::Error(e)),
+                Err(e) => self.device_failed(device, &e),
             }
         }
         Ok(())
     }
 
+    /// The most messages awaiting a PUBACK: a gateway's are shared by the devices it attached.
+    fn max_inflight(&self) -> usize {
+        match self.gateway {
+            Some(_) => self.config.max_inflight.saturating_mul(16),
+            None => self.config.max_inflight,
+        }
+    }
+
     fn allocate_packet_id(&mut self) -> Result<u16, Close> {
-        if self.inflight.len() >= self.config.max_inflight {
+        if self.inflight.len() >= self.max_inflight() {
             return Err(Close::Error(Error::new(
                 Code::ResourceExhausted,
                 "The device is not acknowledging messages sent to it.",
@@ -638,32 +911,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             (None, Outgoing::Command(done)) => {
                 let _ = done.send(());
             }
-            (None, Outgoing::Config(_)) => {}
+            (None, Outgoing::Config(..)) => {}
         }
         Ok(())
     }
 
-    fn send_config(&mut self, config: DeviceConfig) -> Result<(), Close> {
-        let Some(qos) = self.config_qos else { return Ok(()) };
-        let topic = topic::config_topic(self.device.id.as_str());
-        self.config_version = self.config_version.max(config.version);
-        self.publish(topic, qos, Bytes::from(config.binary_data), Outgoing::Config(config.version))?;
-        self.core.config_sent(&self.device);
+    /// Sends a config version if the device's config topic is subscribed: on subscribe, the
+    /// current one even if already sent; as a push, only one newer than any sent (two updates
+    /// may push in the opposite order to the one they were written in).
+    fn send_config(&mut self, device: NumId, config: DeviceConfig, on_subscribe: bool) -> Result<(), Close> {
+        let Some((dev, subs)) = self.target(device) else { return Ok(()) };
+        let Some(qos) = subs.config_qos else { return Ok(()) };
+        let stale =
+            if on_subscribe { config.version < subs.config_version } else { config.version <= subs.config_version };
+        if stale {
+            return Ok(());
+        }
+        subs.config_version = config.version;
+        let topic = topic::config_topic(dev.id.as_str());
+        self.publish(topic, qos, Bytes::from(config.binary_data), Outgoing::Config(device, config.version))?;
+        self.core.config_sent_to(device);
         Ok(())
     }
 
     fn handle_control(&mut self, ctl: SessionControl) -> Result<(), Close> {
         match ctl {
-            SessionControl::Command { subfolder, data, done } => {
-                // Not subscribed (any more): dropping `done` tells the caller.
-                let Some(qos) = self.commands_qos else { return Ok(()) };
-                let topic = topic::command_topic(self.device.id.as_str(), &subfolder);
+            SessionControl::Command { device, subfolder, data, done } => {
+                // Not subscribed (any more), or not attached: dropping `done` tells the caller.
+                let Some((dev, subs)) = self.target(device) else { return Ok(()) };
+                let Some(qos) = subs.commands_qos else { return Ok(()) };
+                let topic = topic::command_topic(dev.id.as_str(), &subfolder);
                 self.publish(topic, qos, Bytes::from(data), Outgoing::Command(done))
             }
-            // Two updates may push in the opposite order to the one they were written in: a
-            // version older than one already sent is stale.
-            SessionControl::Config(config) if config.version <= self.config_version => Ok(()),
-            SessionControl::Config(config) => self.send_config(config),
+            SessionControl::Config { device, config } => self.send_config(device, config, false),
+            SessionControl::Detach { device, id, reason } => {
+                let Some(g) = self.gateway.as_deref_mut() else { return Ok(()) };
+                // An order for an older attachment of the device is stale.
+                if g.get(device).is_none_or(|d| d.presence_id != id) {
+                    return Ok(());
+                }
+                if let Some(gone) = g.remove(device) {
+                    let id = gone.device.id.as_str();
+                    self.gateway_error(ErrorType::DetachmentDeviceError, Some(id), reason.describe(), None);
+                }
+                Ok(())
+            }
         }
     }
 }

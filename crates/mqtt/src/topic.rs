@@ -1,7 +1,9 @@
 //! Cloud IoT Core's MQTT topics, parsed into typed values before anything acts on them.
 //!
 //! Devices publish to `/devices/{id}/events[/subfolder...]` and `/devices/{id}/state`, and
-//! subscribe to `/devices/{id}/config` and `/devices/{id}/commands/#`. Anything else is refused.
+//! subscribe to `/devices/{id}/config` and `/devices/{id}/commands/#`; gateways also publish
+//! `/devices/{id}/attach` and `/devices/{id}/detach` and subscribe `/devices/{gateway}/errors`.
+//! Anything else is refused.
 
 /// A topic a device may publish to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +59,18 @@ pub fn parse_subscribe(filter: &str) -> Option<SubscribeTopic<'_>> {
     }
 }
 
+/// For a topic no publish rule accepts: whether devices subscribe to it instead (a PUBLISH of
+/// the wrong type, rather than an unknown topic).
+pub fn is_subscribe_topic(topic: &str) -> bool {
+    device_and_rest(topic)
+        .is_some_and(|(_, tail)| matches!(tail, "config" | "errors" | "commands") || tail.starts_with("commands/"))
+}
+
+/// For a filter no subscribe rule accepts: whether devices publish to it instead.
+pub fn is_publish_topic(filter: &str) -> bool {
+    parse_publish(filter).is_some()
+}
+
 /// The topic a command arrives on.
 pub fn command_topic(device: &str, subfolder: &str) -> String {
     if subfolder.is_empty() {
@@ -68,6 +82,10 @@ pub fn command_topic(device: &str, subfolder: &str) -> String {
 
 pub fn config_topic(device: &str) -> String {
     format!("/devices/{device}/config")
+}
+
+pub fn errors_topic(gateway: &str) -> String {
+    format!("/devices/{gateway}/errors")
 }
 
 #[cfg(test)]
@@ -97,6 +115,16 @@ mod tests {
         for bad in ["/devices/d1/commands/x", "/devices/+/config", "/devices/d1/commands", "#"] {
             assert_eq!(parse_subscribe(bad), None, "{bad}");
         }
+        assert_eq!(parse_publish("/devices/d1/attach"), Some(PublishTopic::Attach { device: "d1" }));
+        assert_eq!(parse_publish("/devices/d1/detach"), Some(PublishTopic::Detach { device: "d1" }));
+        assert_eq!(parse_subscribe("/devices/gw/errors"), Some(SubscribeTopic::Errors { device: "gw" }));
+        for sub in ["/devices/d/config", "/devices/d/commands", "/devices/d/commands/x", "/devices/d/errors"] {
+            assert!(is_subscribe_topic(sub), "{sub}");
+        }
+        for other in ["/devices/d/other", "/x/d/config", "/devices/d/events"] {
+            assert!(!is_subscribe_topic(other), "{other}");
+        }
+        assert!(is_publish_topic("/devices/d/state") && !is_publish_topic("/devices/d/config"));
         assert_eq!(command_topic("d", ""), "/devices/d/commands");
         assert_eq!(command_topic("d", "a/b"), "/devices/d/commands/a/b");
     }

@@ -16,7 +16,8 @@ use ferrocore_core::registries::{RegistryFields, RegistryInput};
 use ferrocore_core::sink::{Message, Sink, SinkError, SinkHealth, Ticket};
 use ferrocore_core::{Code, Core, Settings};
 use ferrocore_model::{
-    DeviceConfig, DeviceCredential, EventNotificationConfig, LocationName, PublicKey, PublicKeyFormat, Timestamp,
+    DeviceConfig, DeviceCredential, EventNotificationConfig, GatewayAuthMethod, GatewayType, LocationName, PublicKey,
+    PublicKeyFormat, Timestamp,
 };
 use ferrocore_mqtt::MqttConfig;
 use ferrocore_mqtt_codec::{Connect, ConnectReturnCode, Packet, Publish, QoS, SubAckCode, Subscribe, decode, encode};
@@ -94,6 +95,7 @@ struct Rig {
     clock: Arc<ManualClock>,
     sink: Arc<GatedSink>,
     device: ferrocore_model::Device,
+    store: Arc<ferrocore_store::sqlite::SqliteStore>,
     _dir: tempfile::TempDir,
 }
 
@@ -113,6 +115,11 @@ impl Running {
 
 impl Rig {
     async fn new() -> Self {
+        Self::build(false).await
+    }
+
+    /// As [`Rig::new`], with `dev` a gateway (ASSOCIATION_ONLY) when `gateway` is set.
+    async fn build(gateway: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(ferrocore_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let clock = Arc::new(ManualClock::new(Timestamp::from_unix_seconds(T0)));
@@ -122,7 +129,7 @@ impl Rig {
             messages: Mutex::new(vec![]),
         });
         let settings = Settings { command_ack_timeout: Duration::from_secs(2) };
-        let core = Core::with_settings(store, clock.clone(), sink.clone(), settings);
+        let core = Core::with_settings(store.clone(), clock.clone(), sink.clone(), settings);
         let parent = LocationName::parse_field("p", "projects/p/locations/l").unwrap();
         let events = EventNotificationConfig {
             pubsub_topic_name: "projects/p/topics/events".into(),
@@ -133,9 +140,14 @@ impl Rig {
         let reg = reg.await.unwrap();
         let key = PublicKey { format: PublicKeyFormat::Es256Pem, key: fixture("ec_public.pem") };
         let credentials = vec![DeviceCredential { public_key: key, expiration_time: None }];
-        let input = DeviceInput { id: "dev".into(), credentials, ..Default::default() };
+        let (gateway_type, gateway_auth_method) = match gateway {
+            true => (GatewayType::Gateway, GatewayAuthMethod::AssociationOnly),
+            false => Default::default(),
+        };
+        let input =
+            DeviceInput { id: "dev".into(), credentials, gateway_type, gateway_auth_method, ..Default::default() };
         let device = core.create_device(&reg.name, input).await.unwrap();
-        Self { core, clock, sink, device, _dir: dir }
+        Self { core, clock, sink, device, store, _dir: dir }
     }
 
     /// Starts a session on a pipe whose buffer holds `capacity` bytes each way.
@@ -299,7 +311,8 @@ async fn blocking_ends_a_stalled_session_whatever_its_queue_holds() {
     let mut answers = vec![];
     for _ in 0..40 {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let command = SessionControl::Command { subfolder: String::new(), data: vec![1; 1024], done };
+        let command =
+            SessionControl::Command { device: rig.device.num_id, subfolder: String::new(), data: vec![1; 1024], done };
         if queue.try_send(command).is_ok() {
             answers.push(answer);
         }
@@ -431,4 +444,36 @@ async fn shutdown_aborts_sessions_still_open_at_its_deadline() {
     tokio::time::timeout(Duration::from_secs(2), served).await.expect("serve returns at the deadline").unwrap();
     assert!(client.rest().await.is_empty(), "closed, nothing acknowledged");
     assert!(!rig.core.presence().is_connected(rig.device.num_id), "the aborted session left presence");
+}
+
+/// A gateway's attach that the server cannot check (its store is gone) is reported as
+/// GATEWAY_UNKNOWN_ERROR on the errors topic, without a PUBACK; the gateway stays connected.
+#[tokio::test]
+async fn an_attach_the_server_cannot_check_is_an_unknown_error() {
+    let rig = Rig::build(true).await;
+    let (mut client, mut running) = rig.session(config(), 64 * 1024);
+    assert_eq!(client.connect(&jwt(T0, T0 + 3600), 0).await, ConnectReturnCode::Accepted);
+    assert_eq!(client.subscribe("/devices/dev/errors", QoS::AtLeastOnce).await, [SubAckCode::Granted(QoS::AtMostOnce)]);
+    rig.store.close().await;
+    let attach = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "/devices/leaf/attach".into(),
+        packet_id: Some(5),
+        payload: Bytes::from_static(b"{}"),
+    };
+    client.send(Packet::Publish(attach)).await;
+    match client.recv().await {
+        Some(Packet::Publish(p)) => {
+            assert_eq!((p.topic.as_str(), p.qos), ("/devices/dev/errors", QoS::AtMostOnce));
+            let text = std::str::from_utf8(&p.payload).unwrap();
+            assert!(text.starts_with(r#"{"error_type":"GATEWAY_UNKNOWN_ERROR","device_id":"leaf""#), "{text}");
+            assert!(!text.contains("pool") && !text.contains("sqlite"), "no internals: {text}");
+        }
+        other => panic!("expected the error, got {other:?}"),
+    }
+    client.send(Packet::PingReq).await;
+    assert_eq!(client.recv().await, Some(Packet::PingResp), "still connected");
+    assert!(!running.ends_within(Duration::from_millis(200)).await);
 }

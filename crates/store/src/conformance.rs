@@ -8,8 +8,9 @@ use crate::{
 };
 use ferrocore_model::{
     ConfigAck, DeviceActivity, DeviceCredential, DeviceId, DeviceName, DeviceRef, DeviceState, EventNotificationConfig,
-    GatewayAuthMethod, GatewayType, HttpState, LocationId, LocationName, LogLevel, MqttState, NumId, ProjectId,
-    PublicKey, PublicKeyFormat, Registry, RegistryId, RegistryName, StateNotificationConfig, Status, Timestamp,
+    GatewayAccess, GatewayAuthMethod, GatewayType, HttpState, LocationId, LocationName, LogLevel, MqttState, NumId,
+    ProjectId, PublicKey, PublicKeyFormat, Registry, RegistryId, RegistryName, StateNotificationConfig, Status,
+    Timestamp,
 };
 use std::collections::BTreeMap;
 
@@ -283,6 +284,18 @@ async fn states_and_activity(store: &dyn Store) {
     assert_eq!(got.last_state_time, Some(t(2)), "absent values leave others alone");
     assert_eq!(got.last_error_time, Some(t(7)));
     assert_eq!(got.last_error_status.map(|s| s.message), Some("first".to_owned()));
+
+    // The latest gateway access wins, whatever order the batches come in.
+    let access = |gw: &str, at: i64| DeviceActivity {
+        gateway_access: Some(GatewayAccess { gateway_id: DeviceId::parse_field("g", gw).unwrap(), time: t(at) }),
+        ..Default::default()
+    };
+    store.record_activity(&[(d.num_id, access("gw-late", 9))]).await.unwrap();
+    store.record_activity(&[(d.num_id, access("gw-early", 8)), (d.num_id, DeviceActivity::default())]).await.unwrap();
+    let got = store.get_device(&name(&r.name, "dev")).await.unwrap().unwrap();
+    assert_eq!(got.gateway_config.last_accessed_gateway_id, "gw-late");
+    assert_eq!(got.gateway_config.last_accessed_gateway_time, Some(t(9)));
+    assert_eq!(got.activity.gateway_access, None, "stored devices carry it in gateway_config");
 }
 
 async fn bindings(store: &dyn Store) {

@@ -1,7 +1,12 @@
 //! The HTTP device bridge (Cloud IoT's `cloudiotdevice` v1): `:publishEvent`, `:setState` and
-//! `GET .../config`, each authenticated by the device's own JWT in `Authorization: Bearer`.
+//! `GET .../config`, each authenticated by the JWT in `Authorization: Bearer` of the device the
+//! path names.
 //!
-//! Nothing is remembered between requests: every request carries and proves its token.
+//! Nothing is remembered between requests: every request carries and proves its token. With
+//! `gatewayInfo.delegatedDeviceId` the path and JWT are a gateway's, acting for a device bound to
+//! it; with `gatewayInfo.gatewayId` they are the device's, sent through that gateway. Either way
+//! the gateway's auth method decides (see `ferrocore_core::gateways`), the device must be bound,
+//! and the message is the device's.
 
 use super::{Query, json_response, parse_body};
 use crate::rest::route::Route;
@@ -10,6 +15,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use base64::Engine;
 use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Transport};
+use ferrocore_core::gateways::GatewayRefusal;
 use ferrocore_core::{Code, Core, Error};
 use ferrocore_model::DeviceName;
 use serde::de::{Deserializer, Error as _};
@@ -25,7 +31,7 @@ fn base64_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
     decoded.map(Bytes::from).map_err(|_| D::Error::custom("Base64 decoding failed"))
 }
 
-/// `gatewayInfo`: a gateway acting for a device. Only its absence is served for now.
+/// `gatewayInfo`: a gateway in the request, one way or the other (a oneof: at most one is set).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 struct GatewayInfo {
@@ -71,13 +77,61 @@ struct ConfigResponse {
     binary_data: String,
 }
 
-fn no_gateways(info: &Option<GatewayInfo>) -> Result<(), Error> {
-    match info {
-        Some(g) if !g.gateway_id.is_empty() || !g.delegated_device_id.is_empty() => Err(Error::new(
-            Code::Unimplemented,
-            "Publishing through a gateway (gatewayInfo) is not supported by this server yet.",
-        )),
-        _ => Ok(()),
+/// Who the request speaks for, from `gatewayInfo`.
+enum Via {
+    /// The device of the path, on its own.
+    Direct,
+    /// The path and JWT are a gateway's, acting for this device.
+    Delegated(String),
+    /// The path and JWT are the device's, sent through this gateway.
+    Gateway(String),
+}
+
+impl Via {
+    fn of(info: Option<GatewayInfo>) -> Result<Self, Error> {
+        let Some(g) = info else { return Ok(Via::Direct) };
+        match (g.gateway_id.is_empty(), g.delegated_device_id.is_empty()) {
+            (true, true) => Ok(Via::Direct),
+            (false, true) => Ok(Via::Gateway(g.gateway_id)),
+            (true, false) => Ok(Via::Delegated(g.delegated_device_id)),
+            (false, false) => Err(Error::invalid(
+                "gateway_info",
+                "Set gatewayInfo.gatewayId or gatewayInfo.delegatedDeviceId, not both.",
+            )),
+        }
+    }
+}
+
+fn refusal(r: GatewayRefusal) -> Error {
+    match r {
+        GatewayRefusal::Refused(why) => Error::new(Code::PermissionDenied, why),
+        GatewayRefusal::Unavailable => Error::new(Code::Unavailable, "Authentication is unavailable; retry later."),
+    }
+}
+
+/// Authenticates the caller and returns the device the request is for.
+async fn acting_device(
+    core: &Core,
+    name: &DeviceName,
+    headers: &HeaderMap,
+    via: Via,
+) -> Result<AuthenticatedDevice, Error> {
+    let caller = authenticate(core, name, headers).await?;
+    match via {
+        Via::Direct => Ok(caller),
+        Via::Delegated(device) => {
+            if !caller.is_gateway {
+                return Err(Error::new(
+                    Code::PermissionDenied,
+                    format!("The device '{}' is not a gateway, so it cannot act for another device.", caller.id),
+                ));
+            }
+            core.act_for_device(&caller, &device).await.map_err(refusal)
+        }
+        Via::Gateway(gateway) => {
+            core.relay_through(&caller, &gateway).await.map_err(refusal)?;
+            Ok(caller)
+        }
     }
 }
 
@@ -118,9 +172,9 @@ pub(crate) async fn serve(
             q.check(&[])?;
             let req: PublishEventRequest = parse_body(body)?;
             check_name(&req.name, &name)?;
-            no_gateways(&req.gateway_info)?;
+            let via = Via::of(req.gateway_info)?;
             ferrocore_model::limits::check_subfolder("sub_folder", &req.sub_folder)?;
-            let device = authenticate(core, &name, headers).await?;
+            let device = acting_device(core, &name, headers, via).await?;
             core.publish_event(&device, &req.sub_folder, req.binary_data).await?;
             Ok(empty())
         }
@@ -128,24 +182,25 @@ pub(crate) async fn serve(
             q.check(&[])?;
             let req: SetStateRequest = parse_body(body)?;
             check_name(&req.name, &name)?;
-            no_gateways(&req.gateway_info)?;
+            let via = Via::of(req.gateway_info)?;
             let state = req.state.ok_or_else(|| Error::invalid("state", "The request needs a state."))?;
-            let device = authenticate(core, &name, headers).await?;
+            let device = acting_device(core, &name, headers, via).await?;
             core.report_state(&device, state.binary_data).await?;
             Ok(empty())
         }
         Route::GetConfig(name) => {
             q.check(&["localVersion", "gatewayInfo.gatewayId", "gatewayInfo.delegatedDeviceId"])?;
-            if q.one("gatewayInfo.gatewayId").is_some() || q.one("gatewayInfo.delegatedDeviceId").is_some() {
-                no_gateways(&Some(GatewayInfo { gateway_id: "x".into(), ..Default::default() }))?;
-            }
+            let via = Via::of(Some(GatewayInfo {
+                gateway_id: q.one("gatewayInfo.gatewayId").unwrap_or_default().to_owned(),
+                delegated_device_id: q.one("gatewayInfo.delegatedDeviceId").unwrap_or_default().to_owned(),
+            }))?;
             let local = match q.one("localVersion") {
                 None | Some("") => 0,
                 Some(v) => v
                     .parse::<i64>()
                     .map_err(|_| Error::invalid("local_version", "The local version must be an integer."))?,
             };
-            let device = authenticate(core, &name, headers).await?;
+            let device = acting_device(core, &name, headers, via).await?;
             let config = core.device_config(&device).await?;
             if local > config.version {
                 return Err(Error::new(

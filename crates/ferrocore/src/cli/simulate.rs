@@ -17,6 +17,13 @@
 //!
 //! The run ends on Ctrl-C or SIGTERM, after `--duration`, or once `--count` telemetry messages are
 //! sent (and, with QoS 1, acknowledged); the simulator then sends DISCONNECT and closes TLS cleanly.
+//!
+//! With `--gateway-for D1,D2,...` the device is a gateway, as Google's gateway sample runs one: on
+//! every connection it subscribes to `/devices/G/errors`, attaches each device
+//! (`/devices/D/attach`, with the device's JWT when `--device-key` is given), subscribes to their
+//! config and commands, and publishes telemetry for the attached devices in turn, their states
+//! with its own. A device the server refuses or detaches (reported on the errors topic) is left
+//! out until the next connection.
 
 use anyhow::{Context, Result, bail};
 use aws_lc_rs::rand::SystemRandom;
@@ -111,6 +118,14 @@ pub struct SimulateArgs {
     /// How received configs and commands are printed.
     #[arg(long, value_enum, default_value_t = PrintFormat::Text)]
     format: PrintFormat,
+    /// Act as a gateway for these devices (ids in the same registry): attach each, receive their
+    /// configs and commands, and publish telemetry for them in turn.
+    #[arg(long, value_delimiter = ',', value_name = "DEVICE,...")]
+    gateway_for: Vec<String>,
+    /// With --gateway-for: sign each attached device's JWT with this private key, for gateways
+    /// whose auth method wants the device's token (otherwise the attach carries none).
+    #[arg(long, requires = "gateway_for")]
+    device_key: Option<PathBuf>,
 }
 
 /// `500ms`, `10s`, `1.5m`, `2h`, or a number of seconds.
@@ -281,6 +296,14 @@ struct Simulator {
     tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
     started: Instant,
     deadline: Option<Instant>,
+    /// With --gateway-for: the key that signs the attached devices' JWTs.
+    device_signer: Option<Signer>,
+    /// The --gateway-for devices attached on this connection (the server acknowledged them).
+    attached: Vec<String>,
+    /// Attach requests awaiting their PUBACK, by packet id.
+    attaching: BTreeMap<u16, String>,
+    /// The next attached device to publish telemetry for.
+    turn: usize,
     stop: watch::Receiver<bool>,
     backoff: Backoff,
     connected_once: bool,
@@ -325,7 +348,13 @@ impl Simulator {
         if args.max_backoff < Duration::from_secs(1) {
             bail!("--max-backoff must be at least 1s");
         }
+        for d in &args.gateway_for {
+            if d.is_empty() || d.contains(['/', '+', '#']) || *d == segs[7] {
+                bail!("--gateway-for takes the ids of other devices of the registry, separated by commas");
+            }
+        }
         let signer = Signer::load(&args.key)?;
+        let device_signer = args.device_key.as_ref().map(Signer::load).transpose()?;
         let tls = if args.no_tls { None } else { Some(tls_config(&args)?) };
         let (project, device_id) = (segs[1].to_owned(), segs[7].to_owned());
         let started = Instant::now();
@@ -336,6 +365,10 @@ impl Simulator {
             tls,
             started,
             deadline: args.duration.map(|d| started + d),
+            device_signer,
+            attached: Vec::new(),
+            attaching: BTreeMap::new(),
+            turn: 0,
             stop: stop_signal(),
             backoff: Backoff { next: Backoff::FIRST, max: args.max_backoff },
             connected_once: false,
@@ -395,6 +428,10 @@ impl Simulator {
         format!("/devices/{}/{leaf}", self.device_id)
     }
 
+    fn gateway(&self) -> bool {
+        !self.args.gateway_for.is_empty()
+    }
+
     fn packet_id(&mut self) -> u16 {
         loop {
             let id = self.next_id;
@@ -405,11 +442,11 @@ impl Simulator {
         }
     }
 
-    fn fill(&self, template: &str) -> String {
+    fn fill(&self, template: &str, device: &str) -> String {
         let now = time::OffsetDateTime::now_utc();
         let time = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         template
-            .replace("{device}", &self.device_id)
+            .replace("{device}", device)
             .replace("{seq}", &self.seq.to_string())
             .replace("{time}", &time)
             .replace("{uptime}", &self.started.elapsed().as_secs().to_string())
@@ -454,8 +491,13 @@ impl Simulator {
         let subscribe_id = self.packet_id();
         let filters = vec![(self.topic("config"), QoS::AtLeastOnce), (self.topic("commands/#"), QoS::AtLeastOnce)];
         conn.send(Packet::Subscribe(Subscribe { packet_id: subscribe_id, filters })).await?;
-        // What the last connection left unacknowledged goes out again, under new packet ids.
-        let unacked: Vec<Pending> = std::mem::take(&mut self.pending).into_values().collect();
+        if self.gateway() {
+            self.attach_all(&mut conn, iat).await?;
+        }
+        // What the last connection left unacknowledged goes out again, under new packet ids;
+        // but not states: the first tick reports a fresh one, and the server takes one a second.
+        let unacked: Vec<Pending> =
+            std::mem::take(&mut self.pending).into_values().filter(|p| matches!(p.kind, Kind::Event)).collect();
         for p in unacked {
             self.publish(&mut conn, p).await?;
         }
@@ -497,19 +539,33 @@ impl Simulator {
                     return Ok(End::Refresh);
                 }
                 _ = events.tick(), if can_publish => {
+                    // A gateway publishes for its attached devices in turn (for none, nothing).
+                    let device = match self.gateway() {
+                        false => self.device_id.clone(),
+                        true if self.attached.is_empty() => continue,
+                        true => {
+                            self.turn = (self.turn + 1) % self.attached.len();
+                            self.attached[self.turn].clone()
+                        }
+                    };
                     self.seq += 1;
                     let topic = match &self.args.subfolder {
-                        Some(s) => self.topic(&format!("events/{s}")),
-                        None => self.topic("events"),
+                        Some(s) => format!("/devices/{device}/events/{s}"),
+                        None => format!("/devices/{device}/events"),
                     };
-                    let payload = Bytes::from(self.fill(&self.args.payload));
+                    let payload = Bytes::from(self.fill(&self.args.payload, &device));
                     self.events_sent += 1;
                     self.publish(&mut conn, Pending { kind: Kind::Event, topic, payload }).await?;
                 }
                 _ = states.tick() => {
-                    let payload = Bytes::from(self.fill(&self.args.state));
-                    self.states_sent += 1;
-                    self.publish(&mut conn, Pending { kind: Kind::State, topic: self.topic("state"), payload }).await?;
+                    let devices: Vec<String> =
+                        std::iter::once(self.device_id.clone()).chain(self.attached.iter().cloned()).collect();
+                    for device in devices {
+                        let payload = Bytes::from(self.fill(&self.args.state, &device));
+                        self.states_sent += 1;
+                        let topic = format!("/devices/{device}/state");
+                        self.publish(&mut conn, Pending { kind: Kind::State, topic, payload }).await?;
+                    }
                 }
                 _ = pings.tick() => {
                     if ping_sent.is_some_and(|t| t.elapsed() > self.args.keepalive) {
@@ -526,7 +582,10 @@ impl Simulator {
                         match packet {
                             Packet::PingResp => ping_sent = None,
                             Packet::PubAck(id) => {
-                                if let Some(Pending { kind: Kind::Event, .. }) = self.pending.remove(&id) {
+                                if let Some(device) = self.attaching.remove(&id) {
+                                    eprintln!("Attached {device}.");
+                                    self.attached.push(device);
+                                } else if let Some(Pending { kind: Kind::Event, .. }) = self.pending.remove(&id) {
                                     self.events_acked += 1;
                                 }
                             }
@@ -544,6 +603,8 @@ impl Simulator {
                                     eprintln!("Subscribed to {} and {}.", self.topic("config"), self.topic("commands/#"));
                                 }
                             }
+                            // The gateway's subscriptions for its devices: refusals come with errors.
+                            Packet::SubAck(_) if self.gateway() => {}
                             Packet::Publish(p) => self.received(&mut conn, p).await?,
                             other => return Err(Failure::Lost(format!("unexpected {} from the server", other.name()))),
                         }
@@ -579,35 +640,46 @@ impl Simulator {
         Ok(())
     }
 
-    /// A config or a command: printed, then acknowledged.
+    /// A config or a command (the device's, or an attached device's): printed, then
+    /// acknowledged. A gateway's errors go to stderr.
     async fn received(&mut self, conn: &mut Conn, p: Publish) -> Result<(), Failure> {
-        let commands = self.topic("commands");
-        let (kind, subfolder) = if p.topic == self.topic("config") {
-            ("config", None)
-        } else if p.topic == commands {
-            ("command", None)
-        } else if let Some(sub) = p.topic.strip_prefix(&format!("{commands}/")) {
-            ("command", Some(sub.to_owned()))
-        } else {
-            ("message", Some(p.topic.clone()))
+        let (device, tail) = p.topic.strip_prefix("/devices/").and_then(|t| t.split_once('/')).unwrap_or(("", ""));
+        let (kind, subfolder) = match tail {
+            "config" => ("config", None),
+            "commands" => ("command", None),
+            "errors" if device == self.device_id => {
+                self.gateway_error(&p.payload);
+                return Ok(());
+            }
+            t => match t.strip_prefix("commands/") {
+                Some(sub) => ("command", Some(sub.to_owned())),
+                None => ("message", Some(p.topic.clone())),
+            },
         };
+        // Messages for an attached device name it; the device's own do not.
+        let other = (kind != "message" && device != self.device_id).then(|| device.to_owned());
         let text = std::str::from_utf8(&p.payload)
             .ok()
             .filter(|s| !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
         match self.args.format {
-            PrintFormat::Json => println!(
-                "{}",
-                json!({"type": kind, "subfolder": subfolder, "text": text, "data": STANDARD.encode(&p.payload)})
-            ),
+            PrintFormat::Json => {
+                let mut line =
+                    json!({"type": kind, "subfolder": subfolder, "text": text, "data": STANDARD.encode(&p.payload)});
+                if let Some(d) = &other {
+                    line["device"] = json!(d);
+                }
+                println!("{line}")
+            }
             PrintFormat::Text => {
                 let shown = match text {
                     Some("") => "(empty)".to_owned(),
                     Some(t) => t.to_owned(),
                     None => format!("base64:{}", STANDARD.encode(&p.payload)),
                 };
+                let of = other.map(|d| format!(" for {d}")).unwrap_or_default();
                 match subfolder {
-                    Some(s) => println!("{kind} [{s}]: {shown}"),
-                    None => println!("{kind}: {shown}"),
+                    Some(s) => println!("{kind} [{s}]{of}: {shown}"),
+                    None => println!("{kind}{of}: {shown}"),
                 }
             }
         }
@@ -615,6 +687,59 @@ impl Simulator {
             conn.send(Packet::PubAck(id)).await?;
         }
         Ok(())
+    }
+
+    /// Subscribes to the gateway's errors topic, attaches every --gateway-for device, and
+    /// subscribes to their config and commands (the server takes them in this order).
+    async fn attach_all(&mut self, conn: &mut Conn, iat: u64) -> Result<(), Failure> {
+        self.attached.clear();
+        self.attaching.clear();
+        let errors_id = self.packet_id();
+        let filters = vec![(self.topic("errors"), QoS::AtMostOnce)];
+        conn.send(Packet::Subscribe(Subscribe { packet_id: errors_id, filters })).await?;
+        let mut filters = Vec::new();
+        for device in self.args.gateway_for.clone() {
+            let token = match &self.device_signer {
+                Some(signer) => signer
+                    .jwt(&self.project, iat, iat + self.args.jwt_lifetime.as_secs().max(1))
+                    .map_err(|e| Failure::Lost(e.to_string()))?,
+                None => String::new(),
+            };
+            let packet_id = self.packet_id();
+            conn.send(Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: format!("/devices/{device}/attach"),
+                packet_id: Some(packet_id),
+                payload: Bytes::from(json!({"authorization": token}).to_string()),
+            }))
+            .await?;
+            filters.push((format!("/devices/{device}/config"), QoS::AtLeastOnce));
+            filters.push((format!("/devices/{device}/commands/#"), QoS::AtLeastOnce));
+            self.attaching.insert(packet_id, device);
+        }
+        let packet_id = self.packet_id();
+        conn.send(Packet::Subscribe(Subscribe { packet_id, filters })).await
+    }
+
+    /// An error from the gateway's errors topic: shown, and a device it names as not attached
+    /// (refused, or detached) is left out, its unacknowledged messages dropped.
+    fn gateway_error(&mut self, payload: &[u8]) {
+        let error: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+        let kind = error["error_type"].as_str().unwrap_or("unknown error");
+        let description = error["description"].as_str().unwrap_or_default();
+        let device = error["device_id"].as_str().unwrap_or_default().to_owned();
+        let of = if device.is_empty() { String::new() } else { format!(" for {device}") };
+        eprintln!("Gateway error {kind}{of}: {description}");
+        let gone =
+            matches!(kind, "GATEWAY_ATTACHMENT_ERROR" | "GATEWAY_DEVICE_NOT_FOUND" | "GATEWAY_DETACHMENT_DEVICE_ERROR");
+        if gone && !device.is_empty() {
+            self.attached.retain(|d| *d != device);
+            self.attaching.retain(|_, d| *d != device);
+            let prefix = format!("/devices/{device}/");
+            self.pending.retain(|_, p| !p.topic.starts_with(&prefix));
+        }
     }
 
     async fn open(&self) -> Result<Box<dyn Stream>, Failure> {

@@ -121,6 +121,9 @@ impl MqttClient {
         let mut buf = BytesMut::new();
         encode(&p, &mut buf);
         self.stream.write_all(&buf).await.unwrap();
+        // TLS may keep records back while the socket is full; a test that then only reads must
+        // not leave them there. A connection the server closed meanwhile is the test's to see.
+        let _ = self.stream.flush().await;
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {

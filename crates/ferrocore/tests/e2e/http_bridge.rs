@@ -119,6 +119,7 @@ async fn devices_publish_report_state_and_read_config_over_http() {
         call(&s, reqwest::Method::POST, &format!("{dev}:publishEvent"), Some(&token), Some(json!({"binaryData": big})))
             .await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
+    // Through a gateway that does not exist (gateways.rs covers those that do).
     let (st, body) = call(
         &s,
         reqwest::Method::POST,
@@ -127,7 +128,7 @@ async fn devices_publish_report_state_and_read_config_over_http() {
         Some(json!({"binaryData": "aGk=", "gatewayInfo": {"gatewayId": "gw"}})),
     )
     .await;
-    expect_error(st, &body, 501, "UNIMPLEMENTED");
+    expect_error(st, &body, 403, "PERMISSION_DENIED");
 
     let (st, _) = s
         .patch(&format!("{reg}?updateMask=http_config"), json!({"httpConfig": {"httpEnabledState": "HTTP_DISABLED"}}))

@@ -6,6 +6,7 @@ mod crash;
 mod device;
 mod devices;
 mod errors;
+mod gateways;
 mod grpc;
 mod hardening_files;
 mod hardening_grpc;

@@ -146,6 +146,7 @@ fn device_from_row(registry: &RegistryName, row: &SqliteRow) -> Result<Device> {
             last_error_time: ts(row.get("last_error_time")),
             last_error_status: status.as_deref().map(from_json::<Status>).transpose()?,
             config_acks: Vec::new(),
+            gateway_access: None,
         },
         config: DeviceConfig {
             version: row.get("config_version"),
@@ -580,7 +581,11 @@ impl Store for SqliteStore {
                  last_config_send_time = MAX(COALESCE(last_config_send_time, ?5), COALESCE(?5, last_config_send_time)), \
                  last_error_status = CASE WHEN ?6 IS NOT NULL AND ?6 > COALESCE(last_error_time, -1) THEN ?7 \
                                           ELSE last_error_status END, \
-                 last_error_time = MAX(COALESCE(last_error_time, ?6), COALESCE(?6, last_error_time)) \
+                 last_error_time = MAX(COALESCE(last_error_time, ?6), COALESCE(?6, last_error_time)), \
+                 last_accessed_gateway_id = CASE WHEN ?9 IS NOT NULL AND ?9 >= COALESCE(last_accessed_gateway_time, -1) \
+                                                 THEN ?10 ELSE last_accessed_gateway_id END, \
+                 last_accessed_gateway_time = \
+                     MAX(COALESCE(last_accessed_gateway_time, ?9), COALESCE(?9, last_accessed_gateway_time)) \
                  WHERE num_id = ?8",
             )
             .bind(a.last_heartbeat_time.map(|t| t.0))
@@ -591,6 +596,8 @@ impl Store for SqliteStore {
             .bind(a.last_error_time.map(|t| t.0))
             .bind(a.last_error_status.as_ref().map(to_json).transpose()?)
             .bind(num(*n))
+            .bind(a.gateway_access.as_ref().map(|g| g.time.0))
+            .bind(a.gateway_access.as_ref().map(|g| g.gateway_id.as_str().to_owned()).unwrap_or_default())
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
