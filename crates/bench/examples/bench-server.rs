@@ -3,7 +3,9 @@
 //! more than the defaults allow: IoT Core's 100 messages per second per connection, and the
 //! 18,000 connection cap. Everything else is as `ferrocore serve` does it. `--grpc ADDR` serves
 //! the gRPC listener (DeviceManager and the Pub/Sub API; TLS when a certificate is given), with
-//! `--pubsub-anonymous` as in `ferrocore serve`.
+//! `--pubsub-anonymous` as in `ferrocore serve`. `--sink 'TOPICS=URL'` (repeatable) configures
+//! external sinks exactly as `ferrocore serve --sink` does, and `--topic-retention-mb` the topic
+//! log's size cap per topic (so a benchmark's backlog is not cut by the default 1 GiB).
 //!
 //! ```sh
 //! cargo build --release -p ferrocore-bench --example bench-server
@@ -42,10 +44,18 @@ struct Args {
     /// Connections served at once per listener (Ferrocore's default: 18,000).
     #[arg(long, default_value_t = 18_000)]
     max_connections: usize,
+    /// An external sink, `TOPICS=URL`, as `ferrocore serve --sink` takes it (repeatable).
+    #[arg(long = "sink", value_name = "TOPICS=URL")]
+    sinks: Vec<String>,
+    /// The topic log's size cap per topic, MiB (Ferrocore's default: 1024).
+    #[arg(long, default_value_t = 1024)]
+    topic_retention_mb: u64,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let sinks = ferrocore_sinks::spec::parse_all(args.sinks.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!("--sink: {e}"))?;
     let config = ferrocore::server::Config {
         data_dir: args.data_dir,
         admin_token: std::env::var("FERROCORE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
@@ -54,7 +64,11 @@ fn main() -> anyhow::Result<()> {
             (Some(cert), Some(key)) => Some(ferrocore::server::TlsFiles { cert, key }),
             _ => None,
         },
-        topic_log: Default::default(),
+        topic_log: ferrocore::server::TopicLogSettings {
+            max_bytes_per_topic: args.topic_retention_mb.max(1) << 20,
+            ..Default::default()
+        },
+        sinks,
         mqtt: ferrocore_mqtt::MqttConfig {
             max_messages_per_second: args.max_messages_per_second,
             max_connections: args.max_connections,

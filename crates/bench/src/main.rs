@@ -1,7 +1,10 @@
 //! `ferrocore-bench`: a load generator for Ferrocore and for any MQTT 3.1.1 broker.
 //!
 //! Scenarios: `connect`, `telemetry`, `idle`, `command`, `api` and `pubsub` (the last three
-//! Ferrocore only; `pubsub` reads telemetry back through Google's Pub/Sub gRPC API).
+//! Ferrocore only; `pubsub` reads telemetry back through Google's Pub/Sub gRPC API), and for
+//! Ferrocore's external sinks `sink-ceiling` (a destination on its own: NATS JetStream,
+//! RabbitMQ, Redis Streams, a webhook, Pub/Sub), `sink-forward` (Ferrocore forwarding device
+//! telemetry to it) and `sink-admin` (fresh streams, queues, keys, topics).
 //! Against Ferrocore (`--broker ferrocore`) devices are provisioned through the REST API with
 //! keys made here and connect with their own JWTs, and acknowledged telemetry is looked up in the
 //! topic log; against a broker (`--broker mqtt`) clients connect anonymously and a subscriber
@@ -20,6 +23,7 @@ mod load;
 mod mqtt;
 mod pubsub;
 mod report;
+mod sink;
 mod stats;
 mod telemetry;
 mod util;
@@ -58,6 +62,14 @@ enum Scenario {
     /// Devices publish over MQTT; a back end StreamingPulls the telemetry topic's subscription
     /// over gRPC and acknowledges: rates, delivery check, publish → receive latency.
     Pubsub(pubsub::PubsubArgs),
+    /// A sink's destination on its own: the client crate Ferrocore uses publishes 100-byte
+    /// messages as fast as the destination confirms them (no Ferrocore involved).
+    SinkCeiling(sink::CeilingArgs),
+    /// Ferrocore (started with --sink) forwarding device telemetry to a destination: device
+    /// rate, rate at the destination, lag, PUBACK latency, CPU; with --outage, the catch-up.
+    SinkForward(sink::ForwardArgs),
+    /// Make a sink destination fresh, remove it, or count what it holds.
+    SinkAdmin(sink::AdminArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -162,6 +174,8 @@ pub struct Ctx {
     pub grpc: String,
     pub grpc_ca: Option<PathBuf>,
     pub tls_name: String,
+    /// Ferrocore's REST base URL (`--api`).
+    pub api_base: String,
 }
 
 impl Ctx {
@@ -244,6 +258,7 @@ async fn build_ctx(c: &Common) -> Result<Ctx> {
         grpc: c.grpc.clone(),
         grpc_ca: c.ca.clone().or_else(|| c.data_dir.as_ref().map(|d| d.join("tls").join("ca.pem"))),
         tls_name: c.tls_name.clone(),
+        api_base: c.api.clone(),
     })
 }
 
@@ -251,19 +266,35 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        // The sink destination scenarios involve no Ferrocore and no MQTT.
+        let scenario = match cli.scenario {
+            Scenario::SinkAdmin(a) => return sink::admin(a).await,
+            Scenario::SinkCeiling(a) => {
+                let report = sink::ceiling(a, cli.common.progress).await?;
+                report.print("the destination alone");
+                if let Some(path) = &cli.common.json {
+                    report.write_json(path, serde_json::json!({"label": cli.common.label}))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                return Ok(());
+            }
+            other => other,
+        };
         let ctx = build_ctx(&cli.common).await?;
         if let Some(pid) = ctx.server_pid
             && stats::sample(pid).is_none()
         {
             bail!("--server-pid {pid}: no such process readable in /proc");
         }
-        let report = match cli.scenario {
+        let report = match scenario {
             Scenario::Connect(a) => connect::run(&ctx, a).await?,
             Scenario::Telemetry(a) => telemetry::run(&ctx, a).await?,
             Scenario::Idle(a) => idle::run(&ctx, a).await?,
             Scenario::Command(a) => command::run(&ctx, a).await?,
             Scenario::Api(a) => load::run(&ctx, a).await?,
             Scenario::Pubsub(a) => pubsub::run(&ctx, a).await?,
+            Scenario::SinkForward(a) => sink::forward(&ctx, a).await?,
+            Scenario::SinkCeiling(_) | Scenario::SinkAdmin(_) => unreachable!("handled above"),
         };
         report.print(&ctx.target());
         if let Some(path) = &cli.common.json {
