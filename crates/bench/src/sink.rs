@@ -4,9 +4,10 @@
 //! * `sink-ceiling`: the destination's own ceiling. The client crate Ferrocore's sink uses
 //!   (async-nats, lapin, redis, reqwest, google-cloud-pubsub) publishes 100-byte messages to one
 //!   destination for `--duration` seconds, as fast as the destination confirms them, with the
-//!   pipelining Ferrocore's destination uses: NATS, AMQP and Pub/Sub publish a window of 1000 and
-//!   then await the 1000 confirmations; Redis sends a pipeline of 1000 `XADD`s; the webhook POSTs
-//!   one message at a time on a kept-alive connection to the receiver built in here. With
+//!   pipelining Ferrocore's destination uses, in batches of 4096 as its forwarder reads them: AMQP
+//!   and Pub/Sub publish the batch and then await its confirmations, NATS keeps up to 1024 PubAcks
+//!   outstanding within it; Redis sends a pipeline of 4096 `XADD`s; the webhook POSTs one message
+//!   at a time on a kept-alive connection to the receiver built in here. With
 //!   `--metadata ferrocore` every message also carries what Ferrocore adds to a forwarded device
 //!   message (IoT Core's attributes, `ferrocoreTopic`, `ferrocoreOffset`, NATS's `Nats-Msg-Id`,
 //!   AMQP's `message_id` and `timestamp`, the push JSON for the webhook), so the two can be
@@ -58,8 +59,15 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-/// Messages per window, as Ferrocore's forwarder reads (and its destinations pipeline) them.
+/// Messages per window, as Ferrocore's Pub/Sub destination batches its requests; also the unit
+/// the webhook's one-at-a-time POSTs are timed in.
 const WINDOW: usize = 1000;
+/// Messages per batch, as Ferrocore's forwarder reads them (its `batch_messages`): published, then
+/// confirmed, before the next batch.
+const BATCH: usize = 4096;
+/// PubAcks NATS's destination keeps outstanding within a batch: past this many, each publish
+/// first awaits the oldest ack.
+const NATS_OUTSTANDING: usize = 1024;
 /// Messages the warm-up device publishes before the measured window, so that the sink has found
 /// the topic and opened its connection when the clock starts.
 const WARMUP: u64 = 100;
@@ -231,7 +239,7 @@ async fn nats_js(server: &str) -> Result<jetstream::Context> {
         .with_context(|| format!("cannot connect to NATS at {server}"))?;
     Ok(jetstream::context::ContextBuilder::new()
         .timeout(Duration::from_secs(5))
-        .max_ack_inflight(WINDOW + 24)
+        .max_ack_inflight(NATS_OUTSTANDING + 24)
         .build(client))
 }
 
@@ -644,8 +652,14 @@ impl Publisher {
     async fn window(&mut self, m: &Messages, first: u64, n: u64) -> Result<()> {
         match self {
             Publisher::Nats { js, subject } => {
-                let mut acks = Vec::with_capacity(n as usize);
+                let mut acks: std::collections::VecDeque<jetstream::context::PublishAckFuture> =
+                    std::collections::VecDeque::with_capacity(NATS_OUTSTANDING);
                 for seq in first..first + n {
+                    if acks.len() == NATS_OUTSTANDING
+                        && let Some(ack) = acks.pop_front()
+                    {
+                        ack.await.map_err(|e| anyhow!("NATS PubAck: {e}"))?;
+                    }
                     let ack = if m.metadata == Metadata::None {
                         js.publish(subject.clone(), m.payload(seq)).await
                     } else {
@@ -656,7 +670,7 @@ impl Publisher {
                         headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{}:{seq}", m.topic));
                         js.publish_with_headers(subject.clone(), headers, m.payload(seq)).await
                     };
-                    acks.push(ack.map_err(|e| anyhow!("NATS publish: {e}"))?);
+                    acks.push_back(ack.map_err(|e| anyhow!("NATS publish: {e}"))?);
                 }
                 for ack in acks {
                     ack.await.map_err(|e| anyhow!("NATS PubAck: {e}"))?;
@@ -759,9 +773,10 @@ pub struct CeilingArgs {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
-    /// Messages published before their confirmations are awaited (Ferrocore: 1000 per batch; the
-    /// webhook is one at a time whatever this says).
-    #[arg(long, default_value_t = WINDOW)]
+    /// Messages published before their confirmations are awaited, as Ferrocore's batches (4096;
+    /// NATS keeps at most 1024 PubAcks outstanding within one; the webhook is one at a time
+    /// whatever this says).
+    #[arg(long, default_value_t = BATCH)]
     pub window: usize,
     /// What travels with each message besides the payload.
     #[arg(long, value_enum, default_value_t = Metadata::None)]
@@ -839,7 +854,14 @@ pub async fn ceiling(args: CeilingArgs, progress: f64) -> Result<Report> {
     r.row("destination", dest.describe());
     r.row("client", client_name(&dest));
     r.row("payload / metadata", format!("{} B / {:?}", args.payload, args.metadata));
-    r.row("pipelining", if window == 1 { "one at a time".to_owned() } else { format!("{window} then await") });
+    r.row(
+        "pipelining",
+        if window == 1 {
+            "one at a time".to_owned()
+        } else {
+            format!("batches of {window}, confirmed before the next")
+        },
+    );
     r.row("confirmed", thousands(seq as f64));
     r.row("msg/s (confirmed)", thousands(rate));
     r.row(format!("per {timed} messages"), latency_row(&latency));
@@ -1176,7 +1198,7 @@ pub async fn forward(ctx: &Ctx, args: ForwardArgs) -> Result<Report> {
         (Some(d), true) => {
             let mut publisher = Publisher::open(d).await?;
             let messages = Messages::new(ctx.run_id, args.payload, args.metadata);
-            let window = if d.kind() == "webhook" { 1 } else { WINDOW as u64 };
+            let window = if d.kind() == "webhook" { 1 } else { BATCH as u64 };
             let (confirmed, deadline) = (direct_confirmed.clone(), spec.deadline);
             Some(tokio::spawn(async move {
                 let mut seq = 0;

@@ -10,6 +10,8 @@
 //! * Cursors are saved by one writer for all sinks, each write a transaction over every cursor
 //!   that moved since the last; a task waits for its cursor to be saved before it sends the next
 //!   batch, so a crash re-sends at most the batch that was in flight.
+//! * The next batch is read (on its own task) while the current one is delivered and saved, so
+//!   the log's disk reads and decoding overlap the destination's round trips and the fsync.
 //! * Each task holds the log's age retention at its cursor; the size cap still applies, and what
 //!   it removed unforwarded is counted as lost and logged.
 //! * A topic without a saved cursor starts at the first message published at or after the sink
@@ -20,7 +22,7 @@ use crate::destination::{Destination, Source, Target};
 use crate::spec::SinkSpec;
 use ferrocore_core::clock::Clock;
 use ferrocore_core::sink::{SinkReport, SinkState, SinkStatus};
-use ferrocore_core::topics::{ReadFrom, RetentionHold, StoredMessage, TopicSource};
+use ferrocore_core::topics::{ReadBatch, ReadError, ReadFrom, RetentionHold, StoredMessage, TopicSource};
 use ferrocore_model::Timestamp;
 use ferrocore_model::pubsub::TopicName;
 use ferrocore_store::SinkStore;
@@ -52,7 +54,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            batch_messages: 1000,
+            batch_messages: 4096,
             batch_bytes: 4 << 20,
             poll_wait: Duration::from_secs(1),
             discover_every: Duration::from_secs(1),
@@ -307,16 +309,24 @@ async fn forward(
     let mut saved = cursor;
     let mut target: Option<Box<dyn Target>> = None;
     let mut backoff = settings.backoff_min;
+    // The next batch, read while the current one is delivered and its cursor saved.
+    let mut ahead: Option<ReadAhead> = None;
     while !shared.stopped() {
-        let read = tokio::select! {
-            r = shared.source.read(
-                topic.as_str(),
-                ReadFrom::Offset(cursor),
-                settings.batch_messages,
-                settings.batch_bytes,
-                Some(settings.poll_wait),
-            ) => r,
-            _ = stop.wait_for(|s| *s) => break,
+        let read = match ahead.take().filter(|a| a.from == cursor) {
+            Some(mut a) => tokio::select! {
+                r = &mut a.task => r.unwrap_or_else(|e| Err(ReadError::Unavailable(format!("read task failed: {e}")))),
+                _ = stop.wait_for(|s| *s) => break,
+            },
+            None => tokio::select! {
+                r = shared.source.read(
+                    topic.as_str(),
+                    ReadFrom::Offset(cursor),
+                    settings.batch_messages,
+                    settings.batch_bytes,
+                    Some(settings.poll_wait),
+                ) => r,
+                _ = stop.wait_for(|s| *s) => break,
+            },
         };
         let batch = match read {
             Ok(b) => b,
@@ -355,6 +365,9 @@ async fn forward(
             hold.advance(cursor);
             saved = cursor;
             continue;
+        }
+        if !batch.messages.is_empty() && batch.earliest_offset <= cursor {
+            ahead = Some(ReadAhead::start(&shared, &topic, batch.next_offset));
         }
         let mut pending: &[StoredMessage] = &batch.messages;
         while !pending.is_empty() {
@@ -424,6 +437,32 @@ async fn forward(
             hold.advance(cursor);
             saved = cursor;
         }
+    }
+}
+
+/// A read of the next batch running on its own task, so the log's disk read and decoding overlap
+/// the destination's round trips and the cursor's fsync. Aborted when dropped unused (a failure
+/// moved the cursor elsewhere, or the forwarder stops).
+struct ReadAhead {
+    from: u64,
+    task: JoinHandle<Result<ReadBatch, ReadError>>,
+}
+
+impl ReadAhead {
+    fn start(shared: &Shared, topic: &TopicName, from: u64) -> ReadAhead {
+        let source = shared.source.clone();
+        let name = topic.as_str().to_owned();
+        let (max, bytes, wait) =
+            (shared.settings.batch_messages, shared.settings.batch_bytes, shared.settings.poll_wait);
+        let task =
+            tokio::spawn(async move { source.read(&name, ReadFrom::Offset(from), max, bytes, Some(wait)).await });
+        ReadAhead { from, task }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

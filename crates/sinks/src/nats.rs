@@ -14,15 +14,15 @@
 //! a NATS header cannot carry (a line break, say) makes its message undeliverable rather than
 //! silently altered.
 //!
-//! Confirms are pipelined: a window of messages is published without waiting, then the PubAcks
-//! are awaited in order; the first one missing ends the batch there.
+//! Confirms are pipelined: up to a window of PubAcks is outstanding at any time, awaited in
+//! publish order; the first one missing ends the batch there.
 
 use crate::destination::{Destination, Failed, Source, Target, attributes, query_param};
 use async_nats::jetstream::{self, context::PublishErrorKind, stream::StorageType};
 use async_nats::{HeaderMap, HeaderName, HeaderValue, Subject};
 use async_trait::async_trait;
 use ferrocore_core::topics::StoredMessage;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::error::Error as _;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -247,44 +247,49 @@ struct NatsTarget {
 #[async_trait]
 impl Target for NatsTarget {
     async fn deliver(&mut self, source: &Source<'_>, batch: &[StoredMessage]) -> Result<(), Failed> {
-        let mut done = 0;
-        for window in batch.chunks(WINDOW) {
-            if let Err(failed) = self.deliver_window(source, window, done).await {
-                self.shared.evict_if_down(&self.key, self.client_id, &self.js.client()).await;
-                return Err(failed);
-            }
-            done += window.len();
+        let result = self.publish(source, batch).await;
+        if result.is_err() {
+            self.shared.evict_if_down(&self.key, self.client_id, &self.js.client()).await;
         }
-        Ok(())
+        result
     }
 }
 
 impl NatsTarget {
-    /// Publishes `window` (whose first message is number `base` of the batch) and awaits its acks.
-    async fn deliver_window(&self, source: &Source<'_>, window: &[StoredMessage], base: usize) -> Result<(), Failed> {
-        let mut acks = Vec::with_capacity(window.len());
+    /// Publishes `batch` keeping up to [`WINDOW`] PubAcks outstanding: before each publish past
+    /// the window the oldest ack is awaited, so the server always has work queued and the stream
+    /// never waits for a round trip between windows.
+    async fn publish(&self, source: &Source<'_>, batch: &[StoredMessage]) -> Result<(), Failed> {
+        let mut acks = VecDeque::with_capacity(WINDOW.min(batch.len()));
+        // Index (in `batch`) of the oldest outstanding ack.
+        let mut confirmed = 0;
         let mut stopped = None;
-        for (i, message) in window.iter().enumerate() {
+        for (i, message) in batch.iter().enumerate() {
+            if acks.len() == WINDOW
+                && let Some(ack) = acks.pop_front()
+            {
+                await_ack(ack, confirmed, self).await?;
+                confirmed += 1;
+            }
             let headers = match headers(source, message) {
                 Ok(h) => h,
                 Err(e) => {
-                    stopped = Some(Failed::permanent(base + i, e));
+                    stopped = Some(Failed::permanent(i, e));
                     break;
                 }
             };
             match self.js.publish_with_headers(self.subject.clone(), headers, message.data.clone()).await {
-                Ok(ack) => acks.push(ack),
+                Ok(ack) => acks.push_back(ack),
                 Err(e) => {
-                    stopped = Some(self.failure(base + i, &e));
+                    stopped = Some(self.failure(i, &e));
                     break;
                 }
             }
         }
         // Acks come back in publish order; the first one missing ends the confirmed prefix.
-        for (i, ack) in acks.into_iter().enumerate() {
-            if let Err(e) = ack.await {
-                return Err(self.failure(base + i, &e));
-            }
+        for ack in acks {
+            await_ack(ack, confirmed, self).await?;
+            confirmed += 1;
         }
         stopped.map_or(Ok(()), Err)
     }
@@ -314,6 +319,10 @@ impl NatsTarget {
             _ => Failed::after(index, format!("publish to {} on NATS at {} failed: {e}", self.subject, self.server)),
         }
     }
+}
+
+async fn await_ack(ack: jetstream::context::PublishAckFuture, index: usize, target: &NatsTarget) -> Result<(), Failed> {
+    ack.await.map(drop).map_err(|e| target.failure(index, &e))
 }
 
 /// The NATS headers of one message; an attribute that cannot be a header makes the message

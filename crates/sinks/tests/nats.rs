@@ -69,25 +69,26 @@ async fn delivers_a_batch_in_order_with_headers_and_deduplicates_resends() {
     let url = format!("nats://{ADDR}/{subject}?stream={stream}");
     let topic = Topic::new(&suffix);
     let dest = configure(&url);
-    let batch = messages(1000, 500);
+    let batch = messages(1000, 3000);
 
     let mut target = open(&*dest, &url, &topic).await.expect("open creates the stream");
     let js = jetstream_at(ADDR).await;
     assert_eq!(stream_count(&js, &stream).await, 0, "open created the stream, empty");
 
+    // More than the 1024 PubAcks the target keeps outstanding, so the window slides.
     let started = Instant::now();
     deliver(&mut *target, &topic, &batch).await.expect("deliver");
-    eprintln!("500 messages confirmed in {:?}", started.elapsed());
-    assert_eq!(stream_count(&js, &stream).await, 500);
+    eprintln!("3000 messages confirmed in {:?}", started.elapsed());
+    assert_eq!(stream_count(&js, &stream).await, 3000);
 
     // Re-sending what was already confirmed (the forwarder does after a crash) is dropped by the
     // stream's duplicate window, on a new target as on the old one.
     deliver(&mut *target, &topic, &batch[..100]).await.expect("re-deliver");
     let mut reopened = open(&*dest, &url, &topic).await.expect("reopen uses the existing stream");
     deliver(&mut *reopened, &topic, &batch).await.expect("re-deliver after reopen");
-    assert_eq!(stream_count(&js, &stream).await, 500, "duplicates dropped");
+    assert_eq!(stream_count(&js, &stream).await, 3000, "duplicates dropped");
 
-    let got = read_stream(&js, &stream, 500).await;
+    let got = read_stream(&js, &stream, 3000).await;
     for (sent, got) in batch.iter().zip(&got) {
         check_copy(&topic, &subject, sent, got);
     }
@@ -136,16 +137,17 @@ async fn a_message_over_max_payload_is_permanent_after_the_confirmed_prefix() {
     let dest = configure(&url);
     let mut target = open(&*dest, &url, &topic).await.expect("open");
     let max_payload = async_nats::connect(ADDR).await.expect("connect").server_info().max_payload;
-    let mut batch = messages(0, 4);
-    batch[2].data = bytes::Bytes::from(vec![b'x'; max_payload + 1]);
+    // Past the 1024 outstanding PubAcks, so the confirmed prefix spans a slid window.
+    let mut batch = messages(0, 2000);
+    batch[1500].data = bytes::Bytes::from(vec![b'x'; max_payload + 1]);
 
     let failed = deliver(&mut *target, &topic, &batch).await.expect_err("too large");
-    assert_eq!((failed.delivered, failed.permanent), (2, true), "{}", failed.error);
+    assert_eq!((failed.delivered, failed.permanent), (1500, true), "{}", failed.error);
     let js = jetstream_at(ADDR).await;
-    assert_eq!(stream_count(&js, &stream).await, 2);
+    assert_eq!(stream_count(&js, &stream).await, 1500);
     // The forwarder skips it and goes on with the rest.
-    deliver(&mut *target, &topic, &batch[3..]).await.expect("the rest");
-    assert_eq!(stream_count(&js, &stream).await, 3);
+    deliver(&mut *target, &topic, &batch[1501..]).await.expect("the rest");
+    assert_eq!(stream_count(&js, &stream).await, 1999);
     js.delete_stream(&stream).await.expect("clean up");
 }
 
