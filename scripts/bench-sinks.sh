@@ -4,8 +4,9 @@
 #   ceiling        the destination on its own: ferrocore-bench sink-ceiling publishes 100-byte
 #                  messages with the client crate Ferrocore uses (async-nats, lapin, redis,
 #                  reqwest, google-cloud-pubsub) as fast as the destination confirms them, with
-#                  the pipelining Ferrocore's destination uses (1000 then await; Redis: pipelines
-#                  of 1000; webhook: one POST at a time to the bench's receiver). Twice: the bare
+#                  the pipelining Ferrocore's destination uses (batches of 4096 confirmed before
+#                  the next, NATS with at most 1024 PubAcks outstanding; Redis: pipelines of 4096;
+#                  webhook: one POST at a time to the bench's receiver). Twice: the bare
 #                  payload, and the payload with Ferrocore's metadata (like for like).
 #   direct         the same client publishing directly while 50 devices publish at full speed to a
 #                  Ferrocore without sinks: the destination's ceiling on a machine as busy as when
