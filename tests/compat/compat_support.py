@@ -40,6 +40,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 AUTH_FIXTURES = REPO_ROOT / "crates" / "auth" / "tests" / "fixtures"
 
+# IoT Core allowed one config update per second per device, measured from the last one accepted
+# (RESOURCE_EXHAUSTED beyond it, which Google's clients retry). Tests that update the same
+# device's config again wait this long first.
+CONFIG_UPDATE_INTERVAL_S = 1.05
+
+
+def wait_for_config_slot() -> None:
+    """Waits until the same device's config may be updated again (one update per second)."""
+    time.sleep(CONFIG_UPDATE_INTERVAL_S)
+
 # IoT Core only ever had these regions; use one of them so a stricter server still accepts it.
 LOCATION = "us-central1"
 

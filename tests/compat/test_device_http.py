@@ -25,6 +25,7 @@ from compat_support import (
     make_device_key,
     read_topic,
     unique,
+    wait_for_config_slot,
 )
 
 ALGORITHMS = ("RS256", "ES256")
@@ -207,6 +208,7 @@ def test_get_config_with_local_version(rest, fx, base_url):
 
     modify = f"v1/{d.device['name']}:modifyCloudToDeviceConfig"
     rest.ok(rest.post(modify, {"binaryData": b64(b"v2")}))
+    wait_for_config_slot()
     rest.ok(rest.post(modify, {"binaryData": b64(URL_SAFE_MATTERS)}))
 
     for local in (0, 1, 2):

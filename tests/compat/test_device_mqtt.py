@@ -32,6 +32,7 @@ from compat_support import (
     read_topic,
     unique,
     wait_for,
+    wait_for_config_slot,
 )
 
 
@@ -296,6 +297,7 @@ def test_config_arrives_on_subscribe_and_on_every_update(rest, fx, connect):
     first = dev.next_message()
     assert (first.topic, first.payload, first.qos) == (f"/devices/{did}/config", b"version two", 1)
 
+    wait_for_config_slot()
     updated = rest.ok(rest.post(modify, {"binaryData": b64(b"\x00version three\xff")}))
     assert updated["version"] == "3"
     pushed = dev.next_message()
@@ -321,6 +323,7 @@ def test_config_arrives_on_subscribe_and_on_every_update(rest, fx, connect):
 
     # Once unsubscribed, new versions are no longer pushed.
     dev.unsubscribe(f"/devices/{did}/config")
+    wait_for_config_slot()
     rest.ok(rest.post(modify, {"binaryData": b64(b"version four")}))
     dev.no_message(within=0.5)
 

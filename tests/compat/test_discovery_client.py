@@ -27,6 +27,7 @@ from compat_support import (
     same_pem,
     self_signed_cert_pem,
     unique,
+    wait_for_config_slot,
 )
 
 
@@ -252,6 +253,7 @@ def test_device_flow_like_the_manager_sample(registries, parent):
     ).execute()
     assert cfg["version"] == "2"
     assert b64decode_std(cfg["binaryData"]) == payload
+    wait_for_config_slot()
     cfg = devices.modifyCloudToDeviceConfig(
         name=f"{reg_name}/devices/{es['numId']}", body={"versionToUpdate": "0", "binaryData": b64url(b"three")}
     ).execute()

@@ -48,6 +48,7 @@ from compat_support import (
     same_pem,
     self_signed_cert_pem,
     unique,
+    wait_for_config_slot,
 )
 
 
@@ -733,6 +734,7 @@ def test_cloud_to_device_config_versions(client, parent, expect_error):
     assert "device_ack_time" not in v2
 
     # Compare-and-set against the current version succeeds...
+    wait_for_config_slot()
     v3 = client.modify_cloud_to_device_config(
         request={"name": dev.name, "version_to_update": 2, "binary_data": b"third"}
     )
@@ -747,6 +749,7 @@ def test_cloud_to_device_config_versions(client, parent, expect_error):
 
     # The numeric id addresses the same device.
     by_num = f"{reg.name}/devices/{dev.num_id}"
+    wait_for_config_slot()
     v4 = client.modify_cloud_to_device_config(name=by_num, binary_data=b"")
     assert v4.version == 4 and v4.binary_data == b""
 
@@ -765,6 +768,8 @@ def test_config_history_keeps_ten_versions(client, parent):
     reg = new_registry(client, parent)
     dev = new_device(client, reg)
     for i in range(2, 14):
+        if i > 2:
+            wait_for_config_slot()
         client.modify_cloud_to_device_config(name=dev.name, binary_data=f"v{i}".encode())
     history = client.list_device_config_versions(name=dev.name).device_configs
     assert [c.version for c in history] == list(range(13, 3, -1))
@@ -857,3 +862,37 @@ def test_iam_methods_are_not_implemented(server, client, other_client, parent):
         assert error_report(exc.value).status == "UNIMPLEMENTED", method
     # Nothing about the registry changed.
     assert client.get_device_registry(name=reg.name) == reg
+
+
+# --- the reference's rules (issue 12) ------------------------------------------------------------
+
+def test_config_updates_are_limited_to_one_per_second_per_device(client, parent, expect_error):
+    reg = new_registry(client, parent)
+    dev = new_device(client, reg)
+    client.modify_cloud_to_device_config(name=dev.name, binary_data=b"first")
+    # Google's clients retry RESOURCE_EXHAUSTED on this call; without the retry it shows.
+    with expect_error("RESOURCE_EXHAUSTED") as exc:
+        client.modify_cloud_to_device_config(name=dev.name, binary_data=b"too soon", retry=None)
+    assert exc.value.code == 429
+    # A stale version is told as such whatever the rate.
+    with expect_error("FAILED_PRECONDITION"):
+        client.modify_cloud_to_device_config(
+            request={"name": dev.name, "version_to_update": 1, "binary_data": b"stale"}, retry=None
+        )
+    wait_for_config_slot()
+    assert client.modify_cloud_to_device_config(name=dev.name, binary_data=b"later", retry=None).version == 3
+
+
+def test_a_gateway_with_bound_devices_is_deleted_once_they_are_unbound(client, parent, expect_error):
+    reg = new_registry(client, parent)
+    gateway = new_device(client, reg, gateway_config=GATEWAY)
+    leaf = new_device(client, reg, gateway_config=NON_GATEWAY)
+    client.bind_device_to_gateway(parent=reg.name, gateway_id=gateway.id, device_id=leaf.id)
+    with expect_error("FAILED_PRECONDITION") as exc:
+        client.delete_device(name=gateway.name)
+    assert exc.value.code == 400
+    assert client.get_device(name=gateway.name).id == gateway.id
+    client.unbind_device_from_gateway(parent=reg.name, gateway_id=gateway.id, device_id=leaf.id)
+    client.delete_device(name=gateway.name)
+    with expect_error("NOT_FOUND"):
+        client.get_device(name=gateway.name)

@@ -49,6 +49,7 @@ from compat_support import (
     rsa_public_pem,
     self_signed_cert_pem,
     unique,
+    wait_for_config_slot,
 )
 
 # Chosen once for the module and used by both runs; the runs differ only by project.
@@ -422,9 +423,10 @@ STEPS = [
     ),
     Step(
         "modify config with the current version_to_update",
-        lambda r: r.client.modify_cloud_to_device_config(
+        # One config update per second per device: wait out the one before.
+        lambda r: (wait_for_config_slot(), r.client.modify_cloud_to_device_config(
             request={"name": r.by_num("device"), "version_to_update": 2, "binary_data": b""}
-        ),
+        ))[1],
     ),
     Step("list config versions", lambda r: r.client.list_device_config_versions(name=r.device(DEVICE_ID))),
     Step(

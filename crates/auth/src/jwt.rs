@@ -57,10 +57,29 @@ pub struct VerificationKey {
 impl VerificationKey {
     /// Parses every credential (skipping ones that fail to parse) — credentials were validated at write time.
     pub fn from_credentials(creds: &[DeviceCredential]) -> Vec<VerificationKey> {
+        Self::collect(creds, None)
+    }
+
+    /// As [`VerificationKey::from_credentials`], leaving out X.509 credentials whose certificate
+    /// is not valid at `now` (before its notBefore or after its notAfter). IoT Core did not look
+    /// at these dates; a server may choose to (`--enforce-certificate-validity`).
+    pub fn from_credentials_valid_at(creds: &[DeviceCredential], now: Timestamp) -> Vec<VerificationKey> {
+        Self::collect(creds, Some(now))
+    }
+
+    fn collect(creds: &[DeviceCredential], certificates_valid_at: Option<Timestamp>) -> Vec<VerificationKey> {
         creds
             .iter()
             .filter_map(|cred| {
                 let key = check_device_key(cred.public_key.format, &cred.public_key.key).ok()?;
+                if let (Some(now), Some(cert)) = (certificates_valid_at, &key.certificate) {
+                    let d = &cert.details;
+                    let started = d.start_time.is_none_or(|t| t <= now);
+                    let unexpired = d.expiry_time.is_none_or(|t| now <= t);
+                    if !(started && unexpired) {
+                        return None;
+                    }
+                }
                 Some(VerificationKey {
                     algorithm: key.algorithm,
                     public_key: key.public_key,

@@ -2,7 +2,7 @@
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_str!(concat!("../tests/fixtures/", $name))
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $name))
     };
 }
 pub(crate) use fixture;

@@ -10,7 +10,7 @@ use crate::sink::{Message, SinkError};
 use crate::{Code, Core, Error, Result};
 use bytes::Bytes;
 use ferrocore_auth::jwt::{JwtError, JwtRules, VerificationKey, VerifiedJwt, verify_device_jwt};
-use ferrocore_model::limits::{MAX_STATE_BYTES, MAX_TELEMETRY_BYTES};
+use ferrocore_model::limits::{MAX_STATE_BYTES, MAX_TELEMETRY_BYTES, check_subfolder};
 use ferrocore_model::{
     ConfigAck, Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceState, HttpState, MqttState, NumId,
     Registry, RegistryName, Status, Timestamp,
@@ -118,6 +118,7 @@ impl Core {
             return Err(AuthFailure::NotAuthorized("the device is blocked".into()));
         }
         let verified = self.verify_token(&device, token)?;
+        self.inner.device_log.note_level(device.num_id, device.log_level);
         Ok(AuthenticatedDevice {
             registry: name.registry.clone(),
             is_gateway: device.gateway_config.gateway_type.is_gateway(),
@@ -131,7 +132,11 @@ impl Core {
     /// Checks a JWT against the device's unexpired credentials, with the project as audience: the
     /// rules of a device CONNECT password.
     pub(crate) fn verify_token(&self, device: &Device, token: &str) -> std::result::Result<VerifiedJwt, AuthFailure> {
-        let keys = VerificationKey::from_credentials(&device.credentials);
+        let keys = if self.inner.settings.enforce_certificate_validity {
+            VerificationKey::from_credentials_valid_at(&device.credentials, self.now())
+        } else {
+            VerificationKey::from_credentials(&device.credentials)
+        };
         let project = device.registry.parent.project.as_str();
         verify_device_jwt(token, project, &keys, self.now(), &JwtRules::default()).map_err(|e| match e {
             JwtError::TooLong
@@ -178,11 +183,16 @@ impl Core {
     /// messages in flight this way and still acknowledge them in order.
     pub async fn submit_event(&self, dev: &AuthenticatedDevice, subfolder: &str, data: Bytes) -> Result<Delivery> {
         if data.len() > MAX_TELEMETRY_BYTES {
-            return Err(Error::invalid(
-                "binary_data",
-                format!("The telemetry message is {} bytes; the limit is {MAX_TELEMETRY_BYTES} bytes.", data.len()),
+            return Err(self.device_refused(
+                dev,
+                Error::invalid(
+                    "binary_data",
+                    format!("The telemetry message is {} bytes; the limit is {MAX_TELEMETRY_BYTES} bytes.", data.len()),
+                ),
             ));
         }
+        // The same rules for MQTT's `/events/{subfolder}` and the HTTP bridge's `subFolder`.
+        check_subfolder("sub_folder", subfolder).map_err(|e| self.device_refused(dev, e.into()))?;
         let now = self.now();
         let registry = self.cached_registry(&dev.registry).await?;
         let Some(topic) = route_event(&registry, subfolder) else {
@@ -220,14 +230,18 @@ impl Core {
     /// Queues a reported state for storage; the [`Delivery`] resolves once it is stored.
     pub async fn submit_state(&self, dev: &AuthenticatedDevice, data: Bytes) -> Result<Delivery> {
         if data.len() > MAX_STATE_BYTES {
-            return Err(Error::invalid(
-                "state.binary_data",
-                format!("The state is {} bytes; the limit is {MAX_STATE_BYTES} bytes.", data.len()),
+            return Err(self.device_refused(
+                dev,
+                Error::invalid(
+                    "state.binary_data",
+                    format!("The state is {} bytes; the limit is {MAX_STATE_BYTES} bytes.", data.len()),
+                ),
             ));
         }
         let now = self.now();
         if !self.inner.state_rate.allow(dev.num_id, now) {
-            return Err(Error::new(Code::ResourceExhausted, "A device may report its state at most once per second."));
+            let e = Error::new(Code::ResourceExhausted, "A device may report its state at most once per second.");
+            return Err(self.device_refused(dev, e));
         }
         let stored = self
             .inner
@@ -297,6 +311,13 @@ impl Core {
     pub fn heartbeat(&self, dev: &AuthenticatedDevice) {
         let a = DeviceActivity { last_heartbeat_time: Some(self.now()), ..Default::default() };
         self.inner.activity.record(dev.num_id, &a);
+    }
+
+    /// Records a refused publish or state on the device (`lastErrorStatus`, batched) and returns
+    /// the error for the bridge to answer with.
+    fn device_refused(&self, dev: &AuthenticatedDevice, e: Error) -> Error {
+        self.record_device_error(dev.num_id, &e);
+        e
     }
 
     /// Records an error in the device's `lastErrorStatus` / `lastErrorTime`.

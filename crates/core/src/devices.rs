@@ -242,6 +242,7 @@ impl Core {
     pub async fn update_device(&self, name: &DeviceName, input: DeviceInput, update_mask: &str) -> Result<Device> {
         let fields = parse_device_update_mask(update_mask)?;
         let mut device = self.get_device(name).await?;
+        let old_credentials = device.credentials.clone();
         if !input.id.is_empty() && input.id != device.id.as_str() {
             return Err(Error::invalid("device.id", "The device id cannot be changed."));
         }
@@ -275,8 +276,14 @@ impl Core {
         };
         match self.inner.store.update_device(device.num_id, &update).await {
             Ok(()) => {
+                self.inner.device_log.note_level(device.num_id, device.log_level);
                 if device.blocked {
                     self.inner.presence.kick(device.num_id, None, presence::Reason::Blocked);
+                } else if device.credentials != old_credentials {
+                    // A session lives on the token a replaced key signed: it goes at once, and
+                    // the device reconnects with what its credentials are now. A gateway's
+                    // connection closing detaches every device it carried.
+                    self.inner.presence.kick(device.num_id, None, presence::Reason::CredentialsChanged);
                 }
                 Ok(device)
             }
@@ -285,8 +292,27 @@ impl Core {
         }
     }
 
+    /// Deletes a device, disconnecting it. A gateway that still has bound devices is refused
+    /// (FAILED_PRECONDITION) until they are unbound; a device bound to gateways is deleted with
+    /// its bindings.
     pub async fn delete_device(&self, name: &DeviceName) -> Result<()> {
         let device = self.get_device(name).await?;
+        if device.gateway_config.gateway_type.is_gateway() {
+            let bound = DeviceQuery {
+                registry: name.registry.clone(),
+                device_ids: Vec::new(),
+                num_ids: Vec::new(),
+                gateway: GatewayFilter::BoundTo(device.num_id),
+                after: None,
+                limit: 1,
+            };
+            if !self.inner.store.list_devices(&bound).await.map_err(storage)?.is_empty() {
+                return Err(Error::failed_precondition(format!(
+                    "The gateway '{}' still has devices bound to it; unbind them before deleting it.",
+                    device.id
+                )));
+            }
+        }
         match self.inner.store.delete_device(device.num_id).await {
             Ok(()) => {
                 self.inner.presence.kick(device.num_id, None, presence::Reason::Deleted);
@@ -311,14 +337,34 @@ impl Core {
         check_config_size("binary_data", &data)?;
         let device = self.get_device(name).await?;
         let expected = (version_to_update != 0).then_some(version_to_update);
-        match self.inner.store.modify_config(device.num_id, expected, &data, self.now()).await {
+        let mismatch = |current: i64| {
+            Error::failed_precondition(format!(
+                "The config version to update ({version_to_update}) does not match the current version ({current}) of device '{name}'."
+            ))
+        };
+        // A stale version is told as such whatever the rate (the store checks again below).
+        if expected.is_some_and(|v| v != device.config.version) {
+            return Err(mismatch(device.config.version));
+        }
+        let now = self.now();
+        // One update per second per device, from the last one the server accepted; a refused
+        // write gives its slot back.
+        let Some(slot) = self.inner.config_rate.acquire(device.num_id, now) else {
+            return Err(Error::new(
+                Code::ResourceExhausted,
+                format!("The config of device '{}' may be updated at most once per second; retry later.", device.id),
+            ));
+        };
+        let result = self.inner.store.modify_config(device.num_id, expected, &data, now).await;
+        if !matches!(result, Ok(ConfigUpdate::Applied(_))) {
+            self.inner.config_rate.release(slot);
+        }
+        match result {
             Ok(ConfigUpdate::Applied(config)) => {
                 self.inner.presence.push_config(device.num_id, config.clone());
                 Ok(config)
             }
-            Ok(ConfigUpdate::VersionMismatch { current }) => Err(Error::failed_precondition(format!(
-                "The config version to update ({version_to_update}) does not match the current version ({current}) of device '{name}'."
-            ))),
+            Ok(ConfigUpdate::VersionMismatch { current }) => Err(mismatch(current)),
             Err(StoreError::NotFound) => Err(device_not_found(name)),
             Err(e) => Err(storage(e)),
         }
@@ -453,7 +499,7 @@ mod tests {
     #[tokio::test]
     async fn a_command_to_a_session_that_does_not_drain_its_queue_times_out() {
         let timeout = Duration::from_millis(200);
-        let f = Fixture::new(Settings { command_ack_timeout: timeout }).await;
+        let f = Fixture::new(Settings { command_ack_timeout: timeout, ..Settings::default() }).await;
         let presence = f.core.presence();
         let (handle, _link) = presence.attach(f.device.num_id);
         handle.commands.store(true, Ordering::Release);
@@ -475,9 +521,12 @@ mod tests {
     /// batched with device activity; reads see it before the flush.
     #[tokio::test]
     async fn config_acknowledgements_are_batched_and_visible_at_once() {
-        let f = Fixture::new(Settings::default()).await;
+        let clock = std::sync::Arc::new(crate::clock::ManualClock::new(ferrocore_model::Timestamp::now()));
+        let f = Fixture::with_clock(Settings::default(), clock.clone()).await;
         for data in [b"two", b"six"] {
             f.core.modify_config(&f.name(), 0, data.to_vec()).await.unwrap();
+            // One config update per second per device.
+            clock.advance(Duration::from_secs(1));
         }
         let dev = f.authenticated();
         f.core.config_acked(&dev, 2);

@@ -189,6 +189,7 @@ impl Core {
         let access = GatewayAccess { gateway_id: gw.id.clone(), time: self.now() };
         self.inner.activity.record(dev.num_id, &DeviceActivity { gateway_access: Some(access), ..Default::default() });
         let token = verified.unwrap_or_else(|| vouch.clone());
+        self.inner.device_log.note_level(dev.num_id, dev.log_level);
         Ok(AuthenticatedDevice {
             token_deadline: token.deadline(&ferrocore_auth::jwt::JwtRules::default()),
             token,

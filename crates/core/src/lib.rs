@@ -11,17 +11,23 @@
 //! * [`sink`]: the contract of telemetry destinations.
 //! * [`topics`]: the read side of telemetry topics.
 //! * [`paging`]: opaque keyset page tokens.
+//! * [`device_log`]: device activity logs at each device's `logLevel`, batched into the store.
+//! * [`rate`]: the per-device rate limits (config updates, states), in memory.
 //! * [`clock`]: the injected clock.
 
 pub mod activity;
 pub mod bridge;
 pub mod clock;
+pub mod device_log;
 pub mod devices;
 pub mod error;
 pub mod gateways;
 pub mod paging;
 pub mod presence;
+pub mod rate;
 pub mod registries;
+#[cfg(test)]
+mod rules_tests;
 pub mod sink;
 mod states;
 #[cfg(test)]
@@ -49,12 +55,16 @@ struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     activity: Arc<ActivityBuffer>,
+    device_log: Arc<device_log::DeviceLog>,
     presence: Presence,
     sink: Arc<dyn Sink>,
     /// Registries by name, for per-message routing; registry writes invalidate entries.
     registries: RwLock<RegistryCache>,
     states: states::StateWriter,
-    state_rate: states::StateRate,
+    /// Reported states: one per second per device.
+    state_rate: rate::PerDeviceRate,
+    /// modifyCloudToDeviceConfig: one per second per device.
+    config_rate: rate::PerDeviceRate,
     settings: Settings,
 }
 
@@ -73,11 +83,15 @@ pub struct Settings {
     /// How long sendCommandToDevice waits for a QoS 1 acknowledgement before DEADLINE_EXCEEDED
     /// (IoT Core's backend deadline was 60 s).
     pub command_ack_timeout: std::time::Duration,
+    /// Refuse, at connect, a device whose X.509 certificate credential is outside its notBefore /
+    /// notAfter (`--enforce-certificate-validity`). Off by default: IoT Core enforced only the
+    /// credential's `expirationTime`, and fleets run on self-signed certificates long expired.
+    pub enforce_certificate_validity: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { command_ack_timeout: std::time::Duration::from_secs(60) }
+        Self { command_ack_timeout: std::time::Duration::from_secs(60), enforce_certificate_validity: false }
     }
 }
 
@@ -95,17 +109,20 @@ impl Core {
         settings: Settings,
     ) -> Self {
         let activity = Arc::new(ActivityBuffer::new(store.clone()));
+        let device_log = Arc::new(device_log::DeviceLog::new(store.clone(), device_log::BUFFER_CAPACITY));
         let states = states::StateWriter::spawn(store.clone());
         Self {
             inner: Arc::new(Inner {
                 store,
                 clock,
                 activity,
+                device_log,
                 presence: Presence::default(),
                 sink,
                 registries: RwLock::new(RegistryCache::default()),
                 states,
-                state_rate: states::StateRate::default(),
+                state_rate: rate::PerDeviceRate::per_second(),
+                config_rate: rate::PerDeviceRate::per_second(),
                 settings,
             }),
         }

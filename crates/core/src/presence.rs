@@ -43,6 +43,10 @@ pub enum Reason {
     Deleted,
     /// Unbound from the gateway it was attached through.
     Unbound,
+    /// Its credentials were replaced: the key that let it in may be gone.
+    CredentialsChanged,
+    /// Its registry disabled the bridge it came through.
+    BridgeDisabled,
 }
 
 impl Reason {
@@ -53,6 +57,8 @@ impl Reason {
             Reason::Blocked => "Device detached because it was blocked.",
             Reason::Deleted => "Device detached because it was deleted.",
             Reason::Unbound => "Device detached because it was unbound from the gateway.",
+            Reason::CredentialsChanged => "Device detached because its credentials were changed.",
+            Reason::BridgeDisabled => "Device detached because MQTT was disabled for its registry.",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Registry use cases: create, get, list, patch, delete.
 
 use crate::error::storage;
-use crate::{Code, Core, Error, Result, paging};
+use crate::{Code, Core, Error, Result, paging, presence};
 use ferrocore_auth::credentials::parse_ca_certificate;
 use ferrocore_model::limits::{self, MAX_REGISTRY_CREDENTIALS};
 use ferrocore_model::mask::{RegistryUpdateField, parse_registry_update_mask};
@@ -9,7 +9,7 @@ use ferrocore_model::{
     EventNotificationConfig, HttpState, LocationName, LogLevel, MqttState, PublicKeyCertificateFormat, Registry,
     RegistryCredential, RegistryId, RegistryName, StateNotificationConfig,
 };
-use ferrocore_store::{RegistryDelete, StoreError};
+use ferrocore_store::{DeviceQuery, GatewayFilter, RegistryDelete, StoreError};
 
 /// The user-settable fields of a registry.
 #[derive(Debug, Clone, Default)]
@@ -154,6 +154,7 @@ impl Core {
         }
         check_fields(&mut input.fields)?;
         let mut registry = self.get_registry(name).await?;
+        let mqtt_was_enabled = registry.mqtt_state != MqttState::Disabled;
         let f = input.fields;
         for field in fields {
             match field {
@@ -172,9 +173,51 @@ impl Core {
         let result = self.inner.store.update_registry(&registry).await;
         self.forget_registry(name);
         match result {
-            Ok(()) => Ok(registry),
+            Ok(()) => {
+                // Disabling MQTT ends the registry's live MQTT sessions at once (new ones are
+                // refused at CONNECT, as HTTP requests are refused from now on). Its CA
+                // credentials changing ends nothing: existing devices keep connecting.
+                if mqtt_was_enabled
+                    && registry.mqtt_state == MqttState::Disabled
+                    && let Err(e) = self.disconnect_registry(name).await
+                {
+                    // The update is made and new connections are refused; sessions the failed
+                    // read did not reach end when their token does.
+                    tracing::error!(registry = %name, error = %e.message, "could not disconnect the registry's devices");
+                }
+                Ok(registry)
+            }
             Err(StoreError::NotFound) => Err(registry_not_found(name)),
             Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Ends the presence on this node of every device of the registry: their connections close,
+    /// devices attached through a gateway are detached. Pages through the registry's devices
+    /// (ids only matter), so it costs one read per thousand devices and nothing per message.
+    async fn disconnect_registry(&self, name: &RegistryName) -> Result<()> {
+        const PAGE: u32 = 1000;
+        if self.inner.presence.is_empty() {
+            return Ok(());
+        }
+        let mut after = None;
+        loop {
+            let query = DeviceQuery {
+                registry: name.clone(),
+                device_ids: Vec::new(),
+                num_ids: Vec::new(),
+                gateway: GatewayFilter::All,
+                after,
+                limit: PAGE,
+            };
+            let devices = self.inner.store.list_devices(&query).await.map_err(storage)?;
+            for d in &devices {
+                self.inner.presence.kick(d.num_id, None, presence::Reason::BridgeDisabled);
+            }
+            if devices.len() < PAGE as usize {
+                return Ok(());
+            }
+            after = devices.last().map(|d| d.id.clone());
         }
     }
 

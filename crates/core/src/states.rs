@@ -1,13 +1,12 @@
-//! Reported states on their way to the store: a group-committing writer, and the per-device rate
-//! limit (one state per second).
+//! Reported states on their way to the store: a group-committing writer. (Their per-device rate
+//! limit, one state per second, is a [`crate::rate::PerDeviceRate`].)
 //!
 //! Each report waits until its state is durable, but concurrent reports share one transaction, so
 //! a busy fleet costs one database write per batch, not per message.
 
-use ferrocore_model::{DeviceState, NumId, Timestamp};
+use ferrocore_model::{DeviceState, NumId};
 use ferrocore_store::{Store, StoreError};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 type Pending = (NumId, DeviceState, oneshot::Sender<Result<(), String>>);
@@ -46,24 +45,5 @@ impl StateWriter {
         let gone = || StoreError::Backend("the state writer stopped".into());
         self.tx.send((device, state, done)).await.map_err(|_| gone())?;
         Ok(async move { stored.await.map_err(|_| gone())?.map_err(StoreError::Backend) })
-    }
-}
-
-/// At most one state per device per second, counted from the last accepted one.
-#[derive(Default)]
-pub(crate) struct StateRate {
-    last: Mutex<HashMap<NumId, Timestamp>>,
-}
-
-impl StateRate {
-    pub(crate) fn allow(&self, device: NumId, now: Timestamp) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        match last.get(&device) {
-            Some(prev) if now.0 - prev.0 < 1_000_000_000 => false,
-            _ => {
-                last.insert(device, now);
-                true
-            }
-        }
     }
 }

@@ -131,6 +131,22 @@ impl Store for GatedStore {
     async fn unbind(&self, gateway: NumId, device: NumId) -> Result<bool> {
         self.inner.unbind(gateway, device).await
     }
+    async fn append_device_logs(
+        &self,
+        entries: &[ferrocore_store::DeviceLogEntry],
+        now: Timestamp,
+    ) -> Result<Vec<u64>> {
+        self.inner.append_device_logs(entries, now).await
+    }
+    async fn list_device_logs(
+        &self,
+        query: &ferrocore_store::DeviceLogQuery,
+    ) -> Result<Vec<ferrocore_store::DeviceLogEntry>> {
+        self.inner.list_device_logs(query).await
+    }
+    async fn prune_device_logs(&self, before: Timestamp, keep: u64) -> Result<u64> {
+        self.inner.prune_device_logs(before, keep).await
+    }
 }
 
 /// A core over a fresh SQLite store (behind a [`GatedStore`]) with one registry `reg` and one
@@ -145,16 +161,17 @@ pub(crate) struct Fixture {
 
 impl Fixture {
     pub(crate) async fn new(settings: crate::Settings) -> Self {
+        Self::with_clock(settings, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// As [`Fixture::new`], on `clock` (a [`crate::clock::ManualClock`] for tests that move time).
+    pub(crate) async fn with_clock(settings: crate::Settings, clock: Arc<dyn crate::clock::Clock>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sqlite: Arc<dyn Store> =
             Arc::new(ferrocore_store::sqlite::SqliteStore::open(&dir.path().join("db")).await.unwrap());
         let store = Arc::new(GatedStore::new(sqlite.clone()));
-        let core = crate::Core::with_settings(
-            store.clone(),
-            Arc::new(crate::clock::SystemClock),
-            Arc::new(crate::sink::MemorySink::default()),
-            settings,
-        );
+        let core =
+            crate::Core::with_settings(store.clone(), clock, Arc::new(crate::sink::MemorySink::default()), settings);
         let parent = LocationName::parse_field("p", "projects/p/locations/l").unwrap();
         let reg = core
             .create_registry(&parent, crate::registries::RegistryInput { id: "reg".into(), ..Default::default() })

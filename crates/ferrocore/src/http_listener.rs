@@ -43,7 +43,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             accepted = listener.accept() => {
                 let Some((tcp, peer)) = net::accepted(accepted, "http").await else { continue };
                 let Some(slot) = cap.admit(peer) else { continue };
-                connections.spawn(connection(tcp, app.clone(), limits.clone(), close_rx.clone(), slot));
+                connections.spawn(connection(tcp, peer, app.clone(), limits.clone(), close_rx.clone(), slot));
             }
         }
     }
@@ -55,6 +55,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
 
 async fn connection(
     tcp: TcpStream,
+    peer: std::net::SocketAddr,
     app: Router,
     limits: Limits,
     mut close: watch::Receiver<bool>,
@@ -63,7 +64,9 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let phase = Arc::new(Phase::new(limits.http_header_timeout, limits.http_idle_timeout));
     let io = TokioIo::new(Timed::new(tcp, phase.clone(), limits.http_idle_timeout));
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        // The client's address, as axum's `ConnectInfo` (the device bridge logs it).
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         let busy = Busy::begin(phase.clone());
         let mut app = app.clone();
         async move {

@@ -65,6 +65,16 @@ struct ServeArgs {
     /// Seconds between flushes of batched device activity (last heartbeat, event, state times).
     #[arg(long, default_value_t = 1.0)]
     activity_flush_seconds: f64,
+    /// Hours device activity log entries are kept (see docs/activity-logs.md).
+    #[arg(long, default_value_t = 168.0)]
+    log_retention_hours: f64,
+    /// Device activity log entries kept at most, over all registries; the oldest go first.
+    #[arg(long, default_value_t = 10_000_000)]
+    log_max_entries: u64,
+    /// Also publish every device activity log entry to this topic (`projects/P/topics/T`), and so
+    /// to its subscribers and sinks.
+    #[arg(long)]
+    log_topic: Option<String>,
     /// MQTT connections served at once (one process may open at most as many files as its limit).
     #[arg(long, default_value_t = 18_000)]
     mqtt_max_connections: usize,
@@ -84,6 +94,11 @@ struct ServeArgs {
     /// Seconds sendCommandToDevice waits for a QoS 1 acknowledgement before DEADLINE_EXCEEDED.
     #[arg(long, default_value_t = 60)]
     command_timeout_seconds: u64,
+    /// Refuse, at connect, a device whose X.509 certificate credential is outside its notBefore /
+    /// notAfter (CONNACK 5 over MQTT, 401 over HTTP). Off by default: IoT Core enforced only a
+    /// credential's expirationTime, and fleets run on self-signed certificates long expired.
+    #[arg(long, env = "FERROCORE_ENFORCE_CERTIFICATE_VALIDITY")]
+    enforce_certificate_validity: bool,
     /// HTTP connections served at once; further ones are closed at accept.
     #[arg(long, default_value_t = 1024)]
     http_max_connections: usize,
@@ -160,7 +175,22 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let sinks = ferrocore_sinks::spec::parse_all(sink_entries.iter().map(String::as_str))
         .map_err(|e| anyhow::anyhow!("--sink: {e}"))?;
+    let device_logs = ferrocore_core::device_log::DeviceLogSettings {
+        retention: Duration::try_from_secs_f64(args.log_retention_hours * 3600.0)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| anyhow::anyhow!("--log-retention-hours must be a positive number"))?,
+        max_entries: args.log_max_entries,
+        topic: args
+            .log_topic
+            .as_deref()
+            .map(|t| ferrocore_model::pubsub::TopicName::parse("--log-topic", t).map(|n| n.as_str().to_owned()))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--log-topic: {}", e.message))?,
+        ..Default::default()
+    };
     let config = Config {
+        device_logs,
         sinks,
         data_dir: args.data_dir,
         admin_token,
@@ -186,6 +216,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         },
         core: ferrocore_core::Settings {
             command_ack_timeout: Duration::from_secs(args.command_timeout_seconds.max(1)),
+            enforce_certificate_validity: args.enforce_certificate_validity,
         },
         pubsub_anonymous: args.pubsub_anonymous,
         limits: server::Limits {

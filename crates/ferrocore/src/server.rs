@@ -43,6 +43,8 @@ pub struct Config {
     pub sinks: Vec<ferrocore_sinks::spec::SinkSpec>,
     /// How the sinks batch, poll and back off.
     pub sink_settings: ferrocore_sinks::forward::Settings,
+    /// How device activity logs are flushed and how long they are kept.
+    pub device_logs: ferrocore_core::device_log::DeviceLogSettings,
 }
 
 /// The clock of a server: [`SystemClock`] unless a test gives its own.
@@ -81,6 +83,7 @@ impl Default for Config {
             clock: ServerClock::default(),
             sinks: Vec::new(),
             sink_settings: ferrocore_sinks::forward::Settings::default(),
+            device_logs: ferrocore_core::device_log::DeviceLogSettings::default(),
         }
     }
 }
@@ -173,6 +176,7 @@ pub async fn run(
     let core = Core::with_settings(store.clone(), config.clock.0.clone(), log_sink.clone(), config.core.clone());
     let activity = core.activity().clone();
     let flusher = activity.spawn_flusher(config.activity_flush_interval);
+    let log_flusher = core.spawn_log_flusher(config.device_logs.clone());
     let pubsub = ferrocore_pubsub::PubSub::new(
         store.clone(),
         log_sink.clone(),
@@ -290,6 +294,8 @@ pub async fn run(
     }
     flusher.stop().await;
     activity.flush().await;
+    // Stopping flushes what the sessions logged last.
+    log_flusher.stop().await;
     pubsub.close().await;
     if let Some(f) = &forwarders {
         f.close().await;

@@ -13,6 +13,7 @@ pub const MAX_TELEMETRY_BYTES: usize = 256 * 1024;
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 pub const MAX_SUBFOLDER_BYTES: usize = 256;
 pub const MAX_METADATA_PAIRS: usize = 500;
+/// Metadata keys must be *less than* this many bytes (the reference: "less than 128 bytes").
 pub const MAX_METADATA_KEY_BYTES: usize = 128;
 pub const MAX_METADATA_VALUE_BYTES: usize = 32 * 1024;
 pub const MAX_METADATA_TOTAL_BYTES: usize = 256 * 1024;
@@ -23,7 +24,7 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Devices one `deviceIds` / `deviceNumIds` filter may name.
 pub const MAX_LIST_FILTER_IDS: usize = 10_000;
 
-/// Metadata: at most 500 pairs; keys `[a-zA-Z][a-zA-Z0-9-_.+~%]*` of at most 128 bytes; values of at
+/// Metadata: at most 500 pairs; keys `[a-zA-Z][a-zA-Z0-9-_.+~%]*` of less than 128 bytes; values of at
 /// most 32 KiB; everything together under 256 KiB.
 pub fn check_metadata(field: &str, metadata: &BTreeMap<String, String>) -> Result<(), Invalid> {
     if metadata.len() > MAX_METADATA_PAIRS {
@@ -37,11 +38,11 @@ pub fn check_metadata(field: &str, metadata: &BTreeMap<String, String>) -> Resul
         let mut chars = k.chars();
         let key_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
             && chars.all(|c| c.is_ascii_alphanumeric() || "-_.+~%".contains(c));
-        if !key_ok || k.len() > MAX_METADATA_KEY_BYTES {
+        if !key_ok || k.len() >= MAX_METADATA_KEY_BYTES {
             return Err(Invalid::new(
                 field,
                 format!(
-                    "Invalid metadata key '{}': keys must match [a-zA-Z][a-zA-Z0-9-_.+~%]* and be at most {MAX_METADATA_KEY_BYTES} bytes.",
+                    "Invalid metadata key '{}': keys must match [a-zA-Z][a-zA-Z0-9-_.+~%]* and be less than {MAX_METADATA_KEY_BYTES} bytes.",
                     printable(k)
                 ),
             ));
@@ -119,6 +120,15 @@ mod tests {
         assert!(check_metadata("metadata", &m).is_err());
         let m: BTreeMap<_, _> = (0..9).map(|i| (format!("k{i}"), "x".repeat(30 * 1024))).collect();
         assert!(check_metadata("metadata", &m).is_err());
+    }
+
+    /// The reference: keys "less than 128 bytes".
+    #[test]
+    fn metadata_keys_are_less_than_128_bytes() {
+        let key = |n: usize| BTreeMap::from([(format!("k{}", "x".repeat(n - 1)), String::new())]);
+        assert!(check_metadata("metadata", &key(127)).is_ok());
+        let err = check_metadata("metadata", &key(128)).unwrap_err();
+        assert!(err.message.contains("less than 128 bytes"), "{}", err.message);
     }
 
     #[test]

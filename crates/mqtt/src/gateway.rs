@@ -145,6 +145,11 @@ impl Gateway {
         self.delegates.get_mut(&device)
     }
 
+    /// The attached devices.
+    pub fn devices(&self) -> impl Iterator<Item = &Delegate> {
+        self.delegates.values()
+    }
+
     pub fn by_id(&self, device: &str) -> Option<&Delegate> {
         self.num_id(device).and_then(|n| self.delegates.get(&n))
     }

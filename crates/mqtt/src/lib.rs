@@ -7,10 +7,12 @@
 //!   sends it.
 //! * [`gateway`]: what a gateway's session adds: the devices it attached, and its errors topic.
 //! * [`topic`]: Cloud IoT Core's topic layout, parsed into typed values.
+//! * [`activity_log`]: the device activity log entries the sessions write.
 //!
 //! Protocol parsing lives in `ferrocore-mqtt-codec`; use cases (authentication, routing,
 //! storage) in `ferrocore-core`. This crate only connects the two.
 
+pub mod activity_log;
 pub mod gateway;
 pub mod server;
 pub mod session;

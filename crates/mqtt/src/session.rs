@@ -18,11 +18,13 @@
 //! instead of closing (see [`crate::gateway`]). A message that fails for an attached device
 //! detaches that device and gets no PUBACK; the gateway's connection stays open.
 
+use crate::activity_log::{self as log, event};
 use crate::gateway::{self, Delegate, ErrorType, Gateway, MessageInfo};
 use crate::server::MqttConfig;
 use crate::topic::{self, PublishTopic, SubscribeTopic};
 use bytes::{Buf, Bytes, BytesMut};
 use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Delivery, Transport};
+use ferrocore_core::device_log::EventType;
 use ferrocore_core::gateways::{GatewayRefusal, MAX_ATTACHED_DEVICES};
 use ferrocore_core::presence::{Disconnect, SessionControl, SessionLink};
 use ferrocore_core::{Code, Core, Error};
@@ -119,6 +121,8 @@ struct Session<S> {
     core: Core,
     config: Arc<MqttConfig>,
     device: AuthenticatedDevice,
+    /// The device's address, for the activity logs.
+    peer: SocketAddr,
     /// This connection's presence id.
     session_id: u64,
     /// The device's own subscriptions.
@@ -217,6 +221,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
     on_connected();
     tracing::debug!(%peer, device = %device.name(), "device connected");
+    core.log_device_event(&device, event(EventType::Connect, peer));
     let idle_limit = match connect.keep_alive {
         0 => config.max_idle,
         ka => Duration::from_millis(u64::from(ka) * 1500).min(config.max_idle),
@@ -232,6 +237,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         subs: Subscriptions::new(link.commands.clone()),
         gateway,
         device,
+        peer,
         rbuf,
         wbuf: BytesMut::new(),
         unflushed: false,
@@ -248,6 +254,27 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         draining: false,
     };
     let close = session.serve(&mut link, &mut shutdown).await;
+    let disconnect = match &close {
+        Close::Normal if session.draining => event(EventType::Disconnect, peer)
+            .field("disconnectType", "SERVER")
+            .field("reason", "The server is shutting down."),
+        Close::Normal => event(EventType::Disconnect, peer).field("disconnectType", "CLIENT"),
+        Close::Error(e) => event(EventType::Disconnect, peer).field("disconnectType", "SERVER").failed(e),
+        Close::Ordered(None) => event(EventType::Disconnect, peer)
+            .field("disconnectType", "SERVER")
+            .field("reason", "The device connected again, or was deleted."),
+        Close::Ordered(Some(status)) => {
+            event(EventType::Disconnect, peer).field("disconnectType", "SERVER").failed_status(status)
+        }
+    };
+    // The gateway's devices go with it.
+    for d in session.gateway.as_deref().into_iter().flat_map(Gateway::devices) {
+        let detached = event(EventType::DetachFromGateway, peer)
+            .gateway(Some(session.device.id.as_str()))
+            .field("reason", "The gateway disconnected.");
+        core.log_device_event(&d.device, detached);
+    }
+    core.log_device_event_fresh(&session.device, disconnect).await;
     let device = session.device;
     match close {
         Close::Normal | Close::Ordered(None) => {}
@@ -558,7 +585,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Some(Outgoing::Command(done)) => {
                         let _ = done.send(());
                     }
-                    Some(Outgoing::Config(device, version)) => self.core.config_acked_by(device, version),
+                    Some(Outgoing::Config(device, version)) => {
+                        self.core.config_acked_by(device, version);
+                        if let Some(dev) = self.device_by_num(device) {
+                            let gw = (device != self.device.num_id).then_some(self.device.id.as_str());
+                            let acked = event(EventType::Config, self.peer)
+                                .gateway(gw)
+                                .field("delivery", "ACKNOWLEDGED")
+                                .field("configVersion", version.to_string());
+                            self.core.log_device_event(dev, acked);
+                        }
+                    }
                     None if self.gateway.is_some() => {
                         let info = MessageInfo { message_type: "PUBACK", topic: None, packet_id: Some(id) };
                         let why = "The server is not waiting for an acknowledgement with this packet ID.";
@@ -596,6 +633,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Packet::PingReq => {
                 self.core.heartbeat(&self.device);
+                self.core.log_device_event(&self.device, event(EventType::PingReq, self.peer));
                 encode(&Packet::PingResp, &mut self.wbuf);
                 Ok(())
             }
@@ -642,10 +680,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let own = self.device.id.as_str();
         let delivery = match topic::parse_publish(&p.topic) {
             Some(PublishTopic::Events { device, subfolder }) if device == own => {
-                self.core.submit_event(&self.device, subfolder, p.payload).await
+                let submitted = self.core.submit_event(&self.device, subfolder, p.payload).await;
+                log::publish(&self.core, &self.device, self.peer, &p.topic, "EVENT", None, submitted)
             }
             Some(PublishTopic::State { device }) if device == own => {
-                self.core.submit_state(&self.device, p.payload).await
+                let submitted = self.core.submit_state(&self.device, p.payload).await;
+                log::publish(&self.core, &self.device, self.peer, &p.topic, "STATE", None, submitted)
             }
             _ if self.gateway.is_some() => {
                 self.gateway_publish(p, packet_id).await;
@@ -675,7 +715,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Some(PublishTopic::Detach { device }) => {
                 let gone = self.gateway.as_deref_mut().and_then(|g| g.num_id(device).and_then(|n| g.remove(n)));
                 match gone {
-                    Some(_) => {
+                    Some(gone) => {
+                        let detached = event(EventType::DetachFromGateway, self.peer)
+                            .topic(&p.topic)
+                            .gateway(Some(self.device.id.as_str()));
+                        self.core.log_device_event(&gone.device, detached);
                         tracing::debug!(gateway = %self.device.id, device, "device detached");
                         self.acknowledge_now(packet_id)
                     }
@@ -686,8 +730,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let Some(dev) = self.gateway.as_deref().and_then(|g| g.by_id(device)).map(|d| &d.device) else {
                     return self.not_attached(device, info);
                 };
+                // The HTTP bridge's subFolder rules; a bad one is a bad topic for the gateway,
+                // not a device error that would detach the device.
+                if let Err(e) = ferrocore_model::limits::check_subfolder("sub_folder", subfolder) {
+                    return self.gateway_error(ErrorType::InvalidMqttTopic, Some(device), &e.message, Some(info));
+                }
                 let num = dev.num_id;
                 let submitted = self.core.submit_event(dev, subfolder, p.payload).await;
+                let gw = Some(self.device.id.as_str());
+                let submitted = log::publish(&self.core, dev, self.peer, &p.topic, "EVENT", gw, submitted);
                 self.relay(num, packet_id, submitted);
             }
             Some(PublishTopic::State { device }) => {
@@ -696,6 +747,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 };
                 let num = dev.num_id;
                 let submitted = self.core.submit_state(dev, p.payload).await;
+                let gw = Some(self.device.id.as_str());
+                let submitted = log::publish(&self.core, dev, self.peer, &p.topic, "STATE", gw, submitted);
                 self.relay(num, packet_id, submitted);
             }
             None => {
@@ -740,6 +793,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return self.gateway_error(ErrorType::UnknownError, Some(device), why, Some(info));
             };
             tracing::debug!(gateway = %self.device.id, device = %dev.id, "device attached");
+            let attached = event(EventType::AttachToGateway, self.peer)
+                .gateway(Some(self.device.id.as_str()))
+                .field("mqttTopic", info.topic.unwrap_or_default());
+            self.core.log_device_event(&dev, attached);
             g.insert(Delegate { device: dev, presence_id: a.id, subs: Subscriptions::new(a.commands) });
         }
         self.acknowledge_now(info.packet_id);
@@ -775,6 +832,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn device_failed(&mut self, device: NumId, e: &Error) {
         self.core.record_device_error(device, e);
         let Some(gone) = self.gateway.as_deref_mut().and_then(|g| g.remove(device)) else { return };
+        let detached = event(EventType::DetachFromGateway, self.peer).gateway(Some(self.device.id.as_str())).failed(e);
+        self.core.log_device_event(&gone.device, detached);
         let why = format!("Device detached because of a device error: {}", e.message);
         self.gateway_error(ErrorType::DetachmentDeviceError, Some(gone.device.id.as_str()), &why, None);
     }
@@ -783,6 +842,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn gateway_error(&mut self, kind: ErrorType, device: Option<&str>, why: &str, info: Option<MessageInfo<'_>>) {
         let Some(g) = self.gateway.as_deref() else { return };
         tracing::debug!(gateway = %self.device.id, error_type = kind.as_str(), device, why, "gateway error");
+        self.core.log_device_event(&self.device, log::gateway_error(kind, device, why, info, self.peer));
         if !g.errors {
             return;
         }
@@ -846,8 +906,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 send_config.extend(num);
             }
             codes.push(SubAckCode::Granted(granted));
+            let subscriber = if device == self.device.id.as_str() {
+                Some(&self.device)
+            } else {
+                self.gateway.as_deref().and_then(|g| g.by_id(device)).map(|d| &d.device)
+            };
+            if let Some(dev) = subscriber {
+                let gw = (dev.num_id != self.device.num_id).then_some(self.device.id.as_str());
+                let subscribed =
+                    event(EventType::Subscribe, self.peer).topic(filter).gateway(gw).field("qos", granted as u8);
+                self.core.log_device_event(dev, subscribed);
+            }
         }
         encode(&Packet::SubAck(SubAck { packet_id, return_codes: codes }), &mut self.wbuf);
+        if self.gateway.is_none() {
+            for (_, _, filter) in &refused {
+                let failed = event(EventType::Subscribe, self.peer)
+                    .topic(filter)
+                    .failed_with(Code::InvalidArgument, "The topic filter is not one the device can subscribe to.");
+                self.core.log_device_event(&self.device, failed);
+            }
+        }
         for (kind, device, filter) in refused {
             let info = MessageInfo { message_type: "SUBSCRIBE", topic: Some(filter), packet_id: Some(packet_id) };
             match (kind, device) {
@@ -929,8 +1008,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         subs.config_version = config.version;
         let topic = topic::config_topic(dev.id.as_str());
+        let sent = event(EventType::Config, self.peer)
+            .topic(&topic)
+            .field("delivery", "SENT")
+            .field("configVersion", config.version.to_string());
         self.publish(topic, qos, Bytes::from(config.binary_data), Outgoing::Config(device, config.version))?;
         self.core.config_sent_to(device);
+        if let Some(dev) = self.device_by_num(device) {
+            let gw = (device != self.device.num_id).then_some(self.device.id.as_str());
+            self.core.log_device_event(dev, sent.gateway(gw));
+        }
         Ok(())
     }
 
@@ -941,7 +1028,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let Some((dev, subs)) = self.target(device) else { return Ok(()) };
                 let Some(qos) = subs.commands_qos else { return Ok(()) };
                 let topic = topic::command_topic(dev.id.as_str(), &subfolder);
-                self.publish(topic, qos, Bytes::from(data), Outgoing::Command(done))
+                let sent = event(EventType::Command, self.peer).topic(&topic).field("delivery", "SENT");
+                self.publish(topic, qos, Bytes::from(data), Outgoing::Command(done))?;
+                if let Some(dev) = self.device_by_num(device) {
+                    let gw = (device != self.device.num_id).then_some(self.device.id.as_str());
+                    self.core.log_device_event(dev, sent.gateway(gw));
+                }
+                Ok(())
             }
             SessionControl::Config { device, config } => self.send_config(device, config, false),
             SessionControl::Detach { device, id, reason } => {
@@ -951,6 +1044,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     return Ok(());
                 }
                 if let Some(gone) = g.remove(device) {
+                    let detached = event(EventType::DetachFromGateway, self.peer)
+                        .gateway(Some(self.device.id.as_str()))
+                        .field("reason", reason.describe());
+                    self.core.log_device_event(&gone.device, detached);
                     let id = gone.device.id.as_str();
                     self.gateway_error(ErrorType::DetachmentDeviceError, Some(id), reason.describe(), None);
                 }

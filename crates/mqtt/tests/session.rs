@@ -128,7 +128,7 @@ impl Rig {
             gate: Arc::new(Semaphore::new(0)),
             messages: Mutex::new(vec![]),
         });
-        let settings = Settings { command_ack_timeout: Duration::from_secs(2) };
+        let settings = Settings { command_ack_timeout: Duration::from_secs(2), ..Settings::default() };
         let core = Core::with_settings(store.clone(), clock.clone(), sink.clone(), settings);
         let parent = LocationName::parse_field("p", "projects/p/locations/l").unwrap();
         let events = EventNotificationConfig {

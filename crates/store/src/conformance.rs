@@ -22,6 +22,7 @@ pub async fn run_all(store: &dyn Store) {
     configs(store).await;
     states_and_activity(store).await;
     bindings(store).await;
+    device_logs(store).await;
 }
 
 fn location(project: &str) -> LocationName {
@@ -518,4 +519,97 @@ pub async fn run_sinks<S: crate::SinkStore>(store: &S) {
     );
     let (created, b) = store.open_sink("conformance-b", Timestamp(9_000)).await.unwrap();
     assert_eq!((created, b), (Timestamp(2_000), vec![cursor("conformance-b", "projects/p/topics/t1", 3)]));
+}
+
+/// Device log entries: appended in order, read oldest first per registry with filters and a
+/// keyset, pruned by age and by row cap.
+async fn device_logs(store: &dyn Store) {
+    use crate::{DeviceLogEntry, DeviceLogQuery, LogSeverity};
+    let reg = registry("conformance-logs", "reg").name;
+    let other = registry("conformance-logs", "other").name;
+    let entry = |reg: &RegistryName, device: &str, n: u64, severity, event: &str, time: i64| DeviceLogEntry {
+        seq: 0,
+        time: Timestamp(time),
+        received: Timestamp(0),
+        registry: reg.clone(),
+        device_id: DeviceId::parse_field("id", device).unwrap(),
+        device_num_id: NumId(n),
+        severity,
+        event_type: event.into(),
+        payload: format!(r#"{{"eventType":"{event}"}}"#),
+    };
+    let query = |reg: &RegistryName| DeviceLogQuery {
+        registry: reg.clone(),
+        device_id: None,
+        min_severity: None,
+        event_type: None,
+        start_time: None,
+        after: None,
+        limit: 100,
+    };
+    assert!(store.append_device_logs(&[], Timestamp(1)).await.unwrap().is_empty());
+    let seqs = store
+        .append_device_logs(
+            &[
+                entry(&reg, "dev-1", 1, LogSeverity::Info, "CONNECT", 1_000),
+                entry(&reg, "dev-1", 1, LogSeverity::Debug, "PUBLISH", 2_000),
+                entry(&other, "dev-9", 9, LogSeverity::Info, "CONNECT", 2_500),
+                entry(&reg, "dev-2", 2, LogSeverity::Error, "PUBLISH", 3_000),
+            ],
+            Timestamp(5_000),
+        )
+        .await
+        .unwrap();
+    store
+        .append_device_logs(&[entry(&reg, "dev-1", 1, LogSeverity::Info, "DISCONNECT", 4_000)], Timestamp(6_000))
+        .await
+        .unwrap();
+
+    let all = store.list_device_logs(&query(&reg)).await.unwrap();
+    let events: Vec<&str> = all.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(events, ["CONNECT", "PUBLISH", "PUBLISH", "DISCONNECT"], "one registry's, oldest first");
+    assert_eq!(seqs.len(), 4, "a sequence number per entry");
+    assert_eq!([seqs[0], seqs[1], seqs[3]], [all[0].seq, all[1].seq, all[2].seq], "in the entries' order");
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "sequence numbers increase");
+    assert_eq!(all[0].received, Timestamp(5_000));
+    assert_eq!(all[3].received, Timestamp(6_000));
+    assert_eq!(all[1].payload, r#"{"eventType":"PUBLISH"}"#);
+    assert_eq!(
+        (all[2].device_id.as_str(), all[2].device_num_id, all[2].severity),
+        ("dev-2", NumId(2), LogSeverity::Error)
+    );
+
+    let mut q = query(&reg);
+    q.device_id = Some(DeviceId::parse_field("id", "dev-1").unwrap());
+    assert_eq!(store.list_device_logs(&q).await.unwrap().len(), 3, "by device");
+    let mut q = query(&reg);
+    q.min_severity = Some(LogSeverity::Info);
+    assert_eq!(store.list_device_logs(&q).await.unwrap().len(), 3, "DEBUG left out");
+    q.min_severity = Some(LogSeverity::Error);
+    assert_eq!(store.list_device_logs(&q).await.unwrap().len(), 1);
+    let mut q = query(&reg);
+    q.event_type = Some("PUBLISH".into());
+    assert_eq!(store.list_device_logs(&q).await.unwrap().len(), 2, "by event type");
+    let mut q = query(&reg);
+    q.start_time = Some(Timestamp(3_000));
+    assert_eq!(store.list_device_logs(&q).await.unwrap().len(), 2, "from a time on");
+    let mut q = query(&reg);
+    q.limit = 2;
+    let page = store.list_device_logs(&q).await.unwrap();
+    assert_eq!(page.len(), 2);
+    q.after = Some(page[1].seq);
+    let rest = store.list_device_logs(&q).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["PUBLISH", "DISCONNECT"], "keyset");
+
+    // Age first: the two oldest of the store go (one in each registry's time range)...
+    let gone = store.prune_device_logs(Timestamp(2_001), u64::MAX).await.unwrap();
+    assert!(gone >= 2, "entries older than the cut are deleted ({gone})");
+    let left = store.list_device_logs(&query(&reg)).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.time.0).collect::<Vec<_>>(), [3_000, 4_000]);
+    assert_eq!(store.list_device_logs(&query(&other)).await.unwrap().len(), 1);
+    // ...then the cap keeps the newest.
+    store.prune_device_logs(Timestamp(0), 1).await.unwrap();
+    let left = store.list_device_logs(&query(&reg)).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["DISCONNECT"]);
+    assert!(store.list_device_logs(&query(&other)).await.unwrap().is_empty());
 }

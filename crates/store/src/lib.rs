@@ -4,13 +4,16 @@
 //! conditional outcomes (a config version that moved, a registry that still holds devices) are
 //! domain values. [`conformance`] is the behaviour every backend must show; each backend's tests run
 //! it. [`sqlite`] is the embedded default. [`pubsub`] is what the Pub/Sub API keeps, beside it, and
-//! [`sinks`] how far each external sink forwarded each topic.
+//! [`sinks`] how far each external sink forwarded each topic. [`device_logs`] are the device
+//! activity log entries the core appends in batches.
 
 pub mod conformance;
+pub mod device_logs;
 pub mod pubsub;
 pub mod sinks;
 pub mod sqlite;
 
+pub use device_logs::{DeviceLogEntry, DeviceLogQuery, LogSeverity};
 pub use pubsub::PubsubStore;
 pub use sinks::SinkStore;
 
@@ -169,4 +172,14 @@ pub trait Store: Send + Sync + 'static {
     async fn bind(&self, gateway: NumId, device: NumId) -> Result<BindOutcome>;
     /// `false` when the pair was not bound.
     async fn unbind(&self, gateway: NumId, device: NumId) -> Result<bool>;
+
+    /// Appends device activity log entries in one transaction, in order, each `received` at `now`
+    /// and given the next sequence number (their own `seq` and `received` are ignored); returns
+    /// the sequence numbers given, in the entries' order.
+    async fn append_device_logs(&self, entries: &[DeviceLogEntry], now: Timestamp) -> Result<Vec<u64>>;
+    /// A registry's entries matching the query, oldest (lowest sequence number) first.
+    async fn list_device_logs(&self, query: &DeviceLogQuery) -> Result<Vec<DeviceLogEntry>>;
+    /// Deletes the entries older than `before`, and the oldest beyond the newest `keep`; returns
+    /// how many were deleted.
+    async fn prune_device_logs(&self, before: Timestamp, keep: u64) -> Result<u64>;
 }

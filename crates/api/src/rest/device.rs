@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use base64::Engine;
 use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Transport};
+use ferrocore_core::device_log::{DeviceEvent, EventType};
 use ferrocore_core::gateways::GatewayRefusal;
 use ferrocore_core::{Code, Core, Error};
 use ferrocore_model::DeviceName;
@@ -88,6 +89,15 @@ enum Via {
 }
 
 impl Via {
+    /// The gateway the request goes through, for the activity log.
+    fn gateway(&self, path: &DeviceName) -> Option<String> {
+        match self {
+            Via::Direct => None,
+            Via::Delegated(_) => Some(path.device.to_string()),
+            Via::Gateway(g) => Some(g.clone()),
+        }
+    }
+
     fn of(info: Option<GatewayInfo>) -> Result<Self, Error> {
         let Some(g) = info else { return Ok(Via::Direct) };
         match (g.gateway_id.is_empty(), g.delegated_device_id.is_empty()) {
@@ -159,14 +169,31 @@ fn check_name(given: &str, path: &DeviceName) -> Result<(), Error> {
     }
 }
 
+/// Logs a request's outcome on the device's activity log (`protocol: "HTTP"`).
+fn log_outcome<T>(
+    core: &Core,
+    device: &AuthenticatedDevice,
+    event: DeviceEvent,
+    result: Result<T, Error>,
+) -> Result<T, Error> {
+    match &result {
+        Ok(_) => core.log_device_event(device, event),
+        Err(e) => core.log_device_event(device, event.failed(e)),
+    }
+    result
+}
+
 pub(crate) async fn serve(
     core: &Core,
     route: Route,
     headers: &HeaderMap,
+    client_ip: Option<std::net::IpAddr>,
     q: &Query,
     body: &Bytes,
 ) -> Result<Response, Error> {
     let empty = || json_response(&serde_json::json!({}));
+    let event =
+        |kind, gateway: Option<String>| DeviceEvent::new(kind, Transport::Http, client_ip).gateway(gateway.as_deref());
     match route {
         Route::PublishEvent(name) => {
             q.check(&[])?;
@@ -174,8 +201,14 @@ pub(crate) async fn serve(
             check_name(&req.name, &name)?;
             let via = Via::of(req.gateway_info)?;
             ferrocore_model::limits::check_subfolder("sub_folder", &req.sub_folder)?;
+            let gateway = via.gateway(&name);
             let device = acting_device(core, &name, headers, via).await?;
-            core.publish_event(&device, &req.sub_folder, req.binary_data).await?;
+            let published = core.publish_event(&device, &req.sub_folder, req.binary_data).await;
+            let mut logged = event(EventType::Publish, gateway).field("publishFromDeviceTopicType", "EVENT");
+            if !req.sub_folder.is_empty() {
+                logged = logged.field("publishFromDeviceTopicFolder", req.sub_folder.as_str());
+            }
+            log_outcome(core, &device, logged, published)?;
             Ok(empty())
         }
         Route::SetState(name) => {
@@ -184,8 +217,11 @@ pub(crate) async fn serve(
             check_name(&req.name, &name)?;
             let via = Via::of(req.gateway_info)?;
             let state = req.state.ok_or_else(|| Error::invalid("state", "The request needs a state."))?;
+            let gateway = via.gateway(&name);
             let device = acting_device(core, &name, headers, via).await?;
-            core.report_state(&device, state.binary_data).await?;
+            let reported = core.report_state(&device, state.binary_data).await;
+            let logged = event(EventType::Publish, gateway).field("publishFromDeviceTopicType", "STATE");
+            log_outcome(core, &device, logged, reported)?;
             Ok(empty())
         }
         Route::GetConfig(name) => {
@@ -200,14 +236,25 @@ pub(crate) async fn serve(
                     .parse::<i64>()
                     .map_err(|_| Error::invalid("local_version", "The local version must be an integer."))?,
             };
+            let gateway = via.gateway(&name);
             let device = acting_device(core, &name, headers, via).await?;
-            let config = core.device_config(&device).await?;
-            if local > config.version {
-                return Err(Error::new(
-                    Code::OutOfRange,
-                    format!("The local version {local} is newer than the latest config version {}.", config.version),
-                ));
+            let config = core.device_config(&device).await.and_then(|config| {
+                if local > config.version {
+                    return Err(Error::new(
+                        Code::OutOfRange,
+                        format!(
+                            "The local version {local} is newer than the latest config version {}.",
+                            config.version
+                        ),
+                    ));
+                }
+                Ok(config)
+            });
+            let mut logged = event(EventType::Config, gateway).field("delivery", "SENT");
+            if let Ok(c) = &config {
+                logged = logged.field("configVersion", c.version.to_string());
             }
+            let config = log_outcome(core, &device, logged, config)?;
             core.config_sent(&device);
             Ok(json_response(&ConfigResponse {
                 version: config.version.to_string(),

@@ -8,7 +8,8 @@
 //! path, query and body into the same request message the gRPC API takes, as Google's HTTP
 //! mapping does; the result is rendered with the wire types' Google JSON mapping, or the error
 //! with [`error`]. `GET /healthz` answers without a token; `GET /v1/sinks` (admin) reports the
-//! external sinks.
+//! external sinks; `GET /v1/projects/P/locations/L/registries/R/logs` (admin) reads the device
+//! activity logs ([`logs`]).
 //!
 //! A body must arrive within [`BodyTimeout`] (408 otherwise) and fit the path's limit; a declared
 //! `Content-Length` over the limit is refused before anything is read.
@@ -18,6 +19,7 @@ pub mod discovery;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod logs;
 pub mod route;
 mod sinks;
 pub mod topics;
@@ -378,6 +380,12 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
         }
         return topics::serve(app.topics.as_ref(), topics_route, &Query::parse(parts.uri.query())).await;
     }
+    if let Some(registry) = logs::parse(path) {
+        if parts.method != HttpMethod::GET {
+            return Err(method_not_supported());
+        }
+        return logs::serve(&app.core, registry?, &Query::parse(parts.uri.query())).await;
+    }
     let method = match method(&parts)? {
         // No Cloud IoT method is a PUT.
         Method::Put => return Err(method_not_supported()),
@@ -386,7 +394,8 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
     let route = route::parse(method, path)?;
     let query = Query::parse(parts.uri.query());
     if route.is_device_bridge() {
-        return device::serve(&app.core, route, &parts.headers, &query, &body).await;
+        let client_ip = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        return device::serve(&app.core, route, &parts.headers, client_ip, &query, &body).await;
     }
     require_admin(app, &parts.headers)?;
     serve(&app.service, route, &query, &body).await

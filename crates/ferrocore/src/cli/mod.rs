@@ -7,6 +7,7 @@
 //! * `keys generate` ([`keys`]);
 //! * `device simulate` ([`simulate`]);
 //! * `events tail` ([`events`]);
+//! * `logs read` ([`logs`]), a registry's device activity logs;
 //! * `pubsub topics|subscriptions|pull` ([`pubsub`]), the verbs of `gcloud pubsub`;
 //! * `sinks list` ([`sinks`]), the external sinks and how far behind they are.
 //!
@@ -19,6 +20,7 @@ pub mod devices;
 pub mod events;
 pub mod import;
 pub mod keys;
+pub mod logs;
 pub mod output;
 pub mod pubsub;
 pub mod registries;
@@ -53,6 +55,8 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Read device activity logs (connections, publishes, configs, errors) at each device's logLevel.
+    Logs(logs::LogsArgs),
     /// Manage Pub/Sub topics and subscriptions, publish and pull (like `gcloud pubsub`).
     Pubsub(pubsub::PubsubArgs),
     /// Show the external sinks the server forwards topics to.
@@ -75,6 +79,7 @@ pub fn run(command: Command) -> ExitCode {
             Command::Keys { command } => keys::run(command),
             Command::Device { command } => simulate::run(command).await,
             Command::Events { command } => events::events(command).await,
+            Command::Logs(args) => logs::run(args).await,
             Command::Pubsub(args) => pubsub::run(args).await,
             Command::Sinks(args) => sinks::run(args).await,
         }

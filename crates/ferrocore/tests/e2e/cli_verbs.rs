@@ -359,7 +359,10 @@ async fn registries_verbs_print_tables_and_json() {
 
 #[tokio::test]
 async fn devices_verbs_configs_states_commands_and_gateways() {
-    let s = TestServer::start().await;
+    // Config updates are limited to one per second per device: the test moves the server's clock.
+    let clock = std::sync::Arc::new(ferrocore_core::clock::ManualClock::new(ferrocore_model::Timestamp::now()));
+    let server_clock = ferrocore::server::ServerClock(clock.clone());
+    let s = TestServer::start_configured(|_| None, |c| c.clock = server_clock).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cli = Cli::new(&s, dir.path());
     // The scope can come from the environment, as gcloud's does from its configuration.
@@ -448,6 +451,7 @@ async fn devices_verbs_configs_states_commands_and_gateways() {
     // Configs: text, bytes from a file, compare-and-set.
     let out = cli.run(&["devices", "configs", "update", "dev-1", "--config-data", "hello"]).await.success();
     assert_eq!(out.stderr, "Updated the config of device [dev-1] to version 2.\n");
+    clock.advance(std::time::Duration::from_secs(1));
     std::fs::write(dir.path().join("blob.bin"), [0u8, 1, 2]).unwrap();
     let c = cli
         .run(&[

@@ -233,7 +233,11 @@ async fn device_list_filters_masks_and_pages() {
 
 #[tokio::test]
 async fn config_versions_compare_and_set() {
-    let s = TestServer::start().await;
+    // Config updates are limited to one per second per device: the test moves the server's clock.
+    let clock = std::sync::Arc::new(ferrocore_core::clock::ManualClock::new(ferrocore_model::Timestamp::now()));
+    let server_clock = ferrocore::server::ServerClock(clock.clone());
+    let s = TestServer::start_configured(|_| None, |c| c.clock = server_clock).await;
+    let next_second = || clock.advance(std::time::Duration::from_secs(1));
     let reg = s.registry("cfg", "reg").await;
     s.device(&reg, "dev", json!({})).await;
     let dev = format!("{reg}/devices/dev");
@@ -245,6 +249,7 @@ async fn config_versions_compare_and_set() {
     assert_eq!(c["version"], "2");
     assert!(c["cloudUpdateTime"].as_str().unwrap().ends_with('Z'));
     assert!(c.get("deviceAckTime").is_none());
+    next_second();
     let (st, body) =
         s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"versionToUpdate": 1, "binaryData": "eA=="})).await;
     let msg = expect_error(st, &body, 400, "FAILED_PRECONDITION");
@@ -254,6 +259,7 @@ async fn config_versions_compare_and_set() {
     assert_eq!(st, StatusCode::OK, "{c}");
     assert_eq!(c["binaryData"], "+/8=");
     for i in 0..10 {
+        next_second();
         let (st, _) = s
             .post(
                 &format!("{dev}:modifyCloudToDeviceConfig"),
@@ -278,6 +284,7 @@ async fn config_versions_compare_and_set() {
     let (st, body) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": big})).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
     let ok = base64_of(&vec![b'x'; 64 * 1024]);
+    next_second();
     let (st, _) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": ok})).await;
     assert_eq!(st, StatusCode::OK, "exactly 64 KiB is allowed");
 

@@ -84,7 +84,7 @@ impl TestServer {
             tls,
             topic_log: Default::default(),
             mqtt: ferrocore_mqtt::MqttConfig { connect_timeout: Duration::from_secs(2), ..Default::default() },
-            core: ferrocore_core::Settings { command_ack_timeout: Duration::from_secs(1) },
+            core: ferrocore_core::Settings { command_ack_timeout: Duration::from_secs(1), ..Default::default() },
             pubsub_anonymous: false,
             ..Default::default()
         };

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real server on port 0, driven over HTTP like a back end would.
 
+mod activity_logs;
 mod cli;
 mod cli_verbs;
 mod crash;
@@ -20,5 +21,6 @@ mod pubsub_grpc;
 mod pubsub_rest;
 mod quickstart;
 mod registries;
+mod rules;
 mod sinks;
 mod wait;

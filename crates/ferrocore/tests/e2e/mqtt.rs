@@ -95,7 +95,10 @@ async fn telemetry_and_state_reach_their_topics_with_iot_core_attributes() {
 
 #[tokio::test]
 async fn config_arrives_on_subscribe_and_on_every_update_and_acks_are_recorded() {
-    let s = TestServer::start().await;
+    // Config updates are limited to one per second per device: the test moves the server's clock.
+    let clock = std::sync::Arc::new(ferrocore_core::clock::ManualClock::new(ferrocore_model::Timestamp::now()));
+    let server_clock = ferrocore::server::ServerClock(clock.clone());
+    let s = TestServer::start_configured(|_| None, |c| c.clock = server_clock).await;
     let (reg, id) = setup(&s, "cfg-dev").await;
     let dev = format!("{reg}/devices/cfg-dev");
     let (st, _) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": b64(b"v2")})).await;
@@ -110,6 +113,7 @@ async fn config_arrives_on_subscribe_and_on_every_update_and_acks_are_recorded()
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("/devices/cfg-dev/config", &b"v2"[..]));
     c.send(Packet::PubAck(p.packet_id.unwrap())).await;
 
+    clock.advance(Duration::from_secs(1));
     let (st, _) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": b64(b"v3")})).await;
     assert_eq!(st, StatusCode::OK);
     let Packet::Publish(p) = c.recv().await else { panic!("expected the new config") };

@@ -7,6 +7,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
     (2, include_str!("../../migrations/sqlite/0002_pubsub.sql")),
     (3, include_str!("../../migrations/sqlite/0003_sinks.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_device_logs.sql")),
 ];
 
 pub(super) async fn run(pool: &SqlitePool) -> Result<()> {

@@ -4,6 +4,7 @@
 //! avoids lock-upgrade failures); reads use a small pool beside it, which WAL mode lets run while a
 //! write is in progress. `synchronous=FULL` makes every acknowledged write survive a crash.
 
+mod device_logs;
 mod migrate;
 mod pubsub;
 mod sinks;
@@ -664,5 +665,17 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn append_device_logs(&self, entries: &[crate::DeviceLogEntry], now: Timestamp) -> Result<Vec<u64>> {
+        self.append_logs(entries, now).await
+    }
+
+    async fn list_device_logs(&self, query: &crate::DeviceLogQuery) -> Result<Vec<crate::DeviceLogEntry>> {
+        self.list_logs(query).await
+    }
+
+    async fn prune_device_logs(&self, before: Timestamp, keep: u64) -> Result<u64> {
+        self.prune_logs(before, keep).await
     }
 }
