@@ -6,12 +6,14 @@
 //! * [`convert`]: wire types to and from the core's inputs and resources.
 //! * [`admin_auth`]: bearer-token checks for admin requests.
 //! * [`pubsub`]: Google's Pub/Sub v1 API (gRPC and REST) over `ferrocore_pubsub`.
+//! * [`metrics`]: `GET /metrics` and the admin APIs' request metrics.
 //!
 //! Adapters only translate: no use-case logic lives here.
 
 pub mod admin_auth;
 pub mod convert;
 pub mod grpc;
+pub mod metrics;
 pub mod pubsub;
 pub mod rest;
 pub mod service;

@@ -24,6 +24,7 @@ pub struct ActivityBuffer {
     in_flight: Mutex<Batch>,
     /// One flush at a time; `in_flight` only changes under it.
     flushing: tokio::sync::Mutex<()>,
+    metrics: Arc<ferrocore_metrics::Metrics>,
 }
 
 /// The background flusher; [`Flusher::stop`] ends it between two flushes, never during one.
@@ -52,7 +53,14 @@ impl ActivityBuffer {
             pending: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             flushing: tokio::sync::Mutex::new(()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records flush sizes and failures into `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<ferrocore_metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     #[cfg(test)]
@@ -117,10 +125,14 @@ impl ActivityBuffer {
         if batch.is_empty() {
             return;
         }
+        self.metrics.activity.flush_devices.observe(batch.len() as u64);
         match self.store.record_activity(&batch).await {
             // Only now do reads stop overlaying the batch: the store has it.
             Ok(()) => lock(&self.in_flight).clear(),
-            Err(e) => tracing::warn!(error = %e, devices = batch.len(), "device activity flush failed; will retry"),
+            Err(e) => {
+                self.metrics.activity.flush_failures.inc();
+                tracing::warn!(error = %e, devices = batch.len(), "device activity flush failed; will retry")
+            }
         }
     }
 

@@ -66,6 +66,7 @@ struct Inner {
     /// modifyCloudToDeviceConfig: one per second per device.
     config_rate: rate::PerDeviceRate,
     settings: Settings,
+    metrics: Arc<ferrocore_metrics::Metrics>,
 }
 
 /// The registry cache. Every invalidation bumps `generation`; a registry read from the store is
@@ -108,7 +109,18 @@ impl Core {
         sink: Arc<dyn Sink>,
         settings: Settings,
     ) -> Self {
-        let activity = Arc::new(ActivityBuffer::new(store.clone()));
+        Self::with_metrics(store, clock, sink, settings, Arc::default())
+    }
+
+    /// As [`Core::with_settings`], recording into `metrics` (the server's, which it exports).
+    pub fn with_metrics(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        sink: Arc<dyn Sink>,
+        settings: Settings,
+        metrics: Arc<ferrocore_metrics::Metrics>,
+    ) -> Self {
+        let activity = Arc::new(ActivityBuffer::new(store.clone()).with_metrics(metrics.clone()));
         let device_log = Arc::new(device_log::DeviceLog::new(store.clone(), device_log::BUFFER_CAPACITY));
         let states = states::StateWriter::spawn(store.clone());
         Self {
@@ -124,6 +136,7 @@ impl Core {
                 state_rate: rate::PerDeviceRate::per_second(),
                 config_rate: rate::PerDeviceRate::per_second(),
                 settings,
+                metrics,
             }),
         }
     }
@@ -138,6 +151,11 @@ impl Core {
 
     pub fn presence(&self) -> &Presence {
         &self.inner.presence
+    }
+
+    /// Where the adapters record what they do (see `ferrocore_metrics`).
+    pub fn metrics(&self) -> &Arc<ferrocore_metrics::Metrics> {
+        &self.inner.metrics
     }
 
     fn now(&self) -> ferrocore_model::Timestamp {

@@ -94,16 +94,26 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        // One span per call (its gRPC method; never its metadata, which holds the token), and a
+        // completion line with the gRPC status as the response begins (0 unless it says otherwise).
+        let span = tracing::info_span!("request", method = req.uri().path());
+        let started = Instant::now();
         let (call, timeout) = (self.inner.call(req), self.timeout);
+        let call = tracing::Instrument::instrument(call, span.clone());
         Box::pin(async move {
-            match tokio::time::timeout(timeout, call).await {
+            let response = match tokio::time::timeout(timeout, call).await {
                 Ok(response) => response,
                 Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
                     "The call did not complete within the server's limit of {} seconds.",
                     timeout.as_secs_f64()
                 ))
                 .into_http()),
+            };
+            if let Ok(r) = &response {
+                let code = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+                crate::http_listener::served(&span, code, started);
             }
+            response
         })
     }
 }

@@ -69,8 +69,11 @@ async fn connection(
         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         let busy = Busy::begin(phase.clone());
         let mut app = app.clone();
+        let span = request_span(&req, peer);
+        let started = Instant::now();
         async move {
-            let response = app.call(req).await?;
+            let response = tracing::Instrument::instrument(app.call(req), span.clone()).await?;
+            served(&span, response.status().as_u16(), started);
             Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, _busy: busy }))
         }
     });
@@ -93,6 +96,20 @@ async fn connection(
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "HTTP connection ended during shutdown");
     }
+}
+
+/// The span of one API request: what every line its handling logs carries. The path only (a
+/// resource name), never the query or the headers, which may hold credentials.
+fn request_span<B>(req: &hyper::Request<B>, peer: std::net::SocketAddr) -> tracing::Span {
+    tracing::info_span!("request", method = %req.method(), path = req.uri().path(), client = %peer)
+}
+
+/// The request's completion line: its status (HTTP, or gRPC's code) and how long it took until
+/// the response began.
+pub(crate) fn served(span: &tracing::Span, status: u16, started: Instant) {
+    // Whole microseconds: 0.158, not 0.15792900000000001.
+    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    tracing::debug!(parent: span, status, latency_ms, "request served");
 }
 
 /// Where a connection is, which decides the deadline its reads run against.

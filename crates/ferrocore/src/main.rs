@@ -22,6 +22,11 @@ enum Command {
     Serve(ServeArgs),
     #[command(flatten)]
     Client(ferrocore::cli::Command),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell (see docs/cli.md).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Parser)]
@@ -29,6 +34,10 @@ struct ServeArgs {
     /// Directory holding everything the server keeps (database, admin token).
     #[arg(long, env = "FERROCORE_DATA_DIR", default_value = "./ferrocore-data")]
     data_dir: PathBuf,
+    /// How the server's log lines (stderr) are written: `text` for people, `json` for one JSON
+    /// object per line with the fields of its spans (see docs/operations.md).
+    #[arg(long, env = "FERROCORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Address of the REST admin API (and /healthz).
     #[arg(long, env = "FERROCORE_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
@@ -38,6 +47,11 @@ struct ServeArgs {
     /// Address of a plain-TCP MQTT bridge; off unless given.
     #[arg(long, env = "FERROCORE_MQTT")]
     mqtt: Option<SocketAddr>,
+    /// Address of a listener serving only the Prometheus metrics (`GET /metrics`), without a
+    /// token; off unless given. The --http listener serves /metrics too: without a token to
+    /// loopback clients, with the admin token to others (see docs/metrics.md).
+    #[arg(long, env = "FERROCORE_METRICS")]
+    metrics: Option<SocketAddr>,
     /// Address of the MQTT-over-TLS bridge. Pass `off` to serve none.
     #[arg(long, env = "FERROCORE_MQTTS", default_value = "127.0.0.1:8883")]
     mqtts: Listen,
@@ -140,12 +154,40 @@ struct ServeArgs {
     sinks: Vec<String>,
 }
 
+/// The server log's format.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines, each with its spans' fields.
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, and the spans it happened in.
+    Json,
+}
+
+/// Logs to stderr, filtered by FERROCORE_LOG (default: `info` for the server; nothing for the
+/// client commands, whose errors are their own one line, not their libraries' logs).
+fn init_logs(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERROCORE_LOG").unwrap_or_else(|_| default.into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // The innermost span's fields, under "span": a connection's or a request's (they do not nest).
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERROCORE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Serve(args) => init_logs(args.log_format, "info"),
+        _ => init_logs(LogFormat::Text, "off"),
+    }
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "ferrocore", &mut script);
+            ferrocore::cli::output::emit(script);
+            ExitCode::SUCCESS
+        }
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -190,6 +232,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         ..Default::default()
     };
     let config = Config {
+        metrics_listen: args.metrics,
         device_logs,
         sinks,
         data_dir: args.data_dir,

@@ -45,6 +45,9 @@ pub struct Config {
     pub sink_settings: ferrocore_sinks::forward::Settings,
     /// How device activity logs are flushed and how long they are kept.
     pub device_logs: ferrocore_core::device_log::DeviceLogSettings,
+    /// `--metrics`: an address serving `GET /metrics` alone, without a token (the `--http`
+    /// listener serves it too: to loopback clients freely, to others with the admin token).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The clock of a server: [`SystemClock`] unless a test gives its own.
@@ -84,6 +87,7 @@ impl Default for Config {
             sinks: Vec::new(),
             sink_settings: ferrocore_sinks::forward::Settings::default(),
             device_logs: ferrocore_core::device_log::DeviceLogSettings::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -125,13 +129,16 @@ pub struct Bound {
     pub grpc: Option<SocketAddr>,
     pub mqtts: Option<SocketAddr>,
     pub mqtt: Option<SocketAddr>,
+    /// The `--metrics` listener.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl std::fmt::Display for Bound {
-    /// `http=ADDR grpc=ADDR mqtts=ADDR mqtt=ADDR`, leaving out what is not served.
+    /// `http=ADDR grpc=ADDR mqtts=ADDR mqtt=ADDR metrics=ADDR`, leaving out what is not served.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "http={}", self.http)?;
-        for (name, addr) in [("grpc", self.grpc), ("mqtts", self.mqtts), ("mqtt", self.mqtt)] {
+        for (name, addr) in [("grpc", self.grpc), ("mqtts", self.mqtts), ("mqtt", self.mqtt), ("metrics", self.metrics)]
+        {
             if let Some(a) = addr {
                 write!(f, " {name}={a}")?;
             }
@@ -160,9 +167,12 @@ pub async fn run(
         }
     }
 
-    let store = Arc::new(
+    // Everything the server records for `/metrics`; the store is timed at its trait boundary.
+    let metrics = Arc::new(ferrocore_metrics::Metrics::new());
+    let store = Arc::new(ferrocore_store::metered::Metered::new(
         SqliteStore::open(&db).await.map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", db.display()))?,
-    );
+        metrics.clone(),
+    ));
     let mut log_config = ferrocore_topiclog::LogConfig::new(config.data_dir.join("topics"));
     log_config.retention_max_age = config.topic_log.max_age;
     log_config.retention_max_bytes = config.topic_log.max_bytes_per_topic;
@@ -173,7 +183,13 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("cannot open the topic log: {}", e.detail()))?;
     // One LogSink is both where telemetry goes and where topic readers read it back.
     let log_sink = Arc::new(ferrocore_sinks::log::LogSink::new(topic_log.clone()));
-    let core = Core::with_settings(store.clone(), config.clock.0.clone(), log_sink.clone(), config.core.clone());
+    let core = Core::with_metrics(
+        store.clone(),
+        config.clock.0.clone(),
+        log_sink.clone(),
+        config.core.clone(),
+        metrics.clone(),
+    );
     let activity = core.activity().clone();
     let flusher = activity.spawn_flusher(config.activity_flush_interval);
     let log_flusher = core.spawn_log_flusher(config.device_logs.clone());
@@ -225,7 +241,18 @@ pub async fn run(
         grpc: listeners.grpc.as_ref().map(TcpListener::local_addr).transpose()?,
         mqtts: listeners.mqtts.as_ref().map(TcpListener::local_addr).transpose()?,
         mqtt: listeners.mqtt.as_ref().map(TcpListener::local_addr).transpose()?,
+        metrics: None,
     };
+    let mut bound = bound;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--metrics)"))?;
+            bound.metrics = Some(l.local_addr()?);
+            Some(l)
+        }
+        None => None,
+    };
+    let exporter = exporter(metrics.clone(), core.clone(), topic_log.clone(), forwarders.clone());
     if config.pubsub_anonymous {
         let exposed: Vec<SocketAddr> =
             [Some(bound.http), bound.grpc].into_iter().flatten().filter(|a| !a.ip().is_loopback()).collect();
@@ -261,6 +288,7 @@ pub async fn run(
                 pubsub.clone(),
                 pubsub_access.clone(),
             );
+            let routes = ferrocore_api::metrics::instrument_grpc(routes, metrics.clone());
             Some(tokio::spawn(crate::grpc_listener::serve(listener, tls, routes, config.limits.clone(), stopped())))
         }
         None => None,
@@ -273,14 +301,20 @@ pub async fn run(
         pubsub_access,
         sinks: forwarders.clone().map(|f| Arc::new(f) as Arc<dyn ferrocore_core::sink::SinkReport>),
         ready: ready.clone(),
+        metrics: Some(exporter.clone()),
     })
     .layer(axum::Extension(ferrocore_api::rest::BodyTimeout(config.limits.http_body_timeout)));
     let http = tokio::spawn(crate::http_listener::serve(listeners.http, app, config.limits.clone(), stopped()));
+    let metrics_http = metrics_listener
+        .map(|l| tokio::spawn(crate::http_listener::serve(l, exporter.router(), config.limits.clone(), stopped())));
     ready.store(true, Ordering::Release);
     tracing::info!(listening = %bound, "ferrocore is serving");
     on_ready(bound);
 
     http.await.context("the HTTP server task failed")?;
+    if let Some(task) = metrics_http {
+        task.await.context("the metrics server task failed")?;
+    }
     let served_grpc = match grpc {
         Some(task) => task.await.context("the gRPC server task failed")?.map_err(anyhow::Error::from),
         None => Ok(()),
@@ -301,9 +335,60 @@ pub async fn run(
         f.close().await;
     }
     topic_log.close().await;
-    store.close().await;
+    store.inner().close().await;
     tracing::info!("ferrocore stopped");
     served_grpc.context("the gRPC listener failed")
+}
+
+/// `GET /metrics`: what the server recorded, and what its parts report at scrape time.
+fn exporter(
+    metrics: Arc<ferrocore_metrics::Metrics>,
+    core: Core,
+    topic_log: ferrocore_topiclog::TopicLog,
+    sinks: Option<ferrocore_sinks::forward::Forwarders>,
+) -> ferrocore_api::metrics::Exporter {
+    use ferrocore_core::sink::SinkReport;
+    ferrocore_api::metrics::Exporter::new(move || {
+        let (metrics, core, topic_log, sinks) = (metrics.clone(), core.clone(), topic_log.clone(), sinks.clone());
+        async move {
+            let dropped = core.device_log().dropped();
+            let log = topic_log.stats();
+            let sinks = match &sinks {
+                Some(f) => f.statuses().await,
+                None => Vec::new(),
+            };
+            // /proc reads are small but blocking (one directory entry per open file).
+            let process = tokio::task::spawn_blocking(ferrocore_metrics::process::read).await.ok().flatten();
+            let scraped = ferrocore_metrics::Scraped {
+                devices_connected: core.presence().len() as u64,
+                device_log_dropped: [dropped.debug, dropped.info, dropped.error],
+                topic_log: Some(ferrocore_metrics::TopicLogValues {
+                    appended_records: log.appended_records,
+                    appended_bytes: log.appended_bytes,
+                    commits: log.commits,
+                    fsyncs: log.fsyncs,
+                    retention_deleted_segments: log.retention_deleted_segments,
+                    retention_deleted_bytes: log.retention_deleted_bytes,
+                    topics: log.topics,
+                    bytes: log.bytes,
+                }),
+                sinks: sinks
+                    .into_iter()
+                    .map(|s| ferrocore_metrics::SinkValues {
+                        up: s.state != ferrocore_core::sink::SinkState::Retrying,
+                        lag_messages: s.lag_messages,
+                        lag_seconds: s.lag_seconds,
+                        forwarded_messages: s.forwarded_messages,
+                        lost_messages: s.lost_messages,
+                        rejected_messages: s.rejected_messages,
+                        name: s.name,
+                    })
+                    .collect(),
+                process,
+            };
+            metrics.render(&scraped)
+        }
+    })
 }
 
 /// Warns when the listeners' connection caps add up to more than the process may open: beyond

@@ -4,6 +4,7 @@
 
 use crate::session;
 use ferrocore_core::Core;
+use ferrocore_metrics::{Listener, Metrics, Refusal};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -103,19 +104,32 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            core.metrics().mqtt.refused(Refusal::ConnectionLimit);
             tracing::warn!(%peer, "connection limit reached; closing the new connection");
             continue;
         };
         let Some(source) = sources.admit(peer.ip()) else {
+            core.metrics().mqtt.refused(Refusal::AddressLimit);
             tracing::debug!(%peer, "per-address connection limit reached; closing the new connection");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let (core, config, tls, stop) = (core.clone(), config.clone(), tls.clone(), stop_rx.clone());
-        sessions.spawn(async move {
-            let _slot = slot;
-            serve_connection(tcp, peer, tls, core, config, stop, source).await;
-        });
+        // One span per connection, entered only when the task is polled: every line the session
+        // logs carries the client's address, and its device and registry once authenticated.
+        let span = tracing::info_span!(
+            "mqtt",
+            client = %peer,
+            device = tracing::field::Empty,
+            registry = tracing::field::Empty
+        );
+        sessions.spawn(tracing::Instrument::instrument(
+            async move {
+                let _slot = slot;
+                serve_connection(tcp, peer, tls, core, config, stop, source).await;
+            },
+            span,
+        ));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -137,21 +151,43 @@ async fn serve_connection(
     mut source: SourceSlot,
 ) {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
-    let connected = || source.authenticated();
+    let metrics = core.metrics().clone();
+    let listener = if tls.is_some() { Listener::Mqtts } else { Listener::Mqtt };
+    metrics.mqtt.connection_opened(listener);
+    let _open = OpenConnection(metrics.clone(), listener);
+    let connected = || {
+        source.authenticated();
+        metrics.mqtt.connected(listener);
+    };
     match tls {
         Some(acceptor) => {
             let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
             let stream = tokio::select! {
                 done = handshake => match done {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        metrics.mqtt.refused(Refusal::TlsHandshake);
+                        return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics.mqtt.refused(Refusal::Timeout);
+                        return tracing::debug!(%peer, "TLS handshake timed out");
+                    }
                 },
                 _ = stop.wait_for(|s| *s) => return,
             };
             session::run(stream, peer, core, config, deadline, stop, connected).await
         }
         None => session::run(tcp, peer, core, config, deadline, stop, connected).await,
+    }
+}
+
+/// Counts a connection open in the `ferrocore_mqtt_connections` gauge until dropped.
+struct OpenConnection(Arc<Metrics>, Listener);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.mqtt.connection_closed(self.1);
     }
 }
 

@@ -28,6 +28,7 @@ use ferrocore_core::device_log::EventType;
 use ferrocore_core::gateways::{GatewayRefusal, MAX_ATTACHED_DEVICES};
 use ferrocore_core::presence::{Disconnect, SessionControl, SessionLink};
 use ferrocore_core::{Code, Core, Error};
+use ferrocore_metrics::{Bridge, Inbound, Outbound, Refusal};
 use ferrocore_model::{DeviceConfig, DeviceName, NumId, Status};
 use ferrocore_mqtt_codec::{
     ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Publish, QoS, SubAck, SubAckCode, decode, encode,
@@ -143,7 +144,10 @@ struct Session<S> {
     token_deadline: Instant,
     inflight: HashMap<u16, Outgoing>,
     /// Device messages queued for delivery, in arrival order, with the packet id to acknowledge.
-    pending: VecDeque<(Option<u16>, Delivery, Relayed)>,
+    /// With each, when its PUBLISH was read (for the PUBACK latency metric).
+    pending: VecDeque<(Option<u16>, Delivery, Relayed, Instant)>,
+    /// When the packet being handled was read.
+    packet_at: Instant,
     next_packet_id: u16,
     window_start: Instant,
     window_count: u32,
@@ -190,20 +194,43 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         read = first => match read {
             Ok(Ok(Some(Packet::Connect(c)))) => c,
             Ok(Err(DecodeError::UnsupportedProtocol { name, level })) => {
+                core.metrics().mqtt.refused(Refusal::UnsupportedProtocol);
                 tracing::debug!(%peer, %name, level, "refused CONNECT for an unsupported protocol");
                 let _ = send_connack(&mut stream, ConnectReturnCode::UnacceptableProtocolVersion, &config).await;
                 return;
             }
-            Ok(Ok(Some(_))) => return tracing::debug!(%peer, "first packet was not CONNECT"),
+            Ok(Ok(Some(_))) => {
+                core.metrics().mqtt.refused(Refusal::MalformedConnect);
+                return tracing::debug!(%peer, "first packet was not CONNECT");
+            }
             Ok(Ok(None)) => return,
-            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "bad CONNECT"),
-            Err(_) => return tracing::debug!(%peer, "no CONNECT before the deadline"),
+            Ok(Err(e)) => {
+                core.metrics().mqtt.refused(Refusal::MalformedConnect);
+                return tracing::debug!(%peer, error = %e, "bad CONNECT");
+            }
+            Err(_) => {
+                core.metrics().mqtt.refused(Refusal::Timeout);
+                return tracing::debug!(%peer, "no CONNECT before the deadline");
+            }
         },
         _ = stopped(&mut shutdown) => return,
     };
     let device = match authenticate(&core, &connect).await {
-        Ok(d) => d,
+        Ok(d) => {
+            // The connection's span (see server.rs) names the device from here on.
+            let span = tracing::Span::current();
+            span.record("device", d.id.as_str());
+            span.record("registry", tracing::field::display(&d.registry));
+            d
+        }
         Err(code) => {
+            core.metrics().mqtt.refused(match code {
+                ConnectReturnCode::IdentifierRejected => Refusal::IdentifierRejected,
+                ConnectReturnCode::BadUsernameOrPassword => Refusal::BadCredentials,
+                ConnectReturnCode::ServerUnavailable => Refusal::ServerUnavailable,
+                ConnectReturnCode::UnacceptableProtocolVersion => Refusal::UnsupportedProtocol,
+                _ => Refusal::NotAuthorized,
+            });
             let _ = send_connack(&mut stream, code, &config).await;
             return;
         }
@@ -248,6 +275,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         token_deadline: now + Duration::from_secs(u64::try_from(token_left).unwrap_or(0)),
         inflight: HashMap::new(),
         pending: VecDeque::new(),
+        packet_at: now,
         next_packet_id: 1,
         window_start: now,
         window_count: 0,
@@ -407,7 +435,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let io = std::future::poll_fn(|cx| poll_io(cx, stream, rbuf, wbuf, unflushed, reading));
                 let front = async {
                     match pending.front_mut() {
-                        Some((_, delivery, _)) => delivery.as_mut().await,
+                        Some((_, delivery, _, _)) => delivery.as_mut().await,
                         None => std::future::pending().await,
                     }
                 };
@@ -507,12 +535,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// PUBLISHes came in.
     async fn acknowledge(&mut self, first: ferrocore_core::Result<()>) -> Result<(), Close> {
         let mut result = first;
+        let mut acked_at = None;
         loop {
-            let (packet_id, _, relayed) = self.pending.pop_front().expect("the front delivery completed");
+            let (packet_id, _, relayed, read_at) = self.pending.pop_front().expect("the front delivery completed");
             match (result, relayed) {
                 (Ok(()), _) => {
                     if let Some(id) = packet_id {
                         encode(&Packet::PubAck(id), &mut self.wbuf);
+                        // One clock read per burst of PUBACKs.
+                        let now = *acked_at.get_or_insert_with(Instant::now);
+                        self.core
+                            .metrics()
+                            .mqtt
+                            .puback_latency
+                            .observe_duration(now.saturating_duration_since(read_at));
                     }
                 }
                 (Err(e), Some(device)) => self.device_failed(device, &e),
@@ -521,7 +557,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let pending = &mut self.pending;
             let next = std::future::poll_fn(|cx| {
                 std::task::Poll::Ready(match pending.front_mut() {
-                    Some((_, d, _)) => match d.as_mut().poll(cx) {
+                    Some((_, d, _, _)) => match d.as_mut().poll(cx) {
                         std::task::Poll::Ready(r) => Some(r),
                         std::task::Poll::Pending => None,
                     },
@@ -544,7 +580,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(None) => break,
                 Err(e) => return Err(violation(format!("Malformed MQTT packet: {e}"))),
             };
-            self.idle_deadline = Instant::now() + self.idle_limit;
+            let now = Instant::now();
+            self.packet_at = now;
+            self.idle_deadline = now + self.idle_limit;
             // Every packet counts against the rate, except PUBACKs answering the server's own
             // messages: those are bounded by what the server sends.
             if !matches!(&packet, Packet::PubAck(id) if self.inflight.contains_key(id)) {
@@ -680,10 +718,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let own = self.device.id.as_str();
         let delivery = match topic::parse_publish(&p.topic) {
             Some(PublishTopic::Events { device, subfolder }) if device == own => {
+                self.core.metrics().devices.received(Bridge::Mqtt, Inbound::Telemetry, p.payload.len());
                 let submitted = self.core.submit_event(&self.device, subfolder, p.payload).await;
                 log::publish(&self.core, &self.device, self.peer, &p.topic, "EVENT", None, submitted)
             }
             Some(PublishTopic::State { device }) if device == own => {
+                self.core.metrics().devices.received(Bridge::Mqtt, Inbound::State, p.payload.len());
                 let submitted = self.core.submit_state(&self.device, p.payload).await;
                 log::publish(&self.core, &self.device, self.peer, &p.topic, "STATE", None, submitted)
             }
@@ -701,7 +741,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 )));
             }
         };
-        self.pending.push_back((packet_id, delivery.map_err(Close::Error)?, None));
+        self.pending.push_back((packet_id, delivery.map_err(Close::Error)?, None, self.packet_at));
         Ok(())
     }
 
@@ -736,6 +776,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     return self.gateway_error(ErrorType::InvalidMqttTopic, Some(device), &e.message, Some(info));
                 }
                 let num = dev.num_id;
+                self.core.metrics().devices.received(Bridge::Mqtt, Inbound::Telemetry, p.payload.len());
                 let submitted = self.core.submit_event(dev, subfolder, p.payload).await;
                 let gw = Some(self.device.id.as_str());
                 let submitted = log::publish(&self.core, dev, self.peer, &p.topic, "EVENT", gw, submitted);
@@ -746,6 +787,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     return self.not_attached(device, info);
                 };
                 let num = dev.num_id;
+                self.core.metrics().devices.received(Bridge::Mqtt, Inbound::State, p.payload.len());
                 let submitted = self.core.submit_state(dev, p.payload).await;
                 let gw = Some(self.device.id.as_str());
                 let submitted = log::publish(&self.core, dev, self.peer, &p.topic, "STATE", gw, submitted);
@@ -806,7 +848,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// their way to durability.
     fn acknowledge_now(&mut self, packet_id: Option<u16>) {
         if packet_id.is_some() {
-            self.pending.push_back((packet_id, Box::pin(std::future::ready(Ok(()))), None));
+            self.pending.push_back((packet_id, Box::pin(std::future::ready(Ok(()))), None, self.packet_at));
         }
     }
 
@@ -821,7 +863,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Queues a gateway's message for an attached device, or detaches the device if it failed.
     fn relay(&mut self, device: NumId, packet_id: Option<u16>, submitted: ferrocore_core::Result<Delivery>) {
         match submitted {
-            Ok(delivery) => self.pending.push_back((packet_id, delivery, Some(device))),
+            Ok(delivery) => self.pending.push_back((packet_id, delivery, Some(device), self.packet_at)),
             Err(e) => self.device_failed(device, &e),
         }
     }
@@ -977,6 +1019,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn publish(&mut self, topic: String, qos: QoS, payload: Bytes, pending: Outgoing) -> Result<(), Close> {
+        let kind = match pending {
+            Outgoing::Command(_) => Outbound::Command,
+            Outgoing::Config(..) => Outbound::Config,
+        };
+        self.core.metrics().devices.sent(Bridge::Mqtt, kind, payload.len());
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             _ => Some(self.allocate_packet_id()?),

@@ -5,10 +5,11 @@
 //! domain values. [`conformance`] is the behaviour every backend must show; each backend's tests run
 //! it. [`sqlite`] is the embedded default. [`pubsub`] is what the Pub/Sub API keeps, beside it, and
 //! [`sinks`] how far each external sink forwarded each topic. [`device_logs`] are the device
-//! activity log entries the core appends in batches.
+//! activity log entries the core appends in batches. [`metered`] times any backend's operations.
 
 pub mod conformance;
 pub mod device_logs;
+pub mod metered;
 pub mod pubsub;
 pub mod sinks;
 pub mod sqlite;

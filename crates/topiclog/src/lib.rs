@@ -109,6 +109,34 @@ pub struct ReadResult {
     pub earliest_offset: u64,
 }
 
+/// Counters the writers and retention keep (relaxed atomics, a few per batch).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub appended_records: AtomicU64,
+    pub appended_bytes: AtomicU64,
+    pub commits: AtomicU64,
+    pub deleted_segments: AtomicU64,
+    pub deleted_bytes: AtomicU64,
+}
+
+/// See [`TopicLog::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Records made durable.
+    pub appended_records: u64,
+    /// Their bytes, framing included.
+    pub appended_bytes: u64,
+    /// Batches written (one write and one fsync each, plus one per segment roll).
+    pub commits: u64,
+    /// fsyncs of files and directories, recovery and retention included.
+    pub fsyncs: u64,
+    pub retention_deleted_segments: u64,
+    pub retention_deleted_bytes: u64,
+    pub topics: u64,
+    /// Bytes on disk over all topics.
+    pub bytes: u64,
+}
+
 /// A topic's extent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
@@ -139,6 +167,7 @@ struct Inner {
     waiting_readers: AtomicUsize,
     queue: Arc<Semaphore>,
     syncs: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     shutdown: watch::Sender<bool>,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -177,6 +206,7 @@ impl TopicLog {
             waiting_readers: AtomicUsize::new(0),
             queue: Arc::new(Semaphore::new(QUEUE_BUDGET_BYTES)),
             syncs,
+            counters: Arc::default(),
             shutdown: watch::Sender::new(false),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
@@ -385,6 +415,10 @@ impl TopicLog {
             .await
             .map_err(|e| LogError::Io(format!("retention task failed: {e}")))
             .and_then(|r| r);
+            if let Ok((segments, bytes)) = outcome {
+                self.inner.counters.deleted_segments.fetch_add(segments as u64, Ordering::Relaxed);
+                self.inner.counters.deleted_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
             if let Err(err) = outcome {
                 // One broken topic must not stop the others from being trimmed.
                 tracing::error!(topic = %topic.name, error = %err.detail(), "retention failed");
@@ -426,6 +460,22 @@ impl TopicLog {
     #[doc(hidden)]
     pub fn sync_count(&self) -> u64 {
         self.inner.syncs.load(Ordering::Relaxed)
+    }
+
+    /// What the log has done since it was opened, and what it holds now: for metrics.
+    pub fn stats(&self) -> LogStats {
+        let c = &self.inner.counters;
+        let topics = self.topics();
+        LogStats {
+            appended_records: c.appended_records.load(Ordering::Relaxed),
+            appended_bytes: c.appended_bytes.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            fsyncs: self.sync_count(),
+            retention_deleted_segments: c.deleted_segments.load(Ordering::Relaxed),
+            retention_deleted_bytes: c.deleted_bytes.load(Ordering::Relaxed),
+            topics: topics.len() as u64,
+            bytes: topics.iter().map(|t| t.bytes).sum(),
+        }
     }
 }
 
@@ -522,7 +572,8 @@ impl Inner {
             self.config.roll_after_nanos(),
             self.syncs.clone(),
         );
-        let task = tokio::spawn(writer::run(topic.clone(), rx, state, self.shutdown.subscribe()));
+        let counters = self.counters.clone();
+        let task = tokio::spawn(writer::run(topic.clone(), rx, state, self.shutdown.subscribe(), counters));
         self.tasks.lock().unwrap_or_else(PoisonError::into_inner).push(task);
         TopicEntry { topic, tx }
     }

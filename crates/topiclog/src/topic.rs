@@ -392,7 +392,8 @@ impl Topic {
     }
 
     /// Deletes the oldest sealed segments while the topic is over `max_bytes` or their newest
-    /// record is older than `max_age_nanos` at `now_nanos`. Returns how many were deleted.
+    /// record is older than `max_age_nanos` at `now_nanos`. Returns how many were deleted, and
+    /// their bytes.
     pub(crate) fn enforce_retention_blocking(
         &self,
         max_age_nanos: i64,
@@ -400,9 +401,10 @@ impl Topic {
         held_from: Option<u64>,
         now_nanos: i64,
         syncs: &AtomicU64,
-    ) -> Result<usize, LogError> {
+    ) -> Result<(usize, u64), LogError> {
         let _one_at_a_time = self.retention.lock().unwrap_or_else(PoisonError::into_inner);
         let mut doomed = Vec::new();
+        let mut doomed_bytes = 0;
         loop {
             let unscanned = {
                 let mut st = self.lock();
@@ -424,6 +426,7 @@ impl Topic {
                 if expired {
                     let seg = st.segments.pop_front().expect("checked len");
                     st.bytes -= seg.size;
+                    doomed_bytes += seg.size;
                     doomed.push(seg.path);
                     continue;
                 }
@@ -435,7 +438,7 @@ impl Topic {
             self.scan_sealed(unscanned.0, &unscanned.1)?;
         }
         if doomed.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         // The segments already left the list, so readers no longer find them; a reader that
         // opened one before keeps reading it (unlinked files stay readable on Unix).
@@ -451,7 +454,7 @@ impl Topic {
         crate::writer::sync_dir(&self.dir).map_err(|e| LogError::io(format!("syncing {}", self.dir.display()), e))?;
         syncs.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(topic = %self.name, deleted = doomed.len(), "retention deleted segments");
-        Ok(doomed.len())
+        Ok((doomed.len(), doomed_bytes))
     }
 }
 

@@ -290,6 +290,7 @@ pub(crate) async fn run(
     mut rx: mpsc::UnboundedReceiver<AppendRequest>,
     mut state: WriterState,
     mut shutdown: watch::Receiver<bool>,
+    counters: Arc<crate::Counters>,
 ) {
     let mut closing = false;
     let mut last_commit = std::time::Instant::now();
@@ -345,6 +346,11 @@ pub(crate) async fn run(
         state = returned;
         match result {
             Ok(commit) => {
+                let records: usize = batch.iter().map(|r| r.records.len()).sum();
+                let bytes: usize = batch.iter().map(|r| r.frame_bytes).sum();
+                counters.appended_records.fetch_add(records as u64, Ordering::Relaxed);
+                counters.appended_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                counters.commits.fetch_add(1, Ordering::Relaxed);
                 topic.apply(&commit);
                 for (req, first) in batch.into_iter().zip(commit.firsts) {
                     let _ = req.reply.send(Ok(first));

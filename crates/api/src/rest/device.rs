@@ -18,6 +18,7 @@ use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Transport};
 use ferrocore_core::device_log::{DeviceEvent, EventType};
 use ferrocore_core::gateways::GatewayRefusal;
 use ferrocore_core::{Code, Core, Error};
+use ferrocore_metrics::{Bridge, Inbound, Outbound};
 use ferrocore_model::DeviceName;
 use serde::de::{Deserializer, Error as _};
 use serde::{Deserialize, Serialize};
@@ -203,6 +204,7 @@ pub(crate) async fn serve(
             ferrocore_model::limits::check_subfolder("sub_folder", &req.sub_folder)?;
             let gateway = via.gateway(&name);
             let device = acting_device(core, &name, headers, via).await?;
+            core.metrics().devices.received(Bridge::Http, Inbound::Telemetry, req.binary_data.len());
             let published = core.publish_event(&device, &req.sub_folder, req.binary_data).await;
             let mut logged = event(EventType::Publish, gateway).field("publishFromDeviceTopicType", "EVENT");
             if !req.sub_folder.is_empty() {
@@ -219,6 +221,7 @@ pub(crate) async fn serve(
             let state = req.state.ok_or_else(|| Error::invalid("state", "The request needs a state."))?;
             let gateway = via.gateway(&name);
             let device = acting_device(core, &name, headers, via).await?;
+            core.metrics().devices.received(Bridge::Http, Inbound::State, state.binary_data.len());
             let reported = core.report_state(&device, state.binary_data).await;
             let logged = event(EventType::Publish, gateway).field("publishFromDeviceTopicType", "STATE");
             log_outcome(core, &device, logged, reported)?;
@@ -256,6 +259,7 @@ pub(crate) async fn serve(
             }
             let config = log_outcome(core, &device, logged, config)?;
             core.config_sent(&device);
+            core.metrics().devices.sent(Bridge::Http, Outbound::Config, config.binary_data.len());
             Ok(json_response(&ConfigResponse {
                 version: config.version.to_string(),
                 binary_data: base64::engine::general_purpose::STANDARD.encode(&config.binary_data),

@@ -7,7 +7,9 @@
 //! ([`device`]). Then it parses the path (for Cloud IoT into a [`route::Route`]) and transcodes
 //! path, query and body into the same request message the gRPC API takes, as Google's HTTP
 //! mapping does; the result is rendered with the wire types' Google JSON mapping, or the error
-//! with [`error`]. `GET /healthz` answers without a token; `GET /v1/sinks` (admin) reports the
+//! with [`error`]. `GET /healthz` answers without a token; `GET /metrics` answers loopback
+//! clients without one and others with the admin token ([`crate::metrics`]); every request is
+//! counted under its [`operation`]'s name. `GET /v1/sinks` (admin) reports the
 //! external sinks; `GET /v1/projects/P/locations/L/registries/R/logs` (admin) reads the device
 //! activity logs ([`logs`]).
 //!
@@ -20,6 +22,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logs;
+pub mod operation;
 pub mod route;
 mod sinks;
 pub mod topics;
@@ -63,6 +66,7 @@ struct App {
     pubsub_access: PubsubAccess,
     sinks: Option<Arc<dyn SinkReport>>,
     ready: Arc<AtomicBool>,
+    metrics: Option<crate::metrics::Exporter>,
 }
 
 /// What the REST router serves.
@@ -76,14 +80,47 @@ pub struct RestParts {
     pub sinks: Option<Arc<dyn SinkReport>>,
     /// Turns `/healthz` to 200 once every listener of the server accepts.
     pub ready: Arc<AtomicBool>,
+    /// What `GET /metrics` serves; `None`: 404.
+    pub metrics: Option<crate::metrics::Exporter>,
 }
 
 /// The REST router.
 pub fn router(parts: RestParts) -> Router {
-    let RestParts { core, topics, token, pubsub, pubsub_access, sinks, ready } = parts;
-    let app =
-        App { service: DeviceManager::new(core.clone()), core, topics, token, pubsub, pubsub_access, sinks, ready };
-    Router::new().route("/healthz", get(healthz)).fallback(dispatch).with_state(app)
+    let RestParts { core, topics, token, pubsub, pubsub_access, sinks, ready, metrics } = parts;
+    let recorded = core.metrics().clone();
+    let app = App {
+        service: DeviceManager::new(core.clone()),
+        core,
+        topics,
+        token,
+        pubsub,
+        pubsub_access,
+        sinks,
+        ready,
+        metrics,
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(serve_metrics))
+        .fallback(dispatch)
+        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(recorded, crate::metrics::record_rest))
+}
+
+/// `GET /metrics`: free from loopback, with the admin token from elsewhere (the client's address
+/// is the `ConnectInfo` the listener sets; without one, the token is needed).
+async fn serve_metrics(State(app): State<App>, req: Request) -> Response {
+    let Some(exporter) = &app.metrics else {
+        return RestError(route::not_found("/metrics")).into_response();
+    };
+    let loopback = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| c.0.ip().to_canonical().is_loopback());
+    if !loopback && !app.token.accepts(authorization(req.headers())) {
+        return RestError(unauthenticated()).into_response();
+    }
+    exporter.response().await
 }
 
 async fn healthz(State(app): State<App>) -> Response {

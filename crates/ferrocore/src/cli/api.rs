@@ -20,6 +20,10 @@ pub struct Connection {
     /// Data directory to read the admin token from when none is given.
     #[arg(long, env = "FERROCORE_DATA_DIR", default_value = "./ferrocore-data", global = true)]
     pub data_dir: PathBuf,
+    /// PEM file of the CA certificates to trust for an `https://` --server, instead of the
+    /// system's roots (e.g. DATA_DIR/tls/ca.pem, or the CA of a TLS-terminating proxy).
+    #[arg(long, env = "FERROCORE_CA_FILE", global = true, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Connection {
@@ -34,11 +38,90 @@ impl Connection {
 
     pub fn api(&self) -> Result<Api> {
         Ok(Api {
-            http: reqwest::Client::new(),
+            http: self.http_client()?,
             base: self.server.trim_end_matches('/').to_owned(),
             token: self.token()?,
+            ca_file: self.ca_file.clone(),
         })
     }
+
+    /// The HTTP client every command uses: rustls, trusting `--ca-file` alone when it is given,
+    /// else the system's roots.
+    pub fn http_client(&self) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA file {} (--ca-file)", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .with_context(|| format!("{} (--ca-file) holds no PEM certificate", path.display()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        builder.build().map_err(|e| match &self.ca_file {
+            Some(path) => anyhow::anyhow!("cannot use the CA file {} (--ca-file): {}", path.display(), causes(&e)),
+            None => anyhow::anyhow!("cannot set up the HTTP client: {}", causes(&e)),
+        })
+    }
+
+    /// A failed request to this server, worded by [`request_error`].
+    pub fn send_error(&self, e: reqwest::Error) -> anyhow::Error {
+        request_error(&self.server, self.ca_file.as_deref(), e)
+    }
+}
+
+/// A failed request as a user should read it: a TLS refusal says what was wrong with the server's
+/// certificate and what to do; anything else, that the server could not be reached.
+pub fn request_error(server: &str, ca_file: Option<&std::path::Path>, e: reqwest::Error) -> anyhow::Error {
+    {
+        let tls = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| e.source()).find_map(|c| {
+            // rustls's error comes up the chain as itself, or inside (io::Errors inside) io::Errors,
+            // whose source() skips what they wrap.
+            let mut c: &(dyn std::error::Error + 'static) = c;
+            while let Some(inner) = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                c = inner;
+            }
+            c.downcast_ref::<tokio_rustls::rustls::Error>()
+        });
+        match tls {
+            Some(tokio_rustls::rustls::Error::InvalidCertificate(why)) => {
+                let trust = match ca_file {
+                    Some(path) => format!("the CA file {} does not vouch for it", path.display()),
+                    None => "give the CA that signed it with --ca-file (or FERROCORE_CA_FILE)".to_owned(),
+                };
+                anyhow::anyhow!("cannot reach {server}: its TLS certificate is refused ({}); {trust}", certificate(why))
+            }
+            Some(other) => anyhow::anyhow!("cannot reach {server}: the TLS handshake failed ({other})"),
+            None => anyhow::anyhow!("cannot reach {server}: {}", causes(&e)),
+        }
+    }
+}
+
+/// What is wrong with a refused server certificate, in words.
+fn certificate(e: &tokio_rustls::rustls::CertificateError) -> String {
+    use tokio_rustls::rustls::CertificateError as C;
+    match e {
+        C::UnknownIssuer => "signed by an unknown authority".to_owned(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => "not issued for this host name".to_owned(),
+        C::Expired | C::ExpiredContext { .. } => "expired".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet".to_owned(),
+        C::BadSignature => "bad signature".to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// An error and its causes on one line, without repeating the ones that only echo their source.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(c) = next {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = c.source();
+    }
+    parts.join(": ")
 }
 
 /// Where registries live: `--project` and `--region`, or full resource names instead.
@@ -149,6 +232,7 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     token: String,
+    ca_file: Option<PathBuf>,
 }
 
 impl Api {
@@ -221,7 +305,7 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach {}", self.base))?;
+        let resp = req.send().await.map_err(|e| request_error(&self.base, self.ca_file.as_deref(), e))?;
         let status = resp.status();
         let text = resp.text().await.with_context(|| format!("cannot read the answer of {}", self.base))?;
         let value: Value = match serde_json::from_str(&text) {

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
-use std::io::Write;
+use std::fmt::Write;
 
 #[derive(Subcommand, Debug)]
 pub enum EventsCommand {
@@ -40,7 +40,8 @@ pub struct TailArgs {
 
 pub async fn events(cmd: EventsCommand) -> Result<()> {
     match cmd {
-        EventsCommand::Tail(args) => tail(args).await,
+        // Following a topic waits for long stretches: a reader gone meanwhile ends it at once.
+        EventsCommand::Tail(args) => super::stdout::until_closed(tail(args)).await,
     }
 }
 
@@ -49,35 +50,34 @@ async fn tail(args: TailArgs) -> Result<()> {
         bail!("the topic must look like projects/PROJECT/topics/TOPIC");
     };
     let token = args.connection.token()?;
-    let client = reqwest::Client::new();
+    let client = args.connection.http_client()?;
     let url = format!("{}/v1/projects/{rest}/messages", args.connection.server.trim_end_matches('/'));
     let mut position = match args.from.as_str() {
         "earliest" | "latest" => format!("from={}", args.from),
         n => format!("offset={}", n.parse::<u64>().context("--from must be earliest, latest or an offset")?),
     };
     let wait = if args.no_follow { 0 } else { 30 };
-    let stdout = std::io::stdout();
     loop {
         let resp = client
             .get(format!("{url}?{position}&maxMessages=500&waitSeconds={wait}"))
             .bearer_auth(&token)
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", args.connection.server))?;
+            .map_err(|e| args.connection.send_error(e))?;
         let status = resp.status();
         let body: Value = resp.json().await.context("the server's answer is not JSON")?;
         if !status.is_success() {
             bail!("{}: {}", status, body["error"]["message"].as_str().unwrap_or("request failed"));
         }
         let messages = body["messages"].as_array().cloned().unwrap_or_default();
-        let mut out = stdout.lock();
+        let mut batch = String::new();
         for m in &messages {
             match args.format {
-                Format::Json => writeln!(out, "{m}")?,
-                Format::Text => writeln!(out, "{}", text_line(m))?,
+                Format::Json => writeln!(batch, "{m}")?,
+                Format::Text => writeln!(batch, "{}", text_line(m))?,
             }
         }
-        out.flush()?;
+        super::stdout::write(batch).context("cannot write to stdout")?;
         let next = body["nextOffset"].as_str().context("the answer has no nextOffset")?;
         position = format!("offset={next}");
         if args.no_follow && messages.is_empty() {

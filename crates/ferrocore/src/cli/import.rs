@@ -535,7 +535,7 @@ pub async fn export(args: ExportArgs, api: &Api, scope: &Registry) -> Result<()>
         }
     }
     match args.file.filter(|_| !to_stdout) {
-        None => std::io::stdout().write_all(&buf)?,
+        None => super::stdout::write(&buf)?,
         Some(path) => {
             std::fs::write(&path, &buf).with_context(|| format!("cannot write {}", path.display()))?;
             status(format!("Exported {} devices of [{registry}] to {}.", records.len(), path.display()));

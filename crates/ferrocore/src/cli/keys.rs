@@ -67,7 +67,7 @@ pub fn run(command: KeysCommand) -> Result<()> {
             vec![public.display().to_string(), "public key".into()],
             vec![cert.display().to_string(), "self-signed certificate".into()],
         ];
-        print!("{}", table(&["FILE", "WHAT"], rows));
+        super::output::emit(table(&["FILE", "WHAT"], rows));
     }
     status(format!(
         "Register the device with: ferrocore devices create DEVICE --public-key path={},type={kind}",

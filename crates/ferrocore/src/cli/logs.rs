@@ -7,7 +7,7 @@ use super::api::{Api, Connection, Registry};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
-use std::io::Write;
+use std::fmt::Write;
 use std::time::Duration;
 
 /// How long `--follow` waits before asking again when it has read everything.
@@ -63,16 +63,9 @@ struct ReadArgs {
 
 pub async fn run(args: LogsArgs) -> Result<()> {
     match args.command {
-        LogsCommand::Read(a) => match read(a).await {
-            // `ferrocore logs read | head` is not an error.
-            Err(e) if is_broken_pipe(&e) => Ok(()),
-            other => other,
-        },
+        // `ferrocore logs read --follow | head` ends quietly, even between polls (see cli::stdout).
+        LogsCommand::Read(a) => super::stdout::until_closed(read(a)).await,
     }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 async fn read(args: ReadArgs) -> Result<()> {
@@ -94,7 +87,6 @@ async fn read(args: ReadArgs) -> Result<()> {
     }
     let mut token = String::new();
     let mut printed = 0usize;
-    let stdout = std::io::stdout();
     loop {
         let page_size = args.limit.map_or(1000, |l| (l - printed).clamp(1, 1000));
         let mut q = query.clone();
@@ -104,17 +96,14 @@ async fn read(args: ReadArgs) -> Result<()> {
         }
         let page = api.get(&registry, "/logs", &q).await?;
         let entries = page["entries"].as_array().cloned().unwrap_or_default();
-        {
-            let mut out = stdout.lock();
-            for e in &entries {
-                match args.format {
-                    Format::Json => writeln!(out, "{e}"),
-                    Format::Text => writeln!(out, "{}", text_line(e)),
-                }
-                .context("cannot write to stdout")?;
+        let mut batch = String::new();
+        for e in &entries {
+            match args.format {
+                Format::Json => writeln!(batch, "{e}")?,
+                Format::Text => writeln!(batch, "{}", text_line(e))?,
             }
-            out.flush().context("cannot write to stdout")?;
         }
+        super::stdout::write(batch).context("cannot write to stdout")?;
         printed += entries.len();
         if args.limit.is_some_and(|l| printed >= l) {
             return Ok(());

@@ -26,6 +26,7 @@ pub mod pubsub;
 pub mod registries;
 pub mod simulate;
 pub mod sinks;
+pub mod stdout;
 
 pub use api::Connection;
 pub use events::EventsCommand;
@@ -86,6 +87,8 @@ pub fn run(command: Command) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Stdout's reader went away (`| head`): not a failure (see [`stdout`]).
+        Err(e) if stdout::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the causes on one line, never a Debug dump.
             eprintln!("error: {e:#}");

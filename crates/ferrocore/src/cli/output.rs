@@ -37,7 +37,7 @@ impl Output {
         if self.json() {
             print_json(value);
         } else {
-            print!("{}", describe(value));
+            emit(describe(value));
         }
     }
 
@@ -53,7 +53,7 @@ impl Output {
         }
         let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
         let rows = items.iter().map(|item| columns.iter().map(|(_, f)| f(item)).collect()).collect();
-        print!("{}", table(&headers, rows));
+        emit(table(&headers, rows));
     }
 }
 
@@ -63,7 +63,16 @@ pub fn status(message: impl std::fmt::Display) {
 }
 
 pub fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    emit(format!("{}\n", serde_json::to_string_pretty(value).unwrap_or_default()));
+}
+
+/// Writes data to stdout ([`super::stdout::write`]: a closed pipe ends the process quietly). Any
+/// other failure to write is the command's failure: one error line and exit code 1.
+pub fn emit(text: impl AsRef<[u8]>) {
+    if let Err(e) = super::stdout::write(text) {
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Columns separated by two spaces, an upper-case header, no borders: the look of `gcloud`.

@@ -146,7 +146,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub async fn run(command: DeviceCommand) -> Result<()> {
     let DeviceCommand::Simulate(args) = command;
-    Simulator::new(args)?.run().await
+    // Its output is the configs and commands it receives: once their reader is gone, it stops.
+    super::stdout::until_closed(Simulator::new(args)?.run()).await
 }
 
 /// The device's private key, and the JWT algorithm it implies.
@@ -668,7 +669,7 @@ impl Simulator {
                 if let Some(d) = &other {
                     line["device"] = json!(d);
                 }
-                println!("{line}")
+                super::output::emit(format!("{line}\n"));
             }
             PrintFormat::Text => {
                 let shown = match text {
@@ -678,8 +679,8 @@ impl Simulator {
                 };
                 let of = other.map(|d| format!(" for {d}")).unwrap_or_default();
                 match subfolder {
-                    Some(s) => println!("{kind} [{s}]{of}: {shown}"),
-                    None => println!("{kind}{of}: {shown}"),
+                    Some(s) => super::output::emit(format!("{kind} [{s}]{of}: {shown}\n")),
+                    None => super::output::emit(format!("{kind}{of}: {shown}\n")),
                 }
             }
         }

@@ -2,6 +2,7 @@
 
 mod activity_logs;
 mod cli;
+mod cli_ops;
 mod cli_verbs;
 mod crash;
 mod device;
@@ -15,6 +16,7 @@ mod hardening_http;
 mod hardening_mqtt;
 mod harness;
 mod http_bridge;
+mod metrics;
 mod mqtt;
 mod pubsub_cli;
 mod pubsub_grpc;
