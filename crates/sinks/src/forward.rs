@@ -339,14 +339,18 @@ async fn forward(
                 continue;
             }
         };
-        if batch.earliest_offset > cursor {
-            let lost = batch.earliest_offset - cursor;
+        // Measured against what the read returned, not its `earliest_offset`: retention may run
+        // while a read is under way, so a batch can hold records older than the earliest it
+        // reports (they are forwarded), and only a real gap counts as lost.
+        let first = batch.messages.first().map_or(batch.next_offset, |m| m.offset);
+        if first > cursor {
+            let lost = first - cursor;
             progress.lost.fetch_add(lost, Ordering::Relaxed);
             tracing::error!(
                 sink = %sink.spec.name, %topic, lost, from_offset = cursor,
                 "the topic log's size cap removed messages this sink had not forwarded yet (raise --topic-retention-mb or fix the destination)"
             );
-            cursor = batch.earliest_offset;
+            cursor = first;
             progress.cursor.store(cursor, Ordering::Release);
         }
         if batch.messages.is_empty()
@@ -366,7 +370,7 @@ async fn forward(
             saved = cursor;
             continue;
         }
-        if !batch.messages.is_empty() && batch.earliest_offset <= cursor {
+        if !batch.messages.is_empty() {
             ahead = Some(ReadAhead::start(&shared, &topic, batch.next_offset));
         }
         let mut pending: &[StoredMessage] = &batch.messages;
