@@ -27,6 +27,10 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the man pages (ferrocore.1, ferrocore-serve.1, ...) into DIR; scripts/package-deb.sh
+    /// runs it to put them in the Debian package.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Parser)]
@@ -167,7 +171,9 @@ enum LogFormat {
 /// client commands, whose errors are their own one line, not their libraries' logs).
 fn init_logs(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERROCORE_LOG").unwrap_or_else(|_| default.into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: not in the journal, a file or a pipe, nor with NO_COLOR.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => logs.init(),
         // The innermost span's fields, under "span": a connection's or a request's (they do not nest).
@@ -187,6 +193,17 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "ferrocore", &mut script);
             ferrocore::cli::output::emit(script);
             ExitCode::SUCCESS
+        }
+        Command::Manpages { dir } => {
+            match std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
