@@ -52,6 +52,24 @@ pub enum EventType {
 }
 
 impl EventType {
+    pub const ALL: [EventType; 10] = [
+        EventType::Connect,
+        EventType::Disconnect,
+        EventType::Publish,
+        EventType::Subscribe,
+        EventType::Unsubscribe,
+        EventType::AttachToGateway,
+        EventType::DetachFromGateway,
+        EventType::Config,
+        EventType::Command,
+        EventType::PingReq,
+    ];
+
+    /// The event type of a name, in any case.
+    pub fn parse(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|e| e.name().eq_ignore_ascii_case(name))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             EventType::Connect => "CONNECT",
@@ -169,7 +187,11 @@ impl DeviceEvent {
         }
         let status = match &self.error {
             None => json!({"code": 0, "description": "OK"}),
-            Some((code, message)) => json!({"code": code, "description": code_name(*code), "message": message}),
+            Some((code, message)) => json!({
+                "code": code,
+                "description": Code::from_number(*code).map_or("UNKNOWN", Code::name),
+                "message": message,
+            }),
         };
         p.insert("status".into(), status);
         if let Some(g) = &self.gateway {
@@ -204,30 +226,6 @@ pub fn entry_json(e: &DeviceLogEntry) -> Value {
         "insertId": format!("{:016x}", e.seq),
         "jsonPayload": payload,
     })
-}
-
-/// google.rpc.Code's name for a number.
-fn code_name(n: i32) -> &'static str {
-    use Code::*;
-    let all = [
-        Cancelled,
-        Unknown,
-        InvalidArgument,
-        DeadlineExceeded,
-        NotFound,
-        AlreadyExists,
-        PermissionDenied,
-        ResourceExhausted,
-        FailedPrecondition,
-        Aborted,
-        OutOfRange,
-        Unimplemented,
-        Internal,
-        Unavailable,
-        DataLoss,
-        Unauthenticated,
-    ];
-    all.into_iter().find(|c| *c as i32 == n).map_or("UNKNOWN", Code::name)
 }
 
 /// Dropped entries by severity, since the server started.
@@ -305,14 +303,6 @@ impl LogFlusher {
     }
 }
 
-fn severity_index(s: LogSeverity) -> usize {
-    match s {
-        LogSeverity::Debug => 0,
-        LogSeverity::Info => 1,
-        LogSeverity::Error => 2,
-    }
-}
-
 impl DeviceLog {
     pub(crate) fn new(store: Arc<dyn Store>, capacity: usize) -> Self {
         Self {
@@ -331,7 +321,8 @@ impl DeviceLog {
     }
 
     fn count_drop(&self, s: LogSeverity) {
-        self.dropped[severity_index(s)].fetch_add(1, Ordering::Relaxed);
+        // Indexed by the enum's order: DEBUG, INFO, ERROR.
+        self.dropped[s as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Entries dropped so far because the buffer was full or the store failed.
@@ -474,6 +465,28 @@ impl Core {
             payload: event.payload(dev),
         };
         self.inner.device_log.push(entry);
+    }
+
+    /// Records how an event ended: ERROR with the failure, or at the event's own severity. The
+    /// event is built only when the device's level records that severity, so a device at NONE
+    /// costs one level check and no allocation.
+    pub fn log_outcome<T>(
+        &self,
+        dev: &AuthenticatedDevice,
+        kind: EventType,
+        result: &crate::Result<T>,
+        event: impl FnOnce() -> DeviceEvent,
+    ) {
+        let severity = if result.is_err() { LogSeverity::Error } else { kind.severity() };
+        if !self.logs_at(dev, severity) {
+            return;
+        }
+        let event = event();
+        debug_assert_eq!(event.kind, kind);
+        match result {
+            Ok(_) => self.log_device_event(dev, event),
+            Err(e) => self.log_device_event(dev, event.failed(e)),
+        }
     }
 
     /// As [`Core::log_device_event`], first reading the registry back into the cache if a
@@ -623,19 +636,7 @@ mod tests {
 
         log.flush(Timestamp(99)).await;
         assert_eq!(log.buffered(), 0);
-        let stored = f
-            .store
-            .list_device_logs(&DeviceLogQuery {
-                registry: f.device.registry.clone(),
-                device_id: None,
-                min_severity: None,
-                event_type: None,
-                start_time: None,
-                after: None,
-                limit: 100,
-            })
-            .await
-            .unwrap();
+        let stored = f.store.list_device_logs(&DeviceLogQuery::registry(f.device.registry.clone(), 100)).await.unwrap();
         assert_eq!(stored.iter().map(|e| e.time.0).collect::<Vec<_>>(), [20, 21, 22, 23], "in push order");
         assert!(stored.iter().all(|e| e.severity == LogSeverity::Error));
     }
@@ -649,19 +650,7 @@ mod tests {
             log.push(entry(&f, *s, i as i64));
         }
         log.flush(Timestamp(1)).await;
-        let stored = f
-            .store
-            .list_device_logs(&DeviceLogQuery {
-                registry: f.device.registry.clone(),
-                device_id: None,
-                min_severity: None,
-                event_type: None,
-                start_time: None,
-                after: None,
-                limit: 100,
-            })
-            .await
-            .unwrap();
+        let stored = f.store.list_device_logs(&DeviceLogQuery::registry(f.device.registry.clone(), 100)).await.unwrap();
         assert_eq!(stored.iter().map(|e| e.time.0).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
         assert_eq!(log.dropped().total(), 0);
     }

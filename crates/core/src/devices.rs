@@ -316,6 +316,8 @@ impl Core {
         match self.inner.store.delete_device(device.num_id).await {
             Ok(()) => {
                 self.inner.presence.kick(device.num_id, None, presence::Reason::Deleted);
+                // Its noted log level would otherwise stay in memory for good.
+                self.inner.device_log.note_level(device.num_id, LogLevel::Unspecified);
                 Ok(())
             }
             Err(StoreError::NotFound) => Err(device_not_found(name)),

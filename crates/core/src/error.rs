@@ -28,6 +28,30 @@ pub enum Code {
 }
 
 impl Code {
+    pub const ALL: [Code; 16] = [
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The code with this google.rpc number (none for 0, OK, or an unknown number).
+    pub fn from_number(n: i32) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| *c as i32 == n)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Code::Cancelled => "CANCELLED",

@@ -27,10 +27,15 @@ pub fn decode(kind: &str, token: &str) -> Result<Option<String>> {
 
 /// 0 means the default; larger than the maximum is clamped; negative is refused.
 pub fn page_size(requested: i64) -> Result<u32> {
+    page_size_up_to(requested, MAX_PAGE_SIZE)
+}
+
+/// As [`page_size`], for a list with its own maximum (Cloud Logging's entries take 1000).
+pub fn page_size_up_to(requested: i64, max: u32) -> Result<u32> {
     match requested {
-        0 => Ok(DEFAULT_PAGE_SIZE),
+        0 => Ok(DEFAULT_PAGE_SIZE.min(max)),
         n if n < 0 => Err(Error::invalid("page_size", "The page size must not be negative.")),
-        n => Ok(u32::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE)),
+        n => Ok(u32::try_from(n).unwrap_or(max).min(max)),
     }
 }
 
@@ -48,5 +53,8 @@ mod tests {
         assert_eq!(page_size(0).unwrap(), DEFAULT_PAGE_SIZE);
         assert_eq!(page_size(100_000).unwrap(), MAX_PAGE_SIZE);
         assert!(page_size(-1).is_err());
+        assert_eq!(page_size_up_to(0, 1000).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size_up_to(700, 1000).unwrap(), 700);
+        assert_eq!(page_size_up_to(5000, 1000).unwrap(), 1000);
     }
 }

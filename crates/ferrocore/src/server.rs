@@ -236,14 +236,13 @@ pub async fn run(
     };
 
     let ready = Arc::new(AtomicBool::new(false));
-    let bound = Bound {
+    let mut bound = Bound {
         http: listeners.http.local_addr()?,
         grpc: listeners.grpc.as_ref().map(TcpListener::local_addr).transpose()?,
         mqtts: listeners.mqtts.as_ref().map(TcpListener::local_addr).transpose()?,
         mqtt: listeners.mqtt.as_ref().map(TcpListener::local_addr).transpose()?,
         metrics: None,
     };
-    let mut bound = bound;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--metrics)"))?;
@@ -352,7 +351,6 @@ fn exporter(
         let (metrics, core, topic_log, sinks) = (metrics.clone(), core.clone(), topic_log.clone(), sinks.clone());
         async move {
             let dropped = core.device_log().dropped();
-            let log = topic_log.stats();
             let sinks = match &sinks {
                 Some(f) => f.statuses().await,
                 None => Vec::new(),
@@ -362,16 +360,7 @@ fn exporter(
             let scraped = ferrocore_metrics::Scraped {
                 devices_connected: core.presence().len() as u64,
                 device_log_dropped: [dropped.debug, dropped.info, dropped.error],
-                topic_log: Some(ferrocore_metrics::TopicLogValues {
-                    appended_records: log.appended_records,
-                    appended_bytes: log.appended_bytes,
-                    commits: log.commits,
-                    fsyncs: log.fsyncs,
-                    retention_deleted_segments: log.retention_deleted_segments,
-                    retention_deleted_bytes: log.retention_deleted_bytes,
-                    topics: log.topics,
-                    bytes: log.bytes,
-                }),
+                topic_log: Some(topic_log.stats()),
                 sinks: sinks
                     .into_iter()
                     .map(|s| ferrocore_metrics::SinkValues {

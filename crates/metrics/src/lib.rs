@@ -422,16 +422,21 @@ impl Default for Metrics {
     }
 }
 
-/// The topic log's counters, read at scrape time.
-#[derive(Debug, Clone, Default)]
+/// The topic log's counters (`TopicLog::stats`), read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicLogValues {
+    /// Records made durable.
     pub appended_records: u64,
+    /// Their bytes, framing included.
     pub appended_bytes: u64,
+    /// Batches written (one write and one fsync each, plus one per segment roll).
     pub commits: u64,
+    /// fsyncs of files and directories, recovery and retention included.
     pub fsyncs: u64,
     pub retention_deleted_segments: u64,
     pub retention_deleted_bytes: u64,
     pub topics: u64,
+    /// Bytes on disk over all topics.
     pub bytes: u64,
 }
 

@@ -32,17 +32,15 @@ pub fn publish(
         || event(EventType::Publish, peer).topic(topic).gateway(gateway).field("publishFromDeviceTopicType", kind);
     match submitted {
         Err(e) => {
-            core.log_device_event(dev, build().failed(&e));
-            Err(e)
+            let failed = Err(e);
+            core.log_outcome(dev, EventType::Publish, &failed, build);
+            failed
         }
         Ok(delivery) if core.logs_at(dev, LogSeverity::Error) => {
             let (core, dev, event) = (core.clone(), dev.clone(), build());
             Ok(Box::pin(async move {
                 let result = delivery.await;
-                match &result {
-                    Ok(()) => core.log_device_event(&dev, event),
-                    Err(e) => core.log_device_event(&dev, event.failed(e)),
-                }
+                core.log_outcome(&dev, EventType::Publish, &result, || event);
                 result
             }))
         }

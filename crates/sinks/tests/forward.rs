@@ -315,3 +315,103 @@ async fn retention_keeps_what_a_stalled_sink_has_not_sent_up_to_the_size_cap() {
     assert!(s.lost_messages > 0);
     rig.close(f).await;
 }
+
+/// A topic source whose reads are scripted by starting offset, to replay what the real log does
+/// only in a race: a read that overlapped retention hands back records older than the earliest
+/// offset it reports.
+struct ScriptedSource {
+    /// Read from offset → (offsets returned, next offset, earliest offset reported).
+    reads: Vec<(u64, std::ops::Range<u64>, u64, u64)>,
+    end: u64,
+    earliest: u64,
+}
+
+struct NoHold;
+
+impl ferrocore_core::topics::RetentionHold for NoHold {
+    fn advance(&self, _offset: u64) {}
+}
+
+#[async_trait]
+impl ferrocore_core::topics::TopicSource for ScriptedSource {
+    async fn read(
+        &self,
+        _topic: &str,
+        from: ferrocore_core::topics::ReadFrom,
+        _max_messages: usize,
+        _max_bytes: usize,
+        wait: Option<Duration>,
+    ) -> Result<ferrocore_core::topics::ReadBatch, ferrocore_core::topics::ReadError> {
+        let ferrocore_core::topics::ReadFrom::Offset(from) = from else { panic!("the forwarder reads by offset") };
+        let message = |offset| StoredMessage {
+            offset,
+            time: Timestamp(0),
+            attributes: vec![],
+            data: Bytes::from(format!("m{offset}")),
+        };
+        match self.reads.iter().find(|r| r.0 == from) {
+            Some((_, offsets, next, earliest)) => Ok(ferrocore_core::topics::ReadBatch {
+                messages: offsets.clone().map(message).collect(),
+                next_offset: *next,
+                earliest_offset: *earliest,
+            }),
+            None => {
+                assert_eq!(from, self.end, "a read from an offset the script does not know");
+                tokio::time::sleep(wait.unwrap_or_default().min(Duration::from_millis(20))).await;
+                Ok(ferrocore_core::topics::ReadBatch {
+                    messages: vec![],
+                    next_offset: from,
+                    earliest_offset: self.earliest,
+                })
+            }
+        }
+    }
+
+    async fn offset_at(&self, _topic: &str, _time: Timestamp) -> Result<u64, ferrocore_core::topics::ReadError> {
+        Ok(0)
+    }
+
+    fn extent(&self, topic: &str) -> Option<ferrocore_core::topics::TopicExtent> {
+        Some(ferrocore_core::topics::TopicExtent {
+            name: topic.to_owned(),
+            earliest_offset: self.earliest,
+            next_offset: self.end,
+            bytes: 0,
+        })
+    }
+
+    fn extents(&self) -> Vec<ferrocore_core::topics::TopicExtent> {
+        self.extent(T1).into_iter().collect()
+    }
+
+    fn hold(&self, _topic: &str, _offset: u64) -> Box<dyn ferrocore_core::topics::RetentionHold> {
+        Box::new(NoHold)
+    }
+}
+
+#[tokio::test]
+async fn records_a_read_returns_below_its_earliest_offset_are_forwarded_not_counted_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("db")).await.unwrap());
+    let source = Arc::new(ScriptedSource {
+        reads: vec![
+            (0, 0..7, 7, 0),
+            // Retention removed 7..34 while this read was under way: it still returns 7..12,
+            // and reports the new earliest offset.
+            (7, 7..12, 12, 34),
+            (12, 34..41, 41, 34),
+            (41, 41..60, 60, 34),
+        ],
+        end: 60,
+        earliest: 34,
+    });
+    let rec = Arc::new(Recorder::default());
+    let spec = SinkSpec::custom("rec", T1, "http://127.0.0.1:9/{project}/{topic}", Arc::new(Rec(rec.clone()))).unwrap();
+    let f = Forwarders::start(vec![spec], source, store, Arc::new(SystemClock), fast()).await.unwrap();
+    until("the last arrived", || rec.offsets(T1).last() == Some(&59)).await;
+    let expected: Vec<u64> = (0..12).chain(34..60).collect();
+    assert_eq!(rec.offsets(T1), expected, "what each read returned, in order, once");
+    let s = f.statuses().await.remove(0);
+    assert_eq!((s.lost_messages, s.forwarded_messages, s.cursor[0].1), (22, 38, 60), "only 12..34 were lost");
+    f.close().await;
+}

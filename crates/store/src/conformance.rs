@@ -538,15 +538,7 @@ async fn device_logs(store: &dyn Store) {
         event_type: event.into(),
         payload: format!(r#"{{"eventType":"{event}"}}"#),
     };
-    let query = |reg: &RegistryName| DeviceLogQuery {
-        registry: reg.clone(),
-        device_id: None,
-        min_severity: None,
-        event_type: None,
-        start_time: None,
-        after: None,
-        limit: 100,
-    };
+    let query = |reg: &RegistryName| DeviceLogQuery::registry(reg.clone(), 100);
     assert!(store.append_device_logs(&[], Timestamp(1)).await.unwrap().is_empty());
     let seqs = store
         .append_device_logs(

@@ -85,3 +85,10 @@ pub struct DeviceLogQuery {
     pub after: Option<u64>,
     pub limit: u32,
 }
+
+impl DeviceLogQuery {
+    /// The first `limit` entries of a registry, unfiltered.
+    pub fn registry(registry: RegistryName, limit: u32) -> Self {
+        Self { registry, device_id: None, min_severity: None, event_type: None, start_time: None, after: None, limit }
+    }
+}

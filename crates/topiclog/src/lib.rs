@@ -119,24 +119,6 @@ pub(crate) struct Counters {
     pub deleted_bytes: AtomicU64,
 }
 
-/// See [`TopicLog::stats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogStats {
-    /// Records made durable.
-    pub appended_records: u64,
-    /// Their bytes, framing included.
-    pub appended_bytes: u64,
-    /// Batches written (one write and one fsync each, plus one per segment roll).
-    pub commits: u64,
-    /// fsyncs of files and directories, recovery and retention included.
-    pub fsyncs: u64,
-    pub retention_deleted_segments: u64,
-    pub retention_deleted_bytes: u64,
-    pub topics: u64,
-    /// Bytes on disk over all topics.
-    pub bytes: u64,
-}
-
 /// A topic's extent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
@@ -463,10 +445,10 @@ impl TopicLog {
     }
 
     /// What the log has done since it was opened, and what it holds now: for metrics.
-    pub fn stats(&self) -> LogStats {
+    pub fn stats(&self) -> ferrocore_metrics::TopicLogValues {
         let c = &self.inner.counters;
         let topics = self.topics();
-        LogStats {
+        ferrocore_metrics::TopicLogValues {
             appended_records: c.appended_records.load(Ordering::Relaxed),
             appended_bytes: c.appended_bytes.load(Ordering::Relaxed),
             commits: c.commits.load(Ordering::Relaxed),

@@ -170,20 +170,6 @@ fn check_name(given: &str, path: &DeviceName) -> Result<(), Error> {
     }
 }
 
-/// Logs a request's outcome on the device's activity log (`protocol: "HTTP"`).
-fn log_outcome<T>(
-    core: &Core,
-    device: &AuthenticatedDevice,
-    event: DeviceEvent,
-    result: Result<T, Error>,
-) -> Result<T, Error> {
-    match &result {
-        Ok(_) => core.log_device_event(device, event),
-        Err(e) => core.log_device_event(device, event.failed(e)),
-    }
-    result
-}
-
 pub(crate) async fn serve(
     core: &Core,
     route: Route,
@@ -206,11 +192,14 @@ pub(crate) async fn serve(
             let device = acting_device(core, &name, headers, via).await?;
             core.metrics().devices.received(Bridge::Http, Inbound::Telemetry, req.binary_data.len());
             let published = core.publish_event(&device, &req.sub_folder, req.binary_data).await;
-            let mut logged = event(EventType::Publish, gateway).field("publishFromDeviceTopicType", "EVENT");
-            if !req.sub_folder.is_empty() {
-                logged = logged.field("publishFromDeviceTopicFolder", req.sub_folder.as_str());
-            }
-            log_outcome(core, &device, logged, published)?;
+            core.log_outcome(&device, EventType::Publish, &published, || {
+                let logged = event(EventType::Publish, gateway).field("publishFromDeviceTopicType", "EVENT");
+                match req.sub_folder.as_str() {
+                    "" => logged,
+                    folder => logged.field("publishFromDeviceTopicFolder", folder),
+                }
+            });
+            published?;
             Ok(empty())
         }
         Route::SetState(name) => {
@@ -223,8 +212,10 @@ pub(crate) async fn serve(
             let device = acting_device(core, &name, headers, via).await?;
             core.metrics().devices.received(Bridge::Http, Inbound::State, state.binary_data.len());
             let reported = core.report_state(&device, state.binary_data).await;
-            let logged = event(EventType::Publish, gateway).field("publishFromDeviceTopicType", "STATE");
-            log_outcome(core, &device, logged, reported)?;
+            core.log_outcome(&device, EventType::Publish, &reported, || {
+                event(EventType::Publish, gateway).field("publishFromDeviceTopicType", "STATE")
+            });
+            reported?;
             Ok(empty())
         }
         Route::GetConfig(name) => {
@@ -253,11 +244,14 @@ pub(crate) async fn serve(
                 }
                 Ok(config)
             });
-            let mut logged = event(EventType::Config, gateway).field("delivery", "SENT");
-            if let Ok(c) = &config {
-                logged = logged.field("configVersion", c.version.to_string());
-            }
-            let config = log_outcome(core, &device, logged, config)?;
+            core.log_outcome(&device, EventType::Config, &config, || {
+                let logged = event(EventType::Config, gateway).field("delivery", "SENT");
+                match &config {
+                    Ok(c) => logged.field("configVersion", c.version.to_string()),
+                    Err(_) => logged,
+                }
+            });
+            let config = config?;
             core.config_sent(&device);
             core.metrics().devices.sent(Bridge::Http, Outbound::Config, config.binary_data.len());
             Ok(json_response(&ConfigResponse {

@@ -17,21 +17,8 @@ use ferrocore_model::{DeviceId, RegistryName, Timestamp, ids::printable};
 use serde_json::json;
 
 const PAGE_KIND: &str = "device-logs";
-const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Cloud Logging's largest page of entries.
 const MAX_PAGE_SIZE: u32 = 1000;
-
-const EVENT_TYPES: [EventType; 10] = [
-    EventType::Connect,
-    EventType::Disconnect,
-    EventType::Publish,
-    EventType::Subscribe,
-    EventType::Unsubscribe,
-    EventType::AttachToGateway,
-    EventType::DetachFromGateway,
-    EventType::Config,
-    EventType::Command,
-    EventType::PingReq,
-];
 
 /// The registry of a logs path (everything after `/v1/`), or None for any other path.
 pub(crate) fn parse(path: &str) -> Option<Result<RegistryName, Error>> {
@@ -55,24 +42,10 @@ fn invalid_token() -> Error {
 
 fn query(registry: RegistryName, q: &Query) -> Result<DeviceLogQuery, Error> {
     q.check(&["deviceId", "minSeverity", "eventType", "startTime", "pageSize", "pageToken"])?;
-    let limit = match q.one("pageSize") {
-        None | Some("") => DEFAULT_PAGE_SIZE,
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if n < 0 => return Err(Error::invalid("page_size", "The page size must not be negative.")),
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) => u32::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
-            Err(_) => {
-                return Err(Error::invalid(
-                    "page_size",
-                    format!("Invalid value '{}' for 'pageSize': expected an integer.", printable(v)),
-                ));
-            }
-        },
-    };
-    let after = match paging::decode(PAGE_KIND, q.one("pageToken").unwrap_or_default()) {
-        Ok(None) => None,
-        Ok(Some(seq)) => Some(seq.parse::<u64>().map_err(|_| invalid_token())?),
-        Err(_) => return Err(invalid_token()),
+    let limit = paging::page_size_up_to(i64::from(q.int32("pageSize")?), MAX_PAGE_SIZE)?;
+    let after = match paging::decode(PAGE_KIND, q.one("pageToken").unwrap_or_default())? {
+        None => None,
+        Some(seq) => Some(seq.parse::<u64>().map_err(|_| invalid_token())?),
     };
     let device_id = match q.one("deviceId") {
         None | Some("") => None,
@@ -90,8 +63,8 @@ fn query(registry: RegistryName, q: &Query) -> Result<DeviceLogQuery, Error> {
     let event_type = match q.one("eventType") {
         None | Some("") => None,
         Some(t) => {
-            let known = EVENT_TYPES.iter().find(|e| e.name().eq_ignore_ascii_case(t)).ok_or_else(|| {
-                let names: Vec<&str> = EVENT_TYPES.iter().map(|e| e.name()).collect();
+            let known = EventType::parse(t).ok_or_else(|| {
+                let names: Vec<&str> = EventType::ALL.iter().map(|e| e.name()).collect();
                 Error::invalid(
                     "event_type",
                     format!("Invalid value '{}' for 'eventType': use one of {}.", printable(t), names.join(", ")),
@@ -152,7 +125,7 @@ mod tests {
         assert_eq!(ok.limit, MAX_PAGE_SIZE);
         assert_eq!(ok.min_severity, Some(LogSeverity::Info));
         assert_eq!(ok.event_type.as_deref(), Some("CONNECT"));
-        assert_eq!(q("").unwrap().limit, DEFAULT_PAGE_SIZE);
+        assert_eq!(q("").unwrap().limit, ferrocore_model::limits::DEFAULT_PAGE_SIZE);
         for bad in [
             "pageToken=garbage!",
             "pageToken=ZGV2aWNlczpkZXYtMQ",

@@ -14,16 +14,7 @@ const PROJECT: &str = "logs-proj";
 
 /// A registry with a telemetry topic at `level`; returns its path.
 async fn registry(s: &TestServer, id: &str, level: &str) -> String {
-    let parent = format!("projects/{PROJECT}/locations/us-central1");
-    let (st, body) = s
-        .post(
-            &format!("{parent}/registries"),
-            json!({"id": id, "logLevel": level,
-                   "eventNotificationConfigs": [{"pubsubTopicName": format!("projects/{PROJECT}/topics/events")}]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{body}");
-    format!("{parent}/registries/{id}")
+    s.registry_with(PROJECT, id, json!({ "logLevel": level })).await
 }
 
 /// Every entry of the registry matching `query` (e.g. `deviceId=d`), following the page tokens.
@@ -261,7 +252,7 @@ async fn a_refused_message_sets_last_error_and_is_logged_at_error() {
 
     // The HTTP bridge: a second state within a second is refused and recorded too.
     let token = es256_token(PROJECT);
-    let state = |n: u8| json!({"state": {"binaryData": base64_of(&[n])}});
+    let state = |n: u8| json!({"state": {"binaryData": b64(&[n])}});
     let path = format!("{}/v1/{reg}/devices/dev-err:setState", s.base);
     let first = s.client.post(&path).bearer_auth(&token).json(&state(1)).send().await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
@@ -284,11 +275,6 @@ async fn a_refused_message_sets_last_error_and_is_logged_at_error() {
     assert_eq!(refused["jsonPayload"]["clientIp"], "127.0.0.1");
     let _ = dev;
     s.stop().await;
-}
-
-fn base64_of(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// `ferrocore logs read`: JSON lines, text lines, filters, `--follow`, and errors as one line.
@@ -379,7 +365,7 @@ async fn gateways_and_the_http_bridge_are_logged() {
             Some(&format!("Bearer {}", es256_token(PROJECT))),
             reqwest::Method::POST,
             &format!("{reg}/devices/dev-behind:publishEvent"),
-            Some(json!({"binaryData": base64_of(b"over http"), "subFolder": "sub"})),
+            Some(json!({"binaryData": b64(b"over http"), "subFolder": "sub"})),
         )
         .await;
     assert_eq!(st, StatusCode::OK);

@@ -21,16 +21,9 @@ const PROJECT: &str = "ops-proj";
 
 /// A registry whose telemetry goes to `projects/PROJECT/topics/TOPIC`; returns its name.
 async fn registry(s: &TestServer, id: &str, topic: &str) -> String {
-    let parent = format!("projects/{PROJECT}/locations/us-central1");
-    let (st, body) = s
-        .post(
-            &format!("{parent}/registries"),
-            json!({"id": id, "logLevel": "INFO",
-                   "eventNotificationConfigs": [{"pubsubTopicName": format!("projects/{PROJECT}/topics/{topic}")}]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{body}");
-    format!("{parent}/registries/{id}")
+    let topic = format!("projects/{PROJECT}/topics/{topic}");
+    s.registry_with(PROJECT, id, json!({"logLevel": "INFO", "eventNotificationConfigs": [{"pubsubTopicName": topic}]}))
+        .await
 }
 
 async fn publish(s: &TestServer, topic: &str, n: usize) {
@@ -38,11 +31,6 @@ async fn publish(s: &TestServer, topic: &str, n: usize) {
     let (st, body) =
         s.post(&format!("projects/{PROJECT}/topics/{topic}:publish"), json!({ "messages": messages })).await;
     assert_eq!(st, StatusCode::OK, "{body}");
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Waits (off the runtime) for `child` to end within `within`; kills it and fails otherwise.

@@ -280,10 +280,10 @@ async fn config_versions_compare_and_set() {
     let (st, body) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": "123"})).await;
     let msg = expect_error(st, &body, 400, "INVALID_ARGUMENT");
     assert!(msg.contains("binaryData") && msg.contains("Base64"), "{msg}");
-    let big = base64_of(&vec![b'x'; 64 * 1024 + 1]);
+    let big = b64(&vec![b'x'; 64 * 1024 + 1]);
     let (st, body) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": big})).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
-    let ok = base64_of(&vec![b'x'; 64 * 1024]);
+    let ok = b64(&vec![b'x'; 64 * 1024]);
     next_second();
     let (st, _) = s.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": ok})).await;
     assert_eq!(st, StatusCode::OK, "exactly 64 KiB is allowed");
@@ -293,11 +293,6 @@ async fn config_versions_compare_and_set() {
     let (st, body) = s.post(&format!("{reg}/devices"), json!({"id": "dev-2", "config": {"version": "3"}})).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
     s.stop().await;
-}
-
-fn base64_of(data: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[tokio::test]
@@ -317,7 +312,7 @@ async fn commands_need_a_subscribed_device() {
         .post(&format!("{reg}/devices/dev:sendCommandToDevice"), json!({"binaryData": "b24=", "subfolder": "a/#"}))
         .await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
-    let big = base64_of(&vec![0u8; 256 * 1024 + 1]);
+    let big = b64(&vec![0u8; 256 * 1024 + 1]);
     let (st, body) = s.post(&format!("{reg}/devices/dev:sendCommandToDevice"), json!({"binaryData": big})).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
     let (st, body) = s.post(&format!("{reg}/devices/ghost:sendCommandToDevice"), json!({"binaryData": "b24="})).await;
@@ -418,13 +413,13 @@ async fn states_list_newest_first_and_device_state_is_the_latest() {
     assert_eq!(st, StatusCode::OK, "{list}");
     let got = list["deviceStates"].as_array().unwrap();
     assert_eq!(got.len(), 10, "ten kept");
-    assert_eq!(got[0]["binaryData"], base64_of(b"state-11"));
+    assert_eq!(got[0]["binaryData"], b64(b"state-11"));
     assert_eq!(got[0]["updateTime"], "2025-06-15T15:06:51Z");
-    assert_eq!(got[9]["binaryData"], base64_of(b"state-2"));
+    assert_eq!(got[9]["binaryData"], b64(b"state-2"));
     let (_, list) = s.get(&format!("{reg}/devices/dev/states?numStates=3")).await;
     assert_eq!(list["deviceStates"].as_array().unwrap().len(), 3);
     let (_, dev) = s.get(&format!("{reg}/devices/dev?fieldMask=state")).await;
-    assert_eq!(dev["state"]["binaryData"], base64_of(b"state-11"));
+    assert_eq!(dev["state"]["binaryData"], b64(b"state-11"));
     let (st, body) = s.get(&format!("{reg}/devices/dev/states?numStates=-1")).await;
     expect_error(st, &body, 400, "INVALID_ARGUMENT");
     s.stop().await;

@@ -109,11 +109,6 @@ async fn messages(s: &TestServer, topic: &str) -> Vec<Value> {
     body["messages"].as_array().cloned().unwrap_or_default()
 }
 
-fn b64(data: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
 /// The attributes IoT Core put on a device's messages, whoever relayed them: no gateway id.
 fn attributes_of(device: &Value, subfolder: Option<&str>) -> Value {
     let mut a = json!({

@@ -200,26 +200,28 @@ impl TestServer {
 
     /// Creates a registry with a default telemetry topic; returns its path.
     pub async fn registry(&self, project: &str, id: &str) -> String {
+        self.registry_with(project, id, json!({})).await
+    }
+
+    /// Creates a registry with a default telemetry topic (`projects/P/topics/events`) and the
+    /// fields of `extra` (which may replace it); returns its path.
+    pub async fn registry_with(&self, project: &str, id: &str, extra: Value) -> String {
         let parent = format!("projects/{project}/locations/us-central1");
-        let (s, body) = self
-            .post(
-                &format!("{parent}/registries"),
-                json!({"id": id, "eventNotificationConfigs": [{"pubsubTopicName": format!("projects/{project}/topics/events")}]}),
-            )
-            .await;
+        let body = merged(
+            json!({"id": id, "eventNotificationConfigs": [{"pubsubTopicName": format!("projects/{project}/topics/events")}]}),
+            extra,
+        );
+        let (s, body) = self.post(&format!("{parent}/registries"), body).await;
         assert_eq!(s, StatusCode::OK, "{body}");
         format!("{parent}/registries/{id}")
     }
 
     /// Creates a device with an ES256 key; returns the created resource.
     pub async fn device(&self, registry: &str, id: &str, extra: Value) -> Value {
-        let mut body =
-            json!({"id": id, "credentials": [{"publicKey": {"format": "ES256_PEM", "key": fixture("ec_public.pem")}}]});
-        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-            for (k, v) in e {
-                b.insert(k.clone(), v.clone());
-            }
-        }
+        let body = merged(
+            json!({"id": id, "credentials": [{"publicKey": {"format": "ES256_PEM", "key": fixture("ec_public.pem")}}]}),
+            extra,
+        );
         let (s, created) = self.post(&format!("{registry}/devices"), body).await;
         assert_eq!(s, StatusCode::OK, "{created}");
         created
@@ -244,6 +246,20 @@ impl TestServer {
         }
         self.dir
     }
+}
+
+/// `base` with the top-level fields of `extra` set over it.
+fn merged(mut base: Value, extra: Value) -> Value {
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    base
+}
+
+/// Standard base64, as JSON carries bytes.
+pub fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// Asserts Google's error shape and returns the message.

@@ -59,15 +59,10 @@ fn get(m: &HashMap<String, f64>, series: &str) -> f64 {
 #[tokio::test]
 async fn scripted_load_moves_the_counters_by_exactly_what_was_sent() {
     let s = TestServer::start().await;
-    let parent = format!("projects/{PROJECT}/locations/us-central1");
-    let (st, _) = s
-        .post(
-            &format!("{parent}/registries"),
-            json!({"id": "metered-fleet", "eventNotificationConfigs": [{"pubsubTopicName": format!("projects/{PROJECT}/topics/metered-telemetry")}]}),
-        )
+    let topic = format!("projects/{PROJECT}/topics/metered-telemetry");
+    let reg = s
+        .registry_with(PROJECT, "metered-fleet", json!({"eventNotificationConfigs": [{"pubsubTopicName": topic}]}))
         .await;
-    assert_eq!(st, StatusCode::OK);
-    let reg = format!("{parent}/registries/metered-fleet");
     let ids: Vec<String> = (0..DEVICES).map(|i| format!("metered-device-{i}")).collect();
     for id in &ids {
         s.device(&reg, id, json!({})).await;
