@@ -31,6 +31,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import iot_v1
+from google.iam.v1 import policy_pb2
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 
@@ -814,7 +815,7 @@ def test_delete_device_by_id_and_by_numeric_id(client, parent, expect_error):
     client.delete_device_registry(name=reg.name)
 
 
-# --- error details and unserved methods ------------------------------------------------------
+# --- error details and IAM policies ----------------------------------------------------------
 
 def test_invalid_argument_names_the_field(client, transport, parent, expect_error):
     reg = new_registry(client, parent)
@@ -842,25 +843,53 @@ def test_invalid_argument_names_the_field(client, transport, parent, expect_erro
     assert error_report(exc.value).field_violations == ()
 
 
-def test_iam_methods_are_not_implemented(server, client, other_client, parent):
+def test_iam_policy_get_set_and_test_permissions(client, parent, expect_error):
     reg = new_registry(client, parent)
-    calls = {
-        "get_iam_policy": lambda c: c.get_iam_policy(resource=reg.name),
-        "set_iam_policy": lambda c: c.set_iam_policy(request={"resource": reg.name, "policy": {"bindings": []}}),
-        "test_iam_permissions": lambda c: c.test_iam_permissions(
-            resource=reg.name, permissions=["cloudiot.devices.get"]
-        ),
-    }
-    for method, call in calls.items():
-        # A client per call: over REST the server may answer these before it has read the request
-        # body and then drop the connection unannounced, which can break the client's next call
-        # (test_wire.py::test_an_early_error_does_not_silently_drop_the_connection). Here only the
-        # answer itself is under test.
-        with pytest.raises(gexc.MethodNotImplemented) as exc:
-            call(other_client(server.token))
-        assert exc.value.code == 501, method
-        assert error_report(exc.value).status == "UNIMPLEMENTED", method
-    # Nothing about the registry changed.
+
+    # A fresh registry has an empty policy, with an etag to write it back with.
+    empty = client.get_iam_policy(resource=reg.name)
+    assert list(empty.bindings) == []
+    assert empty.etag, "a policy always carries an etag"
+
+    viewer = policy_pb2.Binding(role="roles/cloudiot.viewer", members=["user:ana@example.com"])
+    stored = client.set_iam_policy(
+        request={"resource": reg.name, "policy": policy_pb2.Policy(bindings=[viewer], etag=empty.etag)}
+    )
+    assert [(b.role, list(b.members)) for b in stored.bindings] == [("roles/cloudiot.viewer", ["user:ana@example.com"])]
+    assert stored.etag and stored.etag != empty.etag, "the etag changes with the policy"
+    fetched = client.get_iam_policy(resource=reg.name)
+    assert (list(fetched.bindings), fetched.etag) == (list(stored.bindings), stored.etag)
+
+    # A write based on an older read is refused, and changes nothing.
+    stale = policy_pb2.Policy(
+        bindings=[policy_pb2.Binding(role="roles/cloudiot.admin", members=["user:mallory@example.com"])],
+        etag=empty.etag,
+    )
+    with expect_error("ABORTED") as exc:
+        client.set_iam_policy(request={"resource": reg.name, "policy": stale}, retry=None)
+    assert exc.value.code == 409
+    assert client.get_iam_policy(resource=reg.name) == fetched
+
+    # The current etag, or none at all, writes.
+    editor = policy_pb2.Binding(role="roles/cloudiot.editor", members=["serviceAccount:ci@p.iam.gserviceaccount.com"])
+    both = client.set_iam_policy(
+        request={"resource": reg.name, "policy": policy_pb2.Policy(bindings=[viewer, editor], etag=fetched.etag)}
+    )
+    assert {b.role for b in both.bindings} == {"roles/cloudiot.viewer", "roles/cloudiot.editor"}
+    cleared = client.set_iam_policy(request={"resource": reg.name, "policy": policy_pb2.Policy(bindings=[])})
+    assert list(cleared.bindings) == [] and cleared.etag not in (both.etag, fetched.etag)
+
+    # The owner (the admin token) holds every permission asked about.
+    asked = ["cloudiot.devices.get", "cloudiot.devices.updateConfig", "cloudiot.registries.setIamPolicy"]
+    granted = client.test_iam_permissions(resource=reg.name, permissions=asked)
+    assert sorted(granted.permissions) == sorted(asked)
+
+    ghost = f"{parent}/registries/{unique('ghost')}"
+    with expect_error("NOT_FOUND"):
+        client.get_iam_policy(resource=ghost)
+    with expect_error("NOT_FOUND"):
+        client.set_iam_policy(request={"resource": ghost, "policy": policy_pb2.Policy(bindings=[viewer])})
+    # Nothing else about the registry changed.
     assert client.get_device_registry(name=reg.name) == reg
 
 

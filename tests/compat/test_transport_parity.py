@@ -589,11 +589,26 @@ STEPS = [
         ),
         expect="INVALID_ARGUMENT",
     ),
+    # IAM policies (docs/iam.md). A policy that was never set is empty with Google's etag for it;
+    # a stored policy's etag is the server's own, so only refusals are compared after a write.
+    Step("get_iam_policy of a registry without a policy", lambda r: r.client.get_iam_policy(resource=r.registry)),
     Step(
-        "get_iam_policy (IAM is not served)",
-        lambda r: r.client.get_iam_policy(resource=r.registry),
-        expect="UNIMPLEMENTED",
-        own_client=True,
+        "get_iam_policy of a missing registry",
+        lambda r: r.client.get_iam_policy(resource=f"{r.parent}/registries/{MISSING_ID}"),
+        expect="NOT_FOUND",
+    ),
+    Step(
+        "set_iam_policy with an etag that is not the policy's",
+        lambda r: r.client.set_iam_policy(
+            request={"resource": r.registry, "policy": {"bindings": [], "etag": b"stale-etag"}}, retry=None
+        ),
+        expect="ABORTED",
+    ),
+    Step(
+        "test_iam_permissions with the admin token",
+        lambda r: r.client.test_iam_permissions(
+            resource=r.registry, permissions=["cloudiot.devices.get", "cloudiot.registries.setIamPolicy"]
+        ),
     ),
     Step(
         "send a command larger than the request size limit",

@@ -89,7 +89,7 @@ def _read_response(sock: socket.socket) -> tuple[bytes, dict[str, str], bytes]:
 @pytest.mark.parametrize(
     "path, with_token, status",
     [
-        ("registries/{reg}:getIamPolicy", True, b"501"),  # IAM is not served
+        ("registries/{reg}:getIamPolicy", True, b"404"),  # the registry does not exist
         ("registries/{reg}:noSuchVerb", True, b"404"),
         ("registries", False, b"401"),  # no token
     ],

@@ -4,13 +4,14 @@
 //! * [`rest`]: the Cloud IoT v1 REST/JSON API, transcoded onto [`service`].
 //! * [`grpc`]: the gRPC service `google.cloud.iot.v1.DeviceManager` over [`service`].
 //! * [`convert`]: wire types to and from the core's inputs and resources.
-//! * [`admin_auth`]: bearer-token checks for admin requests.
+//! * [`authz`]: who may call what — authentication with `ferrocore_iam`, and the one table of
+//!   the permission each method needs, shared by REST and gRPC.
 //! * [`pubsub`]: Google's Pub/Sub v1 API (gRPC and REST) over `ferrocore_pubsub`.
 //! * [`metrics`]: `GET /metrics` and the admin APIs' request metrics.
 //!
 //! Adapters only translate: no use-case logic lives here.
 
-pub mod admin_auth;
+pub mod authz;
 pub mod convert;
 pub mod grpc;
 pub mod metrics;

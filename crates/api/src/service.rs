@@ -2,18 +2,26 @@
 //!
 //! The gRPC adapter calls these directly; the REST adapter transcodes a request (path, query,
 //! body) into the same request message first, as Google's HTTP mapping does. So REST and gRPC
-//! cannot disagree on validation, results or errors.
+//! cannot disagree on validation, results or errors. Callers are authorized before a method is
+//! called ([`crate::authz`]); only `testIamPermissions`, whose answer depends on the caller, takes
+//! it.
+//!
+//! A registry's IAM policy lives with [`Iam`]: it is forgotten when the registry is deleted, and
+//! a stale one (left by a delete that failed half-way) before a registry of the name is created.
 
 use crate::convert::{self, mask_string};
+use crate::pubsub::convert::{policy_from_wire, policy_to_wire};
 use ferrocore_core::devices::{GatewayListOption, ListDevicesRequest};
-use ferrocore_core::{Core, Error};
+use ferrocore_core::{Code, Core, Error};
+use ferrocore_iam::{Caller, Iam, Resource};
 use ferrocore_model::mask::DeviceReadMask;
-use ferrocore_model::{DeviceName, GatewayType, LocationName, RegistryName};
-use ferrocore_proto::iot;
+use ferrocore_model::{DeviceName, GatewayType, LocationName, RegistryId, RegistryName};
+use ferrocore_proto::{iam, iot};
 
 #[derive(Clone)]
 pub struct DeviceManager {
     core: Core,
+    iam: Iam,
 }
 
 fn registry_name(field: &str, s: &str) -> Result<RegistryName, Error> {
@@ -25,8 +33,8 @@ fn device_name(field: &str, s: &str) -> Result<DeviceName, Error> {
 }
 
 impl DeviceManager {
-    pub fn new(core: Core) -> Self {
-        Self { core }
+    pub fn new(core: Core, iam: Iam) -> Self {
+        Self { core, iam }
     }
 
     pub async fn create_device_registry(
@@ -34,7 +42,18 @@ impl DeviceManager {
         r: iot::CreateDeviceRegistryRequest,
     ) -> Result<iot::DeviceRegistry, Error> {
         let parent = LocationName::parse_field("parent", &r.parent)?;
-        let input = convert::registry_input(r.device_registry.unwrap_or_default())?;
+        let registry = r.device_registry.unwrap_or_default();
+        let id = RegistryId::parse_field("device_registry.id", &registry.id).ok();
+        let input = convert::registry_input(registry)?;
+        if let Some(id) = id {
+            let name = RegistryName { parent: parent.clone(), registry: id };
+            // Only a name no registry has: a create that fails as ALREADY_EXISTS must leave the
+            // existing registry's policy alone.
+            match self.core.get_registry(&name).await {
+                Err(e) if e.code == Code::NotFound => self.iam.forget_registry_policy(&name).await?,
+                _ => {}
+            }
+        }
         Ok(convert::registry_out(&self.core.create_registry(&parent, input).await?))
     }
 
@@ -55,7 +74,11 @@ impl DeviceManager {
     }
 
     pub async fn delete_device_registry(&self, r: iot::DeleteDeviceRegistryRequest) -> Result<(), Error> {
-        self.core.delete_registry(&registry_name("name", &r.name)?).await
+        let name = registry_name("name", &r.name)?;
+        self.core.delete_registry(&name).await?;
+        // Deleting a registry deletes its policy (docs/iam.md); should this fail, the next create
+        // of the name forgets it.
+        self.iam.forget_registry_policy(&name).await
     }
 
     pub async fn list_device_registries(
@@ -173,5 +196,40 @@ impl DeviceManager {
         let parent = registry_name("parent", &r.parent)?;
         self.core.unbind_device_from_gateway(&parent, &r.gateway_id, &r.device_id).await?;
         Ok(iot::UnbindDeviceFromGatewayResponse {})
+    }
+
+    /// The registry's policy (an empty one with its etag when none was set); NOT_FOUND when there
+    /// is no such registry.
+    pub async fn get_iam_policy(&self, r: iam::GetIamPolicyRequest) -> Result<iam::Policy, Error> {
+        let name = registry_name("resource", &r.resource)?;
+        self.core.get_registry(&name).await?;
+        Ok(policy_to_wire(&self.iam.get_registry_policy(&name).await?))
+    }
+
+    /// Replaces the registry's policy; a stale etag is ABORTED.
+    pub async fn set_iam_policy(&self, r: iam::SetIamPolicyRequest) -> Result<iam::Policy, Error> {
+        let name = registry_name("resource", &r.resource)?;
+        let policy = r.policy.ok_or_else(|| Error::invalid("policy", "The policy is missing."))?;
+        let policy = policy_from_wire(policy)?;
+        self.core.get_registry(&name).await?;
+        Ok(policy_to_wire(&self.iam.set_registry_policy(&name, policy).await?))
+    }
+
+    /// The subset of the asked permissions `caller` holds on the registry; on a registry that
+    /// does not exist, none (as Google answered, rather than NOT_FOUND).
+    pub async fn test_iam_permissions(
+        &self,
+        caller: &Caller,
+        r: iam::TestIamPermissionsRequest,
+    ) -> Result<iam::TestIamPermissionsResponse, Error> {
+        let name = registry_name("resource", &r.resource)?;
+        // Asked first, so that an unknown permission is refused whether or not the registry exists.
+        let held = self.iam.held(caller, Resource::Registry(&name), &r.permissions).await?;
+        let permissions = match self.core.get_registry(&name).await {
+            Ok(_) => held,
+            Err(e) if e.code == Code::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(iam::TestIamPermissionsResponse { permissions })
     }
 }

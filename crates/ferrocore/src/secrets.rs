@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use ferrocore_api::admin_auth::AdminToken;
+use ferrocore_iam::AdminToken;
 use rand::RngCore;
 use std::fs;
 use std::io::Write;

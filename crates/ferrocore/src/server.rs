@@ -199,7 +199,16 @@ pub async fn run(
         config.clock.0.clone(),
         ferrocore_pubsub::Settings::default(),
     );
-    let pubsub_access = ferrocore_api::pubsub::PubsubAccess::new(token.clone(), config.pubsub_anonymous);
+    // Identities and policies: every admin call on every listener is checked through this.
+    let iam = ferrocore_iam::Iam::open(
+        token,
+        store.clone() as Arc<dyn ferrocore_store::IamStore>,
+        store.clone() as Arc<dyn ferrocore_store::PubsubStore>,
+        config.clock.0.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot load identities and access: {}", e.message))?;
+    let access = ferrocore_api::authz::Access::new(iam.clone(), pubsub.clone(), config.pubsub_anonymous);
     // Started before any listener, so that retention holds are in place before new records come.
     let forwarders = if config.sinks.is_empty() {
         None
@@ -278,14 +287,14 @@ pub async fn run(
             stopped(),
         )));
     }
-    let service = ferrocore_api::service::DeviceManager::new(core.clone());
+    let service = ferrocore_api::service::DeviceManager::new(core.clone(), iam.clone());
     let tls = config.tls.as_ref().map(|files| crate::tls::server_config(files, &[b"h2"])).transpose()?;
     let grpc = match listeners.grpc {
         Some(listener) => {
             let routes = ferrocore_api::pubsub::grpc::add_routes(
-                ferrocore_api::grpc::routes(service.clone(), token.clone()),
+                ferrocore_api::grpc::routes(service.clone(), access.clone()),
                 pubsub.clone(),
-                pubsub_access.clone(),
+                access.clone(),
             );
             let routes = ferrocore_api::metrics::instrument_grpc(routes, metrics.clone());
             Some(tokio::spawn(crate::grpc_listener::serve(listener, tls, routes, config.limits.clone(), stopped())))
@@ -295,9 +304,8 @@ pub async fn run(
     let app = ferrocore_api::rest::router(ferrocore_api::rest::RestParts {
         core: core.clone(),
         topics: log_sink,
-        token,
+        access,
         pubsub: pubsub.clone(),
-        pubsub_access,
         sinks: forwarders.clone().map(|f| Arc::new(f) as Arc<dyn ferrocore_core::sink::SinkReport>),
         ready: ready.clone(),
         metrics: Some(exporter.clone()),

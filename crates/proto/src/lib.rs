@@ -1,6 +1,7 @@
 //! The wire types of the Google APIs Ferrocore serves, shared by the REST and gRPC adapters:
-//! Cloud IoT v1 ([`iot`]), Pub/Sub v1 ([`pubsub`]), and IAM v1 ([`iam`], the policy calls Pub/Sub
-//! clients make on topics and subscriptions).
+//! Cloud IoT v1 ([`iot`]), Pub/Sub v1 ([`pubsub`]), and IAM v1 ([`iam`], the policy messages of
+//! DeviceManager's IAM methods on registries and of the calls Pub/Sub clients make on topics and
+//! subscriptions).
 //!
 //! Generated at build time from Ferrocore's own `.proto` files (in `proto/`): prost messages for
 //! the gRPC wire, tonic server and client code for the `DeviceManager`, `Publisher`, `Subscriber`

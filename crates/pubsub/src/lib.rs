@@ -657,7 +657,7 @@ impl PubSub {
     pub async fn get_iam_policy(&self, resource: &str) -> Result<IamPolicy> {
         self.check_iam_resource(resource).await?;
         let policy = self.inner.store.get_iam_policy(resource).await.map_err(storage)?;
-        Ok(policy.unwrap_or_else(|| IamPolicy { version: 0, bindings: Vec::new(), etag: EMPTY_POLICY_ETAG.to_vec() }))
+        Ok(policy.unwrap_or_else(ferrocore_iam::policy::empty_policy))
     }
 
     /// Stores `policy`; an etag that is not the current one means someone else wrote in between.
@@ -668,7 +668,7 @@ impl PubSub {
                 return Err(Error::invalid(format!("policy.bindings[{i}].role"), "A role must be named 'roles/...'."));
             }
             for m in &b.members {
-                if !valid_member(m) {
+                if !ferrocore_iam::policy::valid_member(m) {
                     let shown: String = m.chars().take(100).collect();
                     return Err(Error::invalid(
                         format!("policy.bindings[{i}].members"),
@@ -680,19 +680,14 @@ impl PubSub {
             }
         }
         let current = self.get_iam_policy(resource).await?;
-        if !policy.etag.is_empty() && policy.etag != current.etag {
-            return Err(Error::new(
-                Code::Aborted,
-                "The policy changed since it was read (etag mismatch); read it again and retry.",
-            ));
-        }
-        let stored = IamPolicy { etag: rand::random::<[u8; 8]>().to_vec(), ..policy };
+        ferrocore_iam::policy::check_etag(&policy.etag, &current.etag)?;
+        let stored = IamPolicy { etag: ferrocore_iam::policy::new_etag(), ..policy };
         self.inner.store.set_iam_policy(resource, &stored).await.map_err(storage)?;
         Ok(stored)
     }
 
-    /// Which of `permissions` the caller holds: every valid Pub/Sub permission, since the caller
-    /// passed the admin check.
+    /// Checks that the resource exists and every permission is a well-formed Pub/Sub one; returns
+    /// them all. Which of them the caller holds is the API layer's to filter (`Iam::held`).
     pub async fn test_iam_permissions(&self, resource: &str, permissions: &[String]) -> Result<Vec<String>> {
         self.check_iam_resource(resource).await?;
         for p in permissions {
@@ -703,16 +698,6 @@ impl PubSub {
         }
         Ok(permissions.to_vec())
     }
-}
-
-/// The etag of a resource that never had a policy (`ACAB` in base64, as Pub/Sub answers).
-const EMPTY_POLICY_ETAG: &[u8] = &[0x00, 0x20, 0x01];
-
-fn valid_member(m: &str) -> bool {
-    matches!(m, "allUsers" | "allAuthenticatedUsers")
-        || ["user:", "serviceAccount:", "group:", "domain:", "deleted:", "principal:", "principalSet:"]
-            .iter()
-            .any(|p| m.strip_prefix(p).is_some_and(|rest| !rest.is_empty() && rest.len() <= 512))
 }
 
 fn page_of<T>(mut items: Vec<T>, limit: u32, token: impl Fn(&T) -> String) -> (Vec<T>, String) {

@@ -605,3 +605,162 @@ async fn device_logs(store: &dyn Store) {
     assert_eq!(left.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["DISCONNECT"]);
     assert!(store.list_device_logs(&query(&other)).await.unwrap().is_empty());
 }
+
+/// The behaviour every [`crate::IamStore`] backend must show. Its records are all in project
+/// `conformance-iam` (and secrets named `conformance-*`), and it only looks at those, so it can
+/// share a store; it leaves some behind for a backend's reopen test.
+pub async fn run_iam<S: crate::IamStore>(store: &S) {
+    iam_tokens(store).await;
+    iam_service_accounts(store).await;
+    iam_server_secrets(store).await;
+}
+
+const IAM_PROJECT: &str = "conformance-iam";
+
+fn iam_token(id: &str, hash_byte: u8, time: i64, registry: Option<&str>) -> crate::iam::ApiTokenRecord {
+    crate::iam::ApiTokenRecord {
+        id: id.into(),
+        hash: [hash_byte; 32],
+        principal: format!("user:{id}@example.com"),
+        role: "roles/cloudiot.provisioner".into(),
+        project: IAM_PROJECT.into(),
+        registry: registry.map(Into::into),
+        create_time: Timestamp(time),
+    }
+}
+
+async fn iam_own_tokens<S: crate::IamStore>(store: &S) -> Vec<crate::iam::ApiTokenRecord> {
+    store.list_api_tokens().await.unwrap().into_iter().filter(|t| t.project == IAM_PROJECT).collect()
+}
+
+/// API tokens: unique by id and by hash, listed by creation time then id, deleted once.
+async fn iam_tokens<S: crate::IamStore>(store: &S) {
+    let reg = "projects/conformance-iam/locations/us-central1/registries/reg";
+    let late_b = iam_token("00000000000000bb", 1, 2_000, None);
+    let early = iam_token("00000000000000cc", 2, 1_000, Some(reg));
+    let late_a = iam_token("00000000000000aa", 3, 2_000, None);
+    for t in [&late_b, &early, &late_a] {
+        store.create_api_token(t).await.unwrap();
+    }
+    assert_eq!(iam_own_tokens(store).await, [early.clone(), late_a.clone(), late_b.clone()], "by time, then id");
+
+    let same_id = iam_token(&late_a.id, 9, 3_000, None);
+    assert!(matches!(store.create_api_token(&same_id).await, Err(StoreError::AlreadyExists)), "id taken");
+    let same_hash = iam_token("00000000000000dd", 3, 3_000, None);
+    assert!(matches!(store.create_api_token(&same_hash).await, Err(StoreError::AlreadyExists)), "hash taken");
+    assert_eq!(iam_own_tokens(store).await.len(), 3, "a refused token is not stored");
+
+    assert!(store.delete_api_token(&late_b.id).await.unwrap());
+    assert!(!store.delete_api_token(&late_b.id).await.unwrap(), "already gone");
+    assert!(!store.delete_api_token("ffffffffffffffff").await.unwrap(), "never existed");
+    // Its hash is free again.
+    store.create_api_token(&iam_token("00000000000000ee", 1, 4_000, None)).await.unwrap();
+    let ids: Vec<String> = iam_own_tokens(store).await.into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["00000000000000cc", "00000000000000aa", "00000000000000ee"]);
+    assert_eq!(iam_own_tokens(store).await[0].registry.as_deref(), Some(reg), "registry round trip");
+}
+
+fn iam_account(name: &str, roles: &[&str], registry: Option<&str>, time: i64) -> crate::iam::ServiceAccountRecord {
+    crate::iam::ServiceAccountRecord {
+        email: format!("{name}@{IAM_PROJECT}.iam.gserviceaccount.com"),
+        project: IAM_PROJECT.into(),
+        account_id: name.into(),
+        unique_id: format!("1{:020}", time),
+        display_name: format!("The {name} account"),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        registry: registry.map(Into::into),
+        create_time: Timestamp(time),
+    }
+}
+
+fn iam_key(email: &str, key_id: &str, time: i64) -> crate::iam::ServiceAccountKeyRecord {
+    crate::iam::ServiceAccountKeyRecord {
+        email: email.into(),
+        key_id: key_id.into(),
+        public_key_der: format!("der of {key_id}").into_bytes(),
+        create_time: Timestamp(time),
+    }
+}
+
+async fn iam_own_accounts<S: crate::IamStore>(store: &S) -> Vec<crate::iam::ServiceAccountRecord> {
+    store.list_service_accounts().await.unwrap().into_iter().filter(|a| a.project == IAM_PROJECT).collect()
+}
+
+async fn iam_own_keys<S: crate::IamStore>(store: &S) -> Vec<crate::iam::ServiceAccountKeyRecord> {
+    let domain = format!("@{IAM_PROJECT}.iam.gserviceaccount.com");
+    store.list_service_account_keys().await.unwrap().into_iter().filter(|k| k.email.ends_with(&domain)).collect()
+}
+
+/// Service accounts and their keys: unique emails and key ids, keys only on existing accounts,
+/// deleting an account deletes its keys.
+async fn iam_service_accounts<S: crate::IamStore>(store: &S) {
+    let reg = "projects/conformance-iam/locations/us-central1/registries/reg";
+    let ingest = iam_account("ingest", &["roles/cloudiot.viewer", "roles/pubsub.subscriber"], None, 2_000);
+    let admin = iam_account("admin-bot", &["roles/cloudiot.admin"], Some(reg), 3_000);
+    let bare = iam_account("bare-acct", &[], None, 1_000);
+    for a in [&ingest, &admin, &bare] {
+        store.create_service_account(a).await.unwrap();
+    }
+    assert_eq!(iam_own_accounts(store).await, [admin.clone(), bare.clone(), ingest.clone()], "by email");
+    let again = iam_account("ingest", &["roles/cloudiot.admin"], Some(reg), 9_000);
+    assert!(matches!(store.create_service_account(&again).await, Err(StoreError::AlreadyExists)));
+    assert_eq!(iam_own_accounts(store).await[2], ingest, "the first account stays as it was");
+
+    let missing = format!("nobody@{IAM_PROJECT}.iam.gserviceaccount.com");
+    let k = |email: &str, id: &str, time| iam_key(email, id, time);
+    assert!(
+        matches!(store.add_service_account_key(&k(&missing, &"0".repeat(40), 1)).await, Err(StoreError::NotFound)),
+        "no key without its account"
+    );
+    let (k1, k2, k3) = ("1".repeat(40), "2".repeat(40), "3".repeat(40));
+    store.add_service_account_key(&k(&ingest.email, &k2, 2_000)).await.unwrap();
+    store.add_service_account_key(&k(&ingest.email, &k1, 1_000)).await.unwrap();
+    store.add_service_account_key(&k(&admin.email, &k3, 5_000)).await.unwrap();
+    assert!(matches!(
+        store.add_service_account_key(&k(&ingest.email, &k1, 7_000)).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(
+        matches!(store.add_service_account_key(&k(&bare.email, &k1, 7_000)).await, Err(StoreError::AlreadyExists)),
+        "key ids are unique across accounts"
+    );
+    assert_eq!(
+        iam_own_keys(store).await,
+        [k(&admin.email, &k3, 5_000), k(&ingest.email, &k1, 1_000), k(&ingest.email, &k2, 2_000)],
+        "by email, then creation time"
+    );
+
+    assert!(!store.delete_service_account_key(&admin.email, &k1).await.unwrap(), "another account's key");
+    assert!(store.delete_service_account_key(&ingest.email, &k1).await.unwrap());
+    assert!(!store.delete_service_account_key(&ingest.email, &k1).await.unwrap(), "already gone");
+    assert_eq!(iam_own_keys(store).await.len(), 2);
+
+    assert!(store.delete_service_account(&ingest.email).await.unwrap());
+    assert!(!store.delete_service_account(&ingest.email).await.unwrap(), "already gone");
+    assert!(!store.delete_service_account(&missing).await.unwrap(), "never existed");
+    assert_eq!(iam_own_keys(store).await, [k(&admin.email, &k3, 5_000)], "its keys went with it");
+    assert!(
+        matches!(store.add_service_account_key(&k(&ingest.email, &k1, 8_000)).await, Err(StoreError::NotFound)),
+        "a deleted account takes no keys"
+    );
+    // Re-created under the same email, it has none of the old keys, and their ids are free.
+    store.create_service_account(&ingest).await.unwrap();
+    assert_eq!(iam_own_keys(store).await.len(), 1);
+    store.add_service_account_key(&k(&ingest.email, &k2, 9_000)).await.unwrap();
+    assert_eq!(iam_own_accounts(store).await, [admin, bare, ingest], "roles and registries round trip");
+}
+
+/// Server secrets: the first value stored under a name is the one every caller gets.
+async fn iam_server_secrets<S: crate::IamStore>(store: &S) {
+    assert_eq!(store.server_secret("conformance-a", b"first").await.unwrap(), b"first");
+    assert_eq!(store.server_secret("conformance-a", b"second").await.unwrap(), b"first", "kept, not replaced");
+    assert_eq!(store.server_secret("conformance-b", b"other").await.unwrap(), b"other", "one per name");
+    let (x, y, z) = tokio::join!(
+        store.server_secret("conformance-race", b"x"),
+        store.server_secret("conformance-race", b"y"),
+        store.server_secret("conformance-race", b"z"),
+    );
+    let (x, y, z) = (x.unwrap(), y.unwrap(), z.unwrap());
+    assert!(x == y && y == z, "concurrent callers agree");
+    assert!([&b"x"[..], b"y", b"z"].contains(&x.as_slice()), "and get one of the candidates");
+}

@@ -5,16 +5,19 @@
 //! domain values. [`conformance`] is the behaviour every backend must show; each backend's tests run
 //! it. [`sqlite`] is the embedded default. [`pubsub`] is what the Pub/Sub API keeps, beside it, and
 //! [`sinks`] how far each external sink forwarded each topic. [`device_logs`] are the device
-//! activity log entries the core appends in batches. [`metered`] times any backend's operations.
+//! activity log entries the core appends in batches. [`iam`] holds API tokens and service
+//! accounts. [`metered`] times any backend's operations.
 
 pub mod conformance;
 pub mod device_logs;
+pub mod iam;
 pub mod metered;
 pub mod pubsub;
 pub mod sinks;
 pub mod sqlite;
 
 pub use device_logs::{DeviceLogEntry, DeviceLogQuery, LogSeverity};
+pub use iam::IamStore;
 pub use pubsub::PubsubStore;
 pub use sinks::SinkStore;
 

@@ -3,6 +3,7 @@
 //! the trait method's name. The backend itself knows nothing of metrics.
 
 use crate::device_logs::{DeviceLogEntry, DeviceLogQuery};
+use crate::iam::{ApiTokenRecord, IamStore, ServiceAccountKeyRecord, ServiceAccountRecord};
 use crate::pubsub::{Page, PubsubStore};
 use crate::sinks::{SinkCursor, SinkStore};
 use crate::{BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, NewDevice, RegistryDelete, Result, Store};
@@ -94,4 +95,17 @@ metered!(PubsubStore {
 metered!(SinkStore {
     fn open_sink(&self, sink: &str, now: Timestamp) -> Result<(Timestamp, Vec<SinkCursor>)>;
     fn save_sink_cursors(&self, cursors: &[SinkCursor]) -> Result<()>;
+});
+
+metered!(IamStore {
+    fn create_api_token(&self, token: &ApiTokenRecord) -> Result<()>;
+    fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>>;
+    fn delete_api_token(&self, id: &str) -> Result<bool>;
+    fn create_service_account(&self, account: &ServiceAccountRecord) -> Result<()>;
+    fn list_service_accounts(&self) -> Result<Vec<ServiceAccountRecord>>;
+    fn delete_service_account(&self, email: &str) -> Result<bool>;
+    fn add_service_account_key(&self, key: &ServiceAccountKeyRecord) -> Result<()>;
+    fn list_service_account_keys(&self) -> Result<Vec<ServiceAccountKeyRecord>>;
+    fn delete_service_account_key(&self, email: &str, key_id: &str) -> Result<bool>;
+    fn server_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
 });

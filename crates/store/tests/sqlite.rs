@@ -25,6 +25,33 @@ async fn sqlite_passes_the_sinks_conformance_suite() {
 }
 
 #[tokio::test]
+async fn sqlite_passes_the_iam_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("ferrocore.db")).await.unwrap();
+    conformance::run_iam(&store).await;
+}
+
+#[tokio::test]
+async fn iam_records_survive_reopening() {
+    use ferrocore_store::IamStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferrocore.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    conformance::run_iam(&store).await;
+    let tokens = store.list_api_tokens().await.unwrap();
+    let accounts = store.list_service_accounts().await.unwrap();
+    let keys = store.list_service_account_keys().await.unwrap();
+    assert!(!tokens.is_empty() && !accounts.is_empty() && !keys.is_empty(), "the suite leaves records behind");
+    store.close().await;
+    drop(store);
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.list_api_tokens().await.unwrap(), tokens);
+    assert_eq!(store.list_service_accounts().await.unwrap(), accounts);
+    assert_eq!(store.list_service_account_keys().await.unwrap(), keys);
+    assert_eq!(store.server_secret("conformance-a", b"after reopening").await.unwrap(), b"first");
+}
+
+#[tokio::test]
 async fn data_and_schema_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferrocore.db");

@@ -1,5 +1,6 @@
 //! Pub/Sub wire types (`google.pubsub.v1`, `google.iam.v1`) to and from the engine's domain
-//! types, shared by the gRPC and REST adapters so both accept and answer the same things.
+//! types, shared by the gRPC and REST adapters so both accept and answer the same things. The
+//! policy conversions serve registries' policies (DeviceManager's IAM methods) as well.
 
 use ferrocore_core::{Code, Error, Result};
 use ferrocore_model::Timestamp;
@@ -276,7 +277,7 @@ pub fn seek_time(t: Option<wkt::Timestamp>) -> Result<Timestamp> {
 
 pub fn policy_from_wire(p: iam::Policy) -> Result<IamPolicy> {
     if !p.audit_configs.is_empty() {
-        return Err(Error::invalid("policy.audit_configs", "Audit configs are not supported on Pub/Sub resources."));
+        return Err(Error::invalid("policy.audit_configs", "Audit configs are not supported."));
     }
     Ok(IamPolicy {
         version: p.version,

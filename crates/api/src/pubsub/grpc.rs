@@ -1,15 +1,21 @@
 //! `google.pubsub.v1.Publisher`, `google.pubsub.v1.Subscriber` and `google.iam.v1.IAMPolicy`
 //! over gRPC, served beside DeviceManager on the `--grpc` listener.
 //!
+//! Every RPC authenticates the caller ([`Access::authenticate_pubsub`]) and, once the request's
+//! names are parsed, checks its permission ([`Guard::check`]); StreamingPull checks on its first
+//! request's subscription.
+//!
 //! StreamingPull runs two halves per stream: a reader that applies the client's in-stream acks
 //! and deadline changes and answers protocol-1 keep-alives at once, and a sender that waits for
 //! deliverable messages within the stream's flow-control window. A stream the server ends
 //! (shutdown) ends with UNAVAILABLE, which every official client retries.
 
-use super::PubsubAccess;
 use super::convert::{self, subscription_name, topic_name};
-use crate::grpc::status;
+use super::{Guard, IamResource};
+use crate::authz::{Access, Call};
+use crate::grpc::{authorization, status, unauthenticated};
 use ferrocore_core::{Code, Error};
+use ferrocore_iam::Caller;
 use ferrocore_proto::pubsub::publisher_server::{Publisher, PublisherServer};
 use ferrocore_proto::pubsub::subscriber_server::{Subscriber, SubscriberServer};
 use ferrocore_proto::pubsub::{self as ps, streaming_pull_response as spr};
@@ -31,11 +37,11 @@ const MAX_BATCH: usize = 1000;
 #[derive(Clone)]
 pub struct PubsubGrpc {
     pubsub: PubSub,
-    access: PubsubAccess,
+    access: Access,
 }
 
 /// Adds the three services to `routes` (the DeviceManager's, so one listener serves all).
-pub fn add_routes(routes: tonic::service::Routes, pubsub: PubSub, access: PubsubAccess) -> tonic::service::Routes {
+pub fn add_routes(routes: tonic::service::Routes, pubsub: PubSub, access: Access) -> tonic::service::Routes {
     let svc = PubsubGrpc { pubsub, access };
     routes
         .add_service(
@@ -52,12 +58,16 @@ pub fn add_routes(routes: tonic::service::Routes, pubsub: PubSub, access: Pubsub
 }
 
 impl PubsubGrpc {
-    fn authorize<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
-        if self.access.allows(req.metadata().get("authorization").map(|v| v.as_bytes())) {
-            Ok(())
-        } else {
-            Err(super::unauthenticated_status())
-        }
+    fn authenticate<T>(&self, req: &Request<T>) -> std::result::Result<Caller, Status> {
+        self.access.authenticate_pubsub(authorization(req)).map_err(|_| unauthenticated())
+    }
+
+    fn guard<'a>(&'a self, caller: &'a Caller) -> Guard<'a> {
+        Guard { pubsub: &self.pubsub, access: &self.access, caller }
+    }
+
+    async fn check(&self, caller: &Caller, call: Call<'_>) -> std::result::Result<(), Status> {
+        self.access.check(caller, call).await.map_err(status)
     }
 }
 
@@ -70,38 +80,42 @@ type Result<T> = std::result::Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl Publisher for PubsubGrpc {
     async fn create_topic(&self, request: Request<ps::Topic>) -> Result<ps::Topic> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let topic = convert::topic_from_wire(request.into_inner()).map_err(status)?;
+        self.check(&caller, Call::CreateTopic(&topic.name)).await?;
         let created = self.pubsub.create_topic(topic).await.map_err(status)?;
         Ok(Response::new(convert::topic_to_wire(&created)))
     }
 
     async fn update_topic(&self, request: Request<ps::UpdateTopicRequest>) -> Result<ps::Topic> {
-        self.authorize(&request)?;
-        let updated = super::update_topic(&self.pubsub, request.into_inner()).await.map_err(status)?;
+        let caller = self.authenticate(&request)?;
+        let updated = super::update_topic(self.guard(&caller), request.into_inner()).await.map_err(status)?;
         Ok(Response::new(updated))
     }
 
     async fn publish(&self, request: Request<ps::PublishRequest>) -> Result<ps::PublishResponse> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         let topic = topic_name("topic", &req.topic).map_err(status)?;
+        self.check(&caller, Call::Publish(&topic)).await?;
         let messages = req.messages.into_iter().map(convert::outgoing).collect();
         let message_ids = self.pubsub.publish(&topic, messages).await.map_err(status)?;
         Ok(Response::new(ps::PublishResponse { message_ids }))
     }
 
     async fn get_topic(&self, request: Request<ps::GetTopicRequest>) -> Result<ps::Topic> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let name = topic_name("topic", &request.into_inner().topic).map_err(status)?;
+        self.check(&caller, Call::GetTopic(&name)).await?;
         let topic = self.pubsub.get_topic(&name).await.map_err(status)?;
         Ok(Response::new(convert::topic_to_wire(&topic)))
     }
 
     async fn list_topics(&self, request: Request<ps::ListTopicsRequest>) -> Result<ps::ListTopicsResponse> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         let project = convert::project("project", &req.project).map_err(status)?;
+        self.check(&caller, Call::ListTopics(&project)).await?;
         let (topics, next_page_token) =
             self.pubsub.list_topics(&project, req.page_size, &req.page_token).await.map_err(status)?;
         Ok(Response::new(ps::ListTopicsResponse {
@@ -114,9 +128,10 @@ impl Publisher for PubsubGrpc {
         &self,
         request: Request<ps::ListTopicSubscriptionsRequest>,
     ) -> Result<ps::ListTopicSubscriptionsResponse> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         let topic = topic_name("topic", &req.topic).map_err(status)?;
+        self.check(&caller, Call::ListTopicSubscriptions(&topic)).await?;
         let (names, next_page_token) =
             self.pubsub.list_topic_subscriptions(&topic, req.page_size, &req.page_token).await.map_err(status)?;
         Ok(Response::new(ps::ListTopicSubscriptionsResponse {
@@ -129,16 +144,18 @@ impl Publisher for PubsubGrpc {
         &self,
         request: Request<ps::ListTopicSnapshotsRequest>,
     ) -> Result<ps::ListTopicSnapshotsResponse> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let topic = topic_name("topic", &request.into_inner().topic).map_err(status)?;
+        self.check(&caller, Call::ListTopicSnapshots(&topic)).await?;
         // Snapshots are not supported, so no topic has any.
         self.pubsub.get_topic(&topic).await.map_err(status)?;
         Ok(Response::new(ps::ListTopicSnapshotsResponse::default()))
     }
 
     async fn delete_topic(&self, request: Request<ps::DeleteTopicRequest>) -> Result<Empty> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let name = topic_name("topic", &request.into_inner().topic).map_err(status)?;
+        self.check(&caller, Call::DeleteTopic(&name)).await?;
         self.pubsub.delete_topic(&name).await.map_err(status)?;
         Ok(Response::new(Empty {}))
     }
@@ -147,8 +164,9 @@ impl Publisher for PubsubGrpc {
         &self,
         request: Request<ps::DetachSubscriptionRequest>,
     ) -> Result<ps::DetachSubscriptionResponse> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let name = subscription_name("subscription", &request.into_inner().subscription).map_err(status)?;
+        self.check(&caller, Call::DetachSubscription(&name)).await?;
         self.pubsub.detach_subscription(&name).await.map_err(status)?;
         Ok(Response::new(ps::DetachSubscriptionResponse {}))
     }
@@ -159,22 +177,24 @@ type ResponseStream = Pin<Box<dyn Stream<Item = std::result::Result<ps::Streamin
 #[tonic::async_trait]
 impl Subscriber for PubsubGrpc {
     async fn create_subscription(&self, request: Request<ps::Subscription>) -> Result<ps::Subscription> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let sub = convert::subscription_from_wire(request.into_inner()).map_err(status)?;
+        self.check(&caller, Call::CreateSubscription(&sub.name, sub.topic.as_ref())).await?;
         let created = self.pubsub.create_subscription(sub).await.map_err(status)?;
         Ok(Response::new(convert::subscription_to_wire(&created)))
     }
 
     async fn get_subscription(&self, request: Request<ps::GetSubscriptionRequest>) -> Result<ps::Subscription> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let name = subscription_name("subscription", &request.into_inner().subscription).map_err(status)?;
+        self.check(&caller, Call::GetSubscription(&name)).await?;
         let sub = self.pubsub.get_subscription(&name).await.map_err(status)?;
         Ok(Response::new(convert::subscription_to_wire(&sub)))
     }
 
     async fn update_subscription(&self, request: Request<ps::UpdateSubscriptionRequest>) -> Result<ps::Subscription> {
-        self.authorize(&request)?;
-        let updated = super::update_subscription(&self.pubsub, request.into_inner()).await.map_err(status)?;
+        let caller = self.authenticate(&request)?;
+        let updated = super::update_subscription(self.guard(&caller), request.into_inner()).await.map_err(status)?;
         Ok(Response::new(updated))
     }
 
@@ -182,9 +202,10 @@ impl Subscriber for PubsubGrpc {
         &self,
         request: Request<ps::ListSubscriptionsRequest>,
     ) -> Result<ps::ListSubscriptionsResponse> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         let project = convert::project("project", &req.project).map_err(status)?;
+        self.check(&caller, Call::ListSubscriptions(&project)).await?;
         let (subs, next_page_token) =
             self.pubsub.list_subscriptions(&project, req.page_size, &req.page_token).await.map_err(status)?;
         Ok(Response::new(ps::ListSubscriptionsResponse {
@@ -194,34 +215,38 @@ impl Subscriber for PubsubGrpc {
     }
 
     async fn delete_subscription(&self, request: Request<ps::DeleteSubscriptionRequest>) -> Result<Empty> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let name = subscription_name("subscription", &request.into_inner().subscription).map_err(status)?;
+        self.check(&caller, Call::DeleteSubscription(&name)).await?;
         self.pubsub.delete_subscription(&name).await.map_err(status)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn modify_ack_deadline(&self, request: Request<ps::ModifyAckDeadlineRequest>) -> Result<Empty> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        self.check(&caller, Call::ModifyAckDeadline(&name)).await?;
         self.pubsub.modify_ack_deadline(&name, &req.ack_ids, req.ack_deadline_seconds).await.map_err(status)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn acknowledge(&self, request: Request<ps::AcknowledgeRequest>) -> Result<Empty> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        self.check(&caller, Call::Acknowledge(&name)).await?;
         self.pubsub.acknowledge(&name, &req.ack_ids).await.map_err(status)?;
         Ok(Response::new(Empty {}))
     }
 
     #[allow(deprecated)]
     async fn pull(&self, request: Request<ps::PullRequest>) -> Result<ps::PullResponse> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let client_deadline = request.metadata().get("grpc-timeout").and_then(|v| grpc_timeout(v.to_str().ok()?));
         let req = request.into_inner();
         let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        self.check(&caller, Call::Pull(&name)).await?;
         let wait = match (req.return_immediately, client_deadline) {
             (true, _) => Duration::ZERO,
             // Answer (empty) a little before the client's deadline rather than let it expire.
@@ -238,7 +263,7 @@ impl Subscriber for PubsubGrpc {
         &self,
         request: Request<Streaming<ps::StreamingPullRequest>>,
     ) -> Result<Self::StreamingPullStream> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let mut inbound = request.into_inner();
         let first = match inbound.message().await {
             Ok(Some(first)) => first,
@@ -248,6 +273,8 @@ impl Subscriber for PubsubGrpc {
             Err(e) => return Err(e),
         };
         let name = subscription_name("subscription", &first.subscription).map_err(status)?;
+        // The stream's later requests are bound to this subscription, so one check covers them.
+        self.check(&caller, Call::StreamingPull(&name)).await?;
         let options = StreamOptions {
             ack_deadline_seconds: first.stream_ack_deadline_seconds,
             max_outstanding_messages: first.max_outstanding_messages,
@@ -335,9 +362,10 @@ impl Subscriber for PubsubGrpc {
     }
 
     async fn modify_push_config(&self, request: Request<ps::ModifyPushConfigRequest>) -> Result<Empty> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        self.check(&caller, Call::ModifyPushConfig(&name)).await?;
         self.pubsub.get_subscription(&name).await.map_err(status)?;
         if req.push_config.is_some_and(|p| !p.push_endpoint.is_empty()) {
             return Err(unimplemented("Push delivery"));
@@ -347,34 +375,35 @@ impl Subscriber for PubsubGrpc {
     }
 
     async fn get_snapshot(&self, request: Request<ps::GetSnapshotRequest>) -> Result<ps::Snapshot> {
-        self.authorize(&request)?;
+        self.authenticate(&request)?;
         Err(unimplemented("Snapshots"))
     }
 
     async fn list_snapshots(&self, request: Request<ps::ListSnapshotsRequest>) -> Result<ps::ListSnapshotsResponse> {
-        self.authorize(&request)?;
+        self.authenticate(&request)?;
         Err(unimplemented("Snapshots"))
     }
 
     async fn create_snapshot(&self, request: Request<ps::CreateSnapshotRequest>) -> Result<ps::Snapshot> {
-        self.authorize(&request)?;
+        self.authenticate(&request)?;
         Err(unimplemented("Snapshots"))
     }
 
     async fn update_snapshot(&self, request: Request<ps::UpdateSnapshotRequest>) -> Result<ps::Snapshot> {
-        self.authorize(&request)?;
+        self.authenticate(&request)?;
         Err(unimplemented("Snapshots"))
     }
 
     async fn delete_snapshot(&self, request: Request<ps::DeleteSnapshotRequest>) -> Result<Empty> {
-        self.authorize(&request)?;
+        self.authenticate(&request)?;
         Err(unimplemented("Snapshots"))
     }
 
     async fn seek(&self, request: Request<ps::SeekRequest>) -> Result<ps::SeekResponse> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
         let name = subscription_name("subscription", &req.subscription).map_err(status)?;
+        self.check(&caller, Call::Seek(&name)).await?;
         match req.target {
             Some(ps::seek_request::Target::Time(t)) => {
                 let time = convert::seek_time(Some(t)).map_err(status)?;
@@ -419,8 +448,10 @@ async fn apply_in_stream(
 #[tonic::async_trait]
 impl iam::iam_policy_server::IamPolicy for PubsubGrpc {
     async fn set_iam_policy(&self, request: Request<iam::SetIamPolicyRequest>) -> Result<iam::Policy> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
+        let resource = IamResource::parse(&req.resource).map_err(status)?;
+        self.check(&caller, resource.set_policy()).await?;
         let policy = req.policy.ok_or_else(|| status(Error::invalid("policy", "The policy is missing.")))?;
         let policy = convert::policy_from_wire(policy).map_err(status)?;
         let stored = self.pubsub.set_iam_policy(&req.resource, policy).await.map_err(status)?;
@@ -428,8 +459,10 @@ impl iam::iam_policy_server::IamPolicy for PubsubGrpc {
     }
 
     async fn get_iam_policy(&self, request: Request<iam::GetIamPolicyRequest>) -> Result<iam::Policy> {
-        self.authorize(&request)?;
-        let policy = self.pubsub.get_iam_policy(&request.into_inner().resource).await.map_err(status)?;
+        let caller = self.authenticate(&request)?;
+        let resource = IamResource::parse(&request.into_inner().resource).map_err(status)?;
+        self.check(&caller, resource.get_policy()).await?;
+        let policy = self.pubsub.get_iam_policy(resource.as_str()).await.map_err(status)?;
         Ok(Response::new(convert::policy_to_wire(&policy)))
     }
 
@@ -437,9 +470,11 @@ impl iam::iam_policy_server::IamPolicy for PubsubGrpc {
         &self,
         request: Request<iam::TestIamPermissionsRequest>,
     ) -> Result<iam::TestIamPermissionsResponse> {
-        self.authorize(&request)?;
+        let caller = self.authenticate(&request)?;
         let req = request.into_inner();
-        let permissions = self.pubsub.test_iam_permissions(&req.resource, &req.permissions).await.map_err(status)?;
+        let resource = IamResource::parse(&req.resource).map_err(status)?;
+        let permissions =
+            self.guard(&caller).test_iam_permissions(&resource, &req.permissions).await.map_err(status)?;
         Ok(Response::new(iam::TestIamPermissionsResponse { permissions }))
     }
 }

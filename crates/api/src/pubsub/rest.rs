@@ -12,10 +12,13 @@
 //!
 //! Each handler transcodes path and body into the request message the gRPC adapter receives and
 //! then does what that adapter does, through the same [`convert`] functions and engine calls, so
-//! both protocols accept, refuse and answer alike. The caller is checked (with
-//! [`super::PubsubAccess`]) by the dispatcher before this module sees the request.
+//! both protocols accept, refuse and answer alike. The dispatcher authenticates the caller before
+//! this module sees the request; each handler checks the method's permission ([`Guard`]) once the
+//! names are parsed, as the gRPC handlers do.
 
 use super::convert::{self, subscription_name, topic_name};
+use super::{Guard, IamResource};
+use crate::authz::Call;
 use crate::rest::route::{self, Method};
 use crate::rest::{Query, check_body_name, json_response, method_not_supported, parse_body};
 use axum::body::Bytes;
@@ -23,7 +26,6 @@ use axum::response::Response;
 use ferrocore_core::{Code, Error, Result};
 use ferrocore_model::ids::printable;
 use ferrocore_proto::{Empty, iam, pubsub as ps};
-use ferrocore_pubsub::PubSub;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -43,8 +45,8 @@ pub(crate) fn is_pubsub_path(path: &str) -> bool {
         && matches!(segs.next(), Some("topics" | "subscriptions" | "snapshots"))
 }
 
-/// Serves one Pub/Sub request; `path` is everything after `/v1/`.
-pub(crate) async fn serve(pubsub: &PubSub, method: Method, path: &str, q: &Query, body: &Bytes) -> Result<Response> {
+/// Serves one Pub/Sub request of the caller `guard` holds; `path` is everything after `/v1/`.
+pub(crate) async fn serve(guard: Guard<'_>, method: Method, path: &str, q: &Query, body: &Bytes) -> Result<Response> {
     let (bare, verb) = route::split_verb(path);
     let segs = bare.split('/').map(route::decode).collect::<Result<Vec<_>>>()?;
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -54,19 +56,21 @@ pub(crate) async fn serve(pubsub: &PubSub, method: Method, path: &str, q: &Query
             Code::Unimplemented,
             "Snapshots are not supported by this server; seek subscriptions to a time instead.",
         )),
-        (["projects", p, "topics"], Get, None) => list_topics(pubsub, p, q).await,
-        (["projects", p, "subscriptions"], Get, None) => list_subscriptions(pubsub, p, q).await,
+        (["projects", p, "topics"], Get, None) => list_topics(guard, p, q).await,
+        (["projects", p, "subscriptions"], Get, None) => list_subscriptions(guard, p, q).await,
         (["projects", _, "topics", _], _, Some(v @ ("getIamPolicy" | "setIamPolicy" | "testIamPermissions")))
         | (
             ["projects", _, "subscriptions", _],
             _,
             Some(v @ ("getIamPolicy" | "setIamPolicy" | "testIamPermissions")),
-        ) => iam_call(pubsub, bare, method, v, q, body).await,
-        (["projects", _, "topics", _], _, verb) => topic(pubsub, bare, method, verb, q, body).await,
+        ) => iam_call(guard, bare, method, v, q, body).await,
+        (["projects", _, "topics", _], _, verb) => topic(guard, bare, method, verb, q, body).await,
         (["projects", _, "topics", _, "subscriptions"], Get, None) => {
             q.check(&["pageSize", "pageToken"])?;
             let topic = topic_name("topic", &decoded(topic_of(bare))?)?;
-            let (names, next_page_token) = pubsub
+            guard.check(Call::ListTopicSubscriptions(&topic)).await?;
+            let (names, next_page_token) = guard
+                .pubsub
                 .list_topic_subscriptions(&topic, q.int32("pageSize")?, q.one("pageToken").unwrap_or_default())
                 .await?;
             Ok(json_response(&ps::ListTopicSubscriptionsResponse {
@@ -78,11 +82,12 @@ pub(crate) async fn serve(pubsub: &PubSub, method: Method, path: &str, q: &Query
             q.check(&["pageSize", "pageToken"])?;
             q.int32("pageSize")?;
             let topic = topic_name("topic", &decoded(topic_of(bare))?)?;
+            guard.check(Call::ListTopicSnapshots(&topic)).await?;
             // Snapshots are not supported, so no topic has any.
-            pubsub.get_topic(&topic).await?;
+            guard.pubsub.get_topic(&topic).await?;
             Ok(json_response(&ps::ListTopicSnapshotsResponse::default()))
         }
-        (["projects", _, "subscriptions", _], _, verb) => subscription(pubsub, bare, method, verb, q, body).await,
+        (["projects", _, "subscriptions", _], _, verb) => subscription(guard, bare, method, verb, q, body).await,
         (
             ["projects", _, "topics" | "subscriptions"] | ["projects", _, "topics", _, "subscriptions" | "snapshots"],
             _,
@@ -107,22 +112,24 @@ fn decoded(path: &str) -> Result<String> {
     Ok(path.split('/').map(route::decode).collect::<Result<Vec<_>>>()?.join("/"))
 }
 
-async fn list_topics(pubsub: &PubSub, project: &str, q: &Query) -> Result<Response> {
+async fn list_topics(guard: Guard<'_>, project: &str, q: &Query) -> Result<Response> {
     q.check(&["pageSize", "pageToken"])?;
     let project = convert::project("project", &format!("projects/{project}"))?;
+    guard.check(Call::ListTopics(&project)).await?;
     let (topics, next_page_token) =
-        pubsub.list_topics(&project, q.int32("pageSize")?, q.one("pageToken").unwrap_or_default()).await?;
+        guard.pubsub.list_topics(&project, q.int32("pageSize")?, q.one("pageToken").unwrap_or_default()).await?;
     Ok(json_response(&ps::ListTopicsResponse {
         topics: topics.iter().map(convert::topic_to_wire).collect(),
         next_page_token,
     }))
 }
 
-async fn list_subscriptions(pubsub: &PubSub, project: &str, q: &Query) -> Result<Response> {
+async fn list_subscriptions(guard: Guard<'_>, project: &str, q: &Query) -> Result<Response> {
     q.check(&["pageSize", "pageToken"])?;
     let project = convert::project("project", &format!("projects/{project}"))?;
+    guard.check(Call::ListSubscriptions(&project)).await?;
     let (subs, next_page_token) =
-        pubsub.list_subscriptions(&project, q.int32("pageSize")?, q.one("pageToken").unwrap_or_default()).await?;
+        guard.pubsub.list_subscriptions(&project, q.int32("pageSize")?, q.one("pageToken").unwrap_or_default()).await?;
     Ok(json_response(&ps::ListSubscriptionsResponse {
         subscriptions: subs.iter().map(convert::subscription_to_wire).collect(),
         next_page_token,
@@ -131,7 +138,7 @@ async fn list_subscriptions(pubsub: &PubSub, project: &str, q: &Query) -> Result
 
 /// `projects/P/topics/T` with or without a verb.
 async fn topic(
-    pubsub: &PubSub,
+    guard: Guard<'_>,
     path: &str,
     method: Method,
     verb: Option<&str>,
@@ -145,12 +152,16 @@ async fn topic(
             let mut wire: ps::Topic = parse_body(body)?;
             check_body_name("name", &wire.name, &name)?;
             wire.name = name;
-            let created = pubsub.create_topic(convert::topic_from_wire(wire)?).await?;
+            let topic = convert::topic_from_wire(wire)?;
+            guard.check(Call::CreateTopic(&topic.name)).await?;
+            let created = guard.pubsub.create_topic(topic).await?;
             Ok(json_response(&convert::topic_to_wire(&created)))
         }
         (Method::Get, None) => {
             q.check(&[])?;
-            let topic = pubsub.get_topic(&topic_name("topic", &name)?).await?;
+            let name = topic_name("topic", &name)?;
+            guard.check(Call::GetTopic(&name)).await?;
+            let topic = guard.pubsub.get_topic(&name).await?;
             Ok(json_response(&convert::topic_to_wire(&topic)))
         }
         (Method::Patch, None) => {
@@ -159,11 +170,13 @@ async fn topic(
             let update = req.topic.as_mut().ok_or_else(|| Error::invalid("topic", "The topic is missing."))?;
             check_body_name("topic.name", &update.name, &name)?;
             update.name = name;
-            Ok(json_response(&super::update_topic(pubsub, req).await?))
+            Ok(json_response(&super::update_topic(guard, req).await?))
         }
         (Method::Delete, None) => {
             q.check(&[])?;
-            pubsub.delete_topic(&topic_name("topic", &name)?).await?;
+            let name = topic_name("topic", &name)?;
+            guard.check(Call::DeleteTopic(&name)).await?;
+            guard.pubsub.delete_topic(&name).await?;
             Ok(json_response(&Empty {}))
         }
         (Method::Post, Some("publish")) => {
@@ -171,8 +184,9 @@ async fn topic(
             let topic = topic_name("topic", &name)?;
             let req: ps::PublishRequest = parse_body(body)?;
             check_body_name("topic", &req.topic, &name)?;
+            guard.check(Call::Publish(&topic)).await?;
             let messages = req.messages.into_iter().map(convert::outgoing).collect();
-            let message_ids = pubsub.publish(&topic, messages).await?;
+            let message_ids = guard.pubsub.publish(&topic, messages).await?;
             Ok(json_response(&ps::PublishResponse { message_ids }))
         }
         (_, Some(v)) if !matches!(v, "publish") => Err(unknown_verb(v)),
@@ -182,7 +196,7 @@ async fn topic(
 
 /// `projects/P/subscriptions/S` with or without a verb.
 async fn subscription(
-    pubsub: &PubSub,
+    guard: Guard<'_>,
     path: &str,
     method: Method,
     verb: Option<&str>,
@@ -197,12 +211,16 @@ async fn subscription(
             let mut wire: ps::Subscription = parse_body(body)?;
             check_body_name("name", &wire.name, &name)?;
             wire.name = name;
-            let created = pubsub.create_subscription(convert::subscription_from_wire(wire)?).await?;
+            let sub = convert::subscription_from_wire(wire)?;
+            guard.check(Call::CreateSubscription(&sub.name, sub.topic.as_ref())).await?;
+            let created = guard.pubsub.create_subscription(sub).await?;
             Ok(json_response(&convert::subscription_to_wire(&created)))
         }
         (Method::Get, None) => {
             q.check(&[])?;
-            let sub = pubsub.get_subscription(&subscription_name("subscription", &name)?).await?;
+            let name = subscription_name("subscription", &name)?;
+            guard.check(Call::GetSubscription(&name)).await?;
+            let sub = guard.pubsub.get_subscription(&name).await?;
             Ok(json_response(&convert::subscription_to_wire(&sub)))
         }
         (Method::Patch, None) => {
@@ -214,17 +232,19 @@ async fn subscription(
                 .ok_or_else(|| Error::invalid("subscription", "The subscription is missing."))?;
             check_body_name("subscription.name", &update.name, &name)?;
             update.name = name;
-            Ok(json_response(&super::update_subscription(pubsub, req).await?))
+            Ok(json_response(&super::update_subscription(guard, req).await?))
         }
         (Method::Delete, None) => {
             q.check(&[])?;
-            pubsub.delete_subscription(&subscription_name("subscription", &name)?).await?;
+            let name = subscription_name("subscription", &name)?;
+            guard.check(Call::DeleteSubscription(&name)).await?;
+            guard.pubsub.delete_subscription(&name).await?;
             Ok(json_response(&Empty {}))
         }
         (Method::Post, Some(v)) if VERBS.contains(&v) => {
             q.check(&[])?;
             let sub = subscription_name("subscription", &name)?;
-            subscription_verb(pubsub, &sub, v, body).await
+            subscription_verb(guard, &sub, v, body).await
         }
         (_, Some(v)) if !VERBS.contains(&v) => Err(unknown_verb(v)),
         _ => Err(method_not_supported()),
@@ -232,16 +252,18 @@ async fn subscription(
 }
 
 async fn subscription_verb(
-    pubsub: &PubSub,
+    guard: Guard<'_>,
     sub: &ferrocore_model::pubsub::SubscriptionName,
     verb: &str,
     body: &Bytes,
 ) -> Result<Response> {
     let path = sub.as_str();
+    let pubsub = guard.pubsub;
     match verb {
         "pull" => {
             let req: ps::PullRequest = parse_body(body)?;
             check_body_name("subscription", &req.subscription, path)?;
+            guard.check(Call::Pull(sub)).await?;
             #[allow(deprecated)]
             let return_immediately = req.return_immediately;
             let wait = if return_immediately { std::time::Duration::ZERO } else { ferrocore_pubsub::MAX_PULL_WAIT };
@@ -251,18 +273,21 @@ async fn subscription_verb(
         "acknowledge" => {
             let req: ps::AcknowledgeRequest = parse_body(body)?;
             check_body_name("subscription", &req.subscription, path)?;
+            guard.check(Call::Acknowledge(sub)).await?;
             pubsub.acknowledge(sub, &req.ack_ids).await?;
             Ok(json_response(&Empty {}))
         }
         "modifyAckDeadline" => {
             let req: ps::ModifyAckDeadlineRequest = parse_body(body)?;
             check_body_name("subscription", &req.subscription, path)?;
+            guard.check(Call::ModifyAckDeadline(sub)).await?;
             pubsub.modify_ack_deadline(sub, &req.ack_ids, req.ack_deadline_seconds).await?;
             Ok(json_response(&Empty {}))
         }
         "seek" => {
             let req: ps::SeekRequest = parse_body(body)?;
             check_body_name("subscription", &req.subscription, path)?;
+            guard.check(Call::Seek(sub)).await?;
             match req.target {
                 Some(ps::seek_request::Target::Time(t)) => {
                     let time = convert::seek_time(Some(t))?;
@@ -276,6 +301,7 @@ async fn subscription_verb(
         "modifyPushConfig" => {
             let req: ps::ModifyPushConfigRequest = parse_body(body)?;
             check_body_name("subscription", &req.subscription, path)?;
+            guard.check(Call::ModifyPushConfig(sub)).await?;
             pubsub.get_subscription(sub).await?;
             if req.push_config.is_some_and(|p| !p.push_endpoint.is_empty()) {
                 return Err(unimplemented("Push delivery"));
@@ -287,6 +313,7 @@ async fn subscription_verb(
             // DetachSubscriptionRequest has only the name, which the path carries.
             let req: ps::DetachSubscriptionRequest = parse_body(body)?;
             check_body_name("subscription", &req.subscription, path)?;
+            guard.check(Call::DetachSubscription(sub)).await?;
             pubsub.detach_subscription(sub).await?;
             Ok(json_response(&ps::DetachSubscriptionResponse {}))
         }
@@ -297,7 +324,7 @@ async fn subscription_verb(
 /// A request with an `updateMask`. Google's JSON writes a FieldMask as one string
 /// (`"labels,ackDeadlineSeconds"`), while the generated type reads only `{"paths": [...]}`; the
 /// string is turned into that form first, and both are accepted.
-fn parse_with_mask<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T> {
+pub(crate) fn parse_with_mask<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T> {
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
         // Let the usual parser word the syntax error.
         return parse_body(body);
@@ -324,47 +351,52 @@ fn unimplemented(what: &str) -> Error {
 
 /// `google.iam.v1.IAMPolicy` on a topic or subscription (`path` is its name, undecoded).
 async fn iam_call(
-    pubsub: &PubSub,
+    guard: Guard<'_>,
     path: &str,
     method: Method,
     verb: &str,
     q: &Query,
     body: &Bytes,
 ) -> Result<Response> {
-    let resource = decoded(path)?;
+    let name = decoded(path)?;
     // A malformed name is the client's mistake (400), before the engine looks the resource up.
-    if path.split('/').nth(2) == Some("topics") {
-        topic_name("resource", &resource)?;
+    let target = if path.split('/').nth(2) == Some("topics") {
+        IamResource::Topic(topic_name("resource", &name)?)
     } else {
-        subscription_name("resource", &resource)?;
-    }
+        IamResource::Subscription(subscription_name("resource", &name)?)
+    };
+    let resource = target.as_str();
+    let pubsub = guard.pubsub;
     match (method, verb) {
         (Method::Get, "getIamPolicy") => {
             q.check(&["options.requestedPolicyVersion"])?;
             q.int32("options.requestedPolicyVersion")?;
-            let policy = pubsub.get_iam_policy(&resource).await?;
+            guard.check(target.get_policy()).await?;
+            let policy = pubsub.get_iam_policy(resource).await?;
             Ok(json_response(&convert::policy_to_wire(&policy)))
         }
         (Method::Post, "getIamPolicy") => {
             q.check(&[])?;
             let req: iam::GetIamPolicyRequest = parse_body(body)?;
-            check_body_name("resource", &req.resource, &resource)?;
-            let policy = pubsub.get_iam_policy(&resource).await?;
+            check_body_name("resource", &req.resource, resource)?;
+            guard.check(target.get_policy()).await?;
+            let policy = pubsub.get_iam_policy(resource).await?;
             Ok(json_response(&convert::policy_to_wire(&policy)))
         }
         (Method::Post, "setIamPolicy") => {
             q.check(&[])?;
             let req: iam::SetIamPolicyRequest = parse_with_mask(body)?;
-            check_body_name("resource", &req.resource, &resource)?;
+            check_body_name("resource", &req.resource, resource)?;
+            guard.check(target.set_policy()).await?;
             let policy = req.policy.ok_or_else(|| Error::invalid("policy", "The policy is missing."))?;
-            let stored = pubsub.set_iam_policy(&resource, convert::policy_from_wire(policy)?).await?;
+            let stored = pubsub.set_iam_policy(resource, convert::policy_from_wire(policy)?).await?;
             Ok(json_response(&convert::policy_to_wire(&stored)))
         }
         (Method::Post, "testIamPermissions") => {
             q.check(&[])?;
             let req: iam::TestIamPermissionsRequest = parse_body(body)?;
-            check_body_name("resource", &req.resource, &resource)?;
-            let permissions = pubsub.test_iam_permissions(&resource, &req.permissions).await?;
+            check_body_name("resource", &req.resource, resource)?;
+            let permissions = guard.test_iam_permissions(&target, &req.permissions).await?;
             Ok(json_response(&iam::TestIamPermissionsResponse { permissions }))
         }
         _ => Err(method_not_supported()),

@@ -19,8 +19,21 @@ pub fn document(headers: &HeaderMap, query: Option<&str>) -> Option<Response> {
     if version.as_deref().is_some_and(|v| v != "v1") {
         return None;
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok())?;
-    // Only a plausible host name or address goes into the document.
+    let origin = origin(headers, headers.get(header::HOST).and_then(|h| h.to_str().ok())?)?;
+    let mut doc = DOCUMENT.clone();
+    let root = format!("{origin}/");
+    doc["rootUrl"] = Value::String(root.clone());
+    doc["baseUrl"] = Value::String(root);
+    let mut resp = (StatusCode::OK, serde_json::to_vec(&doc).unwrap_or_default()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
+    Some(resp)
+}
+
+/// `scheme://host` of the server as the client addressed it: `host` (the `Host` header's value,
+/// or the request URI's authority) if it is a plausible host name or address, and the scheme
+/// `https` when a proxy in front says so with `X-Forwarded-Proto: https`.
+pub(crate) fn origin(headers: &HeaderMap, host: &str) -> Option<String> {
+    // Only a plausible host name or address goes into a URL the server hands out.
     if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)) {
         return None;
     }
@@ -28,13 +41,7 @@ pub fn document(headers: &HeaderMap, query: Option<&str>) -> Option<Response> {
         Some("https") => "https",
         _ => "http",
     };
-    let mut doc = DOCUMENT.clone();
-    let root = format!("{scheme}://{host}/");
-    doc["rootUrl"] = Value::String(root.clone());
-    doc["baseUrl"] = Value::String(root);
-    let mut resp = (StatusCode::OK, serde_json::to_vec(&doc).unwrap_or_default()).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
-    Some(resp)
+    Some(format!("{scheme}://{host}"))
 }
 
 #[cfg(test)]

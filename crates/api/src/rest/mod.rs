@@ -1,17 +1,22 @@
 //! The REST APIs of the `--http` listener: Cloud IoT v1, Pub/Sub v1, and Ferrocore's topic-log
 //! reads, with Google's paths, JSON and errors.
 //!
-//! One fallback handler serves `/v1/...`. It tells the API from the path's shape and checks the
-//! caller first: the admin token for Cloud IoT and the topic log ([`topics`]), [`PubsubAccess`]
-//! for Pub/Sub paths ([`crate::pubsub::rest`]), a device's JWT for the device bridge
-//! ([`device`]). Then it parses the path (for Cloud IoT into a [`route::Route`]) and transcodes
-//! path, query and body into the same request message the gRPC API takes, as Google's HTTP
-//! mapping does; the result is rendered with the wire types' Google JSON mapping, or the error
-//! with [`error`]. `GET /healthz` answers without a token; `GET /metrics` answers loopback
-//! clients without one and others with the admin token ([`crate::metrics`]); every request is
-//! counted under its [`operation`]'s name. `GET /v1/sinks` (admin) reports the
-//! external sinks; `GET /v1/projects/P/locations/L/registries/R/logs` (admin) reads the device
-//! activity logs ([`logs`]).
+//! One fallback handler serves `/v1/...`. It tells the API from the path's shape and
+//! authenticates the caller first ([`Access`]): any admin credential for Cloud IoT, Pub/Sub
+//! ([`crate::pubsub::rest`], which also lets credential-less calls in with `--pubsub-anonymous`)
+//! and Ferrocore's own paths; a device's JWT for the device bridge ([`device`]). Then it parses
+//! the path (for Cloud IoT into a [`route::Route`]), checks the caller's permission for it
+//! ([`crate::authz`]), and transcodes path, query and body into the same request message the gRPC
+//! API takes, as Google's HTTP mapping does; the result is rendered with the wire types' Google
+//! JSON mapping, or the error with [`error`]. `GET /healthz` answers without a token;
+//! `GET /metrics` answers loopback clients without one and others with the admin token
+//! ([`crate::metrics`]); every request is counted under its [`operation`]'s name.
+//!
+//! Ferrocore's own paths: `GET /v1/sinks` (owner) reports the external sinks; the topic-log reads
+//! ([`topics`], owner); `GET /v1/projects/P/locations/L/registries/R/logs` reads the device
+//! activity logs ([`logs`], `cloudiot.devices.get`); `/v1/projects/P/tokens` and
+//! `/v1/projects/P/serviceAccounts` manage identities ([`iam_admin`], owner). `POST /token`
+//! exchanges a service account's signed JWT for an access token ([`oauth`]).
 //!
 //! A body must arrive within [`BodyTimeout`] (408 otherwise) and fit the path's limit; a declared
 //! `Content-Length` over the limit is refused before anything is read.
@@ -21,14 +26,16 @@ pub mod discovery;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod iam_admin;
 pub mod logs;
+pub mod oauth;
 pub mod operation;
 pub mod route;
 mod sinks;
 pub mod topics;
 
-use crate::admin_auth::AdminToken;
-use crate::pubsub::PubsubAccess;
+use crate::authz::{self, Access, Call};
+use crate::pubsub::Guard;
 use crate::pubsub::rest as pubsub_rest;
 use crate::service::DeviceManager;
 use axum::Router;
@@ -36,11 +43,12 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method as HttpMethod, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use error::RestError;
 use ferrocore_core::sink::SinkReport;
 use ferrocore_core::topics::TopicSource;
 use ferrocore_core::{Code, Error};
+use ferrocore_iam::Caller;
 use ferrocore_model::{self as model, DeviceName, RegistryName};
 use ferrocore_proto::{FieldMask, iot};
 use ferrocore_pubsub::PubSub;
@@ -61,9 +69,8 @@ struct App {
     core: ferrocore_core::Core,
     topics: Arc<dyn TopicSource>,
     service: DeviceManager,
-    token: AdminToken,
+    access: Access,
     pubsub: PubSub,
-    pubsub_access: PubsubAccess,
     sinks: Option<Arc<dyn SinkReport>>,
     ready: Arc<AtomicBool>,
     metrics: Option<crate::metrics::Exporter>,
@@ -73,9 +80,9 @@ struct App {
 pub struct RestParts {
     pub core: ferrocore_core::Core,
     pub topics: Arc<dyn TopicSource>,
-    pub token: AdminToken,
+    /// Authenticates and authorizes every admin call (and holds the admin token `/metrics` takes).
+    pub access: Access,
     pub pubsub: PubSub,
-    pub pubsub_access: PubsubAccess,
     /// The external sinks' report, for `GET /v1/sinks`; `None` when there are none.
     pub sinks: Option<Arc<dyn SinkReport>>,
     /// Turns `/healthz` to 200 once every listener of the server accepts.
@@ -86,15 +93,14 @@ pub struct RestParts {
 
 /// The REST router.
 pub fn router(parts: RestParts) -> Router {
-    let RestParts { core, topics, token, pubsub, pubsub_access, sinks, ready, metrics } = parts;
+    let RestParts { core, topics, access, pubsub, sinks, ready, metrics } = parts;
     let recorded = core.metrics().clone();
     let app = App {
-        service: DeviceManager::new(core.clone()),
+        service: DeviceManager::new(core.clone(), access.iam().clone()),
         core,
         topics,
-        token,
+        access,
         pubsub,
-        pubsub_access,
         sinks,
         ready,
         metrics,
@@ -102,6 +108,7 @@ pub fn router(parts: RestParts) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(serve_metrics))
+        .route("/token", post(token_endpoint))
         .fallback(dispatch)
         .with_state(app)
         .layer(axum::middleware::from_fn_with_state(recorded, crate::metrics::record_rest))
@@ -117,10 +124,25 @@ async fn serve_metrics(State(app): State<App>, req: Request) -> Response {
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .is_some_and(|c| c.0.ip().to_canonical().is_loopback());
-    if !loopback && !app.token.accepts(authorization(req.headers())) {
+    if !loopback && !app.access.iam().admin().accepts(authorization(req.headers())) {
         return RestError(unauthenticated()).into_response();
     }
     exporter.response().await
+}
+
+/// `POST /token`: no credential needed, the assertion is one.
+async fn token_endpoint(State(app): State<App>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let deadline = parts.extensions.get::<BodyTimeout>().map_or(DEFAULT_BODY_TIMEOUT, |t| t.0);
+    let body = match read_body(&parts.headers, body, oauth::MAX_BODY_BYTES, deadline).await {
+        Ok(b) => b,
+        Err(failure) => {
+            let mut resp = oauth::body_failure(matches!(failure, BodyFailure::Late));
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+    };
+    oauth::serve(app.access.iam(), &parts, &body)
 }
 
 async fn healthz(State(app): State<App>) -> Response {
@@ -158,11 +180,19 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
     let pubsub = v1.is_some_and(|p| topics::parse(p).is_none() && pubsub_rest::is_pubsub_path(p));
     // Everything else under /v1/ but the device bridge (which checks a device's JWT) is admin-only.
     let admin = v1.is_some_and(|p| !pubsub && !route::is_device_bridge_path(p));
-    // The caller is checked before anything else of the request is parsed, so a refused one learns
-    // nothing about the path; only an admitted Pub/Sub caller may send the larger body a publish
-    // request needs.
+    // The caller is authenticated before anything else of the request is parsed, so a refused one
+    // learns nothing about the path; only an admitted Pub/Sub caller may send the larger body a
+    // publish request needs. (Whether an admitted caller may do what it asks is checked once the
+    // path is parsed.)
     let auth = authorization(&parts.headers);
-    let refused = (pubsub && !app.pubsub_access.allows(auth)) || (admin && !app.token.accepts(auth));
+    let caller = if pubsub {
+        Some(app.access.authenticate_pubsub(auth))
+    } else if admin {
+        Some(app.access.authenticate(auth))
+    } else {
+        None
+    };
+    let refused = matches!(caller, Some(Err(_)));
     let limit = if pubsub && !refused { pubsub_rest::MAX_BODY_BYTES } else { MAX_BODY_BYTES };
     let deadline = parts.extensions.get::<BodyTimeout>().map_or(DEFAULT_BODY_TIMEOUT, |t| t.0);
     // The body is read before anything is decided, refusals included: answering with a body left
@@ -190,13 +220,16 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
             return resp;
         }
     };
-    let result = match v1 {
+    let result = match (v1, caller.and_then(Result::ok)) {
         _ if refused => Err(unauthenticated()),
-        Some(path) if pubsub => match method(&parts) {
-            Ok(m) => pubsub_rest::serve(&app.pubsub, m, path, &Query::parse(parts.uri.query()), &body).await,
+        (Some(path), Some(caller)) if pubsub => match method(&parts) {
+            Ok(m) => {
+                let guard = Guard { pubsub: &app.pubsub, access: &app.access, caller: &caller };
+                pubsub_rest::serve(guard, m, path, &Query::parse(parts.uri.query()), &body).await
+            }
             Err(e) => Err(e),
         },
-        _ => handle(&app, parts, body).await,
+        (_, caller) => handle(&app, caller, parts, body).await,
     };
     match result {
         Ok(resp) => resp,
@@ -377,10 +410,6 @@ pub(crate) fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<
     Ok(value)
 }
 
-fn require_admin(app: &App, headers: &axum::http::HeaderMap) -> Result<(), Error> {
-    if app.token.accepts(authorization(headers)) { Ok(()) } else { Err(unauthenticated()) }
-}
-
 fn unauthenticated() -> Error {
     Error::new(
         Code::Unauthenticated,
@@ -388,7 +417,14 @@ fn unauthenticated() -> Error {
     )
 }
 
-async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Result<Response, Error> {
+/// Everything under `/v1/` but Pub/Sub (and the discovery document). `caller` is the
+/// authenticated caller of an admin path; None for the device bridge and paths outside `/v1/`.
+async fn handle(
+    app: &App,
+    caller: Option<Caller>,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+) -> Result<Response, Error> {
     if discovery::is_discovery_path(parts.uri.path()) && parts.method == HttpMethod::GET {
         return discovery::document(&parts.headers, parts.uri.query())
             .ok_or_else(|| Error::not_found("No discovery document for that API version or host."));
@@ -400,11 +436,14 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
         )));
     };
     // The dispatcher has refused unauthenticated callers already; this keeps the rule where the
-    // paths are told apart: the token first, before any id is parsed, for all but the device bridge.
-    if !route::is_device_bridge_path(path) {
-        require_admin(app, &parts.headers)?;
+    // paths are told apart: a caller first, before any id is parsed, for all but the device bridge.
+    if caller.is_none() && !route::is_device_bridge_path(path) {
+        return Err(unauthenticated());
     }
+    // Some on every path but the device bridge's.
+    let admin = || caller.as_ref().ok_or_else(unauthenticated);
     if path == "sinks" {
+        authz::owner_only(admin()?, "Listing sinks")?;
         if parts.method != HttpMethod::GET {
             return Err(method_not_supported());
         }
@@ -412,16 +451,24 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
         return Ok(sinks::list(app.sinks.as_deref()).await);
     }
     if let Some(topics_route) = topics::parse(path) {
+        authz::owner_only(admin()?, "Reading the topic log")?;
         if parts.method != HttpMethod::GET {
             return Err(method_not_supported());
         }
         return topics::serve(app.topics.as_ref(), topics_route, &Query::parse(parts.uri.query())).await;
     }
+    if let Some(collection) = iam_admin::parse(path) {
+        authz::owner_only(admin()?, "Managing tokens and service accounts")?;
+        let method = method(&parts)?;
+        return iam_admin::serve(app.access.iam(), &parts, collection?, method, &body).await;
+    }
     if let Some(registry) = logs::parse(path) {
         if parts.method != HttpMethod::GET {
             return Err(method_not_supported());
         }
-        return logs::serve(&app.core, registry?, &Query::parse(parts.uri.query())).await;
+        let registry = registry?;
+        app.access.check(admin()?, Call::ListDeviceLogs(&registry)).await?;
+        return logs::serve(&app.core, registry, &Query::parse(parts.uri.query())).await;
     }
     let method = match method(&parts)? {
         // No Cloud IoT method is a PUT.
@@ -434,11 +481,14 @@ async fn handle(app: &App, parts: axum::http::request::Parts, body: Bytes) -> Re
         let client_ip = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
         return device::serve(&app.core, route, &parts.headers, client_ip, &query, &body).await;
     }
-    require_admin(app, &parts.headers)?;
-    serve(&app.service, route, &query, &body).await
+    let caller = admin()?;
+    if let Some(call) = Call::of_route(&route) {
+        app.access.check(caller, call).await?;
+    }
+    serve(&app.service, caller, route, &query, &body).await
 }
 
-async fn serve(svc: &DeviceManager, route: Route, q: &Query, body: &Bytes) -> Result<Response, Error> {
+async fn serve(svc: &DeviceManager, caller: &Caller, route: Route, q: &Query, body: &Bytes) -> Result<Response, Error> {
     let empty = || json_response(&serde_json::json!({}));
     Ok(match route {
         Route::CreateRegistry(parent) => {
@@ -487,6 +537,27 @@ async fn serve(svc: &DeviceManager, route: Route, q: &Query, body: &Bytes) -> Re
             let mut req: iot::UnbindDeviceFromGatewayRequest = parse_body(body)?;
             req.parent = parent_from_body(&req.parent, &parent)?;
             json_response(&svc.unbind_device_from_gateway(req).await?)
+        }
+        Route::GetIamPolicy(resource) => {
+            q.check(&[])?;
+            let mut req: ferrocore_proto::iam::GetIamPolicyRequest = parse_body(body)?;
+            check_body_name("resource", &req.resource, &resource.to_string())?;
+            req.resource = resource.to_string();
+            json_response(&svc.get_iam_policy(req).await?)
+        }
+        Route::SetIamPolicy(resource) => {
+            q.check(&[])?;
+            let mut req: ferrocore_proto::iam::SetIamPolicyRequest = pubsub_rest::parse_with_mask(body)?;
+            check_body_name("resource", &req.resource, &resource.to_string())?;
+            req.resource = resource.to_string();
+            json_response(&svc.set_iam_policy(req).await?)
+        }
+        Route::TestIamPermissions(resource) => {
+            q.check(&[])?;
+            let mut req: ferrocore_proto::iam::TestIamPermissionsRequest = parse_body(body)?;
+            check_body_name("resource", &req.resource, &resource.to_string())?;
+            req.resource = resource.to_string();
+            json_response(&svc.test_iam_permissions(caller, req).await?)
         }
         Route::CreateDevice(parent) => {
             q.check(&[])?;

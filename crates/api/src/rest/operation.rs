@@ -1,6 +1,7 @@
 //! The name of what a REST request asks for, from its method and path's shape alone: the RPC it
 //! transcodes onto (`DeviceManager.GetDevice`, `Publisher.Publish`, the same names as over gRPC),
-//! or one of Ferrocore's own routes (`DeviceBridge.PublishEvent`, `ReadTopic`, `Healthz`...).
+//! or one of Ferrocore's own routes (`DeviceBridge.PublishEvent`, `ReadTopic`, `Healthz`,
+//! `OAuth.Token`, the identity management's `IAM.*`...).
 //!
 //! The result is always one of a fixed set of `&'static str`, never anything taken from the
 //! path, so it can label metrics and spans. Anything else is `unknown`.
@@ -16,6 +17,7 @@ pub fn classify(method: &Method, headers: &HeaderMap, path: &str) -> &'static st
     match path {
         "/healthz" => return "Healthz",
         "/metrics" => return "Metrics",
+        "/token" => return "OAuth.Token",
         p if super::discovery::is_discovery_path(p) => return "Discovery",
         _ => {}
     }
@@ -35,6 +37,9 @@ pub fn classify(method: &Method, headers: &HeaderMap, path: &str) -> &'static st
     }
     if matches!(s[2], "topics" | "subscriptions" | "snapshots") {
         return pubsub(&s, m, verb);
+    }
+    if matches!(s[2], "tokens" | "serviceAccounts") {
+        return if verb.is_some() { UNKNOWN } else { identities(&s, m) };
     }
     if s.len() < 5 || s[2] != "locations" || s[4] != "registries" {
         return UNKNOWN;
@@ -129,6 +134,24 @@ fn pubsub(s: &[&str], m: Verb, verb: Option<&str>) -> &'static str {
     }
 }
 
+/// Ferrocore's management of API tokens and service accounts (names as Google's IAM API has them).
+fn identities(s: &[&str], m: Verb) -> &'static str {
+    use Verb::*;
+    match (s.len(), s[2], s.get(4).copied(), m) {
+        (3, "tokens", _, Post) => "IAM.CreateApiToken",
+        (3, "tokens", _, Get) => "IAM.ListApiTokens",
+        (4, "tokens", _, Delete) => "IAM.DeleteApiToken",
+        (3, "serviceAccounts", _, Post) => "IAM.CreateServiceAccount",
+        (3, "serviceAccounts", _, Get) => "IAM.ListServiceAccounts",
+        (4, "serviceAccounts", _, Get) => "IAM.GetServiceAccount",
+        (4, "serviceAccounts", _, Delete) => "IAM.DeleteServiceAccount",
+        (5, "serviceAccounts", Some("keys"), Post) => "IAM.CreateServiceAccountKey",
+        (5, "serviceAccounts", Some("keys"), Get) => "IAM.ListServiceAccountKeys",
+        (6, "serviceAccounts", Some("keys"), Delete) => "IAM.DeleteServiceAccountKey",
+        _ => UNKNOWN,
+    }
+}
+
 /// The gRPC methods served, by path (without the leading `/`), with their `method` label.
 pub const GRPC_METHODS: &[(&str, &str)] = &[
     ("google.cloud.iot.v1.DeviceManager/CreateDeviceRegistry", "DeviceManager.CreateDeviceRegistry"),
@@ -212,6 +235,25 @@ mod tests {
         assert_eq!(op(Method::POST, "/v1/projects/p/subscriptions/s:pull"), "Subscriber.Pull");
         assert_eq!(op(Method::GET, "/healthz"), "Healthz");
         assert_eq!(op(Method::GET, "/v1/sinks"), "ListSinks");
+        assert_eq!(op(Method::POST, "/token"), "OAuth.Token");
+        assert_eq!(op(Method::POST, "/v1/projects/p/tokens"), "IAM.CreateApiToken");
+        assert_eq!(op(Method::DELETE, "/v1/projects/p/tokens/abc"), "IAM.DeleteApiToken");
+        assert_eq!(
+            op(Method::GET, "/v1/projects/p/serviceAccounts/a@p.iam.gserviceaccount.com"),
+            "IAM.GetServiceAccount"
+        );
+        assert_eq!(
+            op(Method::POST, "/v1/projects/p/serviceAccounts/a@p.iam.gserviceaccount.com/keys"),
+            "IAM.CreateServiceAccountKey"
+        );
+        assert_eq!(
+            op(Method::DELETE, "/v1/projects/p/serviceAccounts/a@p.iam.gserviceaccount.com/keys/k"),
+            "IAM.DeleteServiceAccountKey"
+        );
+        assert_eq!(
+            op(Method::POST, "/v1/projects/p/locations/l/registries/r:testIamPermissions"),
+            "DeviceManager.TestIamPermissions"
+        );
         let mut h = HeaderMap::new();
         h.insert("x-http-method-override", "PATCH".parse().unwrap());
         assert_eq!(classify(&Method::POST, &h, dev), "DeviceManager.UpdateDevice");
@@ -251,10 +293,6 @@ mod tests {
                     from_protos.push(format!("{package}.{service}/{name}"));
                 }
             }
-        }
-        // DeviceManager's IAM methods are served (UNIMPLEMENTED) without being in our .proto.
-        for iam in ["GetIamPolicy", "SetIamPolicy", "TestIamPermissions"] {
-            from_protos.push(format!("google.cloud.iot.v1.DeviceManager/{iam}"));
         }
         let mut listed: Vec<String> = GRPC_METHODS.iter().map(|(p, _)| p.to_string()).collect();
         from_protos.sort();

@@ -26,6 +26,10 @@ pub enum Route {
     DeleteRegistry(RegistryName),
     BindDeviceToGateway(RegistryName),
     UnbindDeviceFromGateway(RegistryName),
+    /// A registry's IAM policy (`google.iam.v1`), as Google's DeviceManager serves it.
+    GetIamPolicy(RegistryName),
+    SetIamPolicy(RegistryName),
+    TestIamPermissions(RegistryName),
     ListDevices(RegistryName),
     CreateDevice(RegistryName),
     GetDevice(DeviceName),
@@ -136,9 +140,9 @@ pub fn parse(method: Method, path: &str) -> Result<Route, Error> {
         (6, Some("registries"), _, _, Post, Some("unbindDeviceFromGateway")) => {
             Route::UnbindDeviceFromGateway(reg("parent")?)
         }
-        (6, Some("registries"), _, _, Post, Some(v @ ("getIamPolicy" | "setIamPolicy" | "testIamPermissions"))) => {
-            return Err(Error::new(Code::Unimplemented, format!("The method '{v}' is not supported by this server.")));
-        }
+        (6, Some("registries"), _, _, Post, Some("getIamPolicy")) => Route::GetIamPolicy(reg("resource")?),
+        (6, Some("registries"), _, _, Post, Some("setIamPolicy")) => Route::SetIamPolicy(reg("resource")?),
+        (6, Some("registries"), _, _, Post, Some("testIamPermissions")) => Route::TestIamPermissions(reg("resource")?),
         (6, Some("registries"), _, _, _, Some(v)) => return Err(unknown_verb(v)),
         (7, Some("registries"), Some("devices"), _, Get, None) => Route::ListDevices(reg("parent")?),
         (7, Some("registries"), Some("devices"), _, Post, None) => Route::CreateDevice(reg("parent")?),
@@ -188,6 +192,14 @@ mod tests {
             parse(Method::Post, "projects/p/locations/l/registries/reg:bindDeviceToGateway"),
             Ok(Route::BindDeviceToGateway(_))
         ));
+        assert!(matches!(
+            parse(Method::Post, "projects/p/locations/l/registries/reg:testIamPermissions"),
+            Ok(Route::TestIamPermissions(_))
+        ));
+        assert_eq!(
+            parse(Method::Get, "projects/p/locations/l/registries/reg:getIamPolicy").unwrap_err().code,
+            Code::NotFound
+        );
         assert_eq!(parse(Method::Get, "projects/p/locations/l/registries/reg/x").unwrap_err().code, Code::NotFound);
         assert_eq!(parse(Method::Post, "projects/p/locations/l/registries/reg:nope").unwrap_err().code, Code::NotFound);
         assert_eq!(

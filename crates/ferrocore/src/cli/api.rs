@@ -329,9 +329,10 @@ impl Api {
 }
 
 /// Percent-encodes each segment of a resource name: ids may hold `%`, `+` or `~`, and a project
-/// may hold `:`, which the server would otherwise read as a custom verb.
+/// may hold `:`, which the server would otherwise read as a custom verb. `@` (legal in a path
+/// segment) stays as it is: service accounts are named by their email.
 fn encode_path(name: &str) -> String {
-    name.split('/').map(|s| encode(s, b"")).collect::<Vec<_>>().join("/")
+    name.split('/').map(|s| encode(s, b"@")).collect::<Vec<_>>().join("/")
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters and `keep`.
@@ -373,5 +374,9 @@ mod tests {
     fn encoding_keeps_verbs_apart() {
         assert_eq!(encode_path("projects/acme.com:p/locations/l"), "projects/acme.com%3Ap/locations/l");
         assert_eq!(encode("a%b+c d~", b""), "a%25b%2Bc%20d~");
+        assert_eq!(
+            encode_path("projects/p/serviceAccounts/b@p.iam.gserviceaccount.com"),
+            "projects/p/serviceAccounts/b@p.iam.gserviceaccount.com"
+        );
     }
 }

@@ -9,7 +9,10 @@
 //! * `events tail` ([`events`]);
 //! * `logs read` ([`logs`]), a registry's device activity logs;
 //! * `pubsub topics|subscriptions|pull` ([`pubsub`]), the verbs of `gcloud pubsub`;
-//! * `sinks list` ([`sinks`]), the external sinks and how far behind they are.
+//! * `sinks list` ([`sinks`]), the external sinks and how far behind they are;
+//! * `tokens create|list|revoke` ([`tokens`]), API tokens for other principals than the owner;
+//! * `service-accounts create|list|describe|delete`, `service-accounts keys create|list|delete`
+//!   ([`service_accounts`]), service accounts and their Google-format key files.
 //!
 //! The REST commands find the server with `--server`, `--token` and `--data-dir` ([`api`]).
 //! Output is a table unless `--format json` ([`output`]). Any failure is one `error: ...` line on
@@ -24,9 +27,11 @@ pub mod logs;
 pub mod output;
 pub mod pubsub;
 pub mod registries;
+pub mod service_accounts;
 pub mod simulate;
 pub mod sinks;
 pub mod stdout;
+pub mod tokens;
 
 pub use api::Connection;
 pub use events::EventsCommand;
@@ -62,6 +67,10 @@ pub enum Command {
     Pubsub(pubsub::PubsubArgs),
     /// Show the external sinks the server forwards topics to.
     Sinks(sinks::SinksArgs),
+    /// Manage API tokens: a principal with one role on a project or a registry (see docs/iam.md).
+    Tokens(tokens::TokensArgs),
+    /// Manage service accounts and their key files (like `gcloud iam service-accounts`).
+    ServiceAccounts(service_accounts::ServiceAccountsArgs),
 }
 
 /// Runs a client command to its end and turns any error into one line on stderr.
@@ -83,6 +92,8 @@ pub fn run(command: Command) -> ExitCode {
             Command::Logs(args) => logs::run(args).await,
             Command::Pubsub(args) => pubsub::run(args).await,
             Command::Sinks(args) => sinks::run(args).await,
+            Command::Tokens(args) => tokens::run(args).await,
+            Command::ServiceAccounts(args) => service_accounts::run(args).await,
         }
     });
     match result {

@@ -16,6 +16,7 @@ mod hardening_http;
 mod hardening_mqtt;
 mod harness;
 mod http_bridge;
+mod iam;
 mod metrics;
 mod mqtt;
 mod pubsub_cli;

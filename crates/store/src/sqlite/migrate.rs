@@ -8,6 +8,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_pubsub.sql")),
     (3, include_str!("../../migrations/sqlite/0003_sinks.sql")),
     (4, include_str!("../../migrations/sqlite/0004_device_logs.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_iam.sql")),
 ];
 
 pub(super) async fn run(pool: &SqlitePool) -> Result<()> {

@@ -5,6 +5,7 @@
 //! write is in progress. `synchronous=FULL` makes every acknowledged write survive a crash.
 
 mod device_logs;
+mod iam;
 mod migrate;
 mod pubsub;
 mod sinks;

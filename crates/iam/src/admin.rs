@@ -1,4 +1,5 @@
-//! Admin API authentication: `Authorization: Bearer TOKEN`, compared in constant time.
+//! The admin token: `Authorization: Bearer TOKEN`, compared in constant time. Its holder owns
+//! everything ([`crate::Caller::Owner`]).
 
 use subtle::ConstantTimeEq;
 
@@ -33,7 +34,7 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
