@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Starts each local service the test suite forwards to (NATS with JetStream, RabbitMQ, Redis) when
-# it is down, with the same commands as the machine's own setup, and waits until it accepts
-# connections. The Pub/Sub emulator is not started here: the tests start their own.
+# Starts each local service the test suite forwards to (NATS with JetStream, RabbitMQ, Redis) or
+# stores in (PostgreSQL, for the store's PostgreSQL backend) when it is down, with the same commands
+# as the machine's own setup, and waits until it accepts connections. The Pub/Sub emulator is not
+# started here: the tests start their own.
 # Prints what it did; exits non-zero if a service stays down.
 set -uo pipefail
 
@@ -36,5 +37,10 @@ if ! listening 5672; then
     echo "services: starting RabbitMQ" >&2
     rabbitmq-server -detached >/dev/null 2>&1
     wait_for RabbitMQ 5672 || failed=1
+fi
+if ! listening 5432; then
+    echo "services: starting PostgreSQL" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+    wait_for PostgreSQL 5432 || failed=1
 fi
 exit "$failed"

@@ -38,6 +38,12 @@ struct ServeArgs {
     /// Directory holding everything the server keeps (database, admin token).
     #[arg(long, env = "FERROCORE_DATA_DIR", default_value = "./ferrocore-data")]
     data_dir: PathBuf,
+    /// Where registries, devices, configs, states, Pub/Sub state and identities are kept:
+    /// `sqlite` (the embedded default, in the data directory) or a PostgreSQL database,
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE` (several nodes may share one). The
+    /// data directory still holds the topic log, the admin token and the TLS material.
+    #[arg(long, env = "FERROCORE_STORE", default_value = "sqlite", value_parser = ferrocore::server::StoreLocation::parse, hide_env_values = true)]
+    store: ferrocore::server::StoreLocation,
     /// How the server's log lines (stderr) are written: `text` for people, `json` for one JSON
     /// object per line with the fields of its spans (see docs/operations.md).
     #[arg(long, env = "FERROCORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -253,6 +259,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         device_logs,
         sinks,
         data_dir: args.data_dir,
+        store: args.store,
         admin_token,
         activity_flush_interval: Duration::from_secs_f64(args.activity_flush_seconds),
         tls: match (args.tls_cert, args.tls_key) {

@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Where registries, devices and the rest are kept: SQLite in the data directory, or PostgreSQL.
+    pub store: StoreLocation,
     /// The admin token; when None, the one in the data dir (created on first start).
     pub admin_token: Option<String>,
     /// How often batched device activity reaches the store.
@@ -50,6 +52,52 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// `--store`: the embedded SQLite file in the data directory (the default), or a PostgreSQL
+/// database several nodes can share.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Embedded,
+    /// A `postgres://` (or `postgresql://`) URL, password included when there is one.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Parses `--store`: `sqlite` (or empty) for the embedded default, or a PostgreSQL URL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "sqlite" | "embedded" => Ok(Self::Embedded),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres(url.to_owned()))
+            }
+            _ => Err("expected 'sqlite' (the embedded default) or a postgres://USER@HOST:PORT/DATABASE URL".into()),
+        }
+    }
+}
+
+/// Never shows a password: `postgres://user:***@host/db`.
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("sqlite"),
+            Self::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// The URL with any password replaced by `***`, for logs and error messages.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// The clock of a server: [`SystemClock`] unless a test gives its own.
 #[derive(Clone)]
 pub struct ServerClock(pub Arc<dyn ferrocore_core::clock::Clock>);
@@ -74,6 +122,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("ferrocore-data"),
+            store: StoreLocation::Embedded,
             admin_token: None,
             activity_flush_interval: Duration::from_secs(1),
             tls: None,
@@ -169,10 +218,34 @@ pub async fn run(
 
     // Everything the server records for `/metrics`; the store is timed at its trait boundary.
     let metrics = Arc::new(ferrocore_metrics::Metrics::new());
-    let store = Arc::new(ferrocore_store::metered::Metered::new(
-        SqliteStore::open(&db).await.map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", db.display()))?,
-        metrics.clone(),
-    ));
+    match &config.store {
+        StoreLocation::Embedded => {
+            let store = SqliteStore::open(&db)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", db.display()))?;
+            serve_on(store, metrics, config, listeners, token, shutdown, on_ready).await
+        }
+        StoreLocation::Postgres(url) => {
+            let store = ferrocore_store::postgres::PostgresStore::open(url)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", redact_password(url)))?;
+            tracing::info!(store = %redact_password(url), "store: PostgreSQL");
+            serve_on(store, metrics, config, listeners, token, shutdown, on_ready).await
+        }
+    }
+}
+
+/// The server over one opened backend.
+async fn serve_on<B: ferrocore_store::Backend>(
+    backend: B,
+    metrics: Arc<ferrocore_metrics::Metrics>,
+    config: Config,
+    listeners: Listeners,
+    token: ferrocore_iam::AdminToken,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(Bound) + Send,
+) -> Result<()> {
+    let store = Arc::new(ferrocore_store::metered::Metered::new(backend, metrics.clone()));
     let mut log_config = ferrocore_topiclog::LogConfig::new(config.data_dir.join("topics"));
     log_config.retention_max_age = config.topic_log.max_age;
     log_config.retention_max_bytes = config.topic_log.max_bytes_per_topic;
@@ -342,7 +415,7 @@ pub async fn run(
         f.close().await;
     }
     topic_log.close().await;
-    store.inner().close().await;
+    ferrocore_store::Backend::close(&*store).await;
     tracing::info!("ferrocore stopped");
     served_grpc.context("the gRPC listener failed")
 }

@@ -3,19 +3,23 @@
 //! The core never sees SQL or driver errors: every backend maps its failures to [`StoreError`], and
 //! conditional outcomes (a config version that moved, a registry that still holds devices) are
 //! domain values. [`conformance`] is the behaviour every backend must show; each backend's tests run
-//! it. [`sqlite`] is the embedded default. [`pubsub`] is what the Pub/Sub API keeps, beside it, and
+//! it. [`sqlite`] is the embedded default; [`postgres`] keeps the same tables in a PostgreSQL
+//! database that several nodes can share. [`pubsub`] is what the Pub/Sub API keeps, beside it, and
 //! [`sinks`] how far each external sink forwarded each topic. [`device_logs`] are the device
 //! activity log entries the core appends in batches. [`iam`] holds API tokens and service
-//! accounts. [`metered`] times any backend's operations.
+//! accounts. [`metered`] times any backend's operations; [`backend`] is all a server needs of one.
 
+pub mod backend;
 pub mod conformance;
 pub mod device_logs;
 pub mod iam;
 pub mod metered;
+pub mod postgres;
 pub mod pubsub;
 pub mod sinks;
 pub mod sqlite;
 
+pub use backend::Backend;
 pub use device_logs::{DeviceLogEntry, DeviceLogQuery, LogSeverity};
 pub use iam::IamStore;
 pub use pubsub::PubsubStore;

@@ -19,6 +19,7 @@ mod http_bridge;
 mod iam;
 mod metrics;
 mod mqtt;
+mod postgres;
 mod pubsub_cli;
 mod pubsub_grpc;
 mod pubsub_rest;
