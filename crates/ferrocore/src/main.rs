@@ -1,5 +1,6 @@
-//! The `ferrocore` command line: `ferrocore serve` runs the server; the other commands are
-//! clients of a running server (see `ferrocore::cli`).
+//! The `ferrocore` command line: `ferrocore serve` runs the server, `ferrocore migrate` copies a
+//! stopped installation's store into PostgreSQL; the other commands are clients of a running
+//! server (see `ferrocore::cli`).
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -20,6 +21,9 @@ struct Cli {
 enum Command {
     /// Run the server: REST and gRPC admin APIs, the MQTT and HTTP device bridges.
     Serve(ServeArgs),
+    /// Copy a stopped installation's store from its SQLite database into an empty PostgreSQL
+    /// database, to serve it with `--store postgres://...` (see docs/configuration.md).
+    Migrate(MigrateArgs),
     #[command(flatten)]
     Client(ferrocore::cli::Command),
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell (see docs/cli.md).
@@ -164,6 +168,18 @@ struct ServeArgs {
     sinks: Vec<String>,
 }
 
+#[derive(Parser)]
+struct MigrateArgs {
+    /// The installation to copy, its server stopped: `sqlite:DATA_DIR`, its data directory (the
+    /// database is DATA_DIR/ferrocore.db). The file is only read.
+    #[arg(long, value_name = "sqlite:DATA_DIR")]
+    from: String,
+    /// The PostgreSQL database to fill, `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`: it must
+    /// exist and hold no Ferrocore data; the schema is applied first.
+    #[arg(long, value_name = "postgres://USER@HOST:PORT/DATABASE")]
+    to: String,
+}
+
 /// The server log's format.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum LogFormat {
@@ -218,8 +234,53 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Migrate(args) => match migrate(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Client(command) => ferrocore::cli::run(command),
     }
+}
+
+/// `ferrocore migrate`: one line per table copied on stderr, then a summary. The URL is shown
+/// with its password redacted, and checked here rather than by clap, whose errors would echo it.
+fn migrate(args: MigrateArgs) -> Result<()> {
+    let Some(from) = args.from.strip_prefix("sqlite:").filter(|p| !p.is_empty()) else {
+        anyhow::bail!("--from must be sqlite:DATA_DIR, the data directory of the installation to copy");
+    };
+    let url = match server::StoreLocation::parse(&args.to) {
+        Ok(server::StoreLocation::Postgres(url)) => url,
+        _ => anyhow::bail!("--to must be a postgres://USER[:PASSWORD]@HOST:PORT/DATABASE URL"),
+    };
+    let from = PathBuf::from(from);
+    // The data directory, or the database file itself.
+    let database = if from.is_file() { from } else { from.join(ferrocore::datadir::DATABASE_FILE) };
+    let shown = server::redact_password(&url);
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let report = runtime
+        .block_on(ferrocore_store::migrate_to_postgres::copy_sqlite_to_postgres(&database, &url, |table, rows| {
+            eprintln!("{table}: {}", count_rows(rows));
+        }))
+        .map_err(|e| {
+            let why = match e {
+                ferrocore_store::StoreError::Backend(why) => why,
+                other => other.to_string(),
+            };
+            anyhow::anyhow!("cannot migrate {} to {shown}: {why}", database.display())
+        })?;
+    eprintln!(
+        "migrated {} in {} tables from {} to {shown} in {:.1} s; start the server with --store set to this \
+         URL and the same --data-dir",
+        count_rows(report.rows()),
+        report.tables.len(),
+        database.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
@@ -333,6 +394,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         })
         .await
     })
+}
+
+/// `1 row`, `2 rows`.
+fn count_rows(n: u64) -> String {
+    format!("{n} {}", if n == 1 { "row" } else { "rows" })
 }
 
 /// A duration flag: a positive number of seconds, at most a day.

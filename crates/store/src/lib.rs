@@ -8,12 +8,14 @@
 //! [`sinks`] how far each external sink forwarded each topic. [`device_logs`] are the device
 //! activity log entries the core appends in batches. [`iam`] holds API tokens and service
 //! accounts. [`metered`] times any backend's operations; [`backend`] is all a server needs of one.
+//! [`migrate_to_postgres`] copies a stopped installation's SQLite store into PostgreSQL.
 
 pub mod backend;
 pub mod conformance;
 pub mod device_logs;
 pub mod iam;
 pub mod metered;
+pub mod migrate_to_postgres;
 pub mod postgres;
 pub mod pubsub;
 pub mod sinks;

@@ -18,6 +18,7 @@ mod harness;
 mod http_bridge;
 mod iam;
 mod metrics;
+mod migrate;
 mod mqtt;
 mod postgres;
 mod pubsub_cli;

@@ -11,6 +11,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/sqlite/0005_iam.sql")),
 ];
 
+/// The schema version this binary brings a database to.
+pub const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
 pub(super) async fn run(pool: &SqlitePool) -> Result<()> {
     let fail = |e: sqlx::Error| StoreError::Backend(format!("migration failed: {e}"));
     sqlx::query(

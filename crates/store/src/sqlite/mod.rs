@@ -6,7 +6,7 @@
 
 mod device_logs;
 mod iam;
-mod migrate;
+pub mod migrate;
 mod pubsub;
 mod sinks;
 
