@@ -727,6 +727,10 @@ def rest_pull_for(rest: Rest, name: str, seconds: float = QUIET_S) -> list[dict]
 
 def test_rest_publish_pull_acknowledge_modify_and_seek(backend):
     rest = backend.rest
+    # Google's emulator sometimes holds pulls open for ~30 s before it delivers (after a publish,
+    # a nack or a seek), so the oracle gets a longer wait than Ferrocore.
+    oracle = backend.name != "ferrocore"
+    wait = 30.0 if oracle else RECEIVE_TIMEOUT_S
     topic, name = backend.topic_path(), backend.subscription_path()
     rest.ok(rest.request("PUT", f"v1/{topic}", json_body={}))
     rest.ok(rest.request("PUT", f"v1/{name}", json_body={
@@ -744,7 +748,7 @@ def test_rest_publish_pull_acknowledge_modify_and_seek(backend):
     ids = published["messageIds"]
     assert len(ids) == 3 and len(set(ids)) == 3 and all(isinstance(i, str) for i in ids), published
 
-    received = rest_pull(rest, name, 3)
+    received = rest_pull(rest, name, 3, timeout=wait)
     by_id = {m["message"]["messageId"]: m for m in received}
     assert set(by_id) == set(ids)
     for mid, (data, attrs) in zip(ids, sent):
@@ -757,7 +761,7 @@ def test_rest_publish_pull_acknowledge_modify_and_seek(backend):
     # A nack brings the first one back at once, with a new ack id.
     first = by_id[ids[0]]
     assert rest.ok(rest.post(f"v1/{name}:modifyAckDeadline", {"ackIds": [first["ackId"]], "ackDeadlineSeconds": 0})) == {}
-    [again] = rest_pull(rest, name, 1)
+    [again] = rest_pull(rest, name, 1, timeout=wait)
     assert again["message"]["messageId"] == ids[0] and again["ackId"] != first["ackId"]
     ack_ids = [again["ackId"]] + [by_id[i]["ackId"] for i in ids[1:]]
     assert rest.ok(rest.post(f"v1/{name}:acknowledge", {"ackIds": ack_ids})) == {}
@@ -765,7 +769,14 @@ def test_rest_publish_pull_acknowledge_modify_and_seek(backend):
 
     # Seek back (the subscription retains acked messages): all three again.
     assert rest.ok(rest.post(f"v1/{name}:seek", {"time": rfc3339(seek_back_to)})) == {}
-    replayed = rest_pull(rest, name, 3)
+    try:
+        replayed = rest_pull(rest, name, 3, timeout=wait)
+    except AssertionError:
+        if not oracle:
+            raise
+        # Seen in about one run in five: the emulator then redelivers nothing for minutes. The
+        # Ferrocore variant of this test checks the replay strictly.
+        pytest.skip("Google's emulator did not redeliver after the seek within 30 s")
     assert sorted(m["message"]["messageId"] for m in replayed) == sorted(ids)
     rest.ok(rest.post(f"v1/{name}:acknowledge", {"ackIds": [m["ackId"] for m in replayed]}))
 
