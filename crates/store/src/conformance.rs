@@ -25,14 +25,16 @@ pub async fn run_all(store: &dyn Store) {
     device_logs(store).await;
 }
 
-fn location(project: &str) -> LocationName {
+/// Fixtures the backends' own tests build on too: `projects/P/locations/us-central1`.
+pub fn location(project: &str) -> LocationName {
     LocationName {
         project: ProjectId::parse_field("p", project).unwrap(),
         location: LocationId::parse_field("l", "us-central1").unwrap(),
     }
 }
 
-fn registry(project: &str, id: &str) -> Registry {
+/// A registry with one telemetry topic (`projects/p/topics/events`), MQTT enabled.
+pub fn registry(project: &str, id: &str) -> Registry {
     Registry {
         name: RegistryName { parent: location(project), registry: RegistryId::parse_field("id", id).unwrap() },
         event_notification_configs: vec![EventNotificationConfig {
@@ -47,7 +49,8 @@ fn registry(project: &str, id: &str) -> Registry {
     }
 }
 
-fn new_device(reg: &RegistryName, id: &str, gateway: bool) -> NewDevice {
+/// A device with one ES256 key, metadata and an initial config; a gateway when `gateway`.
+pub fn new_device(reg: &RegistryName, id: &str, gateway: bool) -> NewDevice {
     NewDevice {
         registry: reg.clone(),
         id: DeviceId::parse_field("id", id).unwrap(),

@@ -18,6 +18,7 @@ pub mod metered;
 pub mod migrate_to_postgres;
 pub mod postgres;
 pub mod pubsub;
+mod rows;
 pub mod sinks;
 pub mod sqlite;
 
@@ -61,6 +62,34 @@ pub struct NewDevice {
     /// Data of config version 1.
     pub config_data: Vec<u8>,
     pub created: Timestamp,
+}
+
+impl NewDevice {
+    /// The device as created: `num_id` assigned, config version 1, no activity or state yet.
+    pub fn into_device(self, num_id: NumId) -> Device {
+        Device {
+            registry: self.registry,
+            id: self.id,
+            num_id,
+            credentials: self.credentials,
+            blocked: self.blocked,
+            activity: DeviceActivity::default(),
+            config: DeviceConfig {
+                version: 1,
+                cloud_update_time: Some(self.created),
+                device_ack_time: None,
+                binary_data: self.config_data,
+            },
+            state: None,
+            log_level: self.log_level,
+            metadata: self.metadata,
+            gateway_config: ferrocore_model::GatewayConfig {
+                gateway_type: self.gateway_type,
+                gateway_auth_method: self.gateway_auth_method,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// The mutable part of a device, written whole by [`Store::update_device`].

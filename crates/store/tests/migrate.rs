@@ -32,6 +32,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Nanosecond times that are not whole seconds, so that any rounding shows.
+// Fixtures of their own (not conformance's): every device, registry and time differs, in a
+// location other than the default, so a column copied into the wrong place shows.
 fn t(n: i64) -> Timestamp {
     Timestamp(1_700_000_000_123_456_789 + n * 1_000_000_007)
 }

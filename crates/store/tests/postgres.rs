@@ -6,21 +6,18 @@
 //! `postgres`, with trust authentication) and drops it at the end, also when the test fails.
 //! Without a reachable server the tests are skipped, except under `CI=true`, where they fail.
 
-use ferrocore_model::{
-    DeviceId, DeviceState, GatewayAuthMethod, GatewayType, HttpState, LocationId, LocationName, LogLevel, MqttState,
-    NumId, ProjectId, Registry, RegistryId, RegistryName, Timestamp,
-};
+use ferrocore_model::{DeviceId, DeviceState, NumId, Timestamp};
 use ferrocore_store::postgres::PostgresStore;
 use ferrocore_store::{
     BindOutcome, ConfigUpdate, DeviceLogEntry, DeviceLogQuery, DeviceQuery, GatewayFilter, IamStore, LogSeverity,
-    MAX_GATEWAYS_PER_DEVICE, NewDevice, Store, StoreError, conformance,
+    MAX_GATEWAYS_PER_DEVICE, Store, StoreError, conformance,
 };
 use sqlx::{Connection, PgConnection};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
+use ferrocore_store::conformance::{new_device, registry};
 use ferrocore_store::postgres::testing::TestDatabase as TestDb;
 
 trait TestDbExt {
@@ -47,39 +44,6 @@ macro_rules! test_db {
             None => return,
         }
     };
-}
-
-fn registry(project: &str, id: &str) -> Registry {
-    Registry {
-        name: RegistryName {
-            parent: LocationName {
-                project: ProjectId::parse_field("p", project).unwrap(),
-                location: LocationId::parse_field("l", "us-central1").unwrap(),
-            },
-            registry: RegistryId::parse_field("id", id).unwrap(),
-        },
-        event_notification_configs: vec![],
-        state_notification_config: None,
-        mqtt_state: MqttState::Enabled,
-        http_state: HttpState::Enabled,
-        log_level: LogLevel::Info,
-        credentials: vec![],
-    }
-}
-
-fn new_device(reg: &RegistryName, id: &str, gateway: bool) -> NewDevice {
-    NewDevice {
-        registry: reg.clone(),
-        id: DeviceId::parse_field("id", id).unwrap(),
-        credentials: vec![],
-        blocked: false,
-        log_level: LogLevel::Unspecified,
-        metadata: BTreeMap::new(),
-        gateway_type: if gateway { GatewayType::Gateway } else { GatewayType::NonGateway },
-        gateway_auth_method: GatewayAuthMethod::Unspecified,
-        config_data: b"initial".to_vec(),
-        created: Timestamp::from_unix_seconds(1_700_000_000),
-    }
 }
 
 #[tokio::test]

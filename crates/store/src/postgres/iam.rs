@@ -1,49 +1,10 @@
 //! [`IamStore`] on PostgreSQL: API tokens, service accounts with their public keys, server secrets.
 
-use super::{PostgresStore, backend, from_json, to_json};
+use super::{PostgresStore, backend};
 use crate::iam::{ApiTokenRecord, IamStore, ServiceAccountKeyRecord, ServiceAccountRecord};
+use crate::rows::{account_from_row, key_from_row, to_json, token_from_row};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
-use ferrocore_model::Timestamp;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
-
-fn token_from_row(row: &PgRow) -> Result<ApiTokenRecord> {
-    let hash: Vec<u8> = row.get("hash");
-    Ok(ApiTokenRecord {
-        id: row.get("id"),
-        hash: hash
-            .try_into()
-            .map_err(|h: Vec<u8>| StoreError::Backend(format!("stored token hash has {} bytes, not 32", h.len())))?,
-        principal: row.get("principal"),
-        role: row.get("role"),
-        project: row.get("project"),
-        registry: row.get("registry"),
-        create_time: Timestamp(row.get("create_time")),
-    })
-}
-
-fn account_from_row(row: &PgRow) -> Result<ServiceAccountRecord> {
-    Ok(ServiceAccountRecord {
-        email: row.get("email"),
-        project: row.get("project"),
-        account_id: row.get("account_id"),
-        unique_id: row.get("unique_id"),
-        display_name: row.get("display_name"),
-        roles: from_json(row.get("roles"))?,
-        registry: row.get("registry"),
-        create_time: Timestamp(row.get("create_time")),
-    })
-}
-
-fn key_from_row(row: &PgRow) -> ServiceAccountKeyRecord {
-    ServiceAccountKeyRecord {
-        email: row.get("email"),
-        key_id: row.get("key_id"),
-        public_key_der: row.get("public_key_der"),
-        create_time: Timestamp(row.get("create_time")),
-    }
-}
 
 #[async_trait]
 impl IamStore for PostgresStore {

@@ -1,44 +1,13 @@
 //! [`PubsubStore`] on PostgreSQL: topics, subscriptions with their cursors, IAM policies.
 
-use super::{PostgresStore, Tx, backend, from_json, to_json};
+use super::{PostgresStore, Tx, backend};
 use crate::pubsub::{Page, PubsubStore};
+use crate::rows::{from_json, origin_number, subscription_from_row, to_json, topic_from_row};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
 use ferrocore_model::Registry;
-use ferrocore_model::pubsub::{
-    IamPolicy, Subscription, SubscriptionCursor, SubscriptionName, Topic, TopicName, TopicOrigin,
-};
+use ferrocore_model::pubsub::{IamPolicy, Subscription, SubscriptionCursor, SubscriptionName, Topic, TopicName};
 use sqlx::Row;
-use sqlx::postgres::PgRow;
-
-fn origin_number(o: TopicOrigin) -> i32 {
-    match o {
-        TopicOrigin::Created => 0,
-        TopicOrigin::Registry => 1,
-    }
-}
-
-fn topic_from_row(row: &PgRow) -> Result<Topic> {
-    let name: String = row.get("name");
-    Ok(Topic {
-        name: TopicName::parse("name", &name).map_err(|e| StoreError::Backend(format!("stored topic: {e}")))?,
-        labels: from_json(row.get("labels"))?,
-        message_retention_seconds: row.get("retention_seconds"),
-        origin: if row.get::<i32, _>("origin") == 1 { TopicOrigin::Registry } else { TopicOrigin::Created },
-    })
-}
-
-fn subscription_from_row(row: &PgRow) -> Result<(Subscription, SubscriptionCursor)> {
-    let mut sub: Subscription = from_json(row.get("settings"))?;
-    // The column is authoritative: deleting the topic clears it without rewriting the settings.
-    let topic: Option<String> = row.get("topic");
-    sub.topic = topic
-        .map(|t| TopicName::parse("topic", &t).map_err(|e| StoreError::Backend(format!("stored topic: {e}"))))
-        .transpose()?;
-    let floor: i64 = row.get("floor");
-    let cursor = SubscriptionCursor { floor: floor as u64, acked: from_json(row.get("acked"))? };
-    Ok((sub, cursor))
-}
 
 /// Creates, if absent, the topics a registry's notification configs name; in name order, so two
 /// registries naming the same topics never wait on each other's inserts in a cycle.

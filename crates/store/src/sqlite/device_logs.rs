@@ -1,11 +1,11 @@
 //! Device activity log entries on SQLite: one transaction per appended batch, keyset reads by
 //! sequence number within a registry, pruning by age and row cap.
 
-use super::{SqliteStore, backend, num};
-use crate::device_logs::{DeviceLogEntry, DeviceLogQuery, LogSeverity};
-use crate::{Result, StoreError};
-use ferrocore_model::{DeviceId, NumId, RegistryName, Timestamp};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use super::{SqliteStore, backend};
+use crate::Result;
+use crate::device_logs::{DeviceLogEntry, DeviceLogQuery};
+use ferrocore_model::Timestamp;
+use sqlx::{Row, Sqlite};
 
 impl SqliteStore {
     pub(super) async fn append_logs(&self, entries: &[DeviceLogEntry], now: Timestamp) -> Result<Vec<u64>> {
@@ -16,23 +16,7 @@ impl SqliteStore {
         let mut tx = self.begin().await?;
         // Several rows per statement; SQLite allows 32,766 parameters, 10 a row.
         for chunk in entries.chunks(500) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO device_logs (time, received, project, location, registry, device_id, device_num_id, \
-                 severity, event_type, payload) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(e.time.nanos())
-                    .push_bind(now.nanos())
-                    .push_bind(e.registry.parent.project.as_str().to_owned())
-                    .push_bind(e.registry.parent.location.as_str().to_owned())
-                    .push_bind(e.registry.registry.as_str().to_owned())
-                    .push_bind(e.device_id.as_str().to_owned())
-                    .push_bind(num(e.device_num_id))
-                    .push_bind(e.severity.number())
-                    .push_bind(e.event_type.clone())
-                    .push_bind(e.payload.clone());
-            });
-            q.push(" RETURNING seq");
+            let mut q = crate::rows::append_device_logs::<Sqlite>(chunk, now);
             let rows = q.build().fetch_all(&mut *tx).await.map_err(backend)?;
             // One writer, one transaction: the rows of a statement get increasing numbers in the
             // order of its VALUES, whatever order RETURNING lists them in.
@@ -45,50 +29,9 @@ impl SqliteStore {
     }
 
     pub(super) async fn list_logs(&self, query: &DeviceLogQuery) -> Result<Vec<DeviceLogEntry>> {
-        let r = &query.registry;
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT seq, time, received, device_id, device_num_id, severity, event_type, payload FROM device_logs \
-             WHERE project = ",
-        );
-        q.push_bind(r.parent.project.as_str().to_owned())
-            .push(" AND location = ")
-            .push_bind(r.parent.location.as_str().to_owned())
-            .push(" AND registry = ")
-            .push_bind(r.registry.as_str().to_owned())
-            .push(" AND seq > ")
-            .push_bind(i64::try_from(query.after.unwrap_or(0)).unwrap_or(i64::MAX));
-        if let Some(d) = &query.device_id {
-            q.push(" AND device_id = ").push_bind(d.as_str().to_owned());
-        }
-        if let Some(s) = query.min_severity {
-            q.push(" AND severity >= ").push_bind(s.number());
-        }
-        if let Some(t) = &query.event_type {
-            q.push(" AND event_type = ").push_bind(t.clone());
-        }
-        if let Some(t) = query.start_time {
-            q.push(" AND time >= ").push_bind(t.nanos());
-        }
-        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(query.limit));
+        let mut q = crate::rows::list_device_logs::<Sqlite>(query);
         let rows = q.build().fetch_all(&self.readers).await.map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.get("device_id");
-                let severity: i64 = row.get("severity");
-                Ok(DeviceLogEntry {
-                    seq: row.get::<i64, _>("seq").max(0) as u64,
-                    time: Timestamp(row.get("time")),
-                    received: Timestamp(row.get("received")),
-                    registry: RegistryName::clone(r),
-                    device_id: DeviceId::parse_field("device_id", &id).map_err(|e| StoreError::Backend(e.message))?,
-                    device_num_id: NumId(row.get::<i64, _>("device_num_id").max(0) as u64),
-                    severity: LogSeverity::from_number(severity)
-                        .ok_or_else(|| StoreError::Backend(format!("unknown stored log severity {severity}")))?,
-                    event_type: row.get("event_type"),
-                    payload: row.get("payload"),
-                })
-            })
-            .collect()
+        rows.iter().map(|row| crate::rows::device_log_from_row(&query.registry, row)).collect()
     }
 
     pub(super) async fn prune_logs(&self, before: Timestamp, keep: u64) -> Result<u64> {

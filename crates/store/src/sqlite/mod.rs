@@ -10,6 +10,7 @@ pub mod migrate;
 mod pubsub;
 mod sinks;
 
+use crate::rows::{DEVICE_SELECT, device_from_row, num, registry_from_row, to_json, ts};
 use crate::{
     BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
     MAX_GATEWAYS_PER_DEVICE, NewDevice, RegistryDelete, Result, Store, StoreError,
@@ -17,14 +18,11 @@ use crate::{
 use async_trait::async_trait;
 use ferrocore_model::limits::HISTORY_KEPT;
 use ferrocore_model::{
-    Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceRef, DeviceState, GatewayAuthMethod,
-    GatewayConfig, GatewayType, HttpState, LocationName, LogLevel, MqttState, NumId, Registry, RegistryId,
-    RegistryName, StateNotificationConfig, Status, Timestamp,
+    Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceRef, DeviceState, LocationName, NumId, Registry,
+    RegistryId, RegistryName, Timestamp,
 };
 use rand::Rng;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 use std::path::Path;
 use std::time::Duration;
@@ -36,27 +34,6 @@ pub struct SqliteStore {
 
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
-}
-
-fn json_err(e: serde_json::Error) -> StoreError {
-    StoreError::Backend(format!("stored JSON is unreadable: {e}"))
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(json_err)
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(json_err)
-}
-
-fn ts(v: Option<i64>) -> Option<Timestamp> {
-    v.map(Timestamp)
-}
-
-fn num(n: NumId) -> i64 {
-    // Numeric ids are generated below 2^63, so this cast never wraps.
-    n.0 as i64
 }
 
 impl SqliteStore {
@@ -101,71 +78,6 @@ async fn registry_pk(tx: &mut Transaction<'static, Sqlite>, name: &RegistryName)
         .await
         .map_err(backend)
         .map(|r| r.map(|r| r.get(0)))
-}
-
-fn registry_from_row(parent: &LocationName, row: &SqliteRow) -> Result<Registry> {
-    let id: String = row.get("id");
-    let state_topic: Option<String> = row.get("state_topic");
-    Ok(Registry {
-        name: RegistryName {
-            parent: parent.clone(),
-            registry: RegistryId::parse_field("id", &id).map_err(|e| StoreError::Backend(e.message))?,
-        },
-        event_notification_configs: from_json(row.get("event_configs"))?,
-        state_notification_config: state_topic.map(|t| StateNotificationConfig { pubsub_topic_name: t }),
-        mqtt_state: MqttState::from_number(row.get("mqtt_state")).unwrap_or_default(),
-        http_state: HttpState::from_number(row.get("http_state")).unwrap_or_default(),
-        log_level: LogLevel::from_number(row.get("log_level")).unwrap_or_default(),
-        credentials: from_json(row.get("credentials"))?,
-    })
-}
-
-/// Columns every device read selects: the device, its current config and its latest state.
-const DEVICE_SELECT: &str = "SELECT d.*, c.cloud_update_time AS c_update, c.device_ack_time AS c_ack, c.data AS c_data, \
-     s.update_time AS s_time, s.data AS s_data \
-     FROM devices d \
-     LEFT JOIN device_configs c ON c.num_id = d.num_id AND c.version = d.config_version \
-     LEFT JOIN device_states s ON s.num_id = d.num_id \
-         AND s.update_time = (SELECT MAX(update_time) FROM device_states WHERE num_id = d.num_id) ";
-
-fn device_from_row(registry: &RegistryName, row: &SqliteRow) -> Result<Device> {
-    let id: String = row.get("id");
-    let num_id: i64 = row.get("num_id");
-    let status: Option<String> = row.get("last_error_status");
-    let s_time: Option<i64> = row.get("s_time");
-    Ok(Device {
-        registry: registry.clone(),
-        id: DeviceId::parse_field("id", &id).map_err(|e| StoreError::Backend(e.message))?,
-        num_id: NumId(num_id as u64),
-        credentials: from_json(row.get("credentials"))?,
-        blocked: row.get("blocked"),
-        activity: DeviceActivity {
-            last_heartbeat_time: ts(row.get("last_heartbeat_time")),
-            last_event_time: ts(row.get("last_event_time")),
-            last_state_time: ts(row.get("last_state_time")),
-            last_config_ack_time: ts(row.get("last_config_ack_time")),
-            last_config_send_time: ts(row.get("last_config_send_time")),
-            last_error_time: ts(row.get("last_error_time")),
-            last_error_status: status.as_deref().map(from_json::<Status>).transpose()?,
-            config_acks: Vec::new(),
-            gateway_access: None,
-        },
-        config: DeviceConfig {
-            version: row.get("config_version"),
-            cloud_update_time: ts(row.get("c_update")),
-            device_ack_time: ts(row.get("c_ack")),
-            binary_data: row.get::<Option<Vec<u8>>, _>("c_data").unwrap_or_default(),
-        },
-        state: s_time.map(|t| DeviceState { update_time: Timestamp(t), binary_data: row.get("s_data") }),
-        log_level: LogLevel::from_number(row.get("log_level")).unwrap_or_default(),
-        metadata: from_json(row.get("metadata"))?,
-        gateway_config: GatewayConfig {
-            gateway_type: GatewayType::from_number(row.get("gateway_type")).unwrap_or_default(),
-            gateway_auth_method: GatewayAuthMethod::from_number(row.get("gateway_auth_method")).unwrap_or_default(),
-            last_accessed_gateway_id: row.get("last_accessed_gateway_id"),
-            last_accessed_gateway_time: ts(row.get("last_accessed_gateway_time")),
-        },
-    })
 }
 
 #[async_trait]
@@ -319,28 +231,7 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        Ok(Device {
-            registry: d.registry,
-            id: d.id,
-            num_id: NumId(num_id as u64),
-            credentials: d.credentials,
-            blocked: d.blocked,
-            activity: DeviceActivity::default(),
-            config: DeviceConfig {
-                version: 1,
-                cloud_update_time: Some(d.created),
-                device_ack_time: None,
-                binary_data: d.config_data,
-            },
-            state: None,
-            log_level: d.log_level,
-            metadata: d.metadata,
-            gateway_config: GatewayConfig {
-                gateway_type: d.gateway_type,
-                gateway_auth_method: d.gateway_auth_method,
-                ..Default::default()
-            },
-        })
+        Ok(d.into_device(NumId(num_id as u64)))
     }
 
     async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>> {

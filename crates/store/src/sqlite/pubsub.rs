@@ -1,44 +1,13 @@
 //! [`PubsubStore`] on SQLite: topics, subscriptions with their cursors, IAM policies.
 
-use super::{SqliteStore, backend, from_json, to_json};
+use super::{SqliteStore, backend};
 use crate::pubsub::{Page, PubsubStore};
+use crate::rows::{from_json, origin_number, subscription_from_row, to_json, topic_from_row};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
 use ferrocore_model::Registry;
-use ferrocore_model::pubsub::{
-    IamPolicy, Subscription, SubscriptionCursor, SubscriptionName, Topic, TopicName, TopicOrigin,
-};
-use sqlx::sqlite::SqliteRow;
+use ferrocore_model::pubsub::{IamPolicy, Subscription, SubscriptionCursor, SubscriptionName, Topic, TopicName};
 use sqlx::{Row, Sqlite, Transaction};
-
-fn origin_number(o: TopicOrigin) -> i64 {
-    match o {
-        TopicOrigin::Created => 0,
-        TopicOrigin::Registry => 1,
-    }
-}
-
-fn topic_from_row(row: &SqliteRow) -> Result<Topic> {
-    let name: String = row.get("name");
-    Ok(Topic {
-        name: TopicName::parse("name", &name).map_err(|e| StoreError::Backend(format!("stored topic: {e}")))?,
-        labels: from_json(row.get("labels"))?,
-        message_retention_seconds: row.get("retention_seconds"),
-        origin: if row.get::<i64, _>("origin") == 1 { TopicOrigin::Registry } else { TopicOrigin::Created },
-    })
-}
-
-fn subscription_from_row(row: &SqliteRow) -> Result<(Subscription, SubscriptionCursor)> {
-    let mut sub: Subscription = from_json(row.get("settings"))?;
-    // The column is authoritative: deleting the topic clears it without rewriting the settings.
-    let topic: Option<String> = row.get("topic");
-    sub.topic = topic
-        .map(|t| TopicName::parse("topic", &t).map_err(|e| StoreError::Backend(format!("stored topic: {e}"))))
-        .transpose()?;
-    let floor: i64 = row.get("floor");
-    let cursor = SubscriptionCursor { floor: floor as u64, acked: from_json(row.get("acked"))? };
-    Ok((sub, cursor))
-}
 
 /// Creates, if absent, the topics a registry's notification configs name.
 pub(super) async fn create_registry_topics(tx: &mut Transaction<'static, Sqlite>, r: &Registry) -> Result<()> {
