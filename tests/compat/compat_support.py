@@ -22,7 +22,7 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import jwt
@@ -747,3 +747,44 @@ def device_with_activity(rest: Rest, device: dict, *fields: str) -> dict:
     missing = [f for f in fields if not TIMESTAMP_RE.match(got.get(f, ""))]
     assert not missing, f"{missing} not set on {device['name']}: {got}"
     return got
+
+
+# --- recording what google-cloud-iot sent and got -------------------------------------------
+
+class Exchange(NamedTuple):
+    """One call as the server answered it."""
+
+    status: str  # canonical status name, or "OK"
+    authorization: str | None  # the credential the client sent
+    http_status: int | None = None  # REST only
+    body: Any = None  # REST only: the JSON body (or text)
+
+
+class GrpcExchangeRecorder(grpc.UnaryUnaryClientInterceptor):
+    """Appends an Exchange to `seen` for every unary call (all of DeviceManager's are unary)."""
+
+    def __init__(self, seen: list[Exchange]):
+        self.seen = seen
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        sent = dict(client_call_details.metadata or ())
+        outcome = continuation(client_call_details, request)
+        self.seen.append(Exchange(outcome.code().name, sent.get("authorization")))
+        return outcome
+
+
+def record_rest_exchanges(client: iot_v1.DeviceManagerClient, seen: list[Exchange]) -> None:
+    """Appends an Exchange to `seen` for every HTTP exchange of `client`."""
+
+    def hook(resp, *args, **kwargs):
+        try:
+            body = resp.json()
+        except ValueError:
+            body = resp.text
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            status = body["error"].get("status")
+        else:
+            status = "OK" if resp.status_code == 200 else f"HTTP {resp.status_code}"
+        seen.append(Exchange(status, resp.request.headers.get("Authorization"), resp.status_code, body))
+
+    client._transport._session.hooks["response"].append(hook)  # a google.auth AuthorizedSession

@@ -21,11 +21,9 @@ tests.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
 
 import google.auth.exceptions
 import google.oauth2.credentials
-import grpc
 import pytest
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
@@ -38,6 +36,7 @@ from google.rpc import error_details_pb2
 import compat_support
 from compat_support import (
     GARBAGE_KEY,
+    GrpcExchangeRecorder,
     TRANSPORTS,
     ec_p384_public_pem,
     ec_public_pem,
@@ -45,51 +44,13 @@ from compat_support import (
     fresh_project,
     grpc_client,
     location_path,
+    record_rest_exchanges,
     rsa_public_pem,
     same_pem,
     self_signed_cert_pem,
     unique,
     wait_for_config_slot,
 )
-
-
-class Exchange(NamedTuple):
-    """One call as the server answered it."""
-
-    status: str  # canonical status name, or "OK"
-    authorization: str | None  # the credential the client sent
-    http_status: int | None = None  # REST only
-    body: Any = None  # REST only: the JSON body (or text)
-
-
-class GrpcExchangeRecorder(grpc.UnaryUnaryClientInterceptor):
-    """Appends an Exchange to `seen` for every unary call (all of DeviceManager's are unary)."""
-
-    def __init__(self, seen: list[Exchange]):
-        self.seen = seen
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        sent = dict(client_call_details.metadata or ())
-        outcome = continuation(client_call_details, request)
-        self.seen.append(Exchange(outcome.code().name, sent.get("authorization")))
-        return outcome
-
-
-def record_rest_exchanges(client: iot_v1.DeviceManagerClient, seen: list[Exchange]) -> None:
-    """Appends an Exchange to `seen` for every HTTP exchange of `client`."""
-
-    def hook(resp, *args, **kwargs):
-        try:
-            body = resp.json()
-        except ValueError:
-            body = resp.text
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            status = body["error"].get("status")
-        else:
-            status = "OK" if resp.status_code == 200 else f"HTTP {resp.status_code}"
-        seen.append(Exchange(status, resp.request.headers.get("Authorization"), resp.status_code, body))
-
-    client._transport._session.hooks["response"].append(hook)  # a google.auth AuthorizedSession
 
 
 def make_client(server, transport: str, token: str | None, seen: list | None = None) -> iot_v1.DeviceManagerClient:

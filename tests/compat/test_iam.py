@@ -60,6 +60,8 @@ from compat_server import _server_binary, launch_server
 from compat_support import (
     TRANSPORTS,
     DeviceFixture,
+    Exchange,
+    GrpcExchangeRecorder,
     MqttDevice,
     Rest,
     assert_google_error,
@@ -68,6 +70,7 @@ from compat_support import (
     fresh_project,
     grpc_client,
     location_path,
+    record_rest_exchanges,
     unique,
     wait_for_config_slot,
 )
@@ -170,41 +173,6 @@ def create_token(srv, project: str, principal: str, role: str, registry: str | N
 
 # --- google-cloud-iot clients with a bearer token -----------------------------------------------
 
-@dataclasses.dataclass
-class Exchange:
-    status: str  # canonical status name, or "OK"
-    authorization: str | None
-    http_status: int | None = None
-
-
-def record_rest_exchanges(client: iot_v1.DeviceManagerClient, seen: list[Exchange]) -> None:
-    """Appends an Exchange to `seen` for every HTTP exchange of a REST-transport client."""
-
-    def hook(resp, *args, **kwargs):
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            status = body["error"].get("status")
-        else:
-            status = "OK" if resp.status_code == 200 else f"HTTP {resp.status_code}"
-        seen.append(Exchange(status, resp.request.headers.get("Authorization"), resp.status_code))
-
-    client._transport._session.hooks["response"].append(hook)
-
-
-class GrpcRecorder(grpc.UnaryUnaryClientInterceptor):
-    def __init__(self, seen: list[Exchange]):
-        self.seen = seen
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        sent = dict(client_call_details.metadata or ())
-        outcome = continuation(client_call_details, request)
-        self.seen.append(Exchange(outcome.code().name, sent.get("authorization")))
-        return outcome
-
-
 def token_client(srv, transport: str, token: str, seen: list | None = None) -> iot_v1.DeviceManagerClient:
     """google-cloud-iot presenting `token`: over REST as google-auth credentials holding just the
     token, over gRPC as `authorization` metadata on a plaintext channel."""
@@ -217,7 +185,7 @@ def token_client(srv, transport: str, token: str, seen: list | None = None) -> i
         if seen is not None:
             record_rest_exchanges(client, seen)
         return client
-    return grpc_client(srv.grpc_address, token, *([GrpcRecorder(seen)] if seen is not None else []))
+    return grpc_client(srv.grpc_address, token, *([GrpcExchangeRecorder(seen)] if seen is not None else []))
 
 
 @pytest.fixture

@@ -92,19 +92,7 @@ pub async fn run(args: TokensArgs) -> Result<()> {
         }
         TokensCommand::List => {
             let list = api.get(&parent, "/tokens", &[]).await?;
-            let items: Vec<Value> = list["tokens"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| {
-                    // Never print a token's value, should a server ever send one.
-                    let mut t = t.clone();
-                    if let Some(m) = t.as_object_mut() {
-                        m.remove("token");
-                    }
-                    t
-                })
-                .collect();
+            let items = list["tokens"].as_array().cloned().unwrap_or_default();
             out.list(&items, COLUMNS);
         }
         TokensCommand::Revoke { id } => {

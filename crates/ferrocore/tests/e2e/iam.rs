@@ -46,30 +46,6 @@ fn grpc_denied<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>,
     assert!(status.message().contains(permission), "{status:?}");
 }
 
-fn b64url(data: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
-}
-
-/// An RS256 JWT signed with the key file's private key, `kid` its key id.
-fn sign_jwt(key_file: &Value, claims: &Value) -> String {
-    let pem = key_file["private_key"].as_str().unwrap();
-    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS #8 PEM");
-    let der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(der_b64).unwrap();
-    let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
-    let header = json!({"alg": "RS256", "typ": "JWT", "kid": key_file["private_key_id"]});
-    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
-    let mut signature = vec![0; key.public_modulus_len()];
-    key.sign(
-        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-        &aws_lc_rs::rand::SystemRandom::new(),
-        input.as_bytes(),
-        &mut signature,
-    )
-    .unwrap();
-    format!("{input}.{}", b64url(&signature))
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }

@@ -6,7 +6,7 @@
 //! Skipped without a PostgreSQL server (see `postgres::testing`), except under `CI=true`.
 
 use crate::device::es256_token;
-use crate::harness::{TestServer, b64};
+use crate::harness::{TestServer, b64, sign_jwt};
 use base64::Engine;
 use ferrocore::server::StoreLocation;
 use ferrocore_store::postgres::testing::TestDatabase;
@@ -32,26 +32,6 @@ struct Credentials {
 fn ok((status, body): (StatusCode, Value)) -> Value {
     assert_eq!(status, StatusCode::OK, "{body}");
     body
-}
-
-/// An RS256 JWT signed with a Google key file's private key, `kid` its key id.
-fn sign_jwt(key_file: &Value, claims: &Value) -> String {
-    let b64url = |data: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data);
-    let pem = key_file["private_key"].as_str().unwrap();
-    let der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(der_b64).unwrap();
-    let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
-    let header = json!({"alg": "RS256", "typ": "JWT", "kid": key_file["private_key_id"]});
-    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
-    let mut signature = vec![0; key.public_modulus_len()];
-    key.sign(
-        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-        &aws_lc_rs::rand::SystemRandom::new(),
-        input.as_bytes(),
-        &mut signature,
-    )
-    .unwrap();
-    format!("{input}.{}", b64url(&signature))
 }
 
 /// Registries, devices (a gateway with a bound device, a blocked one), config history, states
