@@ -118,6 +118,16 @@ impl DeviceManager {
     }
 
     pub async fn list_devices(&self, r: iot::ListDevicesRequest) -> Result<iot::ListDevicesResponse, Error> {
+        self.list_devices_with_prefix(r, String::new()).await
+    }
+
+    /// As [`Self::list_devices`], keeping only ids that start with `id_prefix` (REST's
+    /// `deviceIdPrefix`, a Ferrocore extension; empty: all).
+    pub async fn list_devices_with_prefix(
+        &self,
+        r: iot::ListDevicesRequest,
+        id_prefix: String,
+    ) -> Result<iot::ListDevicesResponse, Error> {
         use iot::gateway_list_options::Filter;
         let parent = registry_name("parent", &r.parent)?;
         let mask = DeviceReadMask::for_list(mask_string(&r.field_mask).as_deref())?;
@@ -137,6 +147,7 @@ impl DeviceManager {
             gateway,
             page_size: i64::from(r.page_size),
             page_token: r.page_token,
+            id_prefix,
         };
         let page = self.core.list_devices(&parent, req).await?;
         Ok(iot::ListDevicesResponse {

@@ -46,6 +46,8 @@ pub struct ListDevicesRequest {
     pub gateway: GatewayListOption,
     pub page_size: i64,
     pub page_token: String,
+    /// Ferrocore's extension (REST `deviceIdPrefix`): only ids starting with this; empty for all.
+    pub id_prefix: String,
 }
 
 pub struct DevicePage {
@@ -192,6 +194,18 @@ impl Core {
         let device_ids: Vec<DeviceId> =
             req.device_ids.iter().filter_map(|s| DeviceId::parse_field("device_ids", s).ok()).collect();
         let filter_requested = !req.device_ids.is_empty() || !req.device_num_ids.is_empty();
+        // A prefix no id can start with matches nothing. Ids are at least 3 characters long, so a
+        // shorter prefix is checked as the id it would begin.
+        let id_prefix = match req.id_prefix.as_str() {
+            "" => None,
+            p => {
+                let padded = format!("{p}{}", "a".repeat(3usize.saturating_sub(p.len())));
+                if DeviceId::parse_field("device_id_prefix", &padded).is_err() {
+                    return Ok(DevicePage { devices: vec![], next_page_token: String::new() });
+                }
+                Some(p.to_owned())
+            }
+        };
         if filter_requested && device_ids.is_empty() && req.device_num_ids.is_empty() {
             return Ok(DevicePage { devices: vec![], next_page_token: String::new() });
         }
@@ -215,6 +229,7 @@ impl Core {
             num_ids: req.device_num_ids.into_iter().map(NumId).collect(),
             gateway,
             after,
+            id_prefix,
             limit: size + 1,
         };
         let mut devices = self.inner.store.list_devices(&query).await.map_err(storage)?;
@@ -304,6 +319,7 @@ impl Core {
                 num_ids: Vec::new(),
                 gateway: GatewayFilter::BoundTo(device.num_id),
                 after: None,
+                id_prefix: None,
                 limit: 1,
             };
             if !self.inner.store.list_devices(&bound).await.map_err(storage)?.is_empty() {

@@ -207,6 +207,7 @@ impl Core {
             num_ids: vec![dev.num_id],
             gateway: GatewayFilter::BoundTo(gw.num_id),
             after: None,
+            id_prefix: None,
             limit: 1,
         };
         match self.inner.store.list_devices(&query).await {

@@ -208,6 +208,7 @@ impl Core {
                 num_ids: Vec::new(),
                 gateway: GatewayFilter::All,
                 after,
+                id_prefix: None,
                 limit: PAGE,
             };
             let devices = self.inner.store.list_devices(&query).await.map_err(storage)?;

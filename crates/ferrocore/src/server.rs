@@ -310,6 +310,7 @@ async fn serve_on<B: ferrocore_store::Backend>(
             let _ = stop_tx.send(true);
         });
     }
+    let stopping = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -382,6 +383,7 @@ async fn serve_on<B: ferrocore_store::Backend>(
         sinks: forwarders.clone().map(|f| Arc::new(f) as Arc<dyn ferrocore_core::sink::SinkReport>),
         ready: ready.clone(),
         metrics: Some(exporter.clone()),
+        stopping,
     })
     .layer(axum::Extension(ferrocore_api::rest::BodyTimeout(config.limits.http_body_timeout)));
     let http = tokio::spawn(crate::http_listener::serve(listeners.http, app, config.limits.clone(), stopped()));

@@ -331,6 +331,10 @@ impl MqttMetrics {
     pub fn refused(&self, r: Refusal) {
         self.refusals[r as usize].inc();
     }
+    /// MQTT connections open now on a listener (authenticated or not yet).
+    pub fn open_connections(&self, l: Listener) -> i64 {
+        self.connections[l as usize].get()
+    }
 }
 
 /// Device traffic through both bridges.
@@ -354,6 +358,14 @@ impl DeviceMetrics {
     pub fn sent(&self, bridge: Bridge, kind: Outbound, bytes: usize) {
         self.sent[bridge as usize][kind as usize].inc();
         self.sent_bytes[bridge as usize][kind as usize].add(bytes as u64);
+    }
+    /// Messages of one kind received so far, both bridges.
+    pub fn received_total(&self, kind: Inbound) -> u64 {
+        self.received.iter().map(|by_kind| by_kind[kind as usize].get()).sum()
+    }
+    /// Messages of one kind sent so far, both bridges.
+    pub fn sent_total(&self, kind: Outbound) -> u64 {
+        self.sent.iter().map(|by_kind| by_kind[kind as usize].get()).sum()
     }
 }
 

@@ -158,6 +158,7 @@ fn query(reg: &RegistryName) -> DeviceQuery {
         num_ids: vec![],
         gateway: GatewayFilter::All,
         after: None,
+        id_prefix: None,
         limit: 100,
     }
 }
@@ -177,6 +178,26 @@ async fn listing(store: &dyn Store) {
     q.limit = 2;
     q.after = Some(DeviceId::parse_field("id", "dev-b").unwrap());
     assert_eq!(ids(store.list_devices(&q).await.unwrap()), ["dev-c", "gw-1"], "keyset page");
+
+    let prefix = |p: &str| Some(p.to_owned());
+    let mut q = query(&r.name);
+    q.id_prefix = prefix("dev");
+    assert_eq!(ids(store.list_devices(&q).await.unwrap()), ["dev-a", "dev-b", "dev-c"], "prefix");
+    q.after = Some(DeviceId::parse_field("id", "dev-a").unwrap());
+    q.limit = 1;
+    assert_eq!(ids(store.list_devices(&q).await.unwrap()), ["dev-b"], "prefix and keyset page");
+    let mut q = query(&r.name);
+    q.id_prefix = prefix("gw-2");
+    assert_eq!(ids(store.list_devices(&q).await.unwrap()), ["gw-2"], "a whole id is its own prefix");
+    q.id_prefix = prefix("gw-");
+    q.gateway = GatewayFilter::All;
+    q.device_ids = vec![DeviceId::parse_field("id", "dev-a").unwrap(), DeviceId::parse_field("id", "gw-1").unwrap()];
+    assert_eq!(ids(store.list_devices(&q).await.unwrap()), ["gw-1"], "prefix and ids combine");
+    let mut q = query(&r.name);
+    q.id_prefix = prefix("Dev");
+    assert!(store.list_devices(&q).await.unwrap().is_empty(), "ids are case-sensitive");
+    q.id_prefix = prefix("g");
+    assert_eq!(ids(store.list_devices(&q).await.unwrap()), ["gw-1", "gw-2"], "one character is a prefix too");
 
     let mut q = query(&r.name);
     q.device_ids = vec![DeviceId::parse_field("id", "dev-c").unwrap()];

@@ -124,6 +124,9 @@ pub struct DeviceQuery {
     pub gateway: GatewayFilter,
     /// Keyset: return devices whose id sorts after this one.
     pub after: Option<DeviceId>,
+    /// Only devices whose id starts with this (a range of the id index, so as cheap anywhere in
+    /// the registry as a plain page). Characters ids may hold only, or it matches nothing.
+    pub id_prefix: Option<String>,
     pub limit: u32,
 }
 

@@ -31,6 +31,29 @@ pub(crate) fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
 }
 
+/// The range of ids a device list reads, as one lower and one upper bound on the (registry, id)
+/// index: `(inclusive, lower, upper)` for `id > lower` (or `>=` when `inclusive`) and
+/// `id < upper`. A prefix `p` is the range `[p, p with its last byte plus one)` (ids are ASCII,
+/// compared bytewise: SQLite's BINARY, PostgreSQL's "C" collation); the keyset's `after` is
+/// folded into the lower bound, so a search far into a registry costs one index seek. Both
+/// bounds are always given because a bound behind an `OR` would not be used for the index.
+pub(crate) fn id_range(after: Option<&DeviceId>, prefix: Option<&str>) -> (bool, String, String) {
+    // Every id's bytes are below 0x7f, so this is above every id.
+    const ABOVE_ALL: &str = "\u{7f}";
+    let Some(p) = prefix else {
+        return (false, after.map(|a| a.as_str().to_owned()).unwrap_or_default(), ABOVE_ALL.to_owned());
+    };
+    let mut end = p.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let upper = String::from_utf8(end).unwrap_or_else(|_| ABOVE_ALL.to_owned());
+    match after {
+        Some(a) if a.as_str() >= p => (false, a.as_str().to_owned(), upper),
+        _ => (true, p.to_owned(), upper),
+    }
+}
+
 pub(crate) fn num(n: NumId) -> i64 {
     // Numeric ids are generated below 2^63, so this cast never wraps.
     n.0 as i64
@@ -280,4 +303,23 @@ where
     }
     q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(query.limit));
     q
+}
+
+#[cfg(test)]
+mod id_range_tests {
+    use super::*;
+
+    fn id(s: &str) -> DeviceId {
+        DeviceId::parse_field("id", s).unwrap()
+    }
+
+    #[test]
+    fn prefixes_and_keysets_become_one_range() {
+        assert_eq!(id_range(None, None), (false, String::new(), "\u{7f}".into()));
+        assert_eq!(id_range(Some(&id("dev-b")), None), (false, "dev-b".into(), "\u{7f}".into()));
+        assert_eq!(id_range(None, Some("dev")), (true, "dev".into(), "dew".into()));
+        assert_eq!(id_range(Some(&id("abc")), Some("dev")), (true, "dev".into(), "dew".into()));
+        assert_eq!(id_range(Some(&id("dev-a")), Some("dev")), (false, "dev-a".into(), "dew".into()));
+        assert_eq!(id_range(None, Some("a~")), (true, "a~".into(), "a\u{7f}".into()));
+    }
 }

@@ -362,7 +362,15 @@ async fn fill(store: &SqliteStore) -> Fixture {
 }
 
 fn query(registry: &RegistryName, gateway: GatewayFilter) -> DeviceQuery {
-    DeviceQuery { registry: registry.clone(), device_ids: vec![], num_ids: vec![], gateway, after: None, limit: 1000 }
+    DeviceQuery {
+        registry: registry.clone(),
+        device_ids: vec![],
+        num_ids: vec![],
+        gateway,
+        after: None,
+        id_prefix: None,
+        limit: 1000,
+    }
 }
 
 /// Everything a client could read of the fixture's records, each read labelled.

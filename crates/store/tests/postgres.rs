@@ -243,6 +243,7 @@ async fn concurrent_binds_keep_the_limits() {
         num_ids: vec![],
         gateway: GatewayFilter::GatewaysOf(dev),
         after: None,
+        id_prefix: None,
         limit: 100,
     };
     assert_eq!(store.list_devices(&query).await.unwrap().len(), MAX_GATEWAYS_PER_DEVICE as usize);

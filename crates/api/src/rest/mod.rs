@@ -15,12 +15,15 @@
 //! Ferrocore's own paths: `GET /v1/sinks` (owner) reports the external sinks; the topic-log reads
 //! ([`topics`], owner); `GET /v1/projects/P/locations/L/registries/R/logs` reads the device
 //! activity logs ([`logs`], `cloudiot.devices.get`); `/v1/projects/P/tokens` and
-//! `/v1/projects/P/serviceAccounts` manage identities ([`iam_admin`], owner). `POST /token`
-//! exchanges a service account's signed JWT for an access token ([`oauth`]).
+//! `/v1/projects/P/serviceAccounts` manage identities ([`iam_admin`], owner); `GET /v1/status`, a
+//! device's `connection` and the project's `:testIamPermissions` ([`status`]). `POST /token`
+//! exchanges a service account's signed JWT for an access token ([`oauth`]). `/console/` serves
+//! the web console's static files ([`console`]).
 //!
 //! A body must arrive within [`BodyTimeout`] (408 otherwise) and fit the path's limit; a declared
 //! `Content-Length` over the limit is refused before anything is read.
 
+mod console;
 pub mod device;
 pub mod discovery;
 pub mod error;
@@ -32,6 +35,7 @@ pub mod oauth;
 pub mod operation;
 pub mod route;
 mod sinks;
+mod status;
 pub mod topics;
 
 use crate::authz::{self, Access, Call};
@@ -74,6 +78,7 @@ struct App {
     sinks: Option<Arc<dyn SinkReport>>,
     ready: Arc<AtomicBool>,
     metrics: Option<crate::metrics::Exporter>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What the REST router serves.
@@ -89,11 +94,13 @@ pub struct RestParts {
     pub ready: Arc<AtomicBool>,
     /// What `GET /metrics` serves; `None`: 404.
     pub metrics: Option<crate::metrics::Exporter>,
+    /// Turns true when the server stops: long-lived responses (topic streams) end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The REST router.
 pub fn router(parts: RestParts) -> Router {
-    let RestParts { core, topics, access, pubsub, sinks, ready, metrics } = parts;
+    let RestParts { core, topics, access, pubsub, sinks, ready, metrics, stopping } = parts;
     let recorded = core.metrics().clone();
     let app = App {
         service: DeviceManager::new(core.clone(), access.iam().clone()),
@@ -104,8 +111,10 @@ pub fn router(parts: RestParts) -> Router {
         sinks,
         ready,
         metrics,
+        stopping,
     };
     Router::new()
+        .merge(console::router())
         .route("/healthz", get(healthz))
         .route("/metrics", get(serve_metrics))
         .route("/token", post(token_endpoint))
@@ -455,7 +464,20 @@ async fn handle(
         if parts.method != HttpMethod::GET {
             return Err(method_not_supported());
         }
-        return topics::serve(app.topics.as_ref(), topics_route, &Query::parse(parts.uri.query())).await;
+        let q = Query::parse(parts.uri.query());
+        return topics::serve(app.topics.clone(), topics_route, &q, app.stopping.clone()).await;
+    }
+    if let Some(status_route) = status::parse(path) {
+        let status_route = status_route?;
+        let expected = match status_route {
+            status::StatusRoute::ProjectPermissions(_) => HttpMethod::POST,
+            _ => HttpMethod::GET,
+        };
+        if parts.method != expected {
+            return Err(method_not_supported());
+        }
+        Query::parse(parts.uri.query()).check(&[])?;
+        return status::serve(&app.core, &app.access, admin()?, status_route, &body).await;
     }
     if let Some(collection) = iam_admin::parse(path) {
         authz::owner_only(admin()?, "Managing tokens and service accounts")?;
@@ -571,7 +593,10 @@ async fn serve(svc: &DeviceManager, caller: &Caller, route: Route, q: &Query, bo
                     .await?,
             )
         }
-        Route::ListDevices(parent) => json_response(&svc.list_devices(list_devices_request(&parent, q)?).await?),
+        Route::ListDevices(parent) => {
+            let prefix = q.one("deviceIdPrefix").unwrap_or_default().to_owned();
+            json_response(&svc.list_devices_with_prefix(list_devices_request(&parent, q)?, prefix).await?)
+        }
         Route::PatchDevice(name) => {
             q.check(&["updateMask"])?;
             let mut device: iot::Device = parse_body(body)?;
@@ -651,6 +676,7 @@ fn list_devices_request(parent: &RegistryName, q: &Query) -> Result<iot::ListDev
         "gatewayListOptions.associationsDeviceId",
         "pageSize",
         "pageToken",
+        "deviceIdPrefix",
     ])?;
     // Repeated parameters may also arrive comma-separated.
     let device_ids: Vec<String> =

@@ -27,12 +27,20 @@ pub fn classify(method: &Method, headers: &HeaderMap, path: &str) -> &'static st
         (&Method::POST, Some(o)) => Verb::of(o),
         (m, _) => Verb::of(m.as_str()),
     };
-    if path == "sinks" {
-        return "ListSinks";
+    match path {
+        "sinks" => return "ListSinks",
+        "status" => return "GetStatus",
+        _ => {}
     }
     let (bare, verb) = split_verb(path);
     let mut s: Vec<&str> = bare.split('/').collect();
-    if s.first() != Some(&"projects") || s.len() < 3 {
+    if s.first() != Some(&"projects") {
+        return UNKNOWN;
+    }
+    if s.len() == 2 && verb == Some("testIamPermissions") {
+        return "Projects.TestIamPermissions";
+    }
+    if s.len() < 3 {
         return UNKNOWN;
     }
     if matches!(s[2], "topics" | "subscriptions" | "snapshots") {
@@ -72,6 +80,7 @@ pub fn classify(method: &Method, headers: &HeaderMap, path: &str) -> &'static st
         (9, Some("devices"), Some("config"), Get, None) => "DeviceBridge.GetConfig",
         (9, Some("devices"), Some("configVersions"), Get, None) => "DeviceManager.ListDeviceConfigVersions",
         (9, Some("devices"), Some("states"), Get, None) => "DeviceManager.ListDeviceStates",
+        (9, Some("devices"), Some("connection"), Get, None) => "GetDeviceConnection",
         _ => UNKNOWN,
     }
 }
@@ -120,6 +129,7 @@ fn pubsub(s: &[&str], m: Verb, verb: Option<&str>) -> &'static str {
         (5, "topics", Some("subscriptions"), Get, None) => "Publisher.ListTopicSubscriptions",
         (5, "topics", Some("snapshots"), Get, None) => "Publisher.ListTopicSnapshots",
         (5, "topics", Some("messages" | "extent"), Get, None) => "ReadTopic",
+        (5, "topics", Some("stream"), Get, None) => "StreamTopic",
         (4, "subscriptions", _, Put, None) => "Subscriber.CreateSubscription",
         (4, "subscriptions", _, Get, None) => "Subscriber.GetSubscription",
         (4, "subscriptions", _, Patch, None) => "Subscriber.UpdateSubscription",

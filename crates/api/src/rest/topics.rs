@@ -6,29 +6,47 @@
 //! * `GET /v1/projects/P/topics/T/messages?offset=N|from=earliest|latest&maxMessages=M&waitSeconds=S`
 //!   returns up to M messages from offset N (or the oldest kept, or only new ones), waiting up to S
 //!   seconds (at most 60) for the first when none is there. `nextOffset` is where to continue.
+//! * `GET /v1/projects/P/topics/T/stream?offset=N|from=earliest|latest[&deviceId=D]` follows the
+//!   topic as server-sent events (`text/event-stream`): one `message` event per record, its `id`
+//!   the offset and its data the record as `messages` returns it; a comment line every
+//!   [`KEEPALIVE`] when nothing arrives. `deviceId` keeps one device's records. The stream ends
+//!   when the client goes or the server stops; a client resumes from the last id plus one. The web
+//!   console's live view reads it (with `fetch`, which unlike `EventSource` can send the token).
 //!
 //! Both need the admin token. (`GET /v1/projects/P/topics` is Pub/Sub's ListTopics: see
 //! [`crate::pubsub::rest`].)
 
 use super::{Query, json_response};
+use axum::body::Bytes;
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use base64::Engine;
 use ferrocore_core::topics::{ReadError, ReadFrom, TopicSource};
 use ferrocore_core::{Code, Error};
+use ferrocore_model::DeviceId;
 use ferrocore_model::pubsub::TopicName;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 
 /// At most this many messages per read, and this much payload.
 const MAX_MESSAGES: usize = 1000;
 const MAX_READ_BYTES: usize = 8 << 20;
 const MAX_WAIT_SECONDS: u64 = 60;
+/// How long a stream stays silent before it sends a comment, so proxies and the listener's write
+/// deadline see a live connection, and a client a dead one.
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Records read per round of a stream.
+const STREAM_BATCH: usize = 500;
 
 /// A parsed topic-log path.
 pub(crate) enum TopicsRoute {
     Extent { topic: String },
     Messages { topic: String },
+    Stream { topic: String },
 }
 
 /// Recognises `projects/P/topics/T/extent` and `projects/P/topics/T/messages`.
@@ -40,6 +58,9 @@ pub(crate) fn parse(path: &str) -> Option<TopicsRoute> {
         }
         ["projects", p, "topics", t, "messages"] if !p.is_empty() && !t.is_empty() => {
             Some(TopicsRoute::Messages { topic: format!("projects/{p}/topics/{t}") })
+        }
+        ["projects", p, "topics", t, "stream"] if !p.is_empty() && !t.is_empty() => {
+            Some(TopicsRoute::Stream { topic: format!("projects/{p}/topics/{t}") })
         }
         _ => None,
     }
@@ -79,8 +100,56 @@ fn read_error(e: ReadError) -> Error {
     }
 }
 
-pub(crate) async fn serve(source: &dyn TopicSource, route: TopicsRoute, q: &Query) -> Result<Response, Error> {
+fn read_from(q: &Query) -> Result<ReadFrom, Error> {
+    Ok(match (q.one("offset"), q.one("from")) {
+        (Some(o), None) => ReadFrom::Offset(
+            o.parse().map_err(|_| Error::invalid("offset", "The offset must be a non-negative integer."))?,
+        ),
+        (None, None) | (None, Some("earliest")) => ReadFrom::Earliest,
+        (None, Some("latest")) => ReadFrom::Latest,
+        (None, Some(_)) => return Err(Error::invalid("from", "'from' must be 'earliest' or 'latest'.")),
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid("offset", "Give either 'offset' or 'from', not both."));
+        }
+    })
+}
+
+fn message_json(m: ferrocore_core::topics::StoredMessage) -> MessageJson {
+    MessageJson {
+        offset: m.offset.to_string(),
+        publish_time: m.time.to_string(),
+        attributes: m.attributes.into_iter().collect(),
+        data: base64::engine::general_purpose::STANDARD.encode(&m.data),
+    }
+}
+
+pub(crate) async fn serve(
+    source: Arc<dyn TopicSource>,
+    route: TopicsRoute,
+    q: &Query,
+    stopping: watch::Receiver<bool>,
+) -> Result<Response, Error> {
     match route {
+        TopicsRoute::Stream { topic } => {
+            q.check(&["offset", "from", "deviceId"])?;
+            let name = TopicName::parse("topic", &topic)?;
+            let from = read_from(q)?;
+            let device = match q.one("deviceId") {
+                None | Some("") => None,
+                Some(d) => Some(DeviceId::parse_field("device_id", d)?.to_string()),
+            };
+            // Read once before answering, so that a log that cannot be read is an error status
+            // rather than a stream that ends at once.
+            let first =
+                source.read(name.as_str(), from, STREAM_BATCH, MAX_READ_BYTES, None).await.map_err(read_error)?;
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(stream(source, name.to_string(), first, device, tx, stopping));
+            let mut resp = Response::new(axum::body::Body::new(EventBody(rx)));
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(resp)
+        }
         TopicsRoute::Extent { topic } => {
             q.check(&[])?;
             let name = TopicName::parse("topic", &topic)?;
@@ -97,17 +166,7 @@ pub(crate) async fn serve(source: &dyn TopicSource, route: TopicsRoute, q: &Quer
         }
         TopicsRoute::Messages { topic } => {
             q.check(&["offset", "from", "maxMessages", "waitSeconds"])?;
-            let from = match (q.one("offset"), q.one("from")) {
-                (Some(o), None) => ReadFrom::Offset(
-                    o.parse().map_err(|_| Error::invalid("offset", "The offset must be a non-negative integer."))?,
-                ),
-                (None, None) | (None, Some("earliest")) => ReadFrom::Earliest,
-                (None, Some("latest")) => ReadFrom::Latest,
-                (None, Some(_)) => return Err(Error::invalid("from", "'from' must be 'earliest' or 'latest'.")),
-                (Some(_), Some(_)) => {
-                    return Err(Error::invalid("offset", "Give either 'offset' or 'from', not both."));
-                }
-            };
+            let from = read_from(q)?;
             let max = match q.int32("maxMessages")? {
                 0 => 100,
                 n if n < 0 => return Err(Error::invalid("max_messages", "maxMessages must not be negative.")),
@@ -119,21 +178,70 @@ pub(crate) async fn serve(source: &dyn TopicSource, route: TopicsRoute, q: &Quer
                 n => Some(Duration::from_secs((n as u64).min(MAX_WAIT_SECONDS))),
             };
             let read = source.read(&topic, from, max, MAX_READ_BYTES, wait).await.map_err(read_error)?;
-            let engine = base64::engine::general_purpose::STANDARD;
             Ok(json_response(&MessagesJson {
-                messages: read
-                    .messages
-                    .into_iter()
-                    .map(|m| MessageJson {
-                        offset: m.offset.to_string(),
-                        publish_time: m.time.to_string(),
-                        attributes: m.attributes.into_iter().collect(),
-                        data: engine.encode(&m.data),
-                    })
-                    .collect(),
+                messages: read.messages.into_iter().map(message_json).collect(),
                 next_offset: read.next_offset.to_string(),
                 earliest_offset: read.earliest_offset.to_string(),
             }))
         }
+    }
+}
+
+/// Feeds one event stream until its client goes (the body, and with it `tx`'s receiver, is
+/// dropped) or the server stops. A read error ends the stream; the client reconnects.
+async fn stream(
+    source: Arc<dyn TopicSource>,
+    topic: String,
+    mut batch: ferrocore_core::topics::ReadBatch,
+    device: Option<String>,
+    tx: mpsc::Sender<Bytes>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    // An opening comment lets the client know the stream is up before the first record.
+    if tx.send(Bytes::from_static(b": ferrocore topic stream\n\n")).await.is_err() {
+        return;
+    }
+    loop {
+        let next = batch.next_offset;
+        let mut events = String::new();
+        for m in batch.messages {
+            if device.as_deref().is_some_and(|d| !m.attributes.iter().any(|(k, v)| k == "deviceId" && v == d)) {
+                continue;
+            }
+            let offset = m.offset;
+            let json = serde_json::to_string(&message_json(m)).unwrap_or_default();
+            let _ = write!(events, "event: message\nid: {offset}\ndata: {json}\n\n");
+        }
+        if events.is_empty() {
+            events.push_str(": keep-alive\n\n");
+        }
+        if tx.send(Bytes::from(events)).await.is_err() {
+            return;
+        }
+        let read = source.read(&topic, ReadFrom::Offset(next), STREAM_BATCH, MAX_READ_BYTES, Some(KEEPALIVE));
+        batch = tokio::select! {
+            r = read => match r {
+                Ok(b) => b,
+                Err(_) => return,
+            },
+            _ = tx.closed() => return,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+    }
+}
+
+/// A response body fed by a channel: each item is one frame, the end of the channel the end of
+/// the body.
+struct EventBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for EventBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|item| item.map(|b| Ok(http_body::Frame::data(b))))
     }
 }

@@ -1,8 +1,16 @@
 //! The REST client every command shares: where the server is, which admin token to send, how
 //! resource names are spelled from short ids, and Google's error body turned into one line.
+//!
+//! Requests and answers are the API's typed messages ([`ferrocore_proto`], with Google's JSON
+//! mapping, the very types the server reads and writes), so a field renamed there breaks this
+//! build rather than a user's command. Only the Ferrocore-only endpoints, which have no such
+//! message, are read as plain JSON.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use ferrocore_proto::{iot, pubsub};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt;
 use std::path::PathBuf;
@@ -237,36 +245,40 @@ pub struct Api {
 
 impl Api {
     /// `GET /v1/{name}{suffix}?{query}`.
-    pub async fn get(&self, name: &str, suffix: &str, query: &[(&str, String)]) -> Result<Value> {
-        self.send(reqwest::Method::GET, name, suffix, query, None).await
+    pub async fn get<T: DeserializeOwned>(&self, name: &str, suffix: &str, query: &[(&str, String)]) -> Result<T> {
+        self.send(reqwest::Method::GET, name, suffix, query, None::<&()>).await
     }
 
-    pub async fn post(&self, name: &str, suffix: &str, body: &Value) -> Result<Value> {
+    pub async fn post<T: DeserializeOwned>(&self, name: &str, suffix: &str, body: &impl Serialize) -> Result<T> {
         self.send(reqwest::Method::POST, name, suffix, &[], Some(body)).await
     }
 
     /// `PUT /v1/{name}`: Pub/Sub creates topics and subscriptions at their own names.
-    pub async fn put(&self, name: &str, body: &Value) -> Result<Value> {
+    pub async fn put<T: DeserializeOwned>(&self, name: &str, body: &impl Serialize) -> Result<T> {
         self.send(reqwest::Method::PUT, name, "", &[], Some(body)).await
     }
 
-    pub async fn patch(&self, name: &str, query: &[(&str, String)], body: &Value) -> Result<Value> {
+    pub async fn patch<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        query: &[(&str, String)],
+        body: &impl Serialize,
+    ) -> Result<T> {
         self.send(reqwest::Method::PATCH, name, "", query, Some(body)).await
     }
 
-    pub async fn delete(&self, name: &str) -> Result<Value> {
-        self.send(reqwest::Method::DELETE, name, "", &[], None).await
+    pub async fn delete<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        self.send(reqwest::Method::DELETE, name, "", &[], None::<&()>).await
     }
 
     /// Every item of a paged list, following `nextPageToken`; stops early at `limit` items.
-    pub async fn list_all(
+    pub async fn list_all<P: Page>(
         &self,
         name: &str,
         suffix: &str,
-        items: &str,
         query: &[(&str, String)],
         limit: Option<usize>,
-    ) -> Result<Vec<Value>> {
+    ) -> Result<Vec<P::Item>> {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
@@ -275,27 +287,27 @@ impl Api {
             if !token.is_empty() {
                 q.push(("pageToken", token.clone()));
             }
-            let page = self.get(name, suffix, &q).await?;
-            out.extend(page[items].as_array().into_iter().flatten().cloned());
+            let (items, next) = self.get::<P>(name, suffix, &q).await?.split();
+            out.extend(items);
             if limit.is_some_and(|l| out.len() >= l) {
                 out.truncate(limit.unwrap_or(usize::MAX));
                 return Ok(out);
             }
-            match page["nextPageToken"].as_str() {
-                Some(t) if !t.is_empty() => token = t.to_owned(),
-                _ => return Ok(out),
+            if next.is_empty() {
+                return Ok(out);
             }
+            token = next;
         }
     }
 
-    async fn send(
+    async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         name: &str,
         suffix: &str,
         query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Value> {
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
         let mut url = format!("{}/v1/{}{suffix}", self.base, encode_path(name));
         if !query.is_empty() {
             let pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", encode(v, b""))).collect();
@@ -316,7 +328,11 @@ impl Api {
             }
         };
         if status.is_success() {
-            return Ok(value);
+            // The typed messages refuse fields they do not know, so an answer is never cut short
+            // silently: it is read whole or not at all.
+            return serde_json::from_value(value).with_context(|| {
+                format!("the answer of {} is not what this client expects (a different Ferrocore version?)", self.base)
+            });
         }
         let e = &value["error"];
         Err(ApiError {
@@ -326,6 +342,30 @@ impl Api {
         }
         .into())
     }
+}
+
+/// A page of a paged list: its items, and the token of the next page ("" after the last).
+pub trait Page: DeserializeOwned {
+    type Item;
+    fn split(self) -> (Vec<Self::Item>, String);
+}
+
+macro_rules! page {
+    ($($page:ty => $items:ident: $item:ty),* $(,)?) => {$(
+        impl Page for $page {
+            type Item = $item;
+            fn split(self) -> (Vec<$item>, String) {
+                (self.$items, self.next_page_token)
+            }
+        }
+    )*};
+}
+
+page! {
+    iot::ListDeviceRegistriesResponse => device_registries: iot::DeviceRegistry,
+    iot::ListDevicesResponse => devices: iot::Device,
+    pubsub::ListTopicsResponse => topics: pubsub::Topic,
+    pubsub::ListSubscriptionsResponse => subscriptions: pubsub::Subscription,
 }
 
 /// Percent-encodes each segment of a resource name: ids may hold `%`, `+` or `~`, and a project

@@ -3,13 +3,13 @@
 //! bind|unbind|list` — with gcloud's flags, and `import`/`export` from [`super::import`].
 
 use super::api::{Api, Connection, Registry, last_id};
-use super::output::{Column, Output, payload_text, shorten, status, text};
+use super::output::{Column, Output, bytes_text, number, shorten, status, time};
 use super::registries::{LogLevel, switch};
 use anyhow::{Context, Result, bail};
-use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use ferrocore_proto::wkt::Timestamp;
+use ferrocore_proto::{Empty, iot};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -203,10 +203,10 @@ pub enum DeviceType {
 }
 
 impl DeviceType {
-    fn api(self) -> &'static str {
+    fn api(self) -> iot::GatewayType {
         match self {
-            DeviceType::Gateway => "GATEWAY",
-            DeviceType::NonGateway => "NON_GATEWAY",
+            DeviceType::Gateway => iot::GatewayType::Gateway,
+            DeviceType::NonGateway => iot::GatewayType::NonGateway,
         }
     }
 }
@@ -219,11 +219,11 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
-    pub fn api(self) -> &'static str {
+    pub fn api(self) -> iot::GatewayAuthMethod {
         match self {
-            AuthMethod::AssociationOnly => "ASSOCIATION_ONLY",
-            AuthMethod::DeviceAuthTokenOnly => "DEVICE_AUTH_TOKEN_ONLY",
-            AuthMethod::AssociationAndDeviceAuthToken => "ASSOCIATION_AND_DEVICE_AUTH_TOKEN",
+            AuthMethod::AssociationOnly => iot::GatewayAuthMethod::AssociationOnly,
+            AuthMethod::DeviceAuthTokenOnly => iot::GatewayAuthMethod::DeviceAuthTokenOnly,
+            AuthMethod::AssociationAndDeviceAuthToken => iot::GatewayAuthMethod::AssociationAndDeviceAuthToken,
         }
     }
 }
@@ -257,37 +257,34 @@ struct Settings {
 
 impl Settings {
     /// The device fields these flags set, and their update-mask paths.
-    fn body(&self) -> Result<(Map<String, Value>, Vec<&'static str>)> {
-        let mut body = Map::new();
+    fn body(&self) -> Result<(iot::Device, Vec<&'static str>)> {
+        let mut body = iot::Device::default();
         let mut mask = Vec::new();
         if !self.public_keys.is_empty() {
-            let creds = self.public_keys.iter().map(|s| public_key_flag(s)).collect::<Result<Vec<_>>>()?;
-            body.insert("credentials".into(), creds.into());
+            body.credentials = self.public_keys.iter().map(|s| public_key_flag(s)).collect::<Result<Vec<_>>>()?;
             mask.push("credentials");
         }
         if !self.metadata.is_empty() || !self.metadata_from_file.is_empty() {
-            let mut map = BTreeMap::new();
             for (k, v) in self.metadata.iter().flat_map(|m| m.split(',')).map(|kv| pair("--metadata", kv)) {
-                insert_once(&mut map, k?, v.to_owned())?;
+                insert_once(&mut body.metadata, k?, v.to_owned())?;
             }
             for kv in self.metadata_from_file.iter().flat_map(|m| m.split(',')) {
                 let (k, path) = pair("--metadata-from-file", kv);
                 let v = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-                insert_once(&mut map, k?, v)?;
+                insert_once(&mut body.metadata, k?, v)?;
             }
-            body.insert("metadata".into(), json!(map));
             mask.push("metadata");
         }
         if let Some(b) = switch(self.blocked, self.no_blocked) {
-            body.insert("blocked".into(), b.into());
+            body.blocked = b;
             mask.push("blocked");
         }
         if let Some(l) = self.log_level {
-            body.insert("logLevel".into(), l.api().into());
+            body.set_log_level(l.api());
             mask.push("log_level");
         }
         if let Some(m) = self.auth_method {
-            body.insert("gatewayConfig".into(), json!({"gatewayAuthMethod": m.api()}));
+            body.gateway_config.get_or_insert_default().set_gateway_auth_method(m.api());
             mask.push("gateway_config.gateway_auth_method");
         }
         Ok((body, mask))
@@ -301,7 +298,7 @@ fn pair<'a>(flag: &str, kv: &'a str) -> (Result<&'a str>, &'a str) {
     }
 }
 
-fn insert_once(map: &mut BTreeMap<String, String>, key: &str, value: String) -> Result<()> {
+fn insert_once(map: &mut HashMap<String, String>, key: &str, value: String) -> Result<()> {
     if map.insert(key.to_owned(), value).is_some() {
         bail!("metadata key '{key}' is given twice");
     }
@@ -309,7 +306,7 @@ fn insert_once(map: &mut BTreeMap<String, String>, key: &str, value: String) -> 
 }
 
 /// One `--public-key path=...,type=...,expiration-time=...` as a DeviceCredential.
-fn public_key_flag(spec: &str) -> Result<Value> {
+fn public_key_flag(spec: &str) -> Result<iot::DeviceCredential> {
     let (mut path, mut kind, mut expires) = (None, None, None);
     for part in spec.split(',') {
         match part.split_once('=') {
@@ -327,43 +324,61 @@ fn public_key_flag(spec: &str) -> Result<Value> {
 }
 
 /// A DeviceCredential from a PEM text, a key type, and an optional RFC 3339 expiration time.
-fn credential(pem: &str, kind: &str, expires: Option<&str>) -> Result<Value> {
-    let mut c = json!({"publicKey": {"format": key_format(kind, pem)?, "key": pem}});
-    if let Some(t) = expires.filter(|t| !t.is_empty()) {
-        c["expirationTime"] = rfc3339(t)?.into();
+fn credential(pem: &str, kind: &str, expires: Option<&str>) -> Result<iot::DeviceCredential> {
+    Ok(public_key(
+        key_format(kind, pem)?,
+        pem.to_owned(),
+        expires.filter(|t| !t.is_empty()).map(timestamp).transpose()?,
+    ))
+}
+
+/// A DeviceCredential holding a public key (or certificate) in `format`.
+pub fn public_key(format: iot::PublicKeyFormat, key: String, expires: Option<Timestamp>) -> iot::DeviceCredential {
+    let key = iot::PublicKeyCredential { format: format.into(), key };
+    iot::DeviceCredential {
+        expiration_time: expires,
+        credential: Some(iot::device_credential::Credential::PublicKey(key)),
     }
-    Ok(c)
 }
 
 /// gcloud's key type (or the API's format name) → the API's format. `es256` and `rs256` name only
 /// the algorithm: the PEM itself tells a certificate from a public key.
-pub fn key_format(kind: &str, pem: &str) -> Result<&'static str> {
+pub fn key_format(kind: &str, pem: &str) -> Result<iot::PublicKeyFormat> {
+    use iot::PublicKeyFormat as F;
     let cert = pem.contains("-----BEGIN CERTIFICATE-----");
     Ok(match kind.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-        "es256" if cert => "ES256_X509_PEM",
-        "es256" => "ES256_PEM",
-        "rs256" if cert => "RSA_X509_PEM",
-        "rs256" => "RSA_PEM",
-        "es256-pem" => "ES256_PEM",
-        "es256-x509-pem" => "ES256_X509_PEM",
-        "rsa-pem" => "RSA_PEM",
-        "rsa-x509-pem" => "RSA_X509_PEM",
+        "es256" if cert => F::Es256X509Pem,
+        "es256" => F::Es256Pem,
+        "rs256" if cert => F::RsaX509Pem,
+        "rs256" => F::RsaPem,
+        "es256-pem" => F::Es256Pem,
+        "es256-x509-pem" => F::Es256X509Pem,
+        "rsa-pem" => F::RsaPem,
+        "rsa-x509-pem" => F::RsaX509Pem,
         other => {
             bail!("unknown key type '{other}': use es256, es256-pem, es256-x509-pem, rs256, rsa-pem or rsa-x509-pem")
         }
     })
 }
 
+/// An RFC 3339 time (any offset).
+fn parse_time(t: &str) -> Result<time::OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::parse(t.trim(), &Rfc3339)
+        .with_context(|| format!("'{t}' is not an RFC 3339 time like 2030-01-01T00:00:00Z"))
+}
+
 /// An RFC 3339 time, normalized to UTC as the server writes it.
 pub fn rfc3339(t: &str) -> Result<String> {
     use time::format_description::well_known::Rfc3339;
-    let parsed = time::OffsetDateTime::parse(t.trim(), &Rfc3339)
-        .with_context(|| format!("'{t}' is not an RFC 3339 time like 2030-01-01T00:00:00Z"))?;
-    Ok(parsed.to_offset(time::UtcOffset::UTC).format(&Rfc3339)?)
+    Ok(parse_time(t)?.to_offset(time::UtcOffset::UTC).format(&Rfc3339)?)
 }
 
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
+/// An RFC 3339 time as the API's Timestamp.
+pub fn timestamp(t: &str) -> Result<Timestamp> {
+    let nanos = i64::try_from(parse_time(t)?.unix_timestamp_nanos())
+        .map_err(|_| anyhow::anyhow!("'{t}' is out of range (years 1678 to 2262)"))?;
+    Ok(Timestamp::from_unix_nanos(nanos))
 }
 
 /// `--x-data TEXT` or `--x-file FILE` as bytes.
@@ -383,76 +398,78 @@ pub async fn run(args: DevicesArgs) -> Result<()> {
         DevicesCommand::Create { device, device_type, settings } => {
             let name = scope.device(&device)?;
             let (mut body, _) = settings.body()?;
-            body.insert("id".into(), last_id(&name).into());
+            body.id = last_id(&name).to_owned();
             if let Some(t) = device_type {
-                let gateway = body.entry("gatewayConfig").or_insert_with(|| json!({}));
-                gateway["gatewayType"] = t.api().into();
+                body.gateway_config.get_or_insert_default().set_gateway_type(t.api());
             }
             let registry = name.rsplit_once("/devices/").map(|(r, _)| r).unwrap_or_default();
-            let created = api.post(registry, "/devices", &Value::Object(body)).await?;
-            status(format!("Created device [{}] (numeric id {}).", last_id(&name), text(&created["numId"])));
+            let created: iot::Device = api.post(registry, "/devices", &body).await?;
+            status(format!("Created device [{}] (numeric id {}).", last_id(&name), number(created.num_id)));
             if out.json() {
-                out.resource(&created);
+                out.resource(&created)?;
             }
         }
-        DevicesCommand::Describe { device } => out.resource(&api.get(&device.name(scope)?, "", &[]).await?),
+        DevicesCommand::Describe { device } => {
+            let found: iot::Device = api.get(&device.name(scope)?, "", &[]).await?;
+            out.resource(&found)?;
+        }
         DevicesCommand::List { device_ids, device_num_ids, device_type, limit } => {
             let mut q =
                 vec![("fieldMask", "blocked,gatewayConfig,lastHeartbeatTime,lastEventTime,lastStateTime".into())];
             q.extend(device_ids.into_iter().map(|d| ("deviceIds", d)));
             q.extend(device_num_ids.into_iter().map(|d| ("deviceNumIds", d)));
             if let Some(t) = device_type {
-                q.push(("gatewayListOptions.gatewayType", t.api().into()));
+                q.push(("gatewayListOptions.gatewayType", t.api().as_str_name().into()));
             }
-            let items = api.list_all(&scope.name()?, "/devices", "devices", &q, limit).await?;
-            out.list(&items, DEVICE_COLUMNS);
+            let items = api.list_all::<iot::ListDevicesResponse>(&scope.name()?, "/devices", &q, limit).await?;
+            out.list(&items, DEVICE_COLUMNS)?;
         }
         DevicesCommand::Update { device, clear_metadata, settings } => {
             let name = device.name(scope)?;
-            let (mut body, mut mask) = settings.body()?;
+            let (body, mut mask) = settings.body()?;
             if clear_metadata {
-                body.insert("metadata".into(), json!({}));
+                // The mask names the field and the body leaves it empty.
                 mask.push("metadata");
             }
             if mask.is_empty() {
                 bail!("nothing to update: give at least one setting (see `ferrocore devices update --help`)");
             }
-            let updated = api.patch(&name, &[("updateMask", mask.join(","))], &Value::Object(body)).await?;
+            let updated: iot::Device = api.patch(&name, &[("updateMask", mask.join(","))], &body).await?;
             status(format!("Updated device [{}].", last_id(&name)));
             if out.json() {
-                out.resource(&updated);
+                out.resource(&updated)?;
             }
         }
         DevicesCommand::Delete { device } => {
             let name = device.name(scope)?;
-            let answer = api.delete(&name).await?;
+            let answer: Empty = api.delete(&name).await?;
             status(format!("Deleted device [{}].", last_id(&name)));
             if out.json() {
-                out.resource(&answer);
+                out.resource(&answer)?;
             }
         }
         DevicesCommand::Configs { command } => configs(&api, scope, out, command).await?,
         DevicesCommand::States { command: StatesCommand::List { device, limit } } => {
             let q: Vec<_> = limit.map(|l| ("numStates", l.to_string())).into_iter().collect();
-            let answer = api.get(&device.name(scope)?, "/states", &q).await?;
-            let items = answer["deviceStates"].as_array().cloned().unwrap_or_default();
+            let answer: iot::ListDeviceStatesResponse = api.get(&device.name(scope)?, "/states", &q).await?;
             out.list(
-                &items,
-                &[("UPDATE_TIME", |s| text(&s["updateTime"])), ("DATA", |s| data_column(&s["binaryData"]))],
-            );
+                &answer.device_states,
+                &[("UPDATE_TIME", |s| time(&s.update_time)), ("DATA", |s| data_column(&s.binary_data))],
+            )?;
         }
         DevicesCommand::Commands {
             command: CommandsCommand::Send { device, command_data, command_file, subfolder },
         } => {
             let name = device.name(scope)?;
-            let mut body = json!({"binaryData": b64(&data(command_data, command_file)?)});
-            if let Some(s) = subfolder {
-                body["subfolder"] = s.into();
-            }
-            let answer = api.post(&name, ":sendCommandToDevice", &body).await?;
+            let body = iot::SendCommandToDeviceRequest {
+                binary_data: data(command_data, command_file)?,
+                subfolder: subfolder.unwrap_or_default(),
+                ..Default::default()
+            };
+            let answer: iot::SendCommandToDeviceResponse = api.post(&name, ":sendCommandToDevice", &body).await?;
             status(format!("Sent the command to device [{}].", last_id(&name)));
             if out.json() {
-                out.resource(&answer);
+                out.resource(&answer)?;
             }
         }
         DevicesCommand::Gateways { command } => gateways(&api, scope, out, command).await?,
@@ -466,42 +483,42 @@ async fn configs(api: &Api, scope: &Registry, out: &Output, command: ConfigsComm
     match command {
         ConfigsCommand::Update { device, config_data, config_file, version_to_update } => {
             let name = device.name(scope)?;
-            let mut body = json!({"binaryData": b64(&data(config_data, config_file)?)});
-            if let Some(v) = version_to_update {
-                body["versionToUpdate"] = v.to_string().into();
-            }
-            let config = api.post(&name, ":modifyCloudToDeviceConfig", &body).await?;
-            status(format!(
-                "Updated the config of device [{}] to version {}.",
-                last_id(&name),
-                text(&config["version"])
-            ));
+            let body = iot::ModifyCloudToDeviceConfigRequest {
+                binary_data: data(config_data, config_file)?,
+                version_to_update: match version_to_update {
+                    Some(v) => i64::try_from(v).context("--version-to-update is too large")?,
+                    None => 0,
+                },
+                ..Default::default()
+            };
+            let config: iot::DeviceConfig = api.post(&name, ":modifyCloudToDeviceConfig", &body).await?;
+            status(format!("Updated the config of device [{}] to version {}.", last_id(&name), number(config.version)));
             if out.json() {
-                out.resource(&config);
+                out.resource(&config)?;
             }
         }
         ConfigsCommand::List { device, limit } => {
             let q: Vec<_> = limit.map(|l| ("numVersions", l.to_string())).into_iter().collect();
-            let answer = api.get(&device.name(scope)?, "/configVersions", &q).await?;
-            let items = answer["deviceConfigs"].as_array().cloned().unwrap_or_default();
+            let answer: iot::ListDeviceConfigVersionsResponse =
+                api.get(&device.name(scope)?, "/configVersions", &q).await?;
             out.list(
-                &items,
+                &answer.device_configs,
                 &[
-                    ("VERSION", |c| text(&c["version"])),
-                    ("CLOUD_UPDATE_TIME", |c| text(&c["cloudUpdateTime"])),
-                    ("DEVICE_ACK_TIME", |c| text(&c["deviceAckTime"])),
-                    ("DATA", |c| data_column(&c["binaryData"])),
+                    ("VERSION", |c| number(c.version)),
+                    ("CLOUD_UPDATE_TIME", |c| time(&c.cloud_update_time)),
+                    ("DEVICE_ACK_TIME", |c| time(&c.device_ack_time)),
+                    ("DATA", |c| data_column(&c.binary_data)),
                 ],
-            );
+            )?;
         }
     }
     Ok(())
 }
 
 async fn gateways(api: &Api, scope: &Registry, out: &Output, command: GatewaysCommand) -> Result<()> {
-    let (verb, gateway, device) = match command {
-        GatewaysCommand::Bind { gateway, device } => ("bindDeviceToGateway", gateway, device),
-        GatewaysCommand::Unbind { gateway, device } => ("unbindDeviceFromGateway", gateway, device),
+    let (bind, gateway, device) = match command {
+        GatewaysCommand::Bind { gateway, device } => (true, gateway, device),
+        GatewaysCommand::Unbind { gateway, device } => (false, gateway, device),
         GatewaysCommand::List { gateway, device } => {
             let (filter, who) = match (gateway, device) {
                 (Some(g), _) => ("gatewayListOptions.associationsGatewayId", g),
@@ -509,8 +526,8 @@ async fn gateways(api: &Api, scope: &Registry, out: &Output, command: GatewaysCo
                 (None, None) => bail!("give --gateway or --device"),
             };
             let (registry, id) = split_device(&scope.device(&who)?);
-            let items = api.list_all(&registry, "/devices", "devices", &[(filter, id)], None).await?;
-            out.list(&items, &[("ID", |d| text(&d["id"])), ("NUM_ID", |d| text(&d["numId"]))]);
+            let items = api.list_all::<iot::ListDevicesResponse>(&registry, "/devices", &[(filter, id)], None).await?;
+            out.list(&items, &[("ID", |d| d.id.clone()), ("NUM_ID", |d| number(d.num_id))])?;
             return Ok(());
         }
     };
@@ -519,15 +536,21 @@ async fn gateways(api: &Api, scope: &Registry, out: &Output, command: GatewaysCo
     if registry != device_registry {
         bail!("the gateway and the device must be in the same registry");
     }
-    let answer =
-        api.post(&registry, &format!(":{verb}"), &json!({"gatewayId": gateway_id, "deviceId": device_id})).await?;
-    if verb == "bindDeviceToGateway" {
-        status(format!("Bound device [{device_id}] to gateway [{gateway_id}]."));
+    if bind {
+        let body = iot::BindDeviceToGatewayRequest { parent: String::new(), gateway_id, device_id };
+        let answer: iot::BindDeviceToGatewayResponse = api.post(&registry, ":bindDeviceToGateway", &body).await?;
+        status(format!("Bound device [{}] to gateway [{}].", body.device_id, body.gateway_id));
+        if out.json() {
+            out.resource(&answer)?;
+        }
     } else {
-        status(format!("Unbound device [{device_id}] from gateway [{gateway_id}]."));
-    }
-    if out.json() {
-        out.resource(&answer);
+        let body = iot::UnbindDeviceFromGatewayRequest { parent: String::new(), gateway_id, device_id };
+        let answer: iot::UnbindDeviceFromGatewayResponse =
+            api.post(&registry, ":unbindDeviceFromGateway", &body).await?;
+        status(format!("Unbound device [{}] from gateway [{}].", body.device_id, body.gateway_id));
+        if out.json() {
+            out.resource(&answer)?;
+        }
     }
     Ok(())
 }
@@ -541,28 +564,27 @@ fn split_device(name: &str) -> (String, String) {
 }
 
 /// A bytes field for a table cell: text when printable, cut to fit.
-fn data_column(v: &Value) -> String {
-    v.as_str().map(|b| shorten(&payload_text(b), 60)).unwrap_or_default()
+fn data_column(data: &[u8]) -> String {
+    shorten(&bytes_text(data), 60)
 }
 
-const DEVICE_COLUMNS: &[Column] = &[
-    ("ID", |d| text(&d["id"])),
-    ("NUM_ID", |d| text(&d["numId"])),
-    ("BLOCKED", |d| d["blocked"].as_bool().unwrap_or(false).to_string()),
-    ("GATEWAY", |d| (d["gatewayConfig"]["gatewayType"] == "GATEWAY").to_string()),
+const DEVICE_COLUMNS: &[Column<iot::Device>] = &[
+    ("ID", |d| d.id.clone()),
+    ("NUM_ID", |d| number(d.num_id)),
+    ("BLOCKED", |d| d.blocked.to_string()),
+    ("GATEWAY", |d| {
+        d.gateway_config.as_ref().is_some_and(|g| g.gateway_type() == iot::GatewayType::Gateway).to_string()
+    }),
     ("LAST_SEEN", last_seen),
 ];
 
 /// The latest of a device's heartbeat, event and state times.
-fn last_seen(d: &Value) -> String {
-    use time::format_description::well_known::Rfc3339;
-    ["lastHeartbeatTime", "lastEventTime", "lastStateTime"]
-        .iter()
-        .filter_map(|f| d[*f].as_str())
-        .filter_map(|t| time::OffsetDateTime::parse(t, &Rfc3339).ok().map(|p| (p, t)))
-        .max_by_key(|(p, _)| *p)
-        .map(|(_, t)| t.to_owned())
-        .unwrap_or_default()
+fn last_seen(d: &iot::Device) -> String {
+    let latest = [d.last_heartbeat_time, d.last_event_time, d.last_state_time]
+        .into_iter()
+        .flatten()
+        .max_by_key(|t| t.unix_nanos());
+    time(&latest)
 }
 
 #[cfg(test)]
@@ -573,13 +595,16 @@ mod tests {
     fn key_types_follow_gcloud_and_the_pem() {
         let cert = "-----BEGIN CERTIFICATE-----\n";
         let key = "-----BEGIN PUBLIC KEY-----\n";
-        assert_eq!(key_format("es256", key).unwrap(), "ES256_PEM");
-        assert_eq!(key_format("es256", cert).unwrap(), "ES256_X509_PEM");
-        assert_eq!(key_format("rs256", cert).unwrap(), "RSA_X509_PEM");
-        assert_eq!(key_format("RSA_PEM", key).unwrap(), "RSA_PEM");
-        assert_eq!(key_format("rsa-x509-pem", cert).unwrap(), "RSA_X509_PEM");
+        use iot::PublicKeyFormat as F;
+        assert_eq!(key_format("es256", key).unwrap(), F::Es256Pem);
+        assert_eq!(key_format("es256", cert).unwrap(), F::Es256X509Pem);
+        assert_eq!(key_format("rs256", cert).unwrap(), F::RsaX509Pem);
+        assert_eq!(key_format("RSA_PEM", key).unwrap(), F::RsaPem);
+        assert_eq!(key_format("rsa-x509-pem", cert).unwrap(), F::RsaX509Pem);
         assert!(key_format("hs256", key).unwrap_err().to_string().contains("unknown key type 'hs256'"));
         assert_eq!(rfc3339("2030-01-01T02:00:00+02:00").unwrap(), "2030-01-01T00:00:00Z");
         assert!(rfc3339("tomorrow").is_err());
+        assert_eq!(timestamp("2030-01-01T02:00:00+02:00").unwrap().to_string(), "2030-01-01T00:00:00Z");
+        assert!(timestamp("9999-01-01T00:00:00Z").unwrap_err().to_string().contains("out of range"));
     }
 }

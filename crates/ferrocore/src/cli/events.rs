@@ -1,5 +1,7 @@
 //! `ferrocore events tail`: follows a telemetry topic of the embedded topic log, long-polling
-//! `GET /v1/projects/P/topics/T/messages` from one `nextOffset` to the next.
+//! `GET /v1/projects/P/topics/T/messages` from one `nextOffset` to the next. The endpoint is
+//! Ferrocore's own, with no message in `ferrocore_proto`: messages are read as plain JSON, and
+//! `--format json` prints each as it came.
 
 use super::api::Connection;
 use anyhow::{Context, Result, bail};

@@ -20,10 +20,11 @@
 //! line failed.
 
 use super::api::{Api, Registry, http_status};
-use super::devices::{key_format, rfc3339};
+use super::devices::{key_format, public_key, rfc3339, timestamp};
 use super::output::{Output, print_json, status};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use ferrocore_proto::iot;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -79,15 +80,17 @@ struct Record {
     credentials: Vec<Credential>,
     metadata: BTreeMap<String, String>,
     blocked: bool,
-    /// For a gateway, its auth method (`GATEWAY_AUTH_METHOD_UNSPECIFIED` when none was set).
-    gateway: Option<String>,
-    log_level: Option<String>,
+    /// For a gateway, its auth method (`Unspecified` when none was set).
+    gateway: Option<iot::GatewayAuthMethod>,
+    /// None to inherit the registry's.
+    log_level: Option<iot::LogLevel>,
 }
 
 #[derive(Debug, Clone)]
 struct Credential {
-    format: String,
+    format: iot::PublicKeyFormat,
     key: String,
+    /// RFC 3339 in UTC, as [`rfc3339`] normalizes it.
     expiration: Option<String>,
 }
 
@@ -147,7 +150,7 @@ impl Record {
             let kind = formats.get(i).or(formats.first()).context("a key without a format")?;
             let expires = expirations.get(i).map(String::as_str).filter(|e| !e.trim().is_empty());
             credentials.push(Credential {
-                format: key_format(kind, &pem)?.to_owned(),
+                format: key_format(kind, &pem)?,
                 expiration: expires.map(rfc3339).transpose()?,
                 key: pem,
             });
@@ -180,10 +183,10 @@ impl Record {
         };
         let gateway = match word("gateway")?.as_str() {
             "" | "non-gateway" => None,
-            "gateway" => Some("GATEWAY_AUTH_METHOD_UNSPECIFIED".to_owned()),
-            m @ ("association-only" | "device-auth-token-only" | "association-and-device-auth-token") => {
-                Some(m.to_ascii_uppercase().replace('-', "_"))
-            }
+            "gateway" => Some(iot::GatewayAuthMethod::Unspecified),
+            "association-only" => Some(iot::GatewayAuthMethod::AssociationOnly),
+            "device-auth-token-only" => Some(iot::GatewayAuthMethod::DeviceAuthTokenOnly),
+            "association-and-device-auth-token" => Some(iot::GatewayAuthMethod::AssociationAndDeviceAuthToken),
             other => bail!(
                 "gateway must be empty, gateway, association-only, device-auth-token-only or \
                  association-and-device-auth-token, not '{other}'"
@@ -191,63 +194,64 @@ impl Record {
         };
         let log_level = match word("log_level")?.as_str() {
             "" => None,
-            l @ ("none" | "error" | "info" | "debug") => Some(l.to_ascii_uppercase()),
+            "none" => Some(iot::LogLevel::None),
+            "error" => Some(iot::LogLevel::Error),
+            "info" => Some(iot::LogLevel::Info),
+            "debug" => Some(iot::LogLevel::Debug),
             other => bail!("log_level must be none, error, info or debug, not '{other}'"),
         };
         Ok(Record { id, credentials, metadata, blocked, gateway, log_level })
     }
 
     /// The device as the server has it (read with every field).
-    fn from_device(d: &Value) -> Result<Record> {
+    fn from_device(d: &iot::Device) -> Result<Record> {
         let mut credentials = Vec::new();
-        for c in d["credentials"].as_array().into_iter().flatten() {
-            credentials.push(Credential {
-                format: c["publicKey"]["format"].as_str().unwrap_or_default().to_owned(),
-                key: c["publicKey"]["key"].as_str().unwrap_or_default().to_owned(),
-                expiration: c["expirationTime"].as_str().map(rfc3339).transpose()?,
-            });
+        for c in &d.credentials {
+            let (format, key) = match &c.credential {
+                Some(iot::device_credential::Credential::PublicKey(k)) => (k.format(), k.key.clone()),
+                None => (iot::PublicKeyFormat::UnspecifiedPublicKeyFormat, String::new()),
+            };
+            let expiration = c.expiration_time.map(|t| rfc3339(&t.to_string())).transpose()?;
+            credentials.push(Credential { format, key, expiration });
         }
-        let metadata = d["metadata"]
-            .as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
-            .unwrap_or_default();
-        let gateway = (d["gatewayConfig"]["gatewayType"] == "GATEWAY").then(|| {
-            d["gatewayConfig"]["gatewayAuthMethod"].as_str().unwrap_or("GATEWAY_AUTH_METHOD_UNSPECIFIED").to_owned()
-        });
-        let log_level =
-            d["logLevel"].as_str().filter(|l| !l.is_empty() && *l != "LOG_LEVEL_UNSPECIFIED").map(str::to_owned);
+        let gateway = d
+            .gateway_config
+            .as_ref()
+            .filter(|g| g.gateway_type() == iot::GatewayType::Gateway)
+            .map(|g| g.gateway_auth_method());
         Ok(Record {
-            id: d["id"].as_str().unwrap_or_default().to_owned(),
+            id: d.id.clone(),
             credentials,
-            metadata,
-            blocked: d["blocked"].as_bool().unwrap_or(false),
+            metadata: d.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            blocked: d.blocked,
             gateway,
-            log_level,
+            log_level: Some(d.log_level()).filter(|l| *l != iot::LogLevel::Unspecified),
         })
     }
 
     /// The request body that creates this device.
-    fn body(&self) -> Value {
-        let credentials: Vec<Value> = self
+    fn body(&self) -> Result<iot::Device> {
+        let credentials = self
             .credentials
             .iter()
-            .map(|c| {
-                let mut v = json!({"publicKey": {"format": c.format, "key": c.key}});
-                if let Some(e) = &c.expiration {
-                    v["expirationTime"] = e.clone().into();
-                }
-                v
-            })
-            .collect();
-        let mut body =
-            json!({"id": self.id, "credentials": credentials, "metadata": self.metadata, "blocked": self.blocked});
-        if let Some(l) = &self.log_level {
-            body["logLevel"] = l.clone().into();
+            .map(|c| Ok(public_key(c.format, c.key.clone(), c.expiration.as_deref().map(timestamp).transpose()?)))
+            .collect::<Result<_>>()?;
+        let mut device = iot::Device {
+            id: self.id.clone(),
+            credentials,
+            metadata: self.metadata.clone().into_iter().collect(),
+            blocked: self.blocked,
+            ..Default::default()
+        };
+        if let Some(l) = self.log_level {
+            device.set_log_level(l);
         }
-        if let Some(method) = &self.gateway {
-            body["gatewayConfig"] = json!({"gatewayType": "GATEWAY", "gatewayAuthMethod": method});
+        if let Some(method) = self.gateway {
+            let gateway = device.gateway_config.get_or_insert_default();
+            gateway.set_gateway_type(iot::GatewayType::Gateway);
+            gateway.set_gateway_auth_method(method);
         }
-        body
+        Ok(device)
     }
 
     /// The fields in which `other` differs from this record.
@@ -282,12 +286,12 @@ impl Record {
         vec![
             self.id.clone(),
             join(&|c| c.key.trim_end().to_owned()),
-            join(&|c| type_name(&c.format)),
+            join(&|c| type_name(c.format)),
             expirations,
             format_metadata(&self.metadata),
             self.blocked.to_string(),
             self.gateway_word(),
-            self.log_level.as_deref().map(str::to_ascii_lowercase).unwrap_or_default(),
+            self.log_level.map(level_name).unwrap_or_default(),
         ]
     }
 
@@ -299,7 +303,7 @@ impl Record {
         let mut line = json!({"id": self.id, "metadata": self.metadata, "blocked": self.blocked});
         if !self.credentials.is_empty() {
             line["key"] = one_or_many(&|c| c.key.clone());
-            line["format"] = one_or_many(&|c| type_name(&c.format));
+            line["format"] = one_or_many(&|c| type_name(c.format));
             if self.credentials.iter().any(|c| c.expiration.is_some()) {
                 line["expiration_time"] = one_or_many(&|c| c.expiration.clone().unwrap_or_default());
             }
@@ -307,24 +311,29 @@ impl Record {
         if self.gateway.is_some() {
             line["gateway"] = self.gateway_word().into();
         }
-        if let Some(l) = &self.log_level {
-            line["log_level"] = l.to_ascii_lowercase().into();
+        if let Some(l) = self.log_level {
+            line["log_level"] = level_name(l).into();
         }
         line
     }
 
     fn gateway_word(&self) -> String {
-        match self.gateway.as_deref() {
+        match self.gateway {
             None => String::new(),
-            Some("GATEWAY_AUTH_METHOD_UNSPECIFIED") => "gateway".into(),
-            Some(m) => m.to_ascii_lowercase().replace('_', "-"),
+            Some(iot::GatewayAuthMethod::Unspecified) => "gateway".into(),
+            Some(m) => m.as_str_name().to_ascii_lowercase().replace('_', "-"),
         }
     }
 }
 
 /// `ES256_X509_PEM` → `es256-x509-pem`, the spelling `--public-key type=` takes.
-fn type_name(format: &str) -> String {
-    format.to_ascii_lowercase().replace('_', "-")
+fn type_name(format: iot::PublicKeyFormat) -> String {
+    format.as_str_name().to_ascii_lowercase().replace('_', "-")
+}
+
+/// `INFO` → `info`, the spelling of the `log_level` column.
+fn level_name(level: iot::LogLevel) -> String {
+    level.as_str_name().to_ascii_lowercase()
 }
 
 fn format_metadata(m: &BTreeMap<String, String>) -> String {
@@ -422,10 +431,14 @@ enum Outcome {
 
 async fn import_one(api: Api, registry: String, record: Record) -> Outcome {
     let err = |e: anyhow::Error| Outcome::Failed(format!("{e:#}"));
-    match api.post(&registry, "/devices", &record.body()).await {
+    let body = match record.body() {
+        Ok(b) => b,
+        Err(e) => return err(e),
+    };
+    match api.post::<iot::Device>(&registry, "/devices", &body).await {
         Ok(_) => Outcome::Created,
         Err(e) if http_status(&e) == Some(409) => {
-            let existing = match api.get(&format!("{registry}/devices/{}", record.id), "", &[]).await {
+            let existing = match api.get::<iot::Device>(&format!("{registry}/devices/{}", record.id), "", &[]).await {
                 Ok(d) => d,
                 Err(e) => return err(e),
             };
@@ -515,7 +528,7 @@ pub async fn export(args: ExportArgs, api: &Api, scope: &Registry) -> Result<()>
     let format = FileFormat::of(args.file.as_deref().filter(|_| !to_stdout), args.file_format)?;
     let registry = scope.name()?;
     let mask = ("fieldMask", "credentials,metadata,blocked,gatewayConfig,logLevel".to_owned());
-    let devices = api.list_all(&registry, "/devices", "devices", &[mask], None).await?;
+    let devices = api.list_all::<iot::ListDevicesResponse>(&registry, "/devices", &[mask], None).await?;
     let records = devices.iter().map(Record::from_device).collect::<Result<Vec<_>>>()?;
 
     let mut buf = Vec::new();
@@ -577,8 +590,8 @@ mod tests {
             Path::new("."),
         )
         .unwrap();
-        assert_eq!(r.credentials[0].format, "ES256_PEM");
-        assert_eq!(r.gateway.as_deref(), Some("ASSOCIATION_ONLY"));
+        assert_eq!(r.credentials[0].format, iot::PublicKeyFormat::Es256Pem);
+        assert_eq!(r.gateway, Some(iot::GatewayAuthMethod::AssociationOnly));
         assert_eq!(r.csv_fields()[6], "association-only");
         assert!(!r.blocked);
         let e = Record::parse(&fields(&[("id", "d"), ("blocked", "maybe")]), Path::new(".")).unwrap_err();

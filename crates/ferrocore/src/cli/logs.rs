@@ -1,7 +1,8 @@
 //! `ferrocore logs read`: a registry's device activity logs
 //! (`GET /v1/projects/P/locations/L/registries/R/logs`), oldest first, one line per entry, and
 //! with `--follow` the entries logged after, polled from one `nextPageToken` to the next as
-//! `events tail` follows a topic.
+//! `events tail` follows a topic. Log entries are Cloud Logging's, with no message in
+//! `ferrocore_proto`: they are read as plain JSON, and `--format json` prints each as it came.
 
 use super::api::{Api, Connection, Registry};
 use anyhow::{Context, Result};
@@ -94,7 +95,7 @@ async fn read(args: ReadArgs) -> Result<()> {
         if !token.is_empty() {
             q.push(("pageToken", token.clone()));
         }
-        let page = api.get(&registry, "/logs", &q).await?;
+        let page: Value = api.get(&registry, "/logs", &q).await?;
         let entries = page["entries"].as_array().cloned().unwrap_or_default();
         let mut batch = String::new();
         for e in &entries {

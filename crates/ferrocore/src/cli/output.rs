@@ -3,13 +3,18 @@
 //! Data goes to stdout; confirmations ("Created device [d].") and progress go to stderr, so that
 //! `--format json` output can be piped as it is.
 
+use anyhow::{Context, Result};
 use base64::Engine;
 use clap::{Args, ValueEnum};
 use comfy_table::{Table, TableStyle};
+use ferrocore_proto::wkt::Timestamp;
+use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 
-/// A table column: its header, and how a cell is taken from an item.
-pub type Column = (&'static str, fn(&Value) -> String);
+/// A table column: its header, and how a cell is taken from an item (a typed message, or plain
+/// JSON for the Ferrocore-only endpoints).
+pub type Column<T = Value> = (&'static str, fn(&T) -> String);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -32,29 +37,39 @@ impl Output {
         self.format == Format::Json
     }
 
-    /// Prints `value` as JSON, or as a field/value table.
-    pub fn resource(&self, value: &Value) {
+    /// Prints `resource` as JSON, or as a field/value table.
+    pub fn resource(&self, resource: &impl Serialize) -> Result<()> {
+        let value = to_json(resource)?;
         if self.json() {
-            print_json(value);
+            print_json(&value);
         } else {
-            emit(describe(value));
+            emit(describe(&value));
         }
+        Ok(())
     }
 
     /// Prints a list: a JSON array, or a table of `columns` picked from each item.
-    pub fn list(&self, items: &[Value], columns: &[Column]) {
+    pub fn list<T: Serialize>(&self, items: &[T], columns: &[Column<T>]) -> Result<()> {
         if self.json() {
-            print_json(&Value::Array(items.to_vec()));
-            return;
+            print_json(&to_json(items)?);
+            return Ok(());
         }
         if items.is_empty() {
             eprintln!("Listed 0 items.");
-            return;
+            return Ok(());
         }
         let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
         let rows = items.iter().map(|item| columns.iter().map(|(_, f)| f(item)).collect()).collect();
         emit(table(&headers, rows));
+        Ok(())
     }
+}
+
+/// A message as a JSON value, in Google's JSON mapping. Through a [`Value`], whose objects keep
+/// their keys sorted: output has the key order it had when the server's answer was printed as it
+/// came, and map fields (metadata, attributes, labels: `HashMap`s) print in a stable order.
+fn to_json(message: &(impl Serialize + ?Sized)) -> Result<Value> {
+    serde_json::to_value(message).context("cannot print the server's answer as JSON")
 }
 
 /// Tells the user what was done (stderr, so JSON on stdout stays clean).
@@ -135,9 +150,18 @@ fn first_line(s: &str) -> String {
 /// Decodes base64 bytes: the text when it is printable UTF-8, else `base64:...` as given.
 pub fn payload_text(b64: &str) -> String {
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
-    match std::str::from_utf8(&bytes) {
-        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t' && c != '\n') => s.to_owned(),
-        _ => format!("base64:{b64}"),
+    printable(&bytes).unwrap_or_else(|| format!("base64:{b64}"))
+}
+
+/// Bytes as [`payload_text`] shows them: the text when printable UTF-8, else `base64:...`.
+pub fn bytes_text(bytes: &[u8]) -> String {
+    printable(bytes).unwrap_or_else(|| format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+}
+
+fn printable(bytes: &[u8]) -> Option<String> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t' && c != '\n') => Some(s.to_owned()),
+        _ => None,
     }
 }
 
@@ -149,6 +173,27 @@ pub fn shorten(s: &str, max: usize) -> String {
     }
     let cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
     format!("{cut}…")
+}
+
+/// A timestamp field as the API writes it (RFC 3339, UTC), or "" when unset.
+pub fn time(t: &Option<Timestamp>) -> String {
+    t.map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// A number field, or "" for 0: Google's JSON leaves default values out, and a cell shows what
+/// the JSON holds.
+pub fn number(n: impl Into<i128>) -> String {
+    match n.into() {
+        0 => String::new(),
+        n => n.to_string(),
+    }
+}
+
+/// A map field as `k=v,k2=v2`, sorted by key.
+pub fn pairs(map: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> = map.iter().collect();
+    pairs.sort_unstable();
+    pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// A JSON string field, or "" when absent.
@@ -172,6 +217,29 @@ mod tests {
     }
 
     #[test]
+    fn a_typed_device_prints_what_the_server_wrote() {
+        let t = "2024-05-01T12:00:00.123Z";
+        let wrote = json!({
+            "id": "d", "name": "projects/p/locations/l/registries/r/devices/d", "numId": "123",
+            "credentials": [{"publicKey": {"format": "ES256_PEM", "key": "K"}, "expirationTime": t}],
+            "lastHeartbeatTime": t, "lastEventTime": t, "lastStateTime": t, "lastConfigAckTime": t,
+            "lastConfigSendTime": t, "blocked": true, "lastErrorTime": t,
+            "lastErrorStatus": {"code": 9, "message": "m"},
+            "config": {"version": "2", "cloudUpdateTime": t, "deviceAckTime": t, "binaryData": "aGk="},
+            "state": {"updateTime": t, "binaryData": "AAEC"}, "logLevel": "DEBUG",
+            "metadata": {"b": "2", "a": "1"},
+            "gatewayConfig": {"gatewayType": "GATEWAY", "gatewayAuthMethod": "ASSOCIATION_ONLY",
+                "lastAccessedGatewayId": "g", "lastAccessedGatewayTime": t},
+        });
+        let device: ferrocore_proto::iot::Device = serde_json::from_value(wrote.clone()).unwrap();
+        assert_eq!(to_json(&device).unwrap(), wrote);
+        // A field the message does not know is refused, not dropped.
+        let mut more = wrote;
+        more["futureField"] = json!(1);
+        assert!(serde_json::from_value::<ferrocore_proto::iot::Device>(more).is_err());
+    }
+
+    #[test]
     fn describe_flattens_and_decodes() {
         let d = describe(&json!({"id": "d", "config": {"version": "2", "binaryData": "aGk="},
             "credentials": [{"publicKey": {"key": "-----BEGIN X-----\nAAA\n-----END X-----\n"}}]}));
@@ -179,6 +247,8 @@ mod tests {
         assert!(lines.contains(&vec!["config.binaryData", "hi"]), "{d}");
         assert!(lines.contains(&vec!["credentials[0].publicKey.key", "-----BEGIN", "X-----", "(+2", "lines)"]), "{d}");
         assert_eq!(payload_text("AAEC"), "base64:AAEC");
+        assert_eq!(bytes_text(&[0, 1, 2]), "base64:AAEC");
+        assert_eq!(bytes_text(b"hi"), "hi");
         assert_eq!(shorten("abcdef", 4), "abc…");
     }
 }

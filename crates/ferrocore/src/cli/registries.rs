@@ -2,10 +2,10 @@
 //! topics with subfolders, a state topic, MQTT/HTTP switches, log level and CA certificates.
 
 use super::api::{Connection, Location, last_id};
-use super::output::{Column, Output, status, text};
+use super::output::{Column, Output, status};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{Map, Value, json};
+use ferrocore_proto::{Empty, iot};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -63,12 +63,12 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    pub fn api(self) -> &'static str {
+    pub fn api(self) -> iot::LogLevel {
         match self {
-            LogLevel::None => "NONE",
-            LogLevel::Error => "ERROR",
-            LogLevel::Info => "INFO",
-            LogLevel::Debug => "DEBUG",
+            LogLevel::None => iot::LogLevel::None,
+            LogLevel::Error => iot::LogLevel::Error,
+            LogLevel::Info => iot::LogLevel::Info,
+            LogLevel::Debug => iot::LogLevel::Debug,
         }
     }
 }
@@ -116,59 +116,62 @@ pub fn switch(yes: bool, no: bool) -> Option<bool> {
 
 impl Settings {
     /// The registry fields these flags set, and their update-mask paths.
-    fn body(&self, registry: &str) -> Result<(Map<String, Value>, Vec<&'static str>)> {
+    fn body(&self, registry: &str) -> Result<(iot::DeviceRegistry, Vec<&'static str>)> {
         let project = registry.split('/').nth(1).unwrap_or_default();
         let topic =
             |t: &str| if t.starts_with("projects/") { t.to_owned() } else { format!("projects/{project}/topics/{t}") };
-        let mut body = Map::new();
+        let mut body = iot::DeviceRegistry::default();
         let mut mask = Vec::new();
         if !self.event_notification_configs.is_empty() {
-            let mut configs = Vec::new();
             for spec in &self.event_notification_configs {
-                let mut config = Map::new();
+                let mut config = iot::EventNotificationConfig::default();
                 for part in spec.split(',') {
                     match part.split_once('=') {
-                        Some(("topic", t)) => config.insert("pubsubTopicName".into(), topic(t).into()),
-                        Some(("subfolder", s)) => config.insert("subfolderMatches".into(), s.into()),
-                        None if !part.is_empty() && !config.contains_key("pubsubTopicName") => {
-                            config.insert("pubsubTopicName".into(), topic(part).into())
+                        Some(("topic", t)) => config.pubsub_topic_name = topic(t),
+                        Some(("subfolder", s)) => config.subfolder_matches = s.to_owned(),
+                        None if !part.is_empty() && config.pubsub_topic_name.is_empty() => {
+                            config.pubsub_topic_name = topic(part)
                         }
                         _ => bail!("--event-notification-config '{spec}' is not topic=TOPIC[,subfolder=SUBFOLDER]"),
                     };
                 }
-                if !config.contains_key("pubsubTopicName") {
+                if config.pubsub_topic_name.is_empty() {
                     bail!("--event-notification-config '{spec}' names no topic");
                 }
-                configs.push(Value::Object(config));
+                body.event_notification_configs.push(config);
             }
-            body.insert("eventNotificationConfigs".into(), configs.into());
             mask.push("event_notification_configs");
         }
         if let Some(t) = &self.state_pubsub_topic {
-            body.insert("stateNotificationConfig".into(), json!({"pubsubTopicName": topic(t)}));
+            body.state_notification_config = Some(iot::StateNotificationConfig { pubsub_topic_name: topic(t) });
             mask.push("state_notification_config");
         }
         if let Some(on) = switch(self.enable_mqtt_config, self.no_enable_mqtt_config) {
-            let state = if on { "MQTT_ENABLED" } else { "MQTT_DISABLED" };
-            body.insert("mqttConfig".into(), json!({"mqttEnabledState": state}));
+            let state = if on { iot::MqttState::MqttEnabled } else { iot::MqttState::MqttDisabled };
+            body.mqtt_config = Some(iot::MqttConfig { mqtt_enabled_state: state.into() });
             mask.push("mqtt_config");
         }
         if let Some(on) = switch(self.enable_http_config, self.no_enable_http_config) {
-            let state = if on { "HTTP_ENABLED" } else { "HTTP_DISABLED" };
-            body.insert("httpConfig".into(), json!({"httpEnabledState": state}));
+            let state = if on { iot::HttpState::HttpEnabled } else { iot::HttpState::HttpDisabled };
+            body.http_config = Some(iot::HttpConfig { http_enabled_state: state.into() });
             mask.push("http_config");
         }
         if let Some(l) = self.log_level {
-            body.insert("logLevel".into(), l.api().into());
+            body.set_log_level(l.api());
             mask.push("log_level");
         }
         if !self.public_key_paths.is_empty() {
-            let mut creds = Vec::new();
             for path in &self.public_key_paths {
                 let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                creds.push(json!({"publicKeyCertificate": {"format": "X509_CERTIFICATE_PEM", "certificate": pem}}));
+                let certificate = iot::PublicKeyCertificate {
+                    format: iot::PublicKeyCertificateFormat::X509CertificatePem.into(),
+                    certificate: pem,
+                    x509_details: None,
+                };
+                body.credentials.push(iot::RegistryCredential {
+                    credential: Some(iot::registry_credential::Credential::PublicKeyCertificate(certificate)),
+                });
             }
-            body.insert("credentials".into(), creds.into());
             mask.push("credentials");
         }
         Ok((body, mask))
@@ -182,21 +185,22 @@ pub async fn run(args: RegistriesArgs) -> Result<()> {
         RegistriesCommand::Create { registry, settings } => {
             let name = args.location.registry(&registry)?;
             let (mut body, _) = settings.body(&name)?;
-            body.insert("id".into(), last_id(&name).into());
+            body.id = last_id(&name).to_owned();
             let parent = name.rsplit_once("/registries/").map(|(p, _)| p).unwrap_or_default();
-            let created = api.post(parent, "/registries", &Value::Object(body)).await?;
+            let created: iot::DeviceRegistry = api.post(parent, "/registries", &body).await?;
             status(format!("Created registry [{}].", last_id(&name)));
             if out.json() {
-                out.resource(&created);
+                out.resource(&created)?;
             }
         }
         RegistriesCommand::Describe { registry } => {
-            out.resource(&api.get(&args.location.registry(&registry)?, "", &[]).await?);
+            let found: iot::DeviceRegistry = api.get(&args.location.registry(&registry)?, "", &[]).await?;
+            out.resource(&found)?;
         }
         RegistriesCommand::List { limit } => {
             let parent = args.location.parent()?;
-            let items = api.list_all(&parent, "/registries", "deviceRegistries", &[], limit).await?;
-            out.list(&items, COLUMNS);
+            let items = api.list_all::<iot::ListDeviceRegistriesResponse>(&parent, "/registries", &[], limit).await?;
+            out.list(&items, COLUMNS)?;
         }
         RegistriesCommand::Update { registry, settings } => {
             let name = args.location.registry(&registry)?;
@@ -204,46 +208,47 @@ pub async fn run(args: RegistriesArgs) -> Result<()> {
             if mask.is_empty() {
                 bail!("nothing to update: give at least one setting (see `ferrocore registries update --help`)");
             }
-            let updated = api.patch(&name, &[("updateMask", mask.join(","))], &Value::Object(body)).await?;
+            let updated: iot::DeviceRegistry = api.patch(&name, &[("updateMask", mask.join(","))], &body).await?;
             status(format!("Updated registry [{}].", last_id(&name)));
             if out.json() {
-                out.resource(&updated);
+                out.resource(&updated)?;
             }
         }
         RegistriesCommand::Delete { registry } => {
             let name = args.location.registry(&registry)?;
-            let answer = api.delete(&name).await?;
+            let answer: Empty = api.delete(&name).await?;
             status(format!("Deleted registry [{}].", last_id(&name)));
             if out.json() {
-                out.resource(&answer);
+                out.resource(&answer)?;
             }
         }
     }
     Ok(())
 }
 
-const COLUMNS: &[Column] = &[
-    ("ID", |r| text(&r["id"])),
-    ("LOCATION", |r| text(&r["name"]).split('/').nth(3).unwrap_or_default().to_owned()),
-    ("MQTT", |r| enabled(&r["mqttConfig"]["mqttEnabledState"])),
-    ("HTTP", |r| enabled(&r["httpConfig"]["httpEnabledState"])),
+const COLUMNS: &[Column<iot::DeviceRegistry>] = &[
+    ("ID", |r| r.id.clone()),
+    ("LOCATION", |r| r.name.split('/').nth(3).unwrap_or_default().to_owned()),
+    // Unspecified means enabled, as on the server.
+    ("MQTT", |r| {
+        enabled(r.mqtt_config.as_ref().is_some_and(|c| c.mqtt_enabled_state() == iot::MqttState::MqttDisabled))
+    }),
+    ("HTTP", |r| {
+        enabled(r.http_config.as_ref().is_some_and(|c| c.http_enabled_state() == iot::HttpState::HttpDisabled))
+    }),
     ("TELEMETRY_TOPICS", |r| {
-        let configs = r["eventNotificationConfigs"].as_array().cloned().unwrap_or_default();
-        let topics: Vec<String> = configs
+        let topics: Vec<String> = r
+            .event_notification_configs
             .iter()
-            .map(|c| {
-                let t = text(&c["pubsubTopicName"]);
-                match c["subfolderMatches"].as_str() {
-                    Some(s) if !s.is_empty() => format!("{t} ({s})"),
-                    _ => t,
-                }
+            .map(|c| match c.subfolder_matches.as_str() {
+                "" => c.pubsub_topic_name.clone(),
+                s => format!("{} ({s})", c.pubsub_topic_name),
             })
             .collect();
         topics.join(", ")
     }),
 ];
 
-/// `MQTT_ENABLED` → `enabled`: unspecified means enabled, as on the server.
-fn enabled(state: &Value) -> String {
-    if state.as_str().is_some_and(|s| s.ends_with("_DISABLED")) { "disabled" } else { "enabled" }.to_owned()
+fn enabled(disabled: bool) -> String {
+    if disabled { "disabled" } else { "enabled" }.to_owned()
 }

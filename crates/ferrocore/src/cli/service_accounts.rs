@@ -7,6 +7,10 @@
 //! An account is given by its short id (completed with `--project` to
 //! `NAME@PROJECT.iam.gserviceaccount.com`), its email, or its full name
 //! `projects/P/serviceAccounts/EMAIL`.
+//!
+//! These endpoints have no message in `ferrocore_proto` (the server writes Google's IAM shapes as
+//! plain JSON): requests and answers are plain JSON here too, and `--format json` prints the
+//! server's answer as it came.
 
 use super::api::{Connection, Location, last_id};
 use super::output::{Column, Output, status, text};
@@ -178,29 +182,29 @@ pub async fn run(args: ServiceAccountsArgs) -> Result<()> {
                 body.insert("registry".into(), location.registry(r)?.into());
             }
             let parent = format!("projects/{}", account.project);
-            let created = api.post(&parent, "/serviceAccounts", &Value::Object(body)).await?;
+            let created: Value = api.post(&parent, "/serviceAccounts", &Value::Object(body)).await?;
             let email = created["email"].as_str().unwrap_or(&account.email);
             status(format!("Created service account [{email}]."));
             if out.json() {
-                out.resource(&created);
+                out.resource(&created)?;
             }
         }
         ServiceAccountsCommand::List => {
             let parent = format!("projects/{}", location.project()?);
-            let list = api.get(&parent, "/serviceAccounts", &[]).await?;
+            let list: Value = api.get(&parent, "/serviceAccounts", &[]).await?;
             let items = list["accounts"].as_array().cloned().unwrap_or_default();
-            out.list(&items, COLUMNS);
+            out.list(&items, COLUMNS)?;
         }
         ServiceAccountsCommand::Describe { name } => {
             let account = Account::parse(location, &name)?;
-            out.resource(&api.get(&account.name(), "", &[]).await?);
+            out.resource(&api.get::<Value>(&account.name(), "", &[]).await?)?;
         }
         ServiceAccountsCommand::Delete { name } => {
             let account = Account::parse(location, &name)?;
-            let answer = api.delete(&account.name()).await?;
+            let answer: Value = api.delete(&account.name()).await?;
             status(format!("Deleted service account [{}].", account.email));
             if out.json() {
-                out.resource(&answer);
+                out.resource(&answer)?;
             }
         }
         ServiceAccountsCommand::Keys { command } => match command {
@@ -210,7 +214,7 @@ pub async fn run(args: ServiceAccountsArgs) -> Result<()> {
                 if !force && path.exists() {
                     bail!("{} already exists; pass --force to replace it", path.display());
                 }
-                let mut key = api.post(&account.name(), "/keys", &Value::Object(Map::new())).await?;
+                let mut key: Value = api.post(&account.name(), "/keys", &Value::Object(Map::new())).await?;
                 let key_id = last_id(&text(&key["name"])).to_owned();
                 let written = key_file(&key).and_then(|file| write_private(&path, &file, force));
                 if let Err(e) = written {
@@ -225,14 +229,14 @@ pub async fn run(args: ServiceAccountsArgs) -> Result<()> {
                     if let Some(m) = key.as_object_mut() {
                         m.remove("privateKeyData");
                     }
-                    out.resource(&key);
+                    out.resource(&key)?;
                 }
             }
             KeysCommand::List { name } => {
                 let account = Account::parse(location, &name)?;
-                let list = api.get(&account.name(), "/keys", &[]).await?;
+                let list: Value = api.get(&account.name(), "/keys", &[]).await?;
                 let items = list["keys"].as_array().cloned().unwrap_or_default();
-                out.list(&items, KEY_COLUMNS);
+                out.list(&items, KEY_COLUMNS)?;
             }
             KeysCommand::Delete { name, key_id } => {
                 let account = Account::parse(location, &name)?;
@@ -240,10 +244,10 @@ pub async fn run(args: ServiceAccountsArgs) -> Result<()> {
                 if id.is_empty() {
                     bail!("'{key_id}' is not a key id (see `ferrocore service-accounts keys list`)");
                 }
-                let answer = api.delete(&format!("{}/keys/{id}", account.name())).await?;
+                let answer: Value = api.delete(&format!("{}/keys/{id}", account.name())).await?;
                 status(format!("Deleted key [{id}] of [{}].", account.email));
                 if out.json() {
-                    out.resource(&answer);
+                    out.resource(&answer)?;
                 }
             }
         },

@@ -1,10 +1,12 @@
 //! `ferrocore sinks list`: the external sinks of a running server (`GET /v1/sinks`), with their
-//! state, lag and last error.
+//! state, lag and last error. The endpoint is Ferrocore's own, with no message in
+//! `ferrocore_proto`: its answer is read as plain JSON, and `--format json` prints it as it came.
 
 use super::api::Connection;
 use super::output::{Column, Output, shorten, text};
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use serde_json::Value;
 
 #[derive(Args, Debug)]
 pub struct SinksArgs {
@@ -38,10 +40,10 @@ pub async fn run(args: SinksArgs) -> Result<()> {
     let api = args.connection.api()?;
     match args.command {
         SinksCommand::List => {
-            let list = api.get("sinks", "", &[]).await?;
+            let list: Value = api.get("sinks", "", &[]).await?;
             let items = list["sinks"].as_array().cloned().unwrap_or_default();
             if args.output.json() || !items.is_empty() {
-                args.output.list(&items, COLUMNS);
+                args.output.list(&items, COLUMNS)?;
             } else {
                 eprintln!("The server forwards to no sinks (see --sink).");
             }

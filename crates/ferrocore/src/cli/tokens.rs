@@ -2,6 +2,9 @@
 //! with one role on the project or on one registry (docs/iam.md). Only the owner (the admin
 //! token) manages them; the server keeps only a token's hash, so a token is printed once, at
 //! creation, and never listed.
+//!
+//! These endpoints are Ferrocore's own, with no message in `ferrocore_proto`: requests and
+//! answers are plain JSON, and `--format json` prints the server's answer as it came.
 
 use super::api::{Connection, Location};
 use super::output::{Column, Output, emit, print_json, status, text};
@@ -66,7 +69,7 @@ pub async fn run(args: TokensArgs) -> Result<()> {
             if let Some(r) = &registry {
                 body.insert("registry".into(), location.registry(r)?.into());
             }
-            let created = api.post(&parent, "/tokens", &Value::Object(body)).await?;
+            let created: Value = api.post(&parent, "/tokens", &Value::Object(body)).await?;
             let token = created["token"].as_str().unwrap_or_default();
             if token.is_empty() {
                 anyhow::bail!(
@@ -91,18 +94,18 @@ pub async fn run(args: TokensArgs) -> Result<()> {
             }
         }
         TokensCommand::List => {
-            let list = api.get(&parent, "/tokens", &[]).await?;
+            let list: Value = api.get(&parent, "/tokens", &[]).await?;
             let items = list["tokens"].as_array().cloned().unwrap_or_default();
-            out.list(&items, COLUMNS);
+            out.list(&items, COLUMNS)?;
         }
         TokensCommand::Revoke { id } => {
             if id.is_empty() || id.contains('/') {
                 anyhow::bail!("'{id}' is not a token id (see `ferrocore tokens list`)");
             }
-            let answer = api.delete(&format!("{parent}/tokens/{id}")).await?;
+            let answer: Value = api.delete(&format!("{parent}/tokens/{id}")).await?;
             status(format!("Revoked token [{id}]."));
             if out.json() {
-                out.resource(&answer);
+                out.resource(&answer)?;
             }
         }
     }

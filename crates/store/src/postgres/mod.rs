@@ -316,9 +316,11 @@ impl Store for PostgresStore {
             GatewayFilter::GatewaysOf(d) => (4, num(d)),
         };
         let gateway = GatewayType::Gateway.number();
+        let (inclusive, lower, upper) = crate::rows::id_range(q.after.as_ref(), q.id_prefix.as_deref());
+        let lower_op = if inclusive { ">=" } else { ">" };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{DEVICE_SELECT} JOIN registries r ON r.pk = d.registry_pk \
-             WHERE r.project = $1 AND r.location = $2 AND r.id = $3 AND d.id > $4 \
+             WHERE r.project = $1 AND r.location = $2 AND r.id = $3 AND d.id {lower_op} $4 AND d.id < $11 \
              AND (NOT $5 OR d.id = ANY($6) OR d.num_id = ANY($7)) \
              AND CASE $8 \
                  WHEN 1 THEN d.gateway_type = {gateway} \
@@ -331,13 +333,14 @@ impl Store for PostgresStore {
         .bind(reg.parent.project.as_str())
         .bind(reg.parent.location.as_str())
         .bind(reg.registry.as_str())
-        .bind(q.after.as_ref().map_or("", |a| a.as_str()))
+        .bind(lower)
         .bind(filter_ids)
         .bind(ids)
         .bind(nums)
         .bind(kind)
         .bind(other)
         .bind(i64::from(q.limit))
+        .bind(upper)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;

@@ -273,9 +273,11 @@ impl Store for SqliteStore {
             GatewayFilter::BoundTo(g) => (3, num(g)),
             GatewayFilter::GatewaysOf(d) => (4, num(d)),
         };
+        let (inclusive, lower, upper) = crate::rows::id_range(q.after.as_ref(), q.id_prefix.as_deref());
+        let lower_op = if inclusive { ">=" } else { ">" };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{DEVICE_SELECT} JOIN registries r ON r.pk = d.registry_pk \
-             WHERE r.project = ?1 AND r.location = ?2 AND r.id = ?3 AND d.id > ?4 \
+             WHERE r.project = ?1 AND r.location = ?2 AND r.id = ?3 AND d.id {lower_op} ?4 AND d.id < ?11 \
              AND (NOT ?5 OR d.id IN (SELECT value FROM json_each(?6)) OR d.num_id IN (SELECT value FROM json_each(?7))) \
              AND CASE ?8 \
                  WHEN 1 THEN d.gateway_type = 1 \
@@ -288,13 +290,14 @@ impl Store for SqliteStore {
         .bind(reg.parent.project.as_str().to_owned())
         .bind(reg.parent.location.as_str().to_owned())
         .bind(reg.registry.as_str().to_owned())
-        .bind(q.after.as_ref().map(|a| a.as_str().to_owned()).unwrap_or_default())
+        .bind(lower)
         .bind(filter_ids)
         .bind(to_json(&ids)?)
         .bind(to_json(&nums)?)
         .bind(kind)
         .bind(other)
         .bind(i64::from(q.limit))
+        .bind(upper)
         .fetch_all(&self.readers)
         .await
         .map_err(backend)?;
