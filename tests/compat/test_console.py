@@ -320,3 +320,56 @@ def test_console_files_carry_a_strict_policy(server, anon_rest):
     assert anon_rest.get("console/nope.js").status_code == 404
     # The page needs no token; the API behind it does.
     assert anon_rest.get("v1/status").status_code == 401
+
+
+def test_keyboard_only_and_200_percent_zoom(server, rest, browser):
+    """Signing in and reaching a device with the keyboard alone; at 200% zoom (a 1280-pixel window
+    is 640 CSS pixels wide) the pages reflow instead of scrolling sideways."""
+    from selenium.webdriver.common.keys import Keys
+
+    c = Console(browser, server.base_url)
+    project = fresh_project()
+    registry = rest.create_registry(location_path(project), {"id": unique("reg")})
+    rest.create_device(registry["name"], {"id": "sensor-1", "metadata": {"site": "hall-" + "x" * 120}})
+    c.open("#/")
+    c.d.execute_script("sessionStorage.clear()")
+    c.d.refresh()
+    c.heading("Sign in")
+
+    def tab_to(name: str) -> None:
+        for _ in range(12):
+            if c.d.switch_to.active_element.get_attribute("name") == name:
+                return
+            c.d.switch_to.active_element.send_keys(Keys.TAB)
+        raise AssertionError(f"Tab never reached the {name} field")
+
+    tab_to("token")
+    c.d.switch_to.active_element.send_keys(server.token)
+    tab_to("project")
+    c.d.switch_to.active_element.send_keys(project)
+    tab_to("location")
+    c.d.switch_to.active_element.send_keys(Keys.ENTER)
+    c.heading("Overview")
+    assert c.d.switch_to.active_element.tag_name == "h1"
+    # The main navigation is reachable by Tab and followed with Enter.
+    for _ in range(10):
+        c.d.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)
+        if c.d.switch_to.active_element.text == "Registries":
+            break
+    c.d.switch_to.active_element.send_keys(Keys.ENTER)
+    c.heading("Registries")
+
+    c.d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                        {"width": 640, "height": 1000, "deviceScaleFactor": 2, "mobile": False})
+    try:
+        for fragment, title in (("#/registries", "Registries"),
+                                (f"#/registries/{registry['id']}", "Registry"),
+                                (f"#/registries/{registry['id']}/devices/sensor-1", "Device sensor-1")):
+            c.go(fragment)
+            c.heading(title)
+            overflow = c.d.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, f"{fragment} scrolls sideways by {overflow}px at 200% zoom"
+        c.shot("09-device-at-200-percent")
+    finally:
+        c.d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -117,7 +117,7 @@ pub async fn run(ctx: &Ctx, args: CommandArgs) -> Result<Report> {
             crate::Broker::Ferrocore => format!("/devices/{}/commands/#", fleet.devices[i].id),
             crate::Broker::Mqtt => bail!("the command scenario needs --broker ferrocore"),
         };
-        c.subscribe(&filter, qos).await?;
+        mqtt::subscribe(c, &filter, qos).await?;
     }
     let arrivals = Arc::new(Mutex::new(vec![None; args.commands]));
     let stop_receivers = Arc::new(AtomicBool::new(false));

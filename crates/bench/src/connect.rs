@@ -97,7 +97,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<Report> {
     r.set("provision_seconds", fleet.provision_seconds);
     r.set("devices_created", fleet.created);
     r.set("tls", ctx.endpoint.is_tls());
-    r.results["alg"] = json!(ctx.api.as_ref().map(|_| ctx.alg));
+    r.results["alg"] = json!(ctx.api.as_ref().map(|_| ctx.alg.name()));
     Ok(r)
 }
 

@@ -5,9 +5,9 @@
 
 use crate::Ctx;
 use crate::api::Created;
-use crate::keys::{Alg, DeviceKey};
 use crate::util::{Errors, Progress, for_each_concurrent};
 use anyhow::{Context, Result, bail};
+use ferrocore_device::{Alg, DeviceKey};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,7 +76,7 @@ impl Fleet {
             split_blocking(key_count, move |_| DeviceKey::generate(alg))
                 .await?
                 .into_iter()
-                .collect::<Result<Vec<_>>>()?,
+                .collect::<Result<Vec<_>, _>>()?,
         );
 
         let done = Arc::new(AtomicU64::new(0));
@@ -129,7 +129,10 @@ impl Fleet {
         let audience = api.project.clone();
         let tokens_keys = keys.clone();
         let tokens = split_blocking(n, move |i| {
-            tokens_keys[i % tokens_keys.len()].jwt(&audience, &device_id(i), now - 60, now + 23 * 3600)
+            let key = &tokens_keys[i % tokens_keys.len()];
+            let claims =
+                serde_json::json!({"iat": now - 60, "exp": now + 23 * 3600, "aud": audience, "sub": device_id(i)});
+            key.sign(&key.header(), &claims)
         })
         .await?;
         let mut devices = Vec::with_capacity(n);

@@ -175,16 +175,7 @@ async fn count_open(clients: Vec<mqtt::Client>) -> u64 {
         let (open, clients) = (o.clone(), c.clone());
         async move {
             let Some(mut client) = clients.lock().unwrap_or_else(|p| p.into_inner())[i].take() else { return };
-            client.queue(&ferrocore_mqtt_codec::Packet::PingReq);
-            let ok = async {
-                client.flush().await?;
-                loop {
-                    if let ferrocore_mqtt_codec::Packet::PingResp = client.recv().await? {
-                        return anyhow::Ok(());
-                    }
-                }
-            };
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(10), ok).await {
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(10), client.ping()).await {
                 open.fetch_add(1, Ordering::Relaxed);
             }
             client.disconnect().await;

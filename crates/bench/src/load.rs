@@ -4,12 +4,12 @@
 //! last page fetched `--list-samples` times each, alternately.
 
 use crate::fleet::device_id;
-use crate::keys::DeviceKey;
 use crate::report::{Report, latency_row, micros, opt_us, thousands};
 use crate::stats::{Histogram, LatencySummary, Window};
 use crate::util::{Errors, Progress, for_each_concurrent};
 use crate::{Ctx, api::Api};
 use anyhow::Result;
+use ferrocore_device::{Alg, DeviceKey};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -110,7 +110,7 @@ pub async fn run(ctx: &Ctx, args: ApiArgs) -> Result<Report> {
     let api: Api = ctx.api("api")?.clone();
     let registry = ctx.registry.clone().unwrap_or_else(|| format!("bench-api-{:x}", ctx.run_id));
     api.create_registry(&registry, &registry).await?;
-    let key = Arc::new(DeviceKey::generate(crate::keys::Alg::Es256)?);
+    let key = Arc::new(DeviceKey::generate(Alg::Es256)?);
     let mut r = Report::new("api", serde_json::to_value(&args)?);
     r.row("registry", registry.clone());
 

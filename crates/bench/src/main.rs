@@ -18,7 +18,6 @@ mod connect;
 mod fleet;
 mod grpc;
 mod idle;
-mod keys;
 mod load;
 mod mqtt;
 mod pubsub;
@@ -30,6 +29,7 @@ mod util;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferrocore_device::Alg;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -127,9 +127,9 @@ struct Common {
     /// Registry to use (created if missing); default a new one per run.
     #[arg(long, global = true)]
     registry: Option<String>,
-    /// Device key algorithm.
-    #[arg(long, value_enum, default_value_t = keys::Alg::Es256, global = true)]
-    alg: keys::Alg,
+    /// Device key algorithm: es256 or rs256.
+    #[arg(long, default_value = "es256", global = true)]
+    alg: Alg,
     /// Distinct key pairs shared round-robin by the devices; 0: one per device for ES256, 32
     /// for RS256 (RSA key generation is slow).
     #[arg(long, default_value_t = 0, global = true)]
@@ -165,7 +165,7 @@ pub struct Ctx {
     pub server_pid: Option<u32>,
     pub progress: Duration,
     pub run_id: u64,
-    pub alg: keys::Alg,
+    pub alg: Alg,
     pub key_pairs: usize,
     pub registry: Option<String>,
     pub provision_concurrency: usize,
@@ -302,7 +302,7 @@ fn main() -> Result<()> {
                 "broker": ctx.broker,
                 "address": ctx.endpoint.addr.to_string(),
                 "tls": ctx.endpoint.is_tls(),
-                "alg": ctx.alg,
+                "alg": ctx.alg.name(),
                 "server_pid": ctx.server_pid,
                 "label": cli.common.label,
             });

@@ -1,21 +1,14 @@
-//! A small MQTT 3.1.1 client for load generation, over plain TCP or TLS (rustls), built on the
-//! project's codec. It buffers what it sends until `flush`, so a generator writes a burst of
-//! packets in one syscall, and decodes every whole packet already read before reading again.
+//! Where the bench's MQTT connections go: the broker's address, TLS (trusting a CA, or for
+//! `--insecure` any certificate), and the local source addresses connections are spread over.
+//! The client itself is `ferrocore_device::mqtt::Client`.
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::{Bytes, BytesMut};
-use ferrocore_mqtt_codec::{ConnAck, Connect, ConnectReturnCode, Packet, QoS, SubAckCode, Subscribe, decode, encode};
+pub use ferrocore_device::mqtt::Client;
+use ferrocore_mqtt_codec::{QoS, SubAckCode};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::rustls;
-
-/// Largest packet the bench accepts from a server.
-const MAX_PACKET: usize = 1 << 20;
-
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Where and how to connect: the broker's address, TLS settings, and the local addresses that
 /// connections are spread over.
@@ -30,25 +23,19 @@ pub struct Endpoint {
 /// certificate: loopback benchmarks only). Resumption is off unless asked for: each connect
 /// then pays a full handshake, as a fleet of devices coming back after an outage does.
 fn tls_config(ca: Option<&Path>, resume: bool) -> Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?;
     let mut config = match ca {
         Some(path) => {
-            use rustls::pki_types::pem::PemObject;
             let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                roots.add(cert.context("bad certificate in the CA file")?).context("unusable CA certificate")?;
-            }
-            if roots.is_empty() {
-                bail!("{} holds no certificate", path.display());
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            ferrocore_device::tls::client_config(&pem).map_err(|e| anyhow!("{} {e}", path.display()))?
         }
         None => {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
+            let provider = ferrocore_device::tls::provider();
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .context("TLS protocol versions")?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+                .with_no_client_auth()
         }
     };
     if !resume {
@@ -146,105 +133,19 @@ impl Endpoint {
             socket.connect(self.addr).await?
         };
         tcp.set_nodelay(true)?;
-        let stream: Box<dyn Stream> = match &self.tls {
-            Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await.context("TLS handshake")?),
-            None => Box::new(tcp),
-        };
-        Ok(Client { stream, rbuf: BytesMut::with_capacity(256), wbuf: BytesMut::with_capacity(256), next_id: 1 })
+        Ok(match &self.tls {
+            Some((connector, name)) => {
+                Client::new(connector.connect(name.clone(), tcp).await.context("TLS handshake")?)
+            }
+            None => Client::new(tcp),
+        })
     }
 }
 
-pub struct Client {
-    stream: Box<dyn Stream>,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    next_id: u16,
-}
-
-impl Client {
-    /// Encodes `p` into the send buffer; nothing is written until [`Client::flush`].
-    pub fn queue(&mut self, p: &Packet) {
-        encode(p, &mut self.wbuf);
-    }
-
-    pub fn queued_bytes(&self) -> usize {
-        self.wbuf.len()
-    }
-
-    pub async fn flush(&mut self) -> Result<()> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-            self.stream.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// A whole packet already read, if any.
-    pub fn next_buffered(&mut self) -> Result<Option<Packet>> {
-        decode(&mut self.rbuf, MAX_PACKET).map_err(|e| anyhow!("the server sent a malformed packet: {e}"))
-    }
-
-    /// Reads more bytes; Ok(false) when the server closed the connection. Cancel-safe.
-    pub async fn read_more(&mut self) -> Result<bool> {
-        Ok(self.stream.read_buf(&mut self.rbuf).await? > 0)
-    }
-
-    /// The next packet; an error when the connection closes first.
-    pub async fn recv(&mut self) -> Result<Packet> {
-        loop {
-            if let Some(p) = self.next_buffered()? {
-                return Ok(p);
-            }
-            if !self.read_more().await? {
-                bail!("the server closed the connection");
-            }
-        }
-    }
-
-    pub fn packet_id(&mut self) -> u16 {
-        let id = self.next_id;
-        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-        id
-    }
-
-    /// Sends CONNECT (clean session, MQTT 3.1.1) and waits for the CONNACK.
-    pub async fn connect(&mut self, client_id: &str, password: Option<&str>, keep_alive: u16) -> Result<()> {
-        self.queue(&Packet::Connect(Connect {
-            protocol_level: 4,
-            clean_session: true,
-            keep_alive,
-            client_id: client_id.to_owned(),
-            will: None,
-            username: password.map(|_| "unused".to_owned()),
-            password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
-        }));
-        self.flush().await?;
-        match self.recv().await? {
-            Packet::ConnAck(ConnAck { code: ConnectReturnCode::Accepted, .. }) => Ok(()),
-            Packet::ConnAck(ConnAck { code, .. }) => bail!("CONNACK refused: {code:?}"),
-            other => bail!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    /// Subscribes to one filter and waits for the SUBACK.
-    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<()> {
-        let packet_id = self.packet_id();
-        self.queue(&Packet::Subscribe(Subscribe { packet_id, filters: vec![(filter.to_owned(), qos)] }));
-        self.flush().await?;
-        match self.recv().await? {
-            Packet::SubAck(s) if s.packet_id == packet_id => match s.return_codes.first() {
-                Some(SubAckCode::Granted(_)) => Ok(()),
-                _ => bail!("subscription to {filter} refused"),
-            },
-            other => bail!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    /// Sends DISCONNECT and closes the socket.
-    pub async fn disconnect(mut self) {
-        self.queue(&Packet::Disconnect);
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+/// Subscribes to one filter; an error unless the broker grants it.
+pub async fn subscribe(client: &mut Client, filter: &str, qos: QoS) -> Result<()> {
+    match client.subscribe(&[(filter, qos)]).await?.first() {
+        Some(SubAckCode::Granted(_)) => Ok(()),
+        _ => bail!("subscription to {filter} refused"),
     }
 }

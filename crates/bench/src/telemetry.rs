@@ -564,7 +564,7 @@ pub async fn start_checker(
         Broker::Mqtt => {
             let mut sub = ctx.endpoint.open(usize::MAX / 2).await?;
             sub.connect(&format!("fb-{:x}-subscriber", ctx.run_id), None, ctx.keep_alive).await?;
-            sub.subscribe(&fleet.topic, sub_qos).await?;
+            crate::mqtt::subscribe(&mut sub, &fleet.topic, sub_qos).await?;
             Checker::Broker(tokio::spawn(subscribe_broker(sub, sub_qos, ctx.run_id, done, expected, read_total)))
         }
     })

@@ -2,12 +2,11 @@
 //! their refusal once revoked, deleted or expired, grants and policies, and Google-format key files
 //! whose private key signs JWTs the server accepts.
 
-use aws_lc_rs::rsa::KeyPair as RsaKeyPair;
-use aws_lc_rs::signature;
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ferrocore_core::clock::ManualClock;
 use ferrocore_core::error::Code;
+use ferrocore_device::DeviceKey;
 use ferrocore_iam::service_accounts::NewServiceAccount;
 use ferrocore_iam::tokens::NewToken;
 use ferrocore_iam::{AdminToken, AuthError, Caller, Iam, Principal, Resource};
@@ -80,27 +79,18 @@ fn account(id: &str, roles: &[&str], registry: Option<RegistryName>) -> NewServi
 }
 
 /// A key file's private key, ready to sign.
-fn signer(key_file: &str) -> (RsaKeyPair, String, String) {
+fn signer(key_file: &str) -> (DeviceKey, String, String) {
     let file: Value = serde_json::from_str(key_file).unwrap();
-    let pem = file["private_key"].as_str().unwrap();
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let key = RsaKeyPair::from_pkcs8(&STANDARD.decode(body).unwrap()).unwrap();
+    let key = DeviceKey::from_pem(file["private_key"].as_str().unwrap()).unwrap();
     (key, file["client_email"].as_str().unwrap().into(), file["private_key_id"].as_str().unwrap().into())
 }
 
-fn sign(key: &RsaKeyPair, header: &Value, claims: &Value) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap()),
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
-    );
-    let mut sig = vec![0; key.public_modulus_len()];
-    key.sign(&signature::RSA_PKCS1_SHA256, &aws_lc_rs::rand::SystemRandom::new(), input.as_bytes(), &mut sig).unwrap();
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+fn sign(key: &DeviceKey, header: &Value, claims: &Value) -> String {
+    key.sign(header, claims).unwrap()
 }
 
 /// A service account with one key: (email, key id, key).
-async fn account_with_key(env: &Env, id: &str, roles: &[&str]) -> (String, String, RsaKeyPair) {
+async fn account_with_key(env: &Env, id: &str, roles: &[&str]) -> (String, String, DeviceKey) {
     let a = env.iam.service_accounts().create(account(id, roles, None)).await.unwrap();
     let new = env.iam.service_accounts().create_key("p", &a.email, TOKEN_URI).await.unwrap();
     let (key, email, kid) = signer(&new.key_file);
@@ -108,7 +98,7 @@ async fn account_with_key(env: &Env, id: &str, roles: &[&str]) -> (String, Strin
     (email, kid, key)
 }
 
-fn self_signed(key: &RsaKeyPair, email: &str, kid: &str, iat: i64) -> String {
+fn self_signed(key: &DeviceKey, email: &str, kid: &str, iat: i64) -> String {
     sign(
         key,
         &json!({"alg": "RS256", "typ": "JWT", "kid": kid}),
@@ -116,7 +106,7 @@ fn self_signed(key: &RsaKeyPair, email: &str, kid: &str, iat: i64) -> String {
     )
 }
 
-fn assertion(key: &RsaKeyPair, email: &str, kid: &str, aud: &str) -> String {
+fn assertion(key: &DeviceKey, email: &str, kid: &str, aud: &str) -> String {
     sign(
         key,
         &json!({"alg": "RS256", "typ": "JWT", "kid": kid}),

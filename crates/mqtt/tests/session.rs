@@ -4,10 +4,6 @@
 //! to durability (a sink that holds them until told).
 
 use async_trait::async_trait;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::{Bytes, BytesMut};
 use ferrocore_core::clock::ManualClock;
 use ferrocore_core::devices::DeviceInput;
@@ -39,15 +35,7 @@ fn fixture(name: &str) -> String {
 
 /// An ES256 device JWT for project `p`, signed with the fixture key.
 fn jwt(iat: i64, exp: i64) -> String {
-    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","typ":"JWT"}"#);
-    let claims = URL_SAFE_NO_PAD.encode(format!(r#"{{"iat":{iat},"exp":{exp},"aud":"p"}}"#));
-    let input = format!("{header}.{claims}");
-    let pem = fixture("ec_private.pem");
-    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
-    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).unwrap();
-    let sig = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    ferrocore_device::DeviceKey::from_pem(&fixture("ec_private.pem")).unwrap().jwt("p", iat, exp).unwrap()
 }
 
 /// A sink that records messages and, while `hold` is set, keeps their durability pending until

@@ -25,22 +25,21 @@
 //! with its own. A device the server refuses or detaches (reported on the errors topic) is left
 //! out until the next connection.
 
-use anyhow::{Context, Result, bail};
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
+use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use bytes::{Bytes, BytesMut};
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
-use ferrocore_mqtt_codec::{Connect, ConnectReturnCode, Packet, Publish, QoS, SubAckCode, Subscribe, decode, encode};
+use ferrocore_device::mqtt::{self, Client};
+use ferrocore_device::{DeviceKey, KeyError};
+use ferrocore_mqtt_codec::{ConnectReturnCode, Packet, Publish, QoS, SubAckCode, Subscribe};
 use rand::Rng;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until, timeout};
 use tokio_rustls::rustls;
@@ -150,69 +149,14 @@ pub async fn run(command: DeviceCommand) -> Result<()> {
     super::stdout::until_closed(Simulator::new(args)?.run()).await
 }
 
-/// The device's private key, and the JWT algorithm it implies.
-enum Signer {
-    Es256(EcdsaKeyPair),
-    Rs256(RsaKeyPair),
+/// The device's private key (the JWT algorithm follows from it).
+fn load_key(path: &Path) -> Result<DeviceKey> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read the key {}", path.display()))?;
+    DeviceKey::from_pem(&String::from_utf8_lossy(&pem)).map_err(|e| match e {
+        KeyError::NoPrivateKey | KeyError::Pem(_) => anyhow!("{} holds no PEM private key", path.display()),
+        _ => anyhow!("{} is neither an EC P-256 nor an RSA private key", path.display()),
+    })
 }
-
-impl Signer {
-    fn load(path: &PathBuf) -> Result<Self> {
-        use rustls::pki_types::PrivateKeyDer;
-        use rustls::pki_types::pem::PemObject;
-        let pem = std::fs::read(path).with_context(|| format!("cannot read the key {}", path.display()))?;
-        let der = PrivateKeyDer::from_pem_slice(&pem)
-            .map_err(|_| anyhow::anyhow!("{} holds no PEM private key", path.display()))?;
-        let unsupported = || anyhow::anyhow!("{} is neither an EC P-256 nor an RSA private key", path.display());
-        Ok(match &der {
-            PrivateKeyDer::Pkcs8(k) => {
-                if let Ok(k) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, k.secret_pkcs8_der()) {
-                    Signer::Es256(k)
-                } else {
-                    Signer::Rs256(RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()).map_err(|_| unsupported())?)
-                }
-            }
-            PrivateKeyDer::Sec1(k) => Signer::Es256(
-                EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, k.secret_sec1_der())
-                    .map_err(|_| unsupported())?,
-            ),
-            PrivateKeyDer::Pkcs1(k) => {
-                Signer::Rs256(RsaKeyPair::from_der(k.secret_pkcs1_der()).map_err(|_| unsupported())?)
-            }
-            _ => return Err(unsupported()),
-        })
-    }
-
-    fn alg(&self) -> &'static str {
-        match self {
-            Signer::Es256(_) => "ES256",
-            Signer::Rs256(_) => "RS256",
-        }
-    }
-
-    /// A JWT as IoT Core expects it: `iat`, `exp`, and the project as `aud`.
-    fn jwt(&self, project: &str, iat: u64, exp: u64) -> Result<String> {
-        let header = URL_SAFE_NO_PAD.encode(json!({"alg": self.alg(), "typ": "JWT"}).to_string());
-        let claims = URL_SAFE_NO_PAD.encode(json!({"iat": iat, "exp": exp, "aud": project}).to_string());
-        let input = format!("{header}.{claims}");
-        let rng = SystemRandom::new();
-        let signature = match self {
-            Signer::Es256(k) => {
-                k.sign(&rng, input.as_bytes()).map_err(|_| anyhow::anyhow!("signing failed"))?.as_ref().to_vec()
-            }
-            Signer::Rs256(k) => {
-                let mut sig = vec![0; k.public_modulus_len()];
-                k.sign(&RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig)
-                    .map_err(|_| anyhow::anyhow!("signing failed"))?;
-                sig
-            }
-        };
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
-    }
-}
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Why a connection ended, when it was not asked to.
 enum Failure {
@@ -220,6 +164,21 @@ enum Failure {
     Refused(ConnectReturnCode),
     /// TCP, TLS or MQTT trouble: worth another try.
     Lost(String),
+}
+
+impl From<mqtt::Error> for Failure {
+    fn from(e: mqtt::Error) -> Self {
+        match e {
+            mqtt::Error::Refused(code) => Failure::Refused(code),
+            e => Failure::Lost(e.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        mqtt::Error::Io(e).into()
+    }
 }
 
 impl fmt::Display for Failure {
@@ -291,14 +250,14 @@ impl Backoff {
 
 struct Simulator {
     args: SimulateArgs,
-    signer: Signer,
+    signer: DeviceKey,
     project: String,
     device_id: String,
     tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
     started: Instant,
     deadline: Option<Instant>,
     /// With --gateway-for: the key that signs the attached devices' JWTs.
-    device_signer: Option<Signer>,
+    device_signer: Option<DeviceKey>,
     /// The --gateway-for devices attached on this connection (the server acknowledged them).
     attached: Vec<String>,
     /// Attach requests awaiting their PUBACK, by packet id.
@@ -319,8 +278,6 @@ struct Simulator {
 
 /// At most this many QoS 1 messages wait for their PUBACK; telemetry pauses beyond it.
 const MAX_IN_FLIGHT: usize = 100;
-/// Largest packet accepted from the server (commands are at most 256 KiB).
-const MAX_PACKET: usize = 1 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Simulator {
@@ -354,8 +311,8 @@ impl Simulator {
                 bail!("--gateway-for takes the ids of other devices of the registry, separated by commas");
             }
         }
-        let signer = Signer::load(&args.key)?;
-        let device_signer = args.device_key.as_ref().map(Signer::load).transpose()?;
+        let signer = load_key(&args.key)?;
+        let device_signer = args.device_key.as_deref().map(load_key).transpose()?;
         let tls = if args.no_tls { None } else { Some(tls_config(&args)?) };
         let (project, device_id) = (segs[1].to_owned(), segs[7].to_owned());
         let started = Instant::now();
@@ -459,39 +416,22 @@ impl Simulator {
 
     /// One connection, from TCP connect to its end.
     async fn session(&mut self) -> Result<End, Failure> {
-        let stream = timeout(IO_TIMEOUT, self.open())
+        let mut conn = timeout(IO_TIMEOUT, self.open())
             .await
             .map_err(|_| Failure::Lost(format!("connecting to {} timed out", self.args.mqtt_server)))??;
-        let mut conn = Conn { stream, rbuf: BytesMut::new() };
-        let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-        let token = self
-            .signer
-            .jwt(&self.project, iat, iat + self.args.jwt_lifetime.as_secs().max(1))
-            .map_err(|e| Failure::Lost(e.to_string()))?;
-        conn.send(Packet::Connect(Connect {
-            protocol_level: 4,
-            clean_session: true,
-            keep_alive: self.args.keepalive.as_secs() as u16,
-            client_id: self.args.device.clone(),
-            will: None,
-            username: Some("unused".into()),
-            password: Some(Bytes::from(token)),
-        }))
-        .await?;
-        match timeout(IO_TIMEOUT, conn.recv()).await {
-            Ok(Ok(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Accepted => {}
-            Ok(Ok(Packet::ConnAck(ack))) => return Err(Failure::Refused(ack.code)),
-            Ok(Ok(other)) => return Err(Failure::Lost(format!("expected CONNACK, got {}", other.name()))),
-            Ok(Err(f)) => return Err(f),
-            Err(_) => return Err(Failure::Lost("no CONNACK within 10s".into())),
-        }
+        let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
+        let token = self.jwt(&self.signer, iat)?;
+        let keep_alive = self.args.keepalive.as_secs() as u16;
+        timeout(IO_TIMEOUT, conn.connect(&self.args.device, Some(&token), keep_alive))
+            .await
+            .map_err(|_| Failure::Lost("no CONNACK within 10s".into()))??;
         self.connected_once = true;
         self.backoff.reset();
         eprintln!("Connected to {} as {} ({}).", self.args.mqtt_server, self.args.device, self.signer.alg());
 
         let subscribe_id = self.packet_id();
         let filters = vec![(self.topic("config"), QoS::AtLeastOnce), (self.topic("commands/#"), QoS::AtLeastOnce)];
-        conn.send(Packet::Subscribe(Subscribe { packet_id: subscribe_id, filters })).await?;
+        send(&mut conn, &Packet::Subscribe(Subscribe { packet_id: subscribe_id, filters })).await?;
         if self.gateway() {
             self.attach_all(&mut conn, iat).await?;
         }
@@ -522,21 +462,21 @@ impl Simulator {
 
         loop {
             if self.count_reached() && self.pending.is_empty() {
-                conn.close().await;
+                conn.disconnect().await;
                 return Ok(End::Done);
             }
             let can_publish = !self.count_reached() && self.pending.len() < MAX_IN_FLIGHT;
             tokio::select! {
                 _ = self.stop.changed() => {
-                    conn.close().await;
+                    conn.disconnect().await;
                     return Ok(End::Stop);
                 }
                 _ = sleep_until(self.deadline.unwrap_or(far)) => {
-                    conn.close().await;
+                    conn.disconnect().await;
                     return Ok(End::Stop);
                 }
                 _ = sleep_until(refresh_at) => {
-                    conn.close().await;
+                    conn.disconnect().await;
                     return Ok(End::Refresh);
                 }
                 _ = events.tick(), if can_publish => {
@@ -575,11 +515,13 @@ impl Simulator {
                     if ping_sent.is_none() {
                         ping_sent = Some(Instant::now());
                     }
-                    conn.send(Packet::PingReq).await?;
+                    send(&mut conn, &Packet::PingReq).await?;
                 }
-                read = conn.read() => {
-                    read?;
-                    while let Some(packet) = conn.decoded()? {
+                read = conn.read_more() => {
+                    if !read? {
+                        return Err(mqtt::Error::Closed.into());
+                    }
+                    while let Some(packet) = conn.next_buffered().map_err(mqtt::Error::from)? {
                         match packet {
                             Packet::PingResp => ping_sent = None,
                             Packet::PubAck(id) => {
@@ -619,18 +561,18 @@ impl Simulator {
         }
     }
 
-    async fn publish(&mut self, conn: &mut Conn, message: Pending) -> Result<(), Failure> {
+    async fn publish(&mut self, conn: &mut Client, message: Pending) -> Result<(), Failure> {
         let qos1 = self.args.qos == 1;
         let packet_id = qos1.then(|| self.packet_id());
-        conn.send(Packet::Publish(Publish {
+        let publish = Packet::Publish(Publish {
             dup: false,
             qos: if qos1 { QoS::AtLeastOnce } else { QoS::AtMostOnce },
             retain: false,
             topic: message.topic.clone(),
             packet_id,
             payload: message.payload.clone(),
-        }))
-        .await?;
+        });
+        send(conn, &publish).await?;
         match packet_id {
             Some(id) => {
                 self.pending.insert(id, message);
@@ -643,7 +585,7 @@ impl Simulator {
 
     /// A config or a command (the device's, or an attached device's): printed, then
     /// acknowledged. A gateway's errors go to stderr.
-    async fn received(&mut self, conn: &mut Conn, p: Publish) -> Result<(), Failure> {
+    async fn received(&mut self, conn: &mut Client, p: Publish) -> Result<(), Failure> {
         let (device, tail) = p.topic.strip_prefix("/devices/").and_then(|t| t.split_once('/')).unwrap_or(("", ""));
         let (kind, subfolder) = match tail {
             "config" => ("config", None),
@@ -685,43 +627,47 @@ impl Simulator {
             }
         }
         if let Some(id) = p.packet_id {
-            conn.send(Packet::PubAck(id)).await?;
+            send(conn, &Packet::PubAck(id)).await?;
         }
         Ok(())
     }
 
     /// Subscribes to the gateway's errors topic, attaches every --gateway-for device, and
     /// subscribes to their config and commands (the server takes them in this order).
-    async fn attach_all(&mut self, conn: &mut Conn, iat: u64) -> Result<(), Failure> {
+    async fn attach_all(&mut self, conn: &mut Client, iat: i64) -> Result<(), Failure> {
         self.attached.clear();
         self.attaching.clear();
         let errors_id = self.packet_id();
         let filters = vec![(self.topic("errors"), QoS::AtMostOnce)];
-        conn.send(Packet::Subscribe(Subscribe { packet_id: errors_id, filters })).await?;
+        send(conn, &Packet::Subscribe(Subscribe { packet_id: errors_id, filters })).await?;
         let mut filters = Vec::new();
         for device in self.args.gateway_for.clone() {
             let token = match &self.device_signer {
-                Some(signer) => signer
-                    .jwt(&self.project, iat, iat + self.args.jwt_lifetime.as_secs().max(1))
-                    .map_err(|e| Failure::Lost(e.to_string()))?,
+                Some(signer) => self.jwt(signer, iat)?,
                 None => String::new(),
             };
             let packet_id = self.packet_id();
-            conn.send(Packet::Publish(Publish {
+            let attach = Packet::Publish(Publish {
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 topic: format!("/devices/{device}/attach"),
                 packet_id: Some(packet_id),
                 payload: Bytes::from(json!({"authorization": token}).to_string()),
-            }))
-            .await?;
+            });
+            send(conn, &attach).await?;
             filters.push((format!("/devices/{device}/config"), QoS::AtLeastOnce));
             filters.push((format!("/devices/{device}/commands/#"), QoS::AtLeastOnce));
             self.attaching.insert(packet_id, device);
         }
         let packet_id = self.packet_id();
-        conn.send(Packet::Subscribe(Subscribe { packet_id, filters })).await
+        send(conn, &Packet::Subscribe(Subscribe { packet_id, filters })).await
+    }
+
+    /// A token issued at `iat` for this device's project, lasting `--jwt-lifetime`.
+    fn jwt(&self, key: &DeviceKey, iat: i64) -> Result<String, Failure> {
+        let exp = iat + self.args.jwt_lifetime.as_secs().max(1) as i64;
+        key.jwt(&self.project, iat, exp).map_err(|e| Failure::Lost(e.to_string()))
     }
 
     /// An error from the gateway's errors topic: shown, and a device it names as not attached
@@ -743,20 +689,20 @@ impl Simulator {
         }
     }
 
-    async fn open(&self) -> Result<Box<dyn Stream>, Failure> {
+    async fn open(&self) -> Result<Client, Failure> {
         let addr = &self.args.mqtt_server;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| Failure::Lost(format!("cannot connect to {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => Ok(Box::new(tcp)),
+            None => Ok(Client::new(tcp)),
             Some((config, name)) => {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| Failure::Lost(format!("TLS with {addr} failed: {e}")))?;
-                Ok(Box::new(tls))
+                Ok(Client::new(tls))
             }
         }
     }
@@ -764,24 +710,12 @@ impl Simulator {
 
 /// Trusts only the given CA (not the system's roots: the server's certificate is its own CA's).
 fn tls_config(args: &SimulateArgs) -> Result<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::ServerName;
     let path = args.ca.clone().unwrap_or_else(|| args.data_dir.join("tls").join("ca.pem"));
     let pem = std::fs::read(&path).with_context(|| {
         format!("cannot read the CA file {} (give --ca, or --no-tls for a plain MQTT listener)", path.display())
     })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.with_context(|| format!("{} is not a PEM certificate", path.display()))?)?;
-    }
-    if roots.is_empty() {
-        bail!("{} holds no certificate", path.display());
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = ferrocore_device::tls::client_config(&pem).map_err(|e| anyhow!("{} {e}", path.display()))?;
     let host = match args.mqtt_server.rsplit_once(':') {
         Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
         None => bail!("--mqtt-server must be HOST:PORT"),
@@ -809,49 +743,11 @@ fn stop_signal() -> watch::Receiver<bool> {
     rx
 }
 
-/// An MQTT connection: the stream and what was read but not yet decoded.
-struct Conn {
-    stream: Box<dyn Stream>,
-    rbuf: BytesMut,
-}
-
-impl Conn {
-    async fn send(&mut self, packet: Packet) -> Result<(), Failure> {
-        let mut buf = BytesMut::new();
-        encode(&packet, &mut buf);
-        match timeout(IO_TIMEOUT, self.stream.write_all(&buf)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Failure::Lost(format!("connection lost: {e}"))),
-            Err(_) => Err(Failure::Lost("the server stopped reading".into())),
-        }
-    }
-
-    /// Reads more bytes (cancel-safe, for `select!`).
-    async fn read(&mut self) -> Result<(), Failure> {
-        match self.stream.read_buf(&mut self.rbuf).await {
-            Ok(0) => Err(Failure::Lost("the server closed the connection".into())),
-            Ok(_) => Ok(()),
-            Err(e) => Err(Failure::Lost(format!("connection lost: {e}"))),
-        }
-    }
-
-    fn decoded(&mut self) -> Result<Option<Packet>, Failure> {
-        decode(&mut self.rbuf, MAX_PACKET).map_err(|e| Failure::Lost(format!("malformed packet from the server: {e}")))
-    }
-
-    async fn recv(&mut self) -> Result<Packet, Failure> {
-        loop {
-            if let Some(p) = self.decoded()? {
-                return Ok(p);
-            }
-            self.read().await?;
-        }
-    }
-
-    /// DISCONNECT, then TLS close_notify: the server sees an orderly goodbye, not a dropped link.
-    async fn close(&mut self) {
-        let _ = self.send(Packet::Disconnect).await;
-        let _ = timeout(Duration::from_secs(2), self.stream.shutdown()).await;
+/// Sends one packet; a server that stops reading for IO_TIMEOUT counts as lost.
+async fn send(conn: &mut Client, packet: &Packet) -> Result<(), Failure> {
+    match timeout(IO_TIMEOUT, conn.send(packet)).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(Failure::Lost("the server stopped reading".into())),
     }
 }
 

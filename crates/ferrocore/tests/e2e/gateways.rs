@@ -47,7 +47,7 @@ async fn leaf(s: &TestServer, reg: &str, id: &str) -> Value {
 
 /// The RS256 token of a leaf device.
 fn leaf_token() -> String {
-    jwt("RS256", &fixture("rsa_private.pem"), PROJECT, now(), now() + 3600)
+    jwt(&fixture("rsa_private.pem"), PROJECT, now(), now() + 3600)
 }
 
 async fn bind(s: &TestServer, reg: &str, gateway: &str, device: &str) {
@@ -247,8 +247,8 @@ async fn each_auth_method_accepts_and_refuses_as_it_should() {
     let with = |token: &str| format!(r#"{{"authorization": "{token}"}}"#).into_bytes();
     let gateway_token = es256_token(PROJECT); // valid, but not the device's key
     let t = now();
-    let other_audience = jwt("RS256", &fixture("rsa_private.pem"), "other-project", t, t + 3600);
-    let expired = jwt("RS256", &fixture("rsa_private.pem"), PROJECT, t - 7200, t - 3600);
+    let other_audience = jwt(&fixture("rsa_private.pem"), "other-project", t, t + 3600);
+    let expired = jwt(&fixture("rsa_private.pem"), PROJECT, t - 7200, t - 3600);
 
     // DEVICE_AUTH_TOKEN_ONLY: the device's own valid JWT, checked like a CONNECT password; no
     // binding needed.

@@ -167,7 +167,7 @@ async fn an_oversized_connect_is_refused_before_it_is_buffered() {
     // A real CONNECT is far below the limit: an RS256 token is answered (refused for this ES256
     // device, not for its size), an ES256 one let in.
     let (_, ids) = fleet(&s, &["small"]).await;
-    let rs256 = jwt("RS256", &fixture("rsa_private.pem"), PROJECT, now(), now() + 3600);
+    let rs256 = jwt(&fixture("rsa_private.pem"), PROJECT, now(), now() + 3600);
     let mut refused = MqttClient::plain(s.mqtt).await;
     assert_eq!(refused.connect(&ids[0], Some(&rs256), 60).await, Rc::NotAuthorized);
     let mut ok = MqttClient::plain(s.mqtt).await;
@@ -229,7 +229,7 @@ async fn connack_does_not_reveal_whether_a_device_exists() {
     let (reg, ids) = fleet(&s, &["real"]).await;
     let ghost = format!("{reg}/devices/ghost");
     let t = now();
-    let wrong_key = jwt("RS256", &fixture("rsa_private.pem"), PROJECT, t, t + 3600);
+    let wrong_key = jwt(&fixture("rsa_private.pem"), PROJECT, t, t + 3600);
     for password in ["garbage", "not.a.jwt", &wrong_key, &es256_token("other-project")] {
         let mut codes = vec![];
         for client_id in [&ids[0], &ghost] {

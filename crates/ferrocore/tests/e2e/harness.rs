@@ -275,22 +275,10 @@ pub fn expect_error(status: StatusCode, body: &Value, code: u16, name: &str) -> 
 /// An RS256 JWT signed with a Google-format service-account key file's private key, `kid` its
 /// key id: what google-auth signs for `POST /token` or as a self-signed JWT.
 pub fn sign_jwt(key_file: &Value, claims: &Value) -> String {
-    use base64::Engine as _;
-    let b64url = |data: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data);
     let pem = key_file["private_key"].as_str().unwrap();
     assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS #8 PEM");
-    let der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(der_b64).unwrap();
-    let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
+    let key = ferrocore_device::DeviceKey::from_pem(pem).unwrap();
+    assert_eq!(key.alg(), ferrocore_device::Alg::Rs256);
     let header = json!({"alg": "RS256", "typ": "JWT", "kid": key_file["private_key_id"]});
-    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
-    let mut signature = vec![0; key.public_modulus_len()];
-    key.sign(
-        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-        &aws_lc_rs::rand::SystemRandom::new(),
-        input.as_bytes(),
-        &mut signature,
-    )
-    .unwrap();
-    format!("{input}.{}", b64url(&signature))
+    key.sign(&header, claims).unwrap()
 }

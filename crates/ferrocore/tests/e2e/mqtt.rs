@@ -188,11 +188,11 @@ async fn every_refusal_gets_its_connack_and_a_good_device_still_connects() {
         (id.clone(), None, Rc::BadUsernameOrPassword),
         // A malformed token is refused like any other: the code says nothing about the device.
         (id.clone(), Some("not.a.jwt".into()), Rc::NotAuthorized),
-        (id.clone(), Some(jwt("ES256", &ec, "other-project", t, t + 3600)), Rc::NotAuthorized),
-        (id.clone(), Some(jwt("ES256", &ec, PROJECT, t - 7200, t - 3600)), Rc::NotAuthorized),
-        (id.clone(), Some(jwt("ES256", &ec, PROJECT, t + 3600, t + 7200)), Rc::NotAuthorized),
-        (id.clone(), Some(jwt("ES256", &ec, PROJECT, t, t + 48 * 3600)), Rc::NotAuthorized),
-        (id.clone(), Some(jwt("RS256", &fixture("rsa_private.pem"), PROJECT, t, t + 3600)), Rc::NotAuthorized),
+        (id.clone(), Some(jwt(&ec, "other-project", t, t + 3600)), Rc::NotAuthorized),
+        (id.clone(), Some(jwt(&ec, PROJECT, t - 7200, t - 3600)), Rc::NotAuthorized),
+        (id.clone(), Some(jwt(&ec, PROJECT, t + 3600, t + 7200)), Rc::NotAuthorized),
+        (id.clone(), Some(jwt(&ec, PROJECT, t, t + 48 * 3600)), Rc::NotAuthorized),
+        (id.clone(), Some(jwt(&fixture("rsa_private.pem"), PROJECT, t, t + 3600)), Rc::NotAuthorized),
         (format!("{reg}/devices/ghost"), Some(es256_token(PROJECT)), Rc::NotAuthorized),
         (format!("{reg}/devices/blocked-dev"), Some(es256_token(PROJECT)), Rc::NotAuthorized),
     ];
@@ -203,7 +203,7 @@ async fn every_refusal_gets_its_connack_and_a_good_device_still_connects() {
     }
     // RS256 with an X.509 credential works.
     let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
-    let rs = jwt("RS256", &fixture("rsa_private.pem"), PROJECT, t, t + 3600);
+    let rs = jwt(&fixture("rsa_private.pem"), PROJECT, t, t + 3600);
     assert_eq!(c.connect(&format!("{reg}/devices/rsa-dev"), Some(&rs), 60).await, Rc::Accepted);
 
     // MQTT 3.1 (protocol level 3) gets CONNACK 1.
@@ -337,7 +337,7 @@ async fn the_token_expiry_cuts_the_connection() {
     let (reg, id) = setup(&s, "expiring").await;
     // Expired exactly 600 s before T: still within the 10-minute skew, with no time left. The
     // connection is accepted, then cut at once.
-    let token = jwt("ES256", &fixture("ec_private.pem"), PROJECT, t - 1200, t - 600);
+    let token = jwt(&fixture("ec_private.pem"), PROJECT, t - 1200, t - 600);
     let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
     assert_eq!(c.connect(&id, Some(&token), 60).await, Rc::Accepted);
     assert!(c.closed_within(Duration::from_secs(2)).await, "cut when the token expires");
