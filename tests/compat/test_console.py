@@ -373,3 +373,32 @@ def test_keyboard_only_and_200_percent_zoom(server, rest, browser):
         c.shot("09-device-at-200-percent")
     finally:
         c.d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_live_page_follows_a_topic_and_one_device(server, rest, browser):
+    c = Console(browser, server.base_url)
+    project = fresh_project()
+    topic = f"projects/{project}/topics/telemetry"
+    rest.create_registry(location_path(project), {"id": unique("reg"),
+                                                  "eventNotificationConfigs": [{"pubsubTopicName": topic}]})
+
+    def publish(device: str, data: bytes) -> None:
+        body = {"messages": [{"data": base64.b64encode(data).decode(), "attributes": {"deviceId": device}}]}
+        rest.ok(rest.post(f"v1/{topic}:publish", body))
+
+    c.sign_in(server.token, project)
+    c.go("#/live")
+    c.heading("Live telemetry")
+    c.fill("input[name=topic]", topic)
+    c.fill("input[name=device]", "pump-2")
+    c.press("Watch")
+    c.wait(EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".live [role=status]"), "Following"))
+    publish("pump-1", b"flow=1")
+    publish("pump-2", b"flow=2")
+    publish("pump-2", bytes([0, 1, 2, 255]))
+    c.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".live tr.message")) == 2)
+    rows = [r.text for r in c.d.find_elements(By.CSS_SELECTOR, ".live tr.message")]
+    assert "00 01 02 ff" in rows[0], "binary payloads show as hex"
+    assert "flow=2" in rows[1]
+    assert not any("flow=1" in r for r in rows), "another device's record is left out"
+    c.shot("10-live")

@@ -482,7 +482,7 @@ function liveSection(reg, dev) {
 
 async function livePage(params) {
   const out = [h('h1', {}, 'Live telemetry')];
-  const topic = h('input', { type: 'text', name: 'topic', required: true, value: params.get('topic') || '', placeholder: 'projects/PROJECT/topics/TOPIC' });
+  const topic = h('input', { type: 'text', name: 'topic', required: true, size: 48, value: params.get('topic') || '', placeholder: 'projects/PROJECT/topics/TOPIC' });
   const device = h('input', { type: 'text', name: 'device', value: params.get('device') || '' });
   const form = h('form', { class: 'inline' }, field('Topic', topic), field('Device id (optional)', device), h('button', { type: 'submit' }, 'Watch'));
   submit(form, async (data) => {
