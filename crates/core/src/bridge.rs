@@ -167,7 +167,16 @@ impl Core {
         Ok(registry)
     }
 
+    /// Drops this node's cached copy of a registry and, in a cluster, every other node's.
     pub(crate) fn forget_registry(&self, name: &RegistryName) {
+        self.forget_registry_here(name);
+        if let Some(p) = self.peers() {
+            p.registry_changed(name);
+        }
+    }
+
+    /// Drops this node's cached copy of a registry (another node changed it).
+    pub fn forget_registry_here(&self, name: &RegistryName) {
         let mut cache = self.inner.registries.write().unwrap_or_else(|e| e.into_inner());
         cache.generation += 1;
         cache.entries.remove(name);

@@ -1,6 +1,7 @@
 //! Device use cases: create, get, list, patch, delete, configs, states, commands and gateway bindings.
 
 use crate::error::storage;
+use crate::peers::{LocalCommand, PeerCommand};
 use crate::registries::registry_not_found;
 use crate::{Code, Core, Error, Result, paging, presence};
 use ferrocore_auth::credentials::{ParsedCertificate, check_device_key, is_issued_by, parse_ca_certificate};
@@ -12,6 +13,7 @@ use ferrocore_model::{
 };
 use ferrocore_store::{BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, NewDevice, StoreError};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// A device as a client sent it, before validation.
 #[derive(Debug, Clone, Default)]
@@ -293,12 +295,12 @@ impl Core {
             Ok(()) => {
                 self.inner.device_log.note_level(device.num_id, device.log_level);
                 if device.blocked {
-                    self.inner.presence.kick(device.num_id, None, presence::Reason::Blocked);
+                    self.kick_everywhere(device.num_id, presence::Reason::Blocked);
                 } else if device.credentials != old_credentials {
                     // A session lives on the token a replaced key signed: it goes at once, and
                     // the device reconnects with what its credentials are now. A gateway's
                     // connection closing detaches every device it carried.
-                    self.inner.presence.kick(device.num_id, None, presence::Reason::CredentialsChanged);
+                    self.kick_everywhere(device.num_id, presence::Reason::CredentialsChanged);
                 }
                 Ok(device)
             }
@@ -331,7 +333,7 @@ impl Core {
         }
         match self.inner.store.delete_device(device.num_id).await {
             Ok(()) => {
-                self.inner.presence.kick(device.num_id, None, presence::Reason::Deleted);
+                self.kick_everywhere(device.num_id, presence::Reason::Deleted);
                 // Its noted log level would otherwise stay in memory for good.
                 self.inner.device_log.note_level(device.num_id, LogLevel::Unspecified);
                 Ok(())
@@ -380,6 +382,9 @@ impl Core {
         match result {
             Ok(ConfigUpdate::Applied(config)) => {
                 self.inner.presence.push_config(device.num_id, config.clone());
+                if let Some(p) = self.peers() {
+                    p.config_changed(device.num_id);
+                }
                 Ok(config)
             }
             Ok(ConfigUpdate::VersionMismatch { current }) => Err(mismatch(current)),
@@ -421,20 +426,55 @@ impl Core {
                 device.name()
             ))
         };
-        let channel = self.inner.presence.command_channel(device.num_id).ok_or_else(not_subscribed)?;
+        let wait = self.inner.settings.command_ack_timeout;
+        let deadline = || Error::new(Code::DeadlineExceeded, "The device did not acknowledge the command in time.");
+        match self.deliver_command_here(device.num_id, subfolder, data.clone(), wait).await {
+            LocalCommand::Delivered => return Ok(()),
+            LocalCommand::Deadline => return Err(deadline()),
+            LocalCommand::NotHeld => {}
+        }
+        let Some(peers) = self.peers() else { return Err(not_subscribed()) };
+        match peers.send_command(device.num_id, subfolder, &data, wait).await {
+            PeerCommand::Delivered => Ok(()),
+            PeerCommand::NotHeld => Err(not_subscribed()),
+            PeerCommand::Deadline => Err(deadline()),
+            PeerCommand::Unavailable => Err(Error::new(
+                Code::Unavailable,
+                "The device is not connected to this node and the other nodes cannot be reached; retry later.",
+            )),
+        }
+    }
+
+    /// Delivers a command to the device if it is connected to this node and subscribed to its
+    /// commands topic, waiting up to `wait` for the device to take it.
+    pub async fn deliver_command_here(
+        &self,
+        device: NumId,
+        subfolder: &str,
+        data: Vec<u8>,
+        wait: Duration,
+    ) -> LocalCommand {
+        let Some(channel) = self.inner.presence.command_channel(device) else { return LocalCommand::NotHeld };
         let (done, acked) = tokio::sync::oneshot::channel();
-        let command =
-            presence::SessionControl::Command { device: device.num_id, subfolder: subfolder.to_owned(), data, done };
+        let command = presence::SessionControl::Command { device, subfolder: subfolder.to_owned(), data, done };
         // The deadline covers the wait for room in the session's queue too: a session that does
         // not drain it must not hold the caller forever.
         let delivered = async {
             channel.send(command).await.map_err(|_| ())?;
             acked.await.map_err(|_| ())
         };
-        match tokio::time::timeout(self.inner.settings.command_ack_timeout, delivered).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(())) => Err(not_subscribed()),
-            Err(_) => Err(Error::new(Code::DeadlineExceeded, "The device did not acknowledge the command in time.")),
+        match tokio::time::timeout(wait, delivered).await {
+            Ok(Ok(())) => LocalCommand::Delivered,
+            Ok(Err(())) => LocalCommand::NotHeld,
+            Err(_) => LocalCommand::Deadline,
+        }
+    }
+
+    /// Ends a device's presence on this node and, in a cluster, on every other.
+    fn kick_everywhere(&self, device: NumId, reason: presence::Reason) {
+        self.inner.presence.kick(device, None, reason);
+        if let Some(p) = self.peers() {
+            p.kick(device, reason);
         }
     }
 
@@ -473,6 +513,9 @@ impl Core {
             // Attached through that gateway, it goes: whatever the auth method, an unbound device
             // is one the gateway no longer speaks for.
             self.inner.presence.detach_from_gateway(device.num_id, gateway.num_id, presence::Reason::Unbound);
+            if let Some(p) = self.peers() {
+                p.unbound(device.num_id, gateway.num_id);
+            }
             Ok(())
         } else {
             Err(Error::not_found(format!("The device '{}' is not bound to the gateway '{}'.", device.id, gateway.id)))

@@ -14,6 +14,7 @@
 //! * [`device_log`]: device activity logs at each device's `logLevel`, batched into the store.
 //! * [`rate`]: the per-device rate limits (config updates, states), in memory.
 //! * [`clock`]: the injected clock.
+//! * [`peers`]: the other nodes of a cluster, when there are some.
 
 pub mod activity;
 pub mod bridge;
@@ -23,6 +24,7 @@ pub mod devices;
 pub mod error;
 pub mod gateways;
 pub mod paging;
+pub mod peers;
 pub mod presence;
 pub mod rate;
 pub mod registries;
@@ -43,7 +45,7 @@ use ferrocore_store::Store;
 use presence::Presence;
 use sink::Sink;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// The use cases, cheap to clone and share between adapters.
 #[derive(Clone)]
@@ -67,6 +69,8 @@ struct Inner {
     config_rate: rate::PerDeviceRate,
     settings: Settings,
     metrics: Arc<ferrocore_metrics::Metrics>,
+    /// The other nodes, once the server joined a cluster.
+    peers: OnceLock<Arc<dyn peers::Peers>>,
 }
 
 /// The registry cache. Every invalidation bumps `generation`; a registry read from the store is
@@ -137,7 +141,26 @@ impl Core {
                 config_rate: rate::PerDeviceRate::per_second(),
                 settings,
                 metrics,
+                peers: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Makes this core a node of a cluster: presence changes, configs, commands and registry
+    /// changes reach the other nodes through `peers` from now on. Set once, at start.
+    pub fn join_peers(&self, peers: Arc<dyn peers::Peers>) {
+        let _ = self.inner.peers.set(peers);
+    }
+
+    pub(crate) fn peers(&self) -> Option<&Arc<dyn peers::Peers>> {
+        self.inner.peers.get()
+    }
+
+    /// A device connected to this node (the MQTT bridge calls this once presence holds it): in a
+    /// cluster, other nodes end their session of it, as one connection per device is the rule.
+    pub fn connected_here(&self, device: ferrocore_model::NumId) {
+        if let Some(p) = self.peers() {
+            p.connected(device);
         }
     }
 

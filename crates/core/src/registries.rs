@@ -192,6 +192,17 @@ impl Core {
         }
     }
 
+    /// Another node changed or deleted a registry: this node drops its cached copy and, when the
+    /// registry's MQTT bridge is now disabled, ends the sessions it holds for the registry's
+    /// devices, as the node that made the change did for its own.
+    pub async fn registry_changed_elsewhere(&self, name: &RegistryName) -> Result<()> {
+        self.forget_registry_here(name);
+        match self.inner.store.get_registry(name).await.map_err(storage)? {
+            Some(r) if r.mqtt_state == MqttState::Disabled => self.disconnect_registry(name).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Ends the presence on this node of every device of the registry: their connections close,
     /// devices attached through a gateway are detached. Pages through the registry's devices
     /// (ids only matter), so it costs one read per thousand devices and nothing per message.

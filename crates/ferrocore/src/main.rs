@@ -17,6 +17,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start and dropped: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: REST and gRPC admin APIs, the MQTT and HTTP device bridges.
@@ -166,6 +168,18 @@ struct ServeArgs {
     /// the flag, FERROCORE_SINKS holds the entries, separated by whitespace.
     #[arg(long = "sink", value_name = "TOPICS=URL")]
     sinks: Vec<String>,
+    /// Run as a node of a cluster whose nodes meet on this NATS server (`nats://HOST:PORT`):
+    /// configs, commands, session takeovers and cache changes reach the node holding a device.
+    /// Nodes share one `--store postgres://...` (see docs/cluster.md).
+    #[arg(long, env = "FERROCORE_CLUSTER", value_name = "NATS_URL")]
+    cluster: Option<String>,
+    /// This node's name in the cluster: letters, digits, '-' or '_', up to 63. Defaults to the
+    /// host name.
+    #[arg(long, env = "FERROCORE_NODE_ID")]
+    node_id: Option<String>,
+    /// Prefix of every NATS subject the cluster uses, so clusters can share one NATS server.
+    #[arg(long, env = "FERROCORE_CLUSTER_PREFIX", default_value = "ferrocore")]
+    cluster_prefix: String,
 }
 
 #[derive(Parser)]
@@ -315,7 +329,26 @@ fn serve(args: ServeArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--log-topic: {}", e.message))?,
         ..Default::default()
     };
+    let cluster = match &args.cluster {
+        None => None,
+        Some(url) => {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                anyhow::bail!("--cluster must be a nats://HOST:PORT URL");
+            }
+            if args.store == server::StoreLocation::Embedded {
+                anyhow::bail!("--cluster needs a store the nodes share: --store postgres://...");
+            }
+            let node_id = match &args.node_id {
+                Some(n) => n.clone(),
+                None => std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_owned(),
+            };
+            ferrocore_cluster::check_name("--node-id", &node_id).map_err(|e| anyhow::anyhow!(e))?;
+            ferrocore_cluster::check_name("--cluster-prefix", &args.cluster_prefix).map_err(|e| anyhow::anyhow!(e))?;
+            Some(server::ClusterSettings { url: url.clone(), node_id, prefix: args.cluster_prefix.clone() })
+        }
+    };
     let config = Config {
+        cluster,
         metrics_listen: args.metrics,
         device_logs,
         sinks,

@@ -50,6 +50,17 @@ pub struct Config {
     /// `--metrics`: an address serving `GET /metrics` alone, without a token (the `--http`
     /// listener serves it too: to loopback clients freely, to others with the admin token).
     pub metrics_listen: Option<SocketAddr>,
+    /// `--cluster`: this server is one node of several, meeting on NATS.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `--cluster`, `--node-id`, `--cluster-prefix`.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `nats://HOST:PORT`.
+    pub url: String,
+    pub node_id: String,
+    pub prefix: String,
 }
 
 /// `--store`: the embedded SQLite file in the data directory (the default), or a PostgreSQL
@@ -137,6 +148,7 @@ impl Default for Config {
             sink_settings: ferrocore_sinks::forward::Settings::default(),
             device_logs: ferrocore_core::device_log::DeviceLogSettings::default(),
             metrics_listen: None,
+            cluster: None,
         }
     }
 }
@@ -335,6 +347,26 @@ async fn serve_on<B: ferrocore_store::Backend>(
         None => None,
     };
     let exporter = exporter(metrics.clone(), core.clone(), topic_log.clone(), forwarders.clone());
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let joined = ferrocore_cluster::Cluster::join(
+                ferrocore_cluster::ClusterConfig {
+                    url: c.url.clone(),
+                    node_id: c.node_id.clone(),
+                    prefix: c.prefix.clone(),
+                    http_address: bound.http.to_string(),
+                    mqtt_address: bound.mqtts.or(bound.mqtt).map(|a| a.to_string()).unwrap_or_default(),
+                },
+                core.clone(),
+                iam.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?;
+            tracing::info!(node = %c.node_id, prefix = %c.prefix, "joined the cluster");
+            Some(joined)
+        }
+        None => None,
+    };
     if config.pubsub_anonymous {
         let exposed: Vec<SocketAddr> =
             [Some(bound.http), bound.grpc].into_iter().flatten().filter(|a| !a.ip().is_loopback()).collect();
@@ -384,6 +416,7 @@ async fn serve_on<B: ferrocore_store::Backend>(
         ready: ready.clone(),
         metrics: Some(exporter.clone()),
         stopping,
+        cluster: cluster.clone(),
     })
     .layer(axum::Extension(ferrocore_api::rest::BodyTimeout(config.limits.http_body_timeout)));
     let http = tokio::spawn(crate::http_listener::serve(listeners.http, app, config.limits.clone(), stopped()));
@@ -407,6 +440,9 @@ async fn serve_on<B: ferrocore_store::Backend>(
     // cursors), the topic log and the store, so nothing writes to what is already closed.
     for task in mqtt_tasks {
         let _ = task.await;
+    }
+    if let Some(c) = &cluster {
+        c.leave().await;
     }
     flusher.stop().await;
     activity.flush().await;

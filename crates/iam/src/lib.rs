@@ -117,6 +117,26 @@ struct Inner {
     state: RwLock<State>,
     /// Self-signed JWTs that verified, by SHA-256 of the token.
     jwt_cache: Mutex<HashMap<[u8; 32], CachedJwt>>,
+    /// See [`Iam::on_change`].
+    on_change: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// Tokens and service accounts with their keys, as the store has them.
+async fn load_state(store: &dyn IamStore) -> Result<State> {
+    let mut state = State::default();
+    for record in store.list_api_tokens().await.map_err(storage)? {
+        state.tokens.insert(record.hash, TokenEntry::new(record));
+    }
+    for record in store.list_service_accounts().await.map_err(storage)? {
+        state.accounts.insert(record.email.clone(), Account::new(record));
+    }
+    for key in store.list_service_account_keys().await.map_err(storage)? {
+        // A key whose account is gone cannot be used; the store deletes them together anyway.
+        if let Some(account) = state.accounts.get_mut(&key.email) {
+            account.add_key(key);
+        }
+    }
+    Ok(state)
 }
 
 /// The longest bearer value looked at, in bytes; longer ones are refused before any decoding.
@@ -150,19 +170,7 @@ impl Iam {
         policies: Arc<dyn PubsubStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        let mut state = State::default();
-        for record in store.list_api_tokens().await.map_err(storage)? {
-            state.tokens.insert(record.hash, TokenEntry::new(record));
-        }
-        for record in store.list_service_accounts().await.map_err(storage)? {
-            state.accounts.insert(record.email.clone(), Account::new(record));
-        }
-        for key in store.list_service_account_keys().await.map_err(storage)? {
-            // A key whose account is gone cannot be used; the store deletes them together anyway.
-            if let Some(account) = state.accounts.get_mut(&key.email) {
-                account.add_key(key);
-            }
-        }
+        let state = load_state(store.as_ref()).await?;
         let candidate: [u8; 32] = rand::random();
         let secret = store.server_secret(access::SECRET_NAME, &candidate).await.map_err(storage)?;
         if secret.len() < 32 {
@@ -177,8 +185,24 @@ impl Iam {
                 hmac: hmac::Key::new(hmac::HMAC_SHA256, &secret),
                 state: RwLock::new(state),
                 jwt_cache: Mutex::new(HashMap::new()),
+                on_change: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Calls `notify` after each change of tokens or service accounts made through this
+    /// instance (a cluster tells the other nodes to [`Iam::reload`]). Set once, at start.
+    pub fn on_change(&self, notify: impl Fn() + Send + Sync + 'static) {
+        let _ = self.inner.on_change.set(Box::new(notify));
+    }
+
+    /// Reads tokens and service accounts from the store again (another node changed them), and
+    /// forgets the self-signed JWTs verified so far.
+    pub async fn reload(&self) -> Result<()> {
+        let state = load_state(self.inner.store.as_ref()).await?;
+        *self.inner.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        self.jwt_cache().clear();
+        Ok(())
     }
 
     /// The admin token this server accepts.
@@ -348,7 +372,12 @@ impl Iam {
         self.inner.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The mirror, to change it. Every caller changes it right after the store, so this is also
+    /// where other nodes are told (they reload from the store, which has the change already).
     pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        if let Some(notify) = self.inner.on_change.get() {
+            notify();
+        }
         self.inner.state.write().unwrap_or_else(|e| e.into_inner())
     }
 

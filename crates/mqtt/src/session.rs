@@ -241,6 +241,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         core.presence().attach(device.num_id)
     };
     let _attached = Attached { core: core.clone(), device: device.num_id, id: handle.id };
+    // One connection per device across a cluster too: other nodes end theirs.
+    core.connected_here(device.num_id);
     // Presence holds the only senders: once it forgets this session, the queue closes.
     drop(handle);
     if send_connack(&mut stream, ConnectReturnCode::Accepted, &config).await.is_err() {
@@ -834,6 +836,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let why = "The gateway's connection is closing.";
                 return self.gateway_error(ErrorType::UnknownError, Some(device), why, Some(info));
             };
+            self.core.connected_here(num);
             tracing::debug!(gateway = %self.device.id, device = %dev.id, "device attached");
             let attached = event(EventType::AttachToGateway, self.peer)
                 .gateway(Some(self.device.id.as_str()))

@@ -79,6 +79,7 @@ struct App {
     ready: Arc<AtomicBool>,
     metrics: Option<crate::metrics::Exporter>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    cluster: Option<ferrocore_cluster::Cluster>,
 }
 
 /// What the REST router serves.
@@ -96,11 +97,13 @@ pub struct RestParts {
     pub metrics: Option<crate::metrics::Exporter>,
     /// Turns true when the server stops: long-lived responses (topic streams) end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The cluster this server is a node of, for `GET /v1/cluster`.
+    pub cluster: Option<ferrocore_cluster::Cluster>,
 }
 
 /// The REST router.
 pub fn router(parts: RestParts) -> Router {
-    let RestParts { core, topics, access, pubsub, sinks, ready, metrics, stopping } = parts;
+    let RestParts { core, topics, access, pubsub, sinks, ready, metrics, stopping, cluster } = parts;
     let recorded = core.metrics().clone();
     let app = App {
         service: DeviceManager::new(core.clone(), access.iam().clone()),
@@ -112,6 +115,7 @@ pub fn router(parts: RestParts) -> Router {
         ready,
         metrics,
         stopping,
+        cluster,
     };
     Router::new()
         .merge(console::router())
@@ -477,7 +481,7 @@ async fn handle(
             return Err(method_not_supported());
         }
         Query::parse(parts.uri.query()).check(&[])?;
-        return status::serve(&app.core, &app.access, admin()?, status_route, &body).await;
+        return status::serve(&app.core, &app.access, app.cluster.as_ref(), admin()?, status_route, &body).await;
     }
     if let Some(collection) = iam_admin::parse(path) {
         authz::owner_only(admin()?, "Managing tokens and service accounts")?;

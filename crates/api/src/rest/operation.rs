@@ -30,6 +30,7 @@ pub fn classify(method: &Method, headers: &HeaderMap, path: &str) -> &'static st
     match path {
         "sinks" => return "ListSinks",
         "status" => return "GetStatus",
+        "cluster" => return "GetCluster",
         _ => {}
     }
     let (bare, verb) = split_verb(path);

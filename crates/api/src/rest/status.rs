@@ -2,6 +2,8 @@
 //!
 //! * `GET /v1/status` (owner): devices connected to this node, open MQTT connections by listener,
 //!   and the device messages counted since start (a client derives rates from two readings).
+//! * `GET /v1/cluster` (owner): the nodes of the cluster this server belongs to (`--cluster`),
+//!   FAILED_PRECONDITION on a server that runs alone.
 //! * `GET /v1/projects/P/locations/L/registries/R/devices/D/connection` (`cloudiot.devices.get`):
 //!   whether the device holds a connection to this node now, directly or through a gateway.
 //! * `POST /v1/projects/P:testIamPermissions` with `{"permissions": [...]}`: the subset of the
@@ -20,14 +22,17 @@ use serde::{Deserialize, Serialize};
 /// A parsed status path.
 pub(crate) enum StatusRoute {
     Status,
+    Cluster,
     Connection(DeviceName),
     ProjectPermissions(ProjectId),
 }
 
 /// Recognises this module's paths (everything after `/v1/`); None for any other path.
 pub(crate) fn parse(path: &str) -> Option<Result<StatusRoute, Error>> {
-    if path == "status" {
-        return Some(Ok(StatusRoute::Status));
+    match path {
+        "status" => return Some(Ok(StatusRoute::Status)),
+        "cluster" => return Some(Ok(StatusRoute::Cluster)),
+        _ => {}
     }
     if let Some(project) = path.strip_prefix("projects/").and_then(|p| p.strip_suffix(":testIamPermissions"))
         && !project.contains('/')
@@ -99,9 +104,20 @@ struct PermissionsJson {
     permissions: Vec<String>,
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeJson {
+    node_id: String,
+    connections: String,
+    last_heartbeat_time: String,
+    http_address: String,
+    mqtt_address: String,
+}
+
 pub(crate) async fn serve(
     core: &Core,
     access: &Access,
+    cluster: Option<&ferrocore_cluster::Cluster>,
     caller: &Caller,
     route: StatusRoute,
     body: &axum::body::Bytes,
@@ -124,6 +140,24 @@ pub(crate) async fn serve(
                     commands_sent: m.devices.sent_total(Outbound::Command).to_string(),
                 },
             }))
+        }
+        StatusRoute::Cluster => {
+            authz::owner_only(caller, "Reading the cluster's nodes")?;
+            let Some(cluster) = cluster else {
+                return Err(Error::failed_precondition("This server runs alone: it was not started with --cluster."));
+            };
+            let nodes: Vec<NodeJson> = cluster
+                .nodes()
+                .into_iter()
+                .map(|n| NodeJson {
+                    node_id: n.node_id,
+                    connections: n.connections.to_string(),
+                    last_heartbeat_time: n.last_heartbeat.to_string(),
+                    http_address: n.http_address,
+                    mqtt_address: n.mqtt_address,
+                })
+                .collect();
+            Ok(json_response(&serde_json::json!({ "nodes": nodes })))
         }
         StatusRoute::Connection(name) => {
             access.check(caller, Call::GetDevice(&name)).await?;

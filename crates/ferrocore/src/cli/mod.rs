@@ -10,6 +10,7 @@
 //! * `logs read` ([`logs`]), a registry's device activity logs;
 //! * `pubsub topics|subscriptions|pull` ([`pubsub`]), the verbs of `gcloud pubsub`;
 //! * `sinks list` ([`sinks`]), the external sinks and how far behind they are;
+//! * `cluster status` ([`cluster`]), the nodes of a cluster;
 //! * `tokens create|list|revoke` ([`tokens`]), API tokens for other principals than the owner;
 //! * `service-accounts create|list|describe|delete`, `service-accounts keys create|list|delete`
 //!   ([`service_accounts`]), service accounts and their Google-format key files.
@@ -19,6 +20,7 @@
 //! stderr and exit code 1; clap's usage errors keep their own exit code 2.
 
 pub mod api;
+pub mod cluster;
 pub mod devices;
 pub mod events;
 pub mod import;
@@ -67,6 +69,8 @@ pub enum Command {
     Pubsub(pubsub::PubsubArgs),
     /// Show the external sinks the server forwards topics to.
     Sinks(sinks::SinksArgs),
+    /// Show the nodes of the cluster a server belongs to (`serve --cluster`).
+    Cluster(cluster::ClusterArgs),
     /// Manage API tokens: a principal with one role on a project or a registry (see docs/iam.md).
     Tokens(tokens::TokensArgs),
     /// Manage service accounts and their key files (like `gcloud iam service-accounts`).
@@ -92,6 +96,7 @@ pub fn run(command: Command) -> ExitCode {
             Command::Logs(args) => logs::run(args).await,
             Command::Pubsub(args) => pubsub::run(args).await,
             Command::Sinks(args) => sinks::run(args).await,
+            Command::Cluster(args) => cluster::run(args).await,
             Command::Tokens(args) => tokens::run(args).await,
             Command::ServiceAccounts(args) => service_accounts::run(args).await,
         }

@@ -4,6 +4,7 @@ mod activity_logs;
 mod cli;
 mod cli_ops;
 mod cli_verbs;
+mod cluster;
 mod console_api;
 mod crash;
 mod device;

@@ -1,0 +1,114 @@
+//! The JSON documents nodes exchange. Each names its sender, so a node can ignore its own.
+
+use crate::NodeInfo;
+use ferrocore_core::peers::LocalCommand;
+use ferrocore_core::presence::Reason;
+use ferrocore_model::{NumId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// `connected`, `kick`, `config`, `registry` and `iam`: what happened, and to what.
+#[derive(Serialize, Deserialize, Default)]
+pub(crate) struct Announcement {
+    pub node: String,
+    #[serde(default)]
+    pub device: u64,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub registry: String,
+    /// `unbound`: the gateway the device was unbound from.
+    #[serde(default)]
+    pub gateway: u64,
+}
+
+impl Announcement {
+    pub fn new(node: &str) -> Self {
+        Self { node: node.to_owned(), ..Default::default() }
+    }
+
+    pub fn device(node: &str, device: NumId, reason: &str) -> Self {
+        Self { node: node.to_owned(), device: device.0, reason: reason.to_owned(), ..Default::default() }
+    }
+}
+
+/// `nodes`: a node's heartbeat.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct NodeBeat {
+    pub node: String,
+    pub connections: u64,
+    pub time: i64,
+    pub http: String,
+    pub mqtt: String,
+}
+
+impl From<&NodeInfo> for NodeBeat {
+    fn from(i: &NodeInfo) -> Self {
+        Self {
+            node: i.node_id.clone(),
+            connections: i.connections,
+            time: i.last_heartbeat.unix_seconds(),
+            http: i.http_address.clone(),
+            mqtt: i.mqtt_address.clone(),
+        }
+    }
+}
+
+impl NodeBeat {
+    pub fn into_info(self) -> NodeInfo {
+        NodeInfo {
+            node_id: self.node,
+            connections: self.connections,
+            last_heartbeat: Timestamp::from_unix_seconds(self.time),
+            http_address: self.http,
+            mqtt_address: self.mqtt,
+        }
+    }
+}
+
+/// `command`: a command for whichever node holds the device, answered on the reply subject.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct CommandOffer {
+    pub node: String,
+    pub device: u64,
+    pub subfolder: String,
+    /// Standard base64.
+    pub data: String,
+    pub wait_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct CommandAnswer {
+    pub node: String,
+    /// `delivered`, `not_held` or `deadline`.
+    pub outcome: String,
+}
+
+pub(crate) fn outcome(c: LocalCommand) -> &'static str {
+    match c {
+        LocalCommand::Delivered => "delivered",
+        LocalCommand::NotHeld => "not_held",
+        LocalCommand::Deadline => "deadline",
+    }
+}
+
+pub(crate) fn reason_name(r: Reason) -> &'static str {
+    match r {
+        Reason::Replaced => "replaced",
+        Reason::Blocked => "blocked",
+        Reason::Deleted => "deleted",
+        Reason::Unbound => "unbound",
+        Reason::CredentialsChanged => "credentials",
+        Reason::BridgeDisabled => "bridge",
+    }
+}
+
+pub(crate) fn reason(name: &str) -> Reason {
+    match name {
+        "blocked" => Reason::Blocked,
+        "deleted" => Reason::Deleted,
+        "unbound" => Reason::Unbound,
+        "credentials" => Reason::CredentialsChanged,
+        "bridge" => Reason::BridgeDisabled,
+        _ => Reason::Replaced,
+    }
+}

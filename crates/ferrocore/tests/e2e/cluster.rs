@@ -1,0 +1,374 @@
+//! Two nodes as one service (`--store postgres://… --cluster nats://…`): a device on node A is
+//! reached through node B's API (commands with their acknowledgement, configs), connecting to B
+//! takes it over from A, blocking or re-keying it on A ends its session on B, registry and
+//! identity changes on one node reach the other's caches, and each lists the other.
+//!
+//! Each test has its own database ([`TestDatabase`]) and its own subject prefix on the machine's
+//! NATS server (127.0.0.1:4222). Without PostgreSQL or NATS the tests skip with a printed reason,
+//! except under `CI=true`, where they fail.
+
+use crate::device::{MqttClient, es256_token};
+use crate::harness::{TestServer, b64, expect_error, fixture};
+use crate::wait;
+use ferrocore::server::{ClusterSettings, StoreLocation};
+use ferrocore_mqtt_codec::{ConnectReturnCode, Packet, QoS};
+use ferrocore_store::postgres::testing::TestDatabase;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const NATS: &str = "127.0.0.1:4222";
+const PROJECT: &str = "cluster-proj";
+
+/// True when NATS answers; false (with the reason printed) when the test should skip. Under
+/// CI=true a missing NATS fails the test instead.
+async fn nats_up() -> bool {
+    let reachable = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(NATS)).await;
+    if matches!(reachable, Ok(Ok(_))) {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "NATS is not running at {NATS} (CI=true)");
+    eprintln!("skipping: NATS is not running at {NATS}");
+    false
+}
+
+/// Two nodes on one database and one fresh subject prefix.
+async fn two_nodes(db: &TestDatabase) -> (TestServer, TestServer) {
+    let prefix = format!("t{:016x}", rand_u64());
+    let node = |id: &'static str| {
+        let url = db.url();
+        let prefix = prefix.clone();
+        TestServer::start_configured(
+            |_| None,
+            move |c| {
+                c.store = StoreLocation::Postgres(url);
+                c.cluster = Some(ClusterSettings { url: format!("nats://{NATS}"), node_id: id.into(), prefix });
+            },
+        )
+    };
+    let a = node("node-a").await;
+    let b = node("node-b").await;
+    // Each must have heard the other's heartbeat before it offers it anything.
+    for s in [&a, &b] {
+        wait::eventually("both nodes listed", async || {
+            let (st, body) = s.get("cluster").await;
+            (st == StatusCode::OK && body["nodes"].as_array().is_some_and(|n| n.len() == 2)).then_some(())
+        })
+        .await;
+    }
+    (a, b)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+fn client_id(device: &str) -> String {
+    format!("projects/{PROJECT}/locations/us-central1/registries/reg/devices/{device}")
+}
+
+/// A device connected to `node` over TLS and subscribed to its config and commands.
+async fn device_on(node: &TestServer, id: &str) -> MqttClient {
+    let mut c = MqttClient::tls(node.mqtts, &node.ca_pem()).await;
+    assert_eq!(c.connect(&client_id(id), Some(&es256_token(PROJECT)), 60).await, ConnectReturnCode::Accepted);
+    c.subscribe(&[(&format!("/devices/{id}/config"), QoS::AtLeastOnce)]).await;
+    let Packet::Publish(first) = c.recv().await else { panic!("expected the current config") };
+    c.send(Packet::PubAck(first.packet_id.unwrap())).await;
+    c.subscribe(&[(&format!("/devices/{id}/commands/#"), QoS::AtLeastOnce)]).await;
+    c
+}
+
+#[tokio::test]
+async fn commands_configs_and_takeover_cross_nodes() {
+    let Some(db) = TestDatabase::create().await else { return };
+    if !nats_up().await {
+        return;
+    }
+    let (a, b) = two_nodes(&db).await;
+    let registry = a.registry(PROJECT, "reg").await;
+    a.device(&registry, "dev-1", json!({})).await;
+    let dev = format!("{registry}/devices/dev-1");
+    let mut on_a = device_on(&a, "dev-1").await;
+
+    // A command through node B reaches the device on node A; B answers once the device acked.
+    let base = b.base.clone();
+    let path = format!("{dev}:sendCommandToDevice");
+    let send = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/{path}"))
+            .bearer_auth(crate::harness::TOKEN)
+            .json(&json!({"binaryData": b64(b"reboot"), "subfolder": "ops"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let Packet::Publish(p) = on_a.recv().await else { panic!("expected the command") };
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("/devices/dev-1/commands/ops", &b"reboot"[..]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!send.is_finished(), "node B waits for the device's PUBACK on node A");
+    on_a.send(Packet::PubAck(p.packet_id.unwrap())).await;
+    assert_eq!(send.await.unwrap(), StatusCode::OK);
+
+    // A device that does not ack: DEADLINE_EXCEEDED, as on one node.
+    let (st, body) = b.post(&format!("{dev}:sendCommandToDevice"), json!({"binaryData": b64(b"again")})).await;
+    expect_error(st, &body, 504, "DEADLINE_EXCEEDED");
+    let Packet::Publish(_) = on_a.recv().await else { panic!("the unacked command arrived") };
+
+    // A device connected nowhere: FAILED_PRECONDITION, quickly (every node answers).
+    b.device(&registry, "dev-2", json!({})).await;
+    let started = Instant::now();
+    let (st, body) =
+        b.post(&format!("{registry}/devices/dev-2:sendCommandToDevice"), json!({"binaryData": b64(b"x")})).await;
+    expect_error(st, &body, 400, "FAILED_PRECONDITION");
+    assert!(started.elapsed() < Duration::from_secs(1), "answered in {:?}", started.elapsed());
+
+    // A config written through node B is pushed by node A.
+    let (st, body) = b.post(&format!("{dev}:modifyCloudToDeviceConfig"), json!({"binaryData": b64(b"fan=on")})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let Packet::Publish(p) = on_a.recv().await else { panic!("expected the config") };
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("/devices/dev-1/config", &b"fan=on"[..]));
+    on_a.send(Packet::PubAck(p.packet_id.unwrap())).await;
+
+    // Connecting to node B takes the device over: node A closes its session.
+    let mut on_b = device_on(&b, "dev-1").await;
+    assert!(on_a.closed_within(Duration::from_secs(5)).await, "node A ends the older session");
+    let (_, conn) = a.get(&format!("{dev}/connection")).await;
+    assert_eq!(conn["connected"], false, "{conn}");
+    let (_, conn) = b.get(&format!("{dev}/connection")).await;
+    assert_eq!(conn["connected"], true, "{conn}");
+
+    // Blocking it through node A disconnects it from node B.
+    let (st, body) = a.patch(&format!("{dev}?updateMask=blocked"), json!({"blocked": true})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(on_b.closed_within(Duration::from_secs(5)).await, "node B ends the blocked device's session");
+
+    // Re-keying a device on node B disconnects it from node A.
+    a.device(&registry, "dev-3", json!({})).await;
+    let mut dev3 = device_on(&a, "dev-3").await;
+    let rekey = json!({"credentials": [{"publicKey": {"format": "RSA_X509_PEM", "key": fixture("rsa_cert.pem")}}]});
+    let (st, body) = b.patch(&format!("{registry}/devices/dev-3?updateMask=credentials"), rekey).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(dev3.closed_within(Duration::from_secs(5)).await, "a re-keyed device's session ends on its node");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn caches_and_membership_follow_the_other_node() {
+    let Some(db) = TestDatabase::create().await else { return };
+    if !nats_up().await {
+        return;
+    }
+    let (a, b) = two_nodes(&db).await;
+
+    let (st, nodes) = a.get("cluster").await;
+    assert_eq!(st, StatusCode::OK, "{nodes}");
+    let ids: Vec<&str> = nodes["nodes"].as_array().unwrap().iter().map(|n| n["nodeId"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["node-a", "node-b"]);
+    assert_eq!(nodes["nodes"][1]["httpAddress"], b.base.trim_start_matches("http://"));
+    // `ferrocore cluster status` shows the same nodes.
+    let base = b.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferrocore"))
+            .args(["cluster", "status", "--server", &base, "--token", crate::harness::TOKEN])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = table.lines().filter(|l| l.contains("node-")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(table.contains("NODE") && table.contains("LAST_HEARTBEAT"), "{table}");
+
+    // A registry cached by node A (a device published through it) is disabled on node B: node A
+    // drops its copy and ends the registry's MQTT sessions.
+    let registry = a.registry(PROJECT, "reg").await;
+    a.device(&registry, "dev-1", json!({})).await;
+    let mut c = device_on(&a, "dev-1").await;
+    c.publish_acked("/devices/dev-1/events", b"t=1").await;
+    let (st, body) = b
+        .patch(
+            &format!("{registry}?updateMask=mqttConfig"),
+            json!({"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(c.closed_within(Duration::from_secs(5)).await, "node A ends sessions of a registry node B disabled");
+    let mut again = MqttClient::tls(a.mqtts, &a.ca_pem()).await;
+    assert_ne!(
+        again.connect(&client_id("dev-1"), Some(&es256_token(PROJECT)), 60).await,
+        ConnectReturnCode::Accepted,
+        "node A refuses the disabled registry's devices"
+    );
+
+    // An API token made on node A works on node B at once, and revoking it on B ends it on A.
+    let (st, made) = a
+        .post(
+            &format!("projects/{PROJECT}/tokens"),
+            json!({"principal": "user:ops@example.com", "role": "roles/cloudiot.viewer"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{made}");
+    let bearer = format!("Bearer {}", made["token"].as_str().unwrap());
+    let list = format!("projects/{PROJECT}/locations/us-central1/registries");
+    wait::eventually("node B to take the new token", async || {
+        (b.call_as(Some(&bearer), Method::GET, &list, None).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    let (st, body) = b.delete(&format!("projects/{PROJECT}/tokens/{}", made["id"].as_str().unwrap())).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    wait::eventually("node A to refuse the revoked token", async || {
+        (a.call_as(Some(&bearer), Method::GET, &list, None).await.0 == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+
+    // A node that stops leaves the list once its heartbeats stop.
+    b.stop().await;
+    let started = Instant::now();
+    loop {
+        let (_, nodes) = a.get("cluster").await;
+        if nodes["nodes"].as_array().is_some_and(|n| n.len() == 1) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "node-b still listed: {nodes}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_that_runs_alone_says_so() {
+    let s = TestServer::start().await;
+    let (st, body) = s.get("cluster").await;
+    expect_error(st, &body, 400, "FAILED_PRECONDITION");
+    s.stop().await;
+}
+
+/// A NATS server of the test's own, on a port of its own, so it can be stopped and started.
+struct OwnNats {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    fn start(port: u16) -> Option<Self> {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(bin) = bin else {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "nats-server is not installed (CI=true)");
+            eprintln!("skipping: nats-server is not installed");
+            return None;
+        };
+        let child = std::process::Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Some(Self { port, child: Some(child) })
+    }
+
+    async fn wait_up(&self) {
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait::eventually("nats-server to listen", async || tokio::net::TcpStream::connect(&addr).await.ok().map(drop))
+            .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn without_nats_cross_node_commands_are_unavailable_and_come_back_with_it() {
+    let Some(db) = TestDatabase::create().await else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let Some(mut nats) = OwnNats::start(port) else { return };
+    nats.wait_up().await;
+    let node = |id: &'static str| {
+        let url = db.url();
+        TestServer::start_configured(
+            |_| None,
+            move |c| {
+                c.store = StoreLocation::Postgres(url);
+                c.cluster = Some(ClusterSettings {
+                    url: format!("nats://127.0.0.1:{port}"),
+                    node_id: id.into(),
+                    prefix: "outage".into(),
+                });
+            },
+        )
+    };
+    let (a, b) = (node("node-a").await, node("node-b").await);
+    wait::eventually("both nodes listed", async || {
+        b.get("cluster").await.1["nodes"].as_array().is_some_and(|n| n.len() == 2).then_some(())
+    })
+    .await;
+    let registry = a.registry(PROJECT, "reg").await;
+    a.device(&registry, "dev-1", json!({})).await;
+    let command = format!("{registry}/devices/dev-1:sendCommandToDevice");
+    let mut on_a = device_on(&a, "dev-1").await;
+
+    nats.stop();
+    // The client notices the lost connection within a moment; from then on, UNAVAILABLE.
+    wait::eventually("UNAVAILABLE without NATS", async || {
+        let (st, _) = b.post(&command, json!({"binaryData": b64(b"x")})).await;
+        (st == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    // The node itself keeps serving what it holds.
+    let (st, body) = a.get(&format!("{registry}/devices/dev-1")).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+
+    let Some(nats) = OwnNats::start(port) else { return };
+    nats.wait_up().await;
+    // Both nodes reconnect by themselves (each at its own pace); then B reaches the device again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(Instant::now() < deadline, "node B never reached the device again");
+        let base = b.base.clone();
+        let path = command.clone();
+        let mut send = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/{path}"))
+                .bearer_auth(crate::harness::TOKEN)
+                .json(&json!({"binaryData": b64(b"back")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        tokio::select! {
+            status = &mut send => {
+                // Not through yet (UNAVAILABLE, or node A not back on the bus): try again.
+                assert_ne!(status.unwrap(), StatusCode::OK, "OK without the device receiving it");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            packet = on_a.recv() => {
+                let Packet::Publish(p) = packet else { panic!("expected the command") };
+                assert_eq!(&p.payload[..], b"back");
+                on_a.send(Packet::PubAck(p.packet_id.unwrap())).await;
+                assert_eq!(send.await.unwrap(), StatusCode::OK);
+                break;
+            }
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
