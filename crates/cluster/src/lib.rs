@@ -39,6 +39,8 @@ use wire::{Announcement, CommandAnswer, CommandOffer, NodeBeat};
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A node not heard from for this long is taken as gone.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a registry change waits for the other nodes to confirm they applied it.
+const REGISTRY_WAIT: Duration = Duration::from_secs(2);
 /// How long to wait for a NATS connection at start before serving anyway (the client keeps
 /// trying in the background).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,13 +231,16 @@ impl Cluster {
                     nodes.insert(info.node_id.clone(), (info, Instant::now()));
                 }
             }
-            "connected" | "kick" | "unbound" | "config" | "registry" | "iam" => {
+            "connected" | "kick" | "unbound" | "config" | "iam" => {
                 let Ok(a) = serde_json::from_slice::<Announcement>(&message.payload) else { return };
                 if a.node == self.me() {
                     return;
                 }
                 match kind {
-                    "connected" => core.presence().kick(NumId(a.device), None, Reason::Replaced),
+                    "connected" => {
+                        let since = std::time::UNIX_EPOCH + Duration::from_millis(a.since_ms);
+                        core.presence().kick_if_older(NumId(a.device), since, Reason::Replaced);
+                    }
                     "kick" => core.presence().kick(NumId(a.device), None, wire::reason(&a.reason)),
                     "unbound" => {
                         core.presence().detach_from_gateway(NumId(a.device), NumId(a.gateway), Reason::Unbound)
@@ -250,17 +255,26 @@ impl Cluster {
                             }
                         }
                     }
-                    "registry" => {
-                        let Ok(name) = RegistryName::parse_field("registry", &a.registry) else { return };
-                        if let Err(e) = core.registry_changed_elsewhere(&name).await {
-                            tracing::warn!(error = %e, registry = %name, "cannot apply another node's registry change");
-                        }
-                    }
                     _ => {
                         if let Err(e) = iam.reload().await {
                             tracing::warn!(error = %e, "cannot reload identities another node changed");
                         }
                     }
+                }
+            }
+            "registry" => {
+                let Ok(a) = serde_json::from_slice::<Announcement>(&message.payload) else { return };
+                if a.node == self.me() {
+                    return;
+                }
+                if let Ok(name) = RegistryName::parse_field("registry", &a.registry)
+                    && let Err(e) = core.registry_changed_elsewhere(&name).await
+                {
+                    tracing::warn!(error = %e, registry = %name, "cannot apply another node's registry change");
+                }
+                // The answer tells the node that made the change it is in force here.
+                if let Some(reply) = message.reply {
+                    let _ = self.inner.client.publish(reply, Vec::new().into()).await;
                 }
             }
             "command" => {
@@ -286,8 +300,10 @@ impl Cluster {
 
 #[async_trait::async_trait]
 impl Peers for Cluster {
-    fn connected(&self, device: NumId) {
-        self.announce("connected", &Announcement::device(self.me(), device, ""));
+    fn connected(&self, device: NumId, since: std::time::SystemTime) {
+        let mut a = Announcement::device(self.me(), device, "");
+        a.since_ms = since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.announce("connected", &a);
     }
 
     fn kick(&self, device: NumId, reason: Reason) {
@@ -304,10 +320,34 @@ impl Peers for Cluster {
         self.announce("config", &Announcement::device(self.me(), device, ""));
     }
 
-    fn registry_changed(&self, name: &RegistryName) {
+    async fn registry_changed(&self, name: &RegistryName) {
+        use futures_util::StreamExt;
         let mut a = Announcement::new(self.me());
         a.registry = name.to_string();
-        self.announce("registry", &a);
+        let payload = serde_json::to_vec(&a).unwrap_or_default();
+        let expected = self.live_peers();
+        let client = &self.inner.client;
+        if expected == 0 || client.connection_state() != async_nats::connection::State::Connected {
+            // No node is known to listen: tell whoever does, without waiting.
+            let _ = client.publish(self.subject("registry"), payload.into()).await;
+            return;
+        }
+        let inbox = client.new_inbox();
+        let Ok(mut answers) = client.subscribe(inbox.clone()).await else { return };
+        if client.publish_with_reply(self.subject("registry"), inbox, payload.into()).await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + REGISTRY_WAIT;
+        let mut heard = 0;
+        while heard < expected {
+            match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(_)) => heard += 1,
+                _ => {
+                    tracing::warn!(registry = %name, heard, expected, "not every node confirmed a registry change in time");
+                    return;
+                }
+            }
+        }
     }
 
     async fn send_command(&self, device: NumId, subfolder: &str, data: &[u8], wait: Duration) -> PeerCommand {

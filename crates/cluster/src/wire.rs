@@ -19,6 +19,9 @@ pub(crate) struct Announcement {
     /// `unbound`: the gateway the device was unbound from.
     #[serde(default)]
     pub gateway: u64,
+    /// `connected`: when the connection began, in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub since_ms: u64,
 }
 
 impl Announcement {

@@ -167,11 +167,13 @@ impl Core {
         Ok(registry)
     }
 
-    /// Drops this node's cached copy of a registry and, in a cluster, every other node's.
-    pub(crate) fn forget_registry(&self, name: &RegistryName) {
+    /// Drops this node's cached copy of a registry and, in a cluster, every other node's; returns
+    /// once the other nodes said they did (or a bounded wait ran out), so the change is in force
+    /// everywhere when the API call that made it returns.
+    pub(crate) async fn forget_registry(&self, name: &RegistryName) {
         self.forget_registry_here(name);
         if let Some(p) = self.peers() {
-            p.registry_changed(name);
+            p.registry_changed(name).await;
         }
     }
 

@@ -159,8 +159,10 @@ impl Core {
     /// A device connected to this node (the MQTT bridge calls this once presence holds it): in a
     /// cluster, other nodes end their session of it, as one connection per device is the rule.
     pub fn connected_here(&self, device: ferrocore_model::NumId) {
-        if let Some(p) = self.peers() {
-            p.connected(device);
+        if let Some(p) = self.peers()
+            && let Some(since) = self.inner.presence.since(device)
+        {
+            p.connected(device, since);
         }
     }
 

@@ -8,7 +8,7 @@
 
 use crate::presence::Reason;
 use ferrocore_model::{NumId, RegistryName};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// What a command sent to the other nodes came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,16 +25,19 @@ pub enum PeerCommand {
 
 #[async_trait::async_trait]
 pub trait Peers: Send + Sync + 'static {
-    /// A device connected to this node: any other node holding it ends that session.
-    fn connected(&self, device: NumId);
+    /// A device connected to this node at `since`: any other node holding an older connection
+    /// of it ends that session.
+    fn connected(&self, device: NumId, since: SystemTime);
     /// The device's presence must end everywhere (blocked, deleted, credentials changed).
     fn kick(&self, device: NumId, reason: Reason);
     /// The device was unbound from `gateway`: the node where that gateway carries it detaches it.
     fn unbound(&self, device: NumId, gateway: NumId);
     /// The device has a new config version: the node holding it pushes it.
     fn config_changed(&self, device: NumId);
-    /// A registry changed or went: nodes drop their cached copy.
-    fn registry_changed(&self, name: &RegistryName);
+    /// A registry changed or went: nodes drop their cached copy (and end the sessions of its
+    /// devices when its MQTT bridge is now disabled). Returns once they did, or after a bounded
+    /// wait for a node that does not answer.
+    async fn registry_changed(&self, name: &RegistryName);
     /// Delivers a command to the device on whichever other node holds it, waiting up to `wait`
     /// for its acknowledgement.
     async fn send_command(&self, device: NumId, subfolder: &str, data: &[u8], wait: Duration) -> PeerCommand;

@@ -19,6 +19,7 @@ use ferrocore_model::{DeviceConfig, NumId, Status};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the server asks of a connected session. Each message names its device: a gateway's
@@ -83,6 +84,9 @@ pub struct SessionHandle {
     end: watch::Sender<Option<Disconnect>>,
     /// The gateway, when the device is attached through one.
     via: Option<NumId>,
+    /// When presence took it (wall clock, so that nodes of a cluster can tell the newer of two
+    /// connections of one device).
+    since: SystemTime,
 }
 
 impl SessionHandle {
@@ -172,7 +176,8 @@ impl Presence {
         let (end, ended) = watch::channel(None);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let commands = Arc::new(AtomicBool::new(false));
-        let handle = SessionHandle { id, device, control, commands: commands.clone(), end, via: None };
+        let handle =
+            SessionHandle { id, device, control, commands: commands.clone(), end, via: None, since: SystemTime::now() };
         let old = self.sessions().insert(device, handle.clone());
         if let Some(old) = old {
             old.end(None, Reason::Replaced);
@@ -195,6 +200,7 @@ impl Presence {
             commands: commands.clone(),
             end: gw.end.clone(),
             via: Some(gateway),
+            since: SystemTime::now(),
         };
         if let Some(old) = sessions.insert(device, handle) {
             old.end(None, Reason::Replaced);
@@ -246,6 +252,23 @@ impl Presence {
         }
     }
 
+    /// Ends the device's presence here if it began before `time`: another node took the device
+    /// at `time`, and only the newer connection stays (one that began here later is kept, and
+    /// its own announcement ends the other).
+    pub fn kick_if_older(&self, device: NumId, time: SystemTime, reason: Reason) {
+        let mut sessions = self.sessions();
+        if sessions.get(&device).is_some_and(|s| s.since < time)
+            && let Some(s) = sessions.remove(&device)
+        {
+            s.end(None, reason);
+        }
+    }
+
+    /// When the device's presence here began, if it is here.
+    pub fn since(&self, device: NumId) -> Option<SystemTime> {
+        self.get(device).map(|s| s.since)
+    }
+
     /// Detaches a device attached through `gateway`, if it is.
     pub fn detach_from_gateway(&self, device: NumId, gateway: NumId, reason: Reason) {
         let mut sessions = self.sessions();
@@ -280,6 +303,19 @@ impl Presence {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn another_nodes_newer_connection_ends_only_an_older_one_here() {
+        let p = Presence::default();
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let (_h, mut link) = p.attach(NumId(7));
+        p.kick_if_older(NumId(7), before, Reason::Replaced);
+        assert!(p.is_connected(NumId(7)), "a connection made here after the other node's stays");
+        p.kick_if_older(NumId(7), SystemTime::now() + Duration::from_secs(1), Reason::Replaced);
+        assert!(!p.is_connected(NumId(7)));
+        assert_eq!(link.ended().await, Disconnect { status: None }, "the older one is told to go");
+        p.kick_if_older(NumId(8), SystemTime::now(), Reason::Replaced);
+    }
 
     #[tokio::test]
     async fn a_new_connection_takes_over_and_old_cleanup_is_harmless() {

@@ -171,7 +171,7 @@ impl Core {
             }
         }
         let result = self.inner.store.update_registry(&registry).await;
-        self.forget_registry(name);
+        self.forget_registry(name).await;
         match result {
             Ok(()) => {
                 // Disabling MQTT ends the registry's live MQTT sessions at once (new ones are
@@ -235,7 +235,7 @@ impl Core {
 
     pub async fn delete_registry(&self, name: &RegistryName) -> Result<()> {
         let outcome = self.inner.store.delete_registry(name).await.map_err(storage)?;
-        self.forget_registry(name);
+        self.forget_registry(name).await;
         match outcome {
             RegistryDelete::Deleted => Ok(()),
             RegistryDelete::NotFound => Err(registry_not_found(name)),
@@ -258,7 +258,7 @@ mod tests {
     async fn a_registry_read_racing_an_update_does_not_cache_the_old_registry() {
         let f = Fixture::new(Default::default()).await;
         let name = f.device.registry.clone();
-        f.core.forget_registry(&name);
+        f.core.forget_registry_here(&name);
         f.store.get_registry.arm();
         let core = f.core.clone();
         let reader = {

@@ -362,7 +362,7 @@ async fn serve_on<B: ferrocore_store::Backend>(
             )
             .await
             .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?;
-            tracing::info!(node = %c.node_id, prefix = %c.prefix, "joined the cluster");
+            tracing::info!(node = %c.node_id, prefix = %c.prefix, "joined the cluster (NATS connects in the background when it is not up yet)");
             Some(joined)
         }
         None => None,
