@@ -373,3 +373,144 @@ async fn without_nats_cross_node_commands_are_unavailable_and_come_back_with_it(
     a.stop().await;
     b.stop().await;
 }
+
+/// A node run as the real binary, so that it can be killed with SIGKILL.
+struct ChildNode {
+    child: std::process::Child,
+    http: String,
+    mqtt: std::net::SocketAddr,
+}
+
+impl ChildNode {
+    fn spawn(db: &TestDatabase, prefix: &str, dir: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrocore"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--http", "127.0.0.1:0", "--grpc", "off", "--mqtts", "off", "--mqtt", "127.0.0.1:0"])
+            .args(["--store", &db.url(), "--cluster", &format!("nats://{NATS}"), "--node-id", "node-a"])
+            .args(["--cluster-prefix", prefix, "--command-timeout-seconds", "1"])
+            .env("FERROCORE_ADMIN_TOKEN", crate::harness::TOKEN)
+            .env("FERROCORE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start ferrocore");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key).and_then(|w| w.strip_prefix('=')))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .to_owned()
+        };
+        Self { http: format!("http://{}", addr("http")), mqtt: addr("mqtt").parse().unwrap(), child }
+    }
+
+    /// SIGKILL: no shutdown, no goodbye on the bus.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A device on plain MQTT, subscribed to its commands.
+async fn plain_device(addr: std::net::SocketAddr, id: &str) -> MqttClient {
+    let mut c = MqttClient::plain(addr).await;
+    assert_eq!(c.connect(&client_id(id), Some(&es256_token(PROJECT)), 60).await, ConnectReturnCode::Accepted);
+    c.subscribe(&[(&format!("/devices/{id}/commands/#"), QoS::AtLeastOnce)]).await;
+    c
+}
+
+/// Sends a command through `base` while the device acknowledges whatever arrives; the status.
+async fn command_through(base: &str, command: &str, device: Option<&mut MqttClient>) -> StatusCode {
+    let send = reqwest::Client::new()
+        .post(format!("{base}/v1/{command}"))
+        .bearer_auth(crate::harness::TOKEN)
+        .json(&json!({"binaryData": b64(b"cmd")}))
+        .send();
+    let Some(device) = device else { return send.await.unwrap().status() };
+    let acking = async {
+        loop {
+            if let Packet::Publish(p) = device.recv().await {
+                device.send(Packet::PubAck(p.packet_id.unwrap())).await;
+            }
+        }
+    };
+    tokio::select! {
+        r = send => r.unwrap().status(),
+        () = acking => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn a_killed_node_fails_its_commands_fast_and_rejoins_when_restarted() {
+    let Some(db) = TestDatabase::create().await else { return };
+    if !nats_up().await {
+        return;
+    }
+    let prefix = format!("t{:016x}", rand_u64());
+    let dir = tempfile::tempdir().unwrap();
+    let a = ChildNode::spawn(&db, &prefix, &dir.path().join("a"));
+    let b = {
+        let (url, prefix) = (db.url(), prefix.clone());
+        TestServer::start_configured(
+            |_| None,
+            move |c| {
+                c.store = StoreLocation::Postgres(url);
+                c.cluster = Some(ClusterSettings { url: format!("nats://{NATS}"), node_id: "node-b".into(), prefix });
+            },
+        )
+        .await
+    };
+    let two_nodes = async || {
+        wait::eventually("both nodes listed", async || {
+            b.get("cluster").await.1["nodes"].as_array().is_some_and(|n| n.len() == 2).then_some(())
+        })
+        .await
+    };
+    two_nodes().await;
+    let registry = b.registry(PROJECT, "reg").await;
+    b.device(&registry, "dev-1", json!({})).await;
+    let command = format!("{registry}/devices/dev-1:sendCommandToDevice");
+    let mut device = plain_device(a.mqtt, "dev-1").await;
+    assert_eq!(command_through(&b.base, &command, Some(&mut device)).await, StatusCode::OK);
+
+    // SIGKILL node A under its device: a command through B fails within seconds, never OK.
+    a.kill();
+    let started = Instant::now();
+    let status = command_through(&b.base, &command, None).await;
+    assert!(
+        status == StatusCode::BAD_REQUEST || status == StatusCode::GATEWAY_TIMEOUT,
+        "a command to a device on a dead node: {status}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "answered in {:?}", started.elapsed());
+
+    // The device comes back through node B and is reachable at once.
+    let mut device = plain_device(b.mqtt, "dev-1").await;
+    assert_eq!(command_through(&b.base, &command, Some(&mut device)).await, StatusCode::OK);
+
+    // A restarted node A rejoins by itself and reaches the device on B.
+    let a = ChildNode::spawn(&db, &prefix, &dir.path().join("a"));
+    two_nodes().await;
+    wait::eventually("node A to hear node B", async || {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/v1/cluster", a.http))
+            .bearer_auth(crate::harness::TOKEN)
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = resp.json().await.ok()?;
+        body["nodes"].as_array().is_some_and(|n| n.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(command_through(&a.http, &command, Some(&mut device)).await, StatusCode::OK);
+    drop(a);
+    b.stop().await;
+}
