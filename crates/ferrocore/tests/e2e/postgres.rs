@@ -101,3 +101,83 @@ async fn an_unreachable_database_stops_the_start_with_a_clear_error() {
     assert!(text.contains("cannot open the store at postgres://ferrocore:***@127.0.0.1:1/ferrocore"), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
+
+/// A TCP proxy in front of PostgreSQL that the test can cut (every connection closed, new ones
+/// refused at once) and restore: a database outage without touching the machine's server.
+struct CuttableProxy {
+    port: u16,
+    up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl CuttableProxy {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(tokio::sync::watch::channel(true).0);
+        let gate = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut state = gate.subscribe();
+                if !*state.borrow() {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { port, up }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+#[tokio::test]
+async fn losing_postgresql_answers_unavailable_and_service_returns_with_it() {
+    use crate::device::{MqttClient, es256_token};
+    use ferrocore_mqtt_codec::ConnectReturnCode;
+    let Some(db) = TestDatabase::create().await else { return };
+    let url = db.url();
+    let (authority, database) = url.rsplit_once('/').unwrap();
+    let (_, host) = authority.rsplit_once('@').unwrap();
+    let proxy = CuttableProxy::start(host.to_owned()).await;
+    let proxied = format!("{}@127.0.0.1:{}/{database}", authority.rsplit_once('@').unwrap().0, proxy.port);
+    let s = TestServer::start_configured(|_| None, move |c| c.store = StoreLocation::Postgres(proxied)).await;
+    let registry = s.registry("outage", "reg").await;
+    s.device(&registry, "dev-1", json!({})).await;
+    let client_id = "projects/outage/locations/us-central1/registries/reg/devices/dev-1";
+
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let (st, body) = s.post(&format!("{registry}/devices"), json!({"id": "dev-2"})).await;
+    expect_error(st, &body, 503, "UNAVAILABLE");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("127.0.0.1") && !message.contains("sqlx"), "no internals: {message}");
+    let (st, body) = s.get(&format!("{registry}/devices/dev-1")).await;
+    expect_error(st, &body, 503, "UNAVAILABLE");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    // A device that cannot be checked is not let in.
+    let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    assert_ne!(c.try_connect(client_id, Some(&es256_token("outage"))).await, Some(ConnectReturnCode::Accepted));
+
+    proxy.restore();
+    crate::wait::eventually("writes to work again", async || {
+        let (st, _) = s.post(&format!("{registry}/devices"), json!({"id": "dev-2"})).await;
+        (st == StatusCode::OK).then_some(())
+    })
+    .await;
+    let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
+    assert_eq!(c.try_connect(client_id, Some(&es256_token("outage"))).await, Some(ConnectReturnCode::Accepted));
+    s.stop().await;
+}
