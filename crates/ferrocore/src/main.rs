@@ -220,7 +220,8 @@ fn init_logs(format: LogFormat, default: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Serve(args) => init_logs(args.log_format, "info"),
+        // PostgreSQL's notices (a migration table that already exists...) are not news.
+        Command::Serve(args) => init_logs(args.log_format, "info,sqlx::postgres::notice=warn"),
         _ => init_logs(LogFormat::Text, "off"),
     }
     match cli.command {
