@@ -102,6 +102,18 @@ async function overviewPage() {
     ['Lag (seconds)', (s) => s.lagSeconds],
     ['Last error', (s) => s.lastError || '—'],
   ], sinks.sinks || [], 'none configured (see `ferrocore serve --sink`).'));
+  // A server that runs alone answers FAILED_PRECONDITION: no section then.
+  const cluster = await call('GET', 'cluster').catch(() => null);
+  if (cluster) {
+    out.push(h('h2', {}, 'Cluster nodes'));
+    out.push(table('Nodes this server hears from, itself included', [
+      ['Node', (n) => n.nodeId],
+      ['Devices connected', (n) => n.connections],
+      ['Last heartbeat', (n) => when(n.lastHeartbeatTime)],
+      ['HTTP', (n) => n.httpAddress],
+      ['MQTT', (n) => n.mqttAddress],
+    ], cluster.nodes || []));
+  }
   return out;
 }
 

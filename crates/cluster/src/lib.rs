@@ -46,7 +46,7 @@ const REGISTRY_WAIT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `--cluster`, `--node-id`, `--cluster-prefix`, and where this node's listeners are.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// `nats://HOST:PORT`.
     pub url: String,
@@ -104,7 +104,9 @@ impl Cluster {
             .name(format!("ferrocore-{}", config.node_id))
             .connection_timeout(CONNECT_TIMEOUT)
             .retry_on_initial_connect();
-        let client = options.connect(&config.url).await.map_err(|e| format!("--cluster {}: {e}", config.url))?;
+        // The URL may carry a NATS password: it stays out of the message.
+        let client =
+            options.connect(&config.url).await.map_err(|e| format!("cannot connect to NATS (--cluster): {e}"))?;
         let (outbox, queued) = mpsc::unbounded_channel();
         let (stop, _) = tokio::sync::watch::channel(false);
         let cluster = Self {

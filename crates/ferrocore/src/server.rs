@@ -55,12 +55,23 @@ pub struct Config {
 }
 
 /// `--cluster`, `--node-id`, `--cluster-prefix`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterSettings {
-    /// `nats://HOST:PORT`.
+    /// `nats://[USER:PASSWORD@]HOST:PORT`.
     pub url: String,
     pub node_id: String,
     pub prefix: String,
+}
+
+/// Never shows a NATS password.
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("url", &redact_password(&self.url))
+            .field("node_id", &self.node_id)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 /// `--store`: the embedded SQLite file in the data directory (the default), or a PostgreSQL
