@@ -92,6 +92,8 @@ struct Inner {
     outbox: mpsc::UnboundedSender<(String, Vec<u8>)>,
     /// Turns true on [`Cluster::leave`]: the tasks end.
     stop: tokio::sync::watch::Sender<bool>,
+    /// The task publishing announcements, awaited on leave so that none is lost.
+    sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -117,9 +119,11 @@ impl Cluster {
                 nodes: Mutex::new(HashMap::new()),
                 outbox,
                 stop,
+                sender: Mutex::new(None),
             }),
         };
-        tokio::spawn(cluster.clone().send_queued(queued));
+        let sender = tokio::spawn(cluster.clone().send_queued(queued));
+        *cluster.inner.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
         let subscriber = cluster.inner.client.subscribe(cluster.subject(">")).await.map_err(|e| e.to_string())?;
         tokio::spawn(cluster.clone().receive(subscriber, iam.clone()));
         tokio::spawn(cluster.clone().heartbeat());
@@ -129,10 +133,15 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Stops listening and announcing; what was queued is sent first.
+    /// Stops listening and announcing, sends what was queued, and closes the NATS connection.
     pub async fn leave(&self) {
         let _ = self.inner.stop.send(true);
+        let sender = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = sender {
+            let _ = task.await;
+        }
         let _ = self.inner.client.flush().await;
+        let _ = self.inner.client.drain().await;
     }
 
     async fn stopped(&self) {
