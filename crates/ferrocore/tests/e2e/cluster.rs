@@ -514,3 +514,27 @@ async fn a_killed_node_fails_its_commands_fast_and_rejoins_when_restarted() {
     drop(a);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn unbinding_on_one_node_detaches_the_device_from_its_gateway_on_another() {
+    use crate::gateways::{attach, bind, connect_gateway, gateway, leaf, next_error, registry};
+    let Some(db) = TestDatabase::create().await else { return };
+    if !nats_up().await {
+        return;
+    }
+    let (a, b) = two_nodes(&db).await;
+    let reg = registry(&a).await;
+    gateway(&a, &reg, "hub", "ASSOCIATION_ONLY").await;
+    leaf(&a, &reg, "dev-a").await;
+    bind(&a, &reg, "hub", "dev-a").await;
+    let mut hub = connect_gateway(&a, &reg, "hub").await;
+    attach(&mut hub, "dev-a", b"{}").await;
+    let (st, body) =
+        b.post(&format!("{reg}:unbindDeviceFromGateway"), json!({"gatewayId": "hub", "deviceId": "dev-a"})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let e = next_error(&mut hub, "hub", "GATEWAY_DETACHMENT_DEVICE_ERROR").await;
+    assert_eq!(e["device_id"], "dev-a");
+    assert!(e["description"].as_str().unwrap().contains("unbound"), "{e}");
+    a.stop().await;
+    b.stop().await;
+}

@@ -14,7 +14,7 @@ const PROJECT: &str = "gw-proj";
 
 /// A registry routing telemetry to `telemetry` (subfolder `alerts` to `alerts`, `probe` to
 /// `probes`) and states to `state`. Returns its path.
-async fn registry(s: &TestServer) -> String {
+pub(crate) async fn registry(s: &TestServer) -> String {
     let parent = format!("projects/{PROJECT}/locations/us-central1");
     let (st, body) = s
         .post(
@@ -35,12 +35,12 @@ async fn registry(s: &TestServer) -> String {
 }
 
 /// A gateway with the ES256 fixture key and this auth method.
-async fn gateway(s: &TestServer, reg: &str, id: &str, method: &str) -> Value {
+pub(crate) async fn gateway(s: &TestServer, reg: &str, id: &str, method: &str) -> Value {
     s.device(reg, id, json!({"gatewayConfig": {"gatewayType": "GATEWAY", "gatewayAuthMethod": method}})).await
 }
 
 /// A non-gateway device with the RSA fixture key, so that its JWT is not the gateway's.
-async fn leaf(s: &TestServer, reg: &str, id: &str) -> Value {
+pub(crate) async fn leaf(s: &TestServer, reg: &str, id: &str) -> Value {
     s.device(reg, id, json!({"credentials": [{"publicKey": {"format": "RSA_PEM", "key": fixture("rsa_public.pem")}}]}))
         .await
 }
@@ -50,14 +50,14 @@ fn leaf_token() -> String {
     jwt(&fixture("rsa_private.pem"), PROJECT, now(), now() + 3600)
 }
 
-async fn bind(s: &TestServer, reg: &str, gateway: &str, device: &str) {
+pub(crate) async fn bind(s: &TestServer, reg: &str, gateway: &str, device: &str) {
     let (st, body) =
         s.post(&format!("{reg}:bindDeviceToGateway"), json!({"gatewayId": gateway, "deviceId": device})).await;
     assert_eq!(st, StatusCode::OK, "{body}");
 }
 
 /// The gateway connected, and subscribed to its errors topic.
-async fn connect_gateway(s: &TestServer, reg: &str, id: &str) -> MqttClient {
+pub(crate) async fn connect_gateway(s: &TestServer, reg: &str, id: &str) -> MqttClient {
     let mut c = MqttClient::tls(s.mqtts, &s.ca_pem()).await;
     assert_eq!(c.connect(&format!("{reg}/devices/{id}"), Some(&es256_token(PROJECT)), 60).await, Rc::Accepted);
     let errors = format!("/devices/{id}/errors");
@@ -67,7 +67,7 @@ async fn connect_gateway(s: &TestServer, reg: &str, id: &str) -> MqttClient {
 }
 
 /// The next packet is an error on `gateway`'s errors topic, of this type; returns it.
-async fn next_error(c: &mut MqttClient, gateway: &str, error_type: &str) -> Value {
+pub(crate) async fn next_error(c: &mut MqttClient, gateway: &str, error_type: &str) -> Value {
     match c.recv().await {
         Packet::Publish(p) => {
             assert_eq!(p.topic, format!("/devices/{gateway}/errors"));
@@ -88,7 +88,7 @@ async fn no_puback_pending(c: &mut MqttClient, gateway: &str) {
 }
 
 /// Attaches and expects the PUBACK.
-async fn attach(c: &mut MqttClient, device: &str, payload: &[u8]) {
+pub(crate) async fn attach(c: &mut MqttClient, device: &str, payload: &[u8]) {
     c.publish_acked(&format!("/devices/{device}/attach"), payload).await;
 }
 
