@@ -54,6 +54,19 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
 }
 
+/// The sinks to run. A sink's forwarding position is kept in the store under its name; in a
+/// cluster every node forwards from its own topic log, so each node's sinks are named after the
+/// node too, or nodes sharing the store would overwrite each other's positions.
+fn sink_specs(config: &Config) -> Vec<ferrocore_sinks::spec::SinkSpec> {
+    let mut specs = config.sinks.clone();
+    if let Some(c) = &config.cluster {
+        for s in &mut specs {
+            s.name = format!("{}.{}", c.node_id, s.name);
+        }
+    }
+    specs
+}
+
 /// `--cluster`, `--node-id`, `--cluster-prefix`.
 #[derive(Clone)]
 pub struct ClusterSettings {
@@ -310,7 +323,7 @@ async fn serve_on<B: ferrocore_store::Backend>(
         None
     } else {
         let f = ferrocore_sinks::forward::Forwarders::start(
-            config.sinks.clone(),
+            sink_specs(&config),
             log_sink.clone(),
             store.clone(),
             config.clock.0.clone(),

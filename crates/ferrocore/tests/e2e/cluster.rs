@@ -538,3 +538,34 @@ async fn unbinding_on_one_node_detaches_the_device_from_its_gateway_on_another()
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn each_node_keeps_its_own_sink_positions() {
+    let Some(db) = TestDatabase::create().await else { return };
+    if !nats_up().await {
+        return;
+    }
+    // The same --sink on every node, as one configuration deployed everywhere would give.
+    let spec = ferrocore_sinks::spec::SinkSpec::parse("projects/p/topics/*=http://127.0.0.1:9/hook").unwrap();
+    let prefix = format!("t{:016x}", rand_u64());
+    let node = |id: &'static str| {
+        let (url, prefix, spec) = (db.url(), prefix.clone(), spec.clone());
+        TestServer::start_configured(
+            |_| None,
+            move |c| {
+                c.store = StoreLocation::Postgres(url);
+                c.cluster = Some(ClusterSettings { url: format!("nats://{NATS}"), node_id: id.into(), prefix });
+                c.sinks = vec![spec];
+            },
+        )
+    };
+    let (a, b) = (node("node-a").await, node("node-b").await);
+    async fn sink_name(s: &TestServer) -> String {
+        s.get("sinks").await.1["sinks"][0]["name"].as_str().unwrap().to_owned()
+    }
+    let (on_a, on_b) = (sink_name(&a).await, sink_name(&b).await);
+    assert_eq!(on_a, format!("node-a.{}", spec.name));
+    assert_eq!(on_b, format!("node-b.{}", spec.name));
+    a.stop().await;
+    b.stop().await;
+}
