@@ -66,6 +66,29 @@ pub fn check_name(flag: &str, value: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("{flag} must be 1 to 63 letters, digits, '-' or '_'")) }
 }
 
+/// The answers to one [`Cluster::ask`]: one is expected from each node alive when it was asked.
+struct Answers {
+    replies: async_nats::Subscriber,
+    left: usize,
+}
+
+impl Answers {
+    /// The next answer before `deadline`; None once every node answered or the deadline passed.
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Option<async_nats::Message> {
+        use futures_util::StreamExt;
+        if self.left == 0 {
+            return None;
+        }
+        let m = tokio::time::timeout_at(deadline, self.replies.next()).await.ok()??;
+        self.left -= 1;
+        Some(m)
+    }
+
+    fn all_heard(&self) -> bool {
+        self.left == 0
+    }
+}
+
 /// A node as the others heard of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -179,6 +202,19 @@ impl Cluster {
             http_address: self.inner.config.http_address.clone(),
             mqtt_address: self.inner.config.mqtt_address.clone(),
         }
+    }
+
+    /// Offers `payload` on `kind` to the other nodes with a reply subject, for the exchanges that
+    /// wait for them (commands, registry changes); None when NATS cannot be reached now.
+    async fn ask(&self, kind: &str, payload: Vec<u8>) -> Option<Answers> {
+        let client = &self.inner.client;
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return None;
+        }
+        let inbox = client.new_inbox();
+        let replies = client.subscribe(inbox.clone()).await.ok()?;
+        client.publish_with_reply(self.subject(kind), inbox, payload.into()).await.ok()?;
+        Some(Answers { replies, left: self.live_peers() })
     }
 
     /// Queues an announcement; the sending task publishes it.
@@ -332,47 +368,19 @@ impl Peers for Cluster {
     }
 
     async fn registry_changed(&self, name: &RegistryName) {
-        use futures_util::StreamExt;
         let mut a = Announcement::new(self.me());
         a.registry = name.to_string();
-        let payload = serde_json::to_vec(&a).unwrap_or_default();
-        let expected = self.live_peers();
-        let client = &self.inner.client;
-        if expected == 0 || client.connection_state() != async_nats::connection::State::Connected {
-            // No node is known to listen: tell whoever does, without waiting.
-            let _ = client.publish(self.subject("registry"), payload.into()).await;
+        let Some(mut answers) = self.ask("registry", serde_json::to_vec(&a).unwrap_or_default()).await else {
             return;
-        }
-        let inbox = client.new_inbox();
-        let Ok(mut answers) = client.subscribe(inbox.clone()).await else { return };
-        if client.publish_with_reply(self.subject("registry"), inbox, payload.into()).await.is_err() {
-            return;
-        }
+        };
         let deadline = tokio::time::Instant::now() + REGISTRY_WAIT;
-        let mut heard = 0;
-        while heard < expected {
-            match tokio::time::timeout_at(deadline, answers.next()).await {
-                Ok(Some(_)) => heard += 1,
-                _ => {
-                    tracing::warn!(registry = %name, heard, expected, "not every node confirmed a registry change in time");
-                    return;
-                }
-            }
+        while answers.next(deadline).await.is_some() {}
+        if !answers.all_heard() {
+            tracing::warn!(registry = %name, missing = answers.left, "not every node confirmed a registry change in time");
         }
     }
 
     async fn send_command(&self, device: NumId, subfolder: &str, data: &[u8], wait: Duration) -> PeerCommand {
-        use futures_util::StreamExt;
-        let client = &self.inner.client;
-        if client.connection_state() != async_nats::connection::State::Connected {
-            return PeerCommand::Unavailable;
-        }
-        let expected = self.live_peers();
-        if expected == 0 {
-            return PeerCommand::NotHeld;
-        }
-        let inbox = client.new_inbox();
-        let Ok(mut answers) = client.subscribe(inbox.clone()).await else { return PeerCommand::Unavailable };
         let offer = CommandOffer {
             node: self.me().to_owned(),
             device: device.0,
@@ -380,22 +388,17 @@ impl Peers for Cluster {
             data: base64::engine::general_purpose::STANDARD.encode(data),
             wait_ms: wait.as_millis() as u64,
         };
-        let payload = serde_json::to_vec(&offer).unwrap_or_default();
-        if client.publish_with_reply(self.subject("command"), inbox, payload.into()).await.is_err() {
+        let Some(mut answers) = self.ask("command", serde_json::to_vec(&offer).unwrap_or_default()).await else {
             return PeerCommand::Unavailable;
-        }
+        };
         // The holder answers once the device acknowledged (or its own wait ran out); the others
         // at once. A node that dies meanwhile never answers: the wait ends with what was heard.
         let deadline = tokio::time::Instant::now() + wait + Duration::from_secs(1);
-        let mut heard = 0;
         let mut outcome = PeerCommand::NotHeld;
-        while heard < expected {
-            let Ok(Some(m)) = tokio::time::timeout_at(deadline, answers.next()).await else { break };
-            let Ok(answer) = serde_json::from_slice::<CommandAnswer>(&m.payload) else { continue };
-            heard += 1;
-            match answer.outcome.as_str() {
-                "delivered" => return PeerCommand::Delivered,
-                "deadline" => outcome = PeerCommand::Deadline,
+        while let Some(m) = answers.next(deadline).await {
+            match serde_json::from_slice::<CommandAnswer>(&m.payload).map(|a| a.outcome) {
+                Ok(o) if o == "delivered" => return PeerCommand::Delivered,
+                Ok(o) if o == "deadline" => outcome = PeerCommand::Deadline,
                 _ => {}
             }
         }

@@ -32,38 +32,50 @@ async fn nats_up() -> bool {
     false
 }
 
-/// Two nodes on one database and one fresh subject prefix.
-async fn two_nodes(db: &TestDatabase) -> (TestServer, TestServer) {
-    let prefix = format!("t{:016x}", rand_u64());
-    let node = |id: &'static str| {
-        let url = db.url();
-        let prefix = prefix.clone();
-        TestServer::start_configured(
-            |_| None,
-            move |c| {
-                c.store = StoreLocation::Postgres(url);
-                c.cluster = Some(ClusterSettings { url: format!("nats://{NATS}"), node_id: id.into(), prefix });
-            },
-        )
-    };
-    let a = node("node-a").await;
-    let b = node("node-b").await;
-    // Each must have heard the other's heartbeat before it offers it anything.
-    for s in [&a, &b] {
-        wait::eventually("both nodes listed", async || {
-            let (st, body) = s.get("cluster").await;
-            (st == StatusCode::OK && body["nodes"].as_array().is_some_and(|n| n.len() == 2)).then_some(())
-        })
-        .await;
-    }
-    (a, b)
+/// A fresh subject prefix, so that tests sharing the NATS server never hear each other.
+fn fresh_prefix() -> String {
+    format!("t{:016x}", rand::random::<u64>())
 }
 
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
+/// A node `id` on `db` in the cluster `prefix` of the NATS server at `nats` (host:port), with
+/// `configure` applied last.
+async fn node(
+    db: &TestDatabase,
+    nats: &str,
+    prefix: &str,
+    id: &str,
+    configure: impl FnOnce(&mut ferrocore::server::Config) + Send + 'static,
+) -> TestServer {
+    let (store, url, node_id, prefix) = (db.url(), format!("nats://{nats}"), id.to_owned(), prefix.to_owned());
+    TestServer::start_configured(
+        |_| None,
+        move |c| {
+            c.store = StoreLocation::Postgres(store);
+            c.cluster = Some(ClusterSettings { url, node_id, prefix });
+            configure(c);
+        },
+    )
+    .await
+}
+
+/// Waits until `s` lists `n` nodes (itself included).
+async fn lists_nodes(s: &TestServer, n: usize) {
+    wait::eventually("the nodes listed", async || {
+        let (st, body) = s.get("cluster").await;
+        (st == StatusCode::OK && body["nodes"].as_array().is_some_and(|v| v.len() == n)).then_some(())
+    })
+    .await;
+}
+
+/// Two nodes on one database and one fresh subject prefix, each having heard the other.
+async fn two_nodes(db: &TestDatabase) -> (TestServer, TestServer) {
+    let prefix = fresh_prefix();
+    let a = node(db, NATS, &prefix, "node-a", |_| {}).await;
+    let b = node(db, NATS, &prefix, "node-b", |_| {}).await;
+    // Each must have heard the other's heartbeat before it offers it anything.
+    lists_nodes(&a, 2).await;
+    lists_nodes(&b, 2).await;
+    (a, b)
 }
 
 fn client_id(device: &str) -> String {
@@ -302,25 +314,10 @@ async fn without_nats_cross_node_commands_are_unavailable_and_come_back_with_it(
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let Some(mut nats) = OwnNats::start(port) else { return };
     nats.wait_up().await;
-    let node = |id: &'static str| {
-        let url = db.url();
-        TestServer::start_configured(
-            |_| None,
-            move |c| {
-                c.store = StoreLocation::Postgres(url);
-                c.cluster = Some(ClusterSettings {
-                    url: format!("nats://127.0.0.1:{port}"),
-                    node_id: id.into(),
-                    prefix: "outage".into(),
-                });
-            },
-        )
-    };
-    let (a, b) = (node("node-a").await, node("node-b").await);
-    wait::eventually("both nodes listed", async || {
-        b.get("cluster").await.1["nodes"].as_array().is_some_and(|n| n.len() == 2).then_some(())
-    })
-    .await;
+    let nats_at = format!("127.0.0.1:{port}");
+    let a = node(&db, &nats_at, "outage", "node-a", |_| {}).await;
+    let b = node(&db, &nats_at, "outage", "node-b", |_| {}).await;
+    lists_nodes(&b, 2).await;
     let registry = a.registry(PROJECT, "reg").await;
     a.device(&registry, "dev-1", json!({})).await;
     let command = format!("{registry}/devices/dev-1:sendCommandToDevice");
@@ -455,27 +452,11 @@ async fn a_killed_node_fails_its_commands_fast_and_rejoins_when_restarted() {
     if !nats_up().await {
         return;
     }
-    let prefix = format!("t{:016x}", rand_u64());
+    let prefix = fresh_prefix();
     let dir = tempfile::tempdir().unwrap();
     let a = ChildNode::spawn(&db, &prefix, &dir.path().join("a"));
-    let b = {
-        let (url, prefix) = (db.url(), prefix.clone());
-        TestServer::start_configured(
-            |_| None,
-            move |c| {
-                c.store = StoreLocation::Postgres(url);
-                c.cluster = Some(ClusterSettings { url: format!("nats://{NATS}"), node_id: "node-b".into(), prefix });
-            },
-        )
-        .await
-    };
-    let two_nodes = async || {
-        wait::eventually("both nodes listed", async || {
-            b.get("cluster").await.1["nodes"].as_array().is_some_and(|n| n.len() == 2).then_some(())
-        })
-        .await
-    };
-    two_nodes().await;
+    let b = node(&db, NATS, &prefix, "node-b", |_| {}).await;
+    lists_nodes(&b, 2).await;
     let registry = b.registry(PROJECT, "reg").await;
     b.device(&registry, "dev-1", json!({})).await;
     let command = format!("{registry}/devices/dev-1:sendCommandToDevice");
@@ -498,7 +479,7 @@ async fn a_killed_node_fails_its_commands_fast_and_rejoins_when_restarted() {
 
     // A restarted node A rejoins by itself and reaches the device on B.
     let a = ChildNode::spawn(&db, &prefix, &dir.path().join("a"));
-    two_nodes().await;
+    lists_nodes(&b, 2).await;
     wait::eventually("node A to hear node B", async || {
         let resp = reqwest::Client::new()
             .get(format!("{}/v1/cluster", a.http))
@@ -547,19 +528,15 @@ async fn each_node_keeps_its_own_sink_positions() {
     }
     // The same --sink on every node, as one configuration deployed everywhere would give.
     let spec = ferrocore_sinks::spec::SinkSpec::parse("projects/p/topics/*=http://127.0.0.1:9/hook").unwrap();
-    let prefix = format!("t{:016x}", rand_u64());
-    let node = |id: &'static str| {
-        let (url, prefix, spec) = (db.url(), prefix.clone(), spec.clone());
-        TestServer::start_configured(
-            |_| None,
-            move |c| {
-                c.store = StoreLocation::Postgres(url);
-                c.cluster = Some(ClusterSettings { url: format!("nats://{NATS}"), node_id: id.into(), prefix });
-                c.sinks = vec![spec];
-            },
-        )
+    let prefix = fresh_prefix();
+    let with_sink = {
+        let spec = spec.clone();
+        move |c: &mut ferrocore::server::Config| c.sinks = vec![spec]
     };
-    let (a, b) = (node("node-a").await, node("node-b").await);
+    let (a, b) = (
+        node(&db, NATS, &prefix, "node-a", with_sink.clone()).await,
+        node(&db, NATS, &prefix, "node-b", with_sink).await,
+    );
     async fn sink_name(s: &TestServer) -> String {
         s.get("sinks").await.1["sinks"][0]["name"].as_str().unwrap().to_owned()
     }
