@@ -20,6 +20,7 @@
 //! answer UNAVAILABLE and announcements are lost (a node that missed a kick still ends the
 //! session when the device's next token check or reconnect meets the store).
 
+pub mod log;
 mod wire;
 
 use async_nats::{Client, ConnectOptions};

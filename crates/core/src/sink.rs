@@ -112,6 +112,8 @@ pub enum SinkState {
     Retrying,
     /// The server is shutting down.
     Stopped,
+    /// Another node of the cluster forwards this sink; this one takes over if that node goes.
+    Standby,
 }
 
 impl SinkState {
@@ -120,6 +122,7 @@ impl SinkState {
             SinkState::Ok => "ok",
             SinkState::Retrying => "retrying",
             SinkState::Stopped => "stopped",
+            SinkState::Standby => "standby",
         }
     }
 }

@@ -180,6 +180,10 @@ struct ServeArgs {
     /// Prefix of every NATS subject the cluster uses, so clusters can share one NATS server.
     #[arg(long, env = "FERROCORE_CLUSTER_PREFIX", default_value = "ferrocore")]
     cluster_prefix: String,
+    /// Copies JetStream keeps of each topic's stream in a cluster: 1 on a single NATS server,
+    /// 3 (or 5) on a NATS cluster, so the topic log survives losing a NATS server.
+    #[arg(long, env = "FERROCORE_CLUSTER_LOG_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    cluster_log_replicas: u8,
 }
 
 #[derive(Parser)]
@@ -345,7 +349,12 @@ fn serve(args: ServeArgs) -> Result<()> {
             };
             ferrocore_cluster::check_name("--node-id", &node_id).map_err(|e| anyhow::anyhow!(e))?;
             ferrocore_cluster::check_name("--cluster-prefix", &args.cluster_prefix).map_err(|e| anyhow::anyhow!(e))?;
-            Some(server::ClusterSettings { url: url.clone(), node_id, prefix: args.cluster_prefix.clone() })
+            Some(server::ClusterSettings {
+                url: url.clone(),
+                node_id,
+                prefix: args.cluster_prefix.clone(),
+                log_replicas: usize::from(args.cluster_log_replicas),
+            })
         }
     };
     let config = Config {

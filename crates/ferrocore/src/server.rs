@@ -54,26 +54,43 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
 }
 
-/// The sinks to run. A sink's forwarding position is kept in the store under its name; in a
-/// cluster every node forwards from its own topic log, so each node's sinks are named after the
-/// node too, or nodes sharing the store would overwrite each other's positions.
-fn sink_specs(config: &Config) -> Vec<ferrocore_sinks::spec::SinkSpec> {
-    let mut specs = config.sinks.clone();
-    if let Some(c) = &config.cluster {
-        for s in &mut specs {
-            s.name = format!("{}.{}", c.node_id, s.name);
-        }
-    }
-    specs
+/// How often a node checks the leases of the sinks it forwards, and tries those it does not:
+/// a sink whose node died is taken over within about this long.
+const SINK_LEASE_CHECK: Duration = Duration::from_secs(2);
+
+/// The external sinks: all forwarded here on one node; in a cluster, each by the node holding
+/// its lease.
+#[derive(Clone)]
+enum Sinks {
+    Local(ferrocore_sinks::forward::Forwarders),
+    Led(Arc<ferrocore_sinks::leader::LedSinks>),
 }
 
-/// `--cluster`, `--node-id`, `--cluster-prefix`.
+impl Sinks {
+    fn report(&self) -> Arc<dyn ferrocore_core::sink::SinkReport> {
+        match self {
+            Sinks::Local(f) => Arc::new(f.clone()),
+            Sinks::Led(l) => l.clone(),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Sinks::Local(f) => f.close().await,
+            Sinks::Led(l) => l.close().await,
+        }
+    }
+}
+
+/// `--cluster`, `--node-id`, `--cluster-prefix`, `--cluster-log-replicas`.
 #[derive(Clone)]
 pub struct ClusterSettings {
     /// `nats://[USER:PASSWORD@]HOST:PORT`.
     pub url: String,
     pub node_id: String,
     pub prefix: String,
+    /// JetStream replicas of each topic's stream.
+    pub log_replicas: usize,
 }
 
 /// Never shows a NATS password.
@@ -83,6 +100,7 @@ impl std::fmt::Debug for ClusterSettings {
             .field("url", &redact_password(&self.url))
             .field("node_id", &self.node_id)
             .field("prefix", &self.prefix)
+            .field("log_replicas", &self.log_replicas)
             .finish()
     }
 }
@@ -282,29 +300,48 @@ async fn serve_on<B: ferrocore_store::Backend>(
     on_ready: impl FnOnce(Bound) + Send,
 ) -> Result<()> {
     let store = Arc::new(ferrocore_store::metered::Metered::new(backend, metrics.clone()));
-    let mut log_config = ferrocore_topiclog::LogConfig::new(config.data_dir.join("topics"));
-    log_config.retention_max_age = config.topic_log.max_age;
-    log_config.retention_max_bytes = config.topic_log.max_bytes_per_topic;
-    // Pub/Sub lets one message carry 10 MB (its whole request); devices stay under 256 KiB.
-    log_config.max_record_bytes = ferrocore_pubsub::MAX_PUBLISH_BYTES + (1 << 20);
-    let topic_log = ferrocore_topiclog::TopicLog::open(log_config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open the topic log: {}", e.detail()))?;
-    // One LogSink is both where telemetry goes and where topic readers read it back.
-    let log_sink = Arc::new(ferrocore_sinks::log::LogSink::new(topic_log.clone()));
-    let core = Core::with_metrics(
-        store.clone(),
-        config.clock.0.clone(),
-        log_sink.clone(),
-        config.core.clone(),
-        metrics.clone(),
-    );
+    // Where telemetry lands and is read back: one shared JetStream log in a cluster, the embedded
+    // log in the data directory otherwise. Either is both the core's sink and every reader's source.
+    let (topic_log, sink, topics): (
+        _,
+        Arc<dyn ferrocore_core::sink::Sink>,
+        Arc<dyn ferrocore_core::topics::TopicSource>,
+    ) = match &config.cluster {
+        Some(c) => {
+            let log = ferrocore_cluster::log::JetStreamLog::connect(ferrocore_cluster::log::LogSettings {
+                url: c.url.clone(),
+                prefix: c.prefix.clone(),
+                node_id: c.node_id.clone(),
+                max_age: config.topic_log.max_age,
+                max_bytes_per_topic: config.topic_log.max_bytes_per_topic,
+                replicas: c.log_replicas,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+            tracing::info!(replicas = c.log_replicas, "topic log: NATS JetStream, shared by the cluster");
+            let log = Arc::new(log);
+            (TopicLogKind::Shared(log.as_ref().clone()), log.clone() as _, log as _)
+        }
+        None => {
+            let mut log_config = ferrocore_topiclog::LogConfig::new(config.data_dir.join("topics"));
+            log_config.retention_max_age = config.topic_log.max_age;
+            log_config.retention_max_bytes = config.topic_log.max_bytes_per_topic;
+            // Pub/Sub lets one message carry 10 MB (its whole request); devices stay under 256 KiB.
+            log_config.max_record_bytes = ferrocore_pubsub::MAX_PUBLISH_BYTES + (1 << 20);
+            let topic_log = ferrocore_topiclog::TopicLog::open(log_config)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the topic log: {}", e.detail()))?;
+            let log_sink = Arc::new(ferrocore_sinks::log::LogSink::new(topic_log.clone()));
+            (TopicLogKind::Embedded(topic_log), log_sink.clone() as _, log_sink as _)
+        }
+    };
+    let core = Core::with_metrics(store.clone(), config.clock.0.clone(), sink, config.core.clone(), metrics.clone());
     let activity = core.activity().clone();
     let flusher = activity.spawn_flusher(config.activity_flush_interval);
     let log_flusher = core.spawn_log_flusher(config.device_logs.clone());
     let pubsub = ferrocore_pubsub::PubSub::new(
         store.clone(),
-        log_sink.clone(),
+        topics.clone(),
         config.clock.0.clone(),
         ferrocore_pubsub::Settings::default(),
     );
@@ -319,19 +356,36 @@ async fn serve_on<B: ferrocore_store::Backend>(
     .map_err(|e| anyhow::anyhow!("cannot load identities and access: {}", e.message))?;
     let access = ferrocore_api::authz::Access::new(iam.clone(), pubsub.clone(), config.pubsub_anonymous);
     // Started before any listener, so that retention holds are in place before new records come.
-    let forwarders = if config.sinks.is_empty() {
-        None
-    } else {
-        let f = ferrocore_sinks::forward::Forwarders::start(
-            sink_specs(&config),
-            log_sink.clone(),
-            store.clone(),
-            config.clock.0.clone(),
-            config.sink_settings.clone(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start the sinks: {e}"))?;
-        Some(f)
+    let forwarders = match (&config.cluster, &config.store) {
+        _ if config.sinks.is_empty() => None,
+        // The log is shared: each sink is forwarded by one node at a time, the one holding its
+        // lease in PostgreSQL; the others stand by and take over when it goes.
+        (Some(c), StoreLocation::Postgres(url)) => {
+            let leases = ferrocore_sinks::leader::PgLeases::new(url.clone(), format!("ferrocore-sink/{}", c.prefix));
+            let led = ferrocore_sinks::leader::LedSinks::start(
+                config.sinks.clone(),
+                topics.clone(),
+                store.clone(),
+                config.clock.0.clone(),
+                config.sink_settings.clone(),
+                Arc::new(leases),
+                SINK_LEASE_CHECK,
+            )
+            .await;
+            Some(Sinks::Led(Arc::new(led)))
+        }
+        _ => {
+            let f = ferrocore_sinks::forward::Forwarders::start(
+                config.sinks.clone(),
+                topics.clone(),
+                store.clone(),
+                config.clock.0.clone(),
+                config.sink_settings.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the sinks: {e}"))?;
+            Some(Sinks::Local(f))
+        }
     };
 
     // One shutdown signal, fanned out to every listener.
@@ -433,10 +487,10 @@ async fn serve_on<B: ferrocore_store::Backend>(
     };
     let app = ferrocore_api::rest::router(ferrocore_api::rest::RestParts {
         core: core.clone(),
-        topics: log_sink,
+        topics,
         access,
         pubsub: pubsub.clone(),
-        sinks: forwarders.clone().map(|f| Arc::new(f) as Arc<dyn ferrocore_core::sink::SinkReport>),
+        sinks: forwarders.as_ref().map(Sinks::report),
         ready: ready.clone(),
         metrics: Some(exporter.clone()),
         stopping,
@@ -476,26 +530,35 @@ async fn serve_on<B: ferrocore_store::Backend>(
     if let Some(f) = &forwarders {
         f.close().await;
     }
-    topic_log.close().await;
+    match &topic_log {
+        TopicLogKind::Embedded(log) => log.close().await,
+        TopicLogKind::Shared(log) => log.close().await,
+    }
     ferrocore_store::Backend::close(&*store).await;
     tracing::info!("ferrocore stopped");
     served_grpc.context("the gRPC listener failed")
+}
+
+/// Which topic log this server runs over.
+#[derive(Clone)]
+enum TopicLogKind {
+    Embedded(ferrocore_topiclog::TopicLog),
+    Shared(ferrocore_cluster::log::JetStreamLog),
 }
 
 /// `GET /metrics`: what the server recorded, and what its parts report at scrape time.
 fn exporter(
     metrics: Arc<ferrocore_metrics::Metrics>,
     core: Core,
-    topic_log: ferrocore_topiclog::TopicLog,
-    sinks: Option<ferrocore_sinks::forward::Forwarders>,
+    topic_log: TopicLogKind,
+    sinks: Option<Sinks>,
 ) -> ferrocore_api::metrics::Exporter {
-    use ferrocore_core::sink::SinkReport;
     ferrocore_api::metrics::Exporter::new(move || {
         let (metrics, core, topic_log, sinks) = (metrics.clone(), core.clone(), topic_log.clone(), sinks.clone());
         async move {
             let dropped = core.device_log().dropped();
             let sinks = match &sinks {
-                Some(f) => f.statuses().await,
+                Some(f) => f.report().statuses().await,
                 None => Vec::new(),
             };
             // /proc reads are small but blocking (one directory entry per open file).
@@ -503,7 +566,11 @@ fn exporter(
             let scraped = ferrocore_metrics::Scraped {
                 devices_connected: core.presence().len() as u64,
                 device_log_dropped: [dropped.debug, dropped.info, dropped.error],
-                topic_log: Some(topic_log.stats()),
+                topic_log: match &topic_log {
+                    TopicLogKind::Embedded(log) => Some(log.stats()),
+                    // JetStream reports on its streams itself (its own monitoring endpoint).
+                    TopicLogKind::Shared(_) => None,
+                },
                 sinks: sinks
                     .into_iter()
                     .map(|s| ferrocore_metrics::SinkValues {

@@ -7,13 +7,16 @@
 //! * [`destination`]: the contract of an external system: check a URL at start, open a target per
 //!   topic, deliver batches in order and say how far they were confirmed.
 //! * [`spec`]: `--sink 'TOPICS=URL'` entries, checked at start; [`forward`]: the forwarders that
-//!   read each topic at a durable cursor and deliver it, with back-off, retention holds and status.
+//!   read each topic at a durable cursor and deliver it, with back-off, retention holds and status;
+//!   [`leader`]: in a cluster sharing one log, each sink forwarded by the one node holding its
+//!   lease.
 //! * one module per external system: [`pubsub`] (Google Cloud Pub/Sub), [`nats`] (JetStream),
 //!   [`amqp`] (RabbitMQ), [`redis`] (Streams), [`webhook`] (Pub/Sub push format).
 
 pub mod amqp;
 pub mod destination;
 pub mod forward;
+pub mod leader;
 pub mod log;
 pub mod nats;
 pub mod pubsub;

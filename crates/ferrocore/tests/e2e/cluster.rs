@@ -51,7 +51,9 @@ async fn node(
         |_| None,
         move |c| {
             c.store = StoreLocation::Postgres(store);
-            c.cluster = Some(ClusterSettings { url, node_id, prefix });
+            c.cluster = Some(ClusterSettings { url, node_id, prefix, log_replicas: 1 });
+            // What a failed test leaves in the machine's NATS goes away by itself.
+            c.topic_log.max_age = Duration::from_secs(3600);
             configure(c);
         },
     )
@@ -380,6 +382,10 @@ struct ChildNode {
 
 impl ChildNode {
     fn spawn(db: &TestDatabase, prefix: &str, dir: &std::path::Path) -> Self {
+        Self::spawn_with(db, prefix, dir, &[])
+    }
+
+    fn spawn_with(db: &TestDatabase, prefix: &str, dir: &std::path::Path, extra: &[&str]) -> Self {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrocore"))
             .args(["serve", "--data-dir"])
@@ -387,6 +393,7 @@ impl ChildNode {
             .args(["--http", "127.0.0.1:0", "--grpc", "off", "--mqtts", "off", "--mqtt", "127.0.0.1:0"])
             .args(["--store", &db.url(), "--cluster", &format!("nats://{NATS}"), "--node-id", "node-a"])
             .args(["--cluster-prefix", prefix, "--command-timeout-seconds", "1"])
+            .args(extra)
             .env("FERROCORE_ADMIN_TOKEN", crate::harness::TOKEN)
             .env("FERROCORE_LOG", "warn")
             .stdout(std::process::Stdio::piped())
@@ -521,28 +528,224 @@ async fn unbinding_on_one_node_detaches_the_device_from_its_gateway_on_another()
 }
 
 #[tokio::test]
-async fn each_node_keeps_its_own_sink_positions() {
+async fn one_node_forwards_each_sink_and_another_takes_over_when_it_dies() {
+    use crate::sinks::{Receiver, publish};
     let Some(db) = TestDatabase::create().await else { return };
     if !nats_up().await {
         return;
     }
     // The same --sink on every node, as one configuration deployed everywhere would give.
-    let spec = ferrocore_sinks::spec::SinkSpec::parse("projects/p/topics/*=http://127.0.0.1:9/hook").unwrap();
+    let hook = Receiver::start().await;
+    let entry = format!("projects/{PROJECT}/topics/*={}/hook", hook.url);
+    let spec = ferrocore_sinks::spec::SinkSpec::parse(&entry).unwrap();
     let prefix = fresh_prefix();
-    let with_sink = {
-        let spec = spec.clone();
-        move |c: &mut ferrocore::server::Config| c.sinks = vec![spec]
-    };
-    let (a, b) = (
-        node(&db, NATS, &prefix, "node-a", with_sink.clone()).await,
-        node(&db, NATS, &prefix, "node-b", with_sink).await,
-    );
-    async fn sink_name(s: &TestServer) -> String {
-        s.get("sinks").await.1["sinks"][0]["name"].as_str().unwrap().to_owned()
+    let dir = tempfile::tempdir().unwrap();
+    // Node A starts first and takes the sink's lease.
+    let a = ChildNode::spawn_with(&db, &prefix, &dir.path().join("a"), &["--sink", &entry]);
+    let b = node(&db, NATS, &prefix, "node-b", move |c| c.sinks = vec![spec]).await;
+    lists_nodes(&b, 2).await;
+    let (_, sinks) = b.get("sinks").await;
+    assert_eq!(sinks["sinks"][0]["state"], "standby", "{sinks}");
+    let topic = format!("projects/{PROJECT}/topics/readings");
+    assert_eq!(b.put(&topic, json!({})).await.0, StatusCode::OK);
+
+    // Published through B, forwarded once, by A, from the shared log.
+    let first: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    publish(&b, &topic, &first.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    hook.until_count(20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.got().len(), 20, "each message forwarded once, by one node");
+
+    // A dies: B takes the lease over and forwards what comes next, from where A left off.
+    a.kill();
+    let second: Vec<String> = (20..40).map(|i| format!("m{i}")).collect();
+    publish(&b, &topic, &second.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    wait::eventually("node B to forward the sink", async || {
+        let (_, sinks) = b.get("sinks").await;
+        (sinks["sinks"][0]["state"] == "ok").then_some(())
+    })
+    .await;
+    hook.until_count(40).await;
+    let got: Vec<String> = hook
+        .got()
+        .iter()
+        .map(|(_, push)| {
+            let data = push["message"]["data"].as_str().unwrap();
+            String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let want: Vec<String> = first.into_iter().chain(second).collect();
+    assert_eq!(got, want, "every message once, in order, across the takeover");
+    b.stop().await;
+    remove_streams(&prefix).await;
+}
+
+/// Removes the topic log streams a test made under `prefix` on the machine's NATS.
+async fn remove_streams(prefix: &str) {
+    let removed = ferrocore_cluster::log::JetStreamLog::remove_all(&format!("nats://{NATS}"), prefix).await;
+    assert!(removed.is_ok(), "removing the test's streams: {removed:?}");
+}
+
+/// The payloads of `topic` read through `node`'s REST topic read, with the device each came from.
+async fn logged(node: &TestServer, topic: &str) -> Vec<(String, String)> {
+    let (st, m) = node.get(&format!("{topic}/messages?from=earliest&maxMessages=1000")).await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    m["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let data = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, m["data"].as_str().unwrap());
+            (m["attributes"]["deviceId"].as_str().unwrap_or("").to_owned(), String::from_utf8(data.unwrap()).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn telemetry_of_every_node_lands_in_one_log_that_every_node_reads() {
+    let Some(db) = TestDatabase::create().await else { return };
+    if !nats_up().await {
+        return;
     }
-    let (on_a, on_b) = (sink_name(&a).await, sink_name(&b).await);
-    assert_eq!(on_a, format!("node-a.{}", spec.name));
-    assert_eq!(on_b, format!("node-b.{}", spec.name));
+    let prefix = fresh_prefix();
+    let (a, b) = (node(&db, NATS, &prefix, "node-a", |_| {}).await, node(&db, NATS, &prefix, "node-b", |_| {}).await);
+    lists_nodes(&a, 2).await;
+    let registry = a.registry(PROJECT, "reg").await;
+    let topic = format!("projects/{PROJECT}/topics/events");
+    // A Pub/Sub subscription made through node A before anything is published.
+    let sub = format!("projects/{PROJECT}/subscriptions/everything");
+    assert_eq!(a.put(&sub, json!({"topic": topic})).await.0, StatusCode::OK);
+    a.device(&registry, "dev-a", json!({})).await;
+    a.device(&registry, "dev-b", json!({})).await;
+    let mut on_a = device_on(&a, "dev-a").await;
+    let mut on_b = device_on(&b, "dev-b").await;
+    for i in 0..30 {
+        on_a.publish_acked("/devices/dev-a/events", format!("a-{i}").as_bytes()).await;
+        on_b.publish_acked("/devices/dev-b/events", format!("b-{i}").as_bytes()).await;
+    }
+
+    // Both nodes read the same log: every PUBACKed message, each device's in its order.
+    let on_a_read = logged(&a, &topic).await;
+    assert_eq!(on_a_read.len(), 60, "{on_a_read:?}");
+    assert_eq!(logged(&b, &topic).await, on_a_read);
+    for dev in ["a", "b"] {
+        let mine: Vec<&str> =
+            on_a_read.iter().filter(|(d, _)| *d == format!("dev-{dev}")).map(|(_, p)| p.as_str()).collect();
+        let want: Vec<String> = (0..30).map(|i| format!("{dev}-{i}")).collect();
+        assert_eq!(mine, want);
+    }
+    wait::eventually("node B's extent to count every message", async || {
+        let (_, e) = b.get(&format!("{topic}/extent")).await;
+        (e["nextOffset"] == "60").then_some(())
+    })
+    .await;
+
+    // The subscription made on A delivers, through B, what devices on both nodes published.
+    let mut got = Vec::new();
+    wait::eventually("every message pulled through node B", async || {
+        let (st, pulled) = b.post(&format!("{sub}:pull"), json!({"maxMessages": 100})).await;
+        assert_eq!(st, StatusCode::OK, "{pulled}");
+        let received = pulled["receivedMessages"].as_array().cloned().unwrap_or_default();
+        let ids: Vec<String> = received.iter().map(|m| m["ackId"].as_str().unwrap().to_owned()).collect();
+        if !ids.is_empty() {
+            assert_eq!(b.post(&format!("{sub}:acknowledge"), json!({"ackIds": ids})).await.0, StatusCode::OK);
+        }
+        got.extend(received.iter().map(|m| m["message"]["attributes"]["deviceId"].as_str().unwrap().to_owned()));
+        (got.len() >= 60).then_some(())
+    })
+    .await;
+    assert_eq!(got.iter().filter(|d| *d == "dev-a").count(), 30);
+    assert_eq!(got.iter().filter(|d| *d == "dev-b").count(), 30);
+
+    // Pub/Sub's Publish on one node lands in the same log.
+    let (st, body) = b.post(&format!("{topic}:publish"), json!({"messages": [{"data": b64(b"from-api")}]})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["messageIds"][0], "60");
+    assert_eq!(logged(&a, &topic).await.last().unwrap().1, "from-api");
     a.stop().await;
     b.stop().await;
+    remove_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_node_killed_under_telemetry_loses_nothing_it_acknowledged() {
+    let Some(db) = TestDatabase::create().await else { return };
+    if !nats_up().await {
+        return;
+    }
+    let prefix = fresh_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let a = ChildNode::spawn(&db, &prefix, &dir.path().join("a"));
+    let b = node(&db, NATS, &prefix, "node-b", |_| {}).await;
+    lists_nodes(&b, 2).await;
+    let registry = b.registry(PROJECT, "reg").await;
+    let topic = format!("projects/{PROJECT}/topics/events");
+    for i in 0..8 {
+        b.device(&registry, &format!("dev-{i}"), json!({})).await;
+    }
+    // Eight devices on node A publish QoS 1, each at most ~80 messages a second (the bridge
+    // disconnects a device past 100); each records what was acknowledged.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut publishers = Vec::new();
+    for i in 0..8 {
+        let mut c = plain_device(a.mqtt, &format!("dev-{i}")).await;
+        let acked = acked.clone();
+        publishers.push(tokio::spawn(async move {
+            for n in 0u32.. {
+                let payload = format!("dev-{i}/{n}");
+                let topic = format!("/devices/dev-{i}/events");
+                let Some(id) = c.publish(&topic, QoS::AtLeastOnce, payload.as_bytes()).await else { return };
+                loop {
+                    match c.recv_within(Duration::from_secs(5)).await {
+                        Some(Packet::PubAck(got)) if got == id => break,
+                        Some(_) => continue,
+                        None => return,
+                    }
+                }
+                acked.lock().unwrap().push(payload);
+                tokio::time::sleep(Duration::from_millis(12)).await;
+            }
+        }));
+    }
+    // Killed mid-stream, after a good number went through.
+    let started = Instant::now();
+    while acked.lock().unwrap().len() < 500 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} acknowledged in 60 s",
+            acked.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("{} acknowledged in {:?}", acked.lock().unwrap().len(), started.elapsed());
+    a.kill();
+    for p in publishers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    let logged: std::collections::HashSet<String> = {
+        let mut all = std::collections::HashSet::new();
+        let mut offset = 0u64;
+        loop {
+            let (st, m) = b.get(&format!("{topic}/messages?offset={offset}&maxMessages=1000")).await;
+            assert_eq!(st, StatusCode::OK, "{m}");
+            let msgs = m["messages"].as_array().unwrap().clone();
+            if msgs.is_empty() {
+                break;
+            }
+            for msg in &msgs {
+                let data =
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, msg["data"].as_str().unwrap());
+                all.insert(String::from_utf8(data.unwrap()).unwrap());
+            }
+            offset = m["nextOffset"].as_str().unwrap().parse().unwrap();
+        }
+        all
+    };
+    let missing: Vec<&String> = acked.iter().filter(|p| !logged.contains(*p)).collect();
+    assert!(missing.is_empty(), "{} of {} acknowledged messages missing: {missing:?}", missing.len(), acked.len());
+    eprintln!("{} messages acknowledged by the killed node, all in the log ({} logged)", acked.len(), logged.len());
+    b.stop().await;
+    remove_streams(&prefix).await;
 }

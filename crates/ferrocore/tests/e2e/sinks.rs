@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// An HTTP receiver answering 204 and keeping every (path and query, JSON body).
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     got: Arc<Mutex<Vec<(String, Value)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
@@ -50,11 +50,11 @@ impl Receiver {
         Receiver { url, got, task }
     }
 
-    fn got(&self) -> Vec<(String, Value)> {
+    pub(crate) fn got(&self) -> Vec<(String, Value)> {
         self.got.lock().unwrap().clone()
     }
 
-    async fn until_count(&self, n: usize) {
+    pub(crate) async fn until_count(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.got().len() < n {
             assert!(Instant::now() < deadline, "only {} of {n} pushes arrived", self.got().len());
@@ -67,7 +67,7 @@ fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
-async fn publish(s: &TestServer, topic: &str, texts: &[&str]) {
+pub(crate) async fn publish(s: &TestServer, topic: &str, texts: &[&str]) {
     let messages: Vec<Value> =
         texts.iter().map(|t| json!({"data": b64(t.as_bytes()), "attributes": {"n": t}})).collect();
     let (st, body) = s.post(&format!("{topic}:publish"), json!({ "messages": messages })).await;

@@ -20,6 +20,7 @@
 
 mod device_logs;
 mod iam;
+pub mod lease;
 mod migrate;
 mod pubsub;
 mod sinks;
