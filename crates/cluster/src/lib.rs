@@ -10,7 +10,9 @@
 //!   acknowledgement, the others answer that they do not hold it, so the API answers as on one
 //!   node (OK, FAILED_PRECONDITION, DEADLINE_EXCEEDED) without waiting out a timeout;
 //! * **caches**: a registry or an identity (API token, service account, key) changed on one
-//!   node is dropped from or reloaded into the others' memory;
+//!   node is dropped from or reloaded into the others' memory, and so is a Pub/Sub topic deleted
+//!   or a subscription updated, detached, deleted or sought (its loaded state follows);
+//! * **the topic log** ([`log`]): one JetStream stream per topic, shared by every node;
 //! * **membership**: each node announces itself every [`HEARTBEAT`]; `GET /v1/cluster` lists
 //!   the nodes heard from within [`NODE_TIMEOUT`].
 //!
@@ -30,6 +32,7 @@ use ferrocore_core::peers::{PeerCommand, Peers};
 use ferrocore_core::presence::Reason;
 use ferrocore_iam::Iam;
 use ferrocore_model::{NumId, RegistryName, Timestamp};
+use ferrocore_pubsub::PubSub;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,7 +126,7 @@ struct Inner {
 impl Cluster {
     /// Connects to NATS and starts listening; `iam` is told to reload when another node changes
     /// identities, and tells the others when this node does.
-    pub async fn join(config: ClusterConfig, core: Core, iam: Iam) -> Result<Self, String> {
+    pub async fn join(config: ClusterConfig, core: Core, iam: Iam, pubsub: PubSub) -> Result<Self, String> {
         check_name("--node-id", &config.node_id)?;
         check_name("--cluster-prefix", &config.prefix)?;
         let options = ConnectOptions::new()
@@ -149,10 +152,12 @@ impl Cluster {
         let sender = tokio::spawn(cluster.clone().send_queued(queued));
         *cluster.inner.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
         let subscriber = cluster.inner.client.subscribe(cluster.subject(">")).await.map_err(|e| e.to_string())?;
-        tokio::spawn(cluster.clone().receive(subscriber, iam.clone()));
+        tokio::spawn(cluster.clone().receive(subscriber, iam.clone(), pubsub.clone()));
         tokio::spawn(cluster.clone().heartbeat());
         let me = cluster.clone();
         iam.on_change(move || me.announce("iam", &Announcement::new(&me.inner.config.node_id)));
+        let me = cluster.clone();
+        pubsub.on_change(move |c| me.announce("pubsub", &wire::PubsubChange::new(&me.inner.config.node_id, c)));
         core.join_peers(Arc::new(cluster.clone()));
         Ok(cluster)
     }
@@ -251,7 +256,7 @@ impl Cluster {
         }
     }
 
-    async fn receive(self, mut subscriber: async_nats::Subscriber, iam: Iam) {
+    async fn receive(self, mut subscriber: async_nats::Subscriber, iam: Iam, pubsub: PubSub) {
         use futures_util::StreamExt;
         loop {
             let message = tokio::select! {
@@ -262,13 +267,13 @@ impl Cluster {
             let kind = message.subject.as_str().strip_prefix(&self.inner.config.prefix).unwrap_or_default();
             let kind = kind.strip_prefix('.').unwrap_or_default().to_owned();
             let this = self.clone();
-            let iam = iam.clone();
+            let (iam, pubsub) = (iam.clone(), pubsub.clone());
             // Commands wait for a device; nothing else may wait behind them.
-            tokio::spawn(async move { this.handle(&kind, message, &iam).await });
+            tokio::spawn(async move { this.handle(&kind, message, &iam, &pubsub).await });
         }
     }
 
-    async fn handle(&self, kind: &str, message: async_nats::Message, iam: &Iam) {
+    async fn handle(&self, kind: &str, message: async_nats::Message, iam: &Iam, pubsub: &PubSub) {
         let core = &self.inner.core;
         match kind {
             "nodes" => {
@@ -308,6 +313,15 @@ impl Cluster {
                             tracing::warn!(error = %e, "cannot reload identities another node changed");
                         }
                     }
+                }
+            }
+            "pubsub" => {
+                let Ok(c) = serde_json::from_slice::<wire::PubsubChange>(&message.payload) else { return };
+                if c.node == self.me() {
+                    return;
+                }
+                if let Some(change) = c.into_change() {
+                    pubsub.changed_elsewhere(&change).await;
                 }
             }
             "registry" => {

@@ -115,3 +115,41 @@ pub(crate) fn reason(name: &str) -> Reason {
         _ => Reason::Replaced,
     }
 }
+
+/// `pubsub`: a Pub/Sub topic or subscription changed; the others apply it to their memory.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct PubsubChange {
+    pub node: String,
+    /// `topic-deleted`, `subscription-updated`, `subscription-deleted` or `seeked`.
+    pub change: String,
+    pub name: String,
+    #[serde(default)]
+    pub offset: u64,
+}
+
+impl PubsubChange {
+    pub fn new(node: &str, change: &ferrocore_pubsub::Change) -> Self {
+        use ferrocore_pubsub::Change as C;
+        let (kind, name, offset) = match change {
+            C::TopicDeleted(t) => ("topic-deleted", t.as_str(), 0),
+            C::SubscriptionUpdated(s) => ("subscription-updated", s.as_str(), 0),
+            C::SubscriptionDeleted(s) => ("subscription-deleted", s.as_str(), 0),
+            C::Seeked(s, o) => ("seeked", s.as_str(), *o),
+        };
+        Self { node: node.to_owned(), change: kind.to_owned(), name: name.to_owned(), offset }
+    }
+
+    /// None for a change this version does not know or a malformed name.
+    pub fn into_change(self) -> Option<ferrocore_pubsub::Change> {
+        use ferrocore_model::pubsub::{SubscriptionName, TopicName};
+        use ferrocore_pubsub::Change as C;
+        let sub = || SubscriptionName::parse("subscription", &self.name).ok();
+        Some(match self.change.as_str() {
+            "topic-deleted" => C::TopicDeleted(TopicName::parse("topic", &self.name).ok()?),
+            "subscription-updated" => C::SubscriptionUpdated(sub()?),
+            "subscription-deleted" => C::SubscriptionDeleted(sub()?),
+            "seeked" => C::Seeked(sub()?, self.offset),
+            _ => return None,
+        })
+    }
+}

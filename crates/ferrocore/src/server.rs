@@ -437,6 +437,7 @@ async fn serve_on<B: ferrocore_store::Backend>(
                 },
                 core.clone(),
                 iam.clone(),
+                pubsub.clone(),
             )
             .await
             .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?;

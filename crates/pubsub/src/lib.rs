@@ -103,6 +103,20 @@ pub struct StreamOptions {
     pub max_outstanding_bytes: i64,
 }
 
+/// A change this node made that other nodes sharing the store must apply to what they hold in
+/// memory (see [`PubSub::on_change`] and [`PubSub::changed_elsewhere`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    TopicDeleted(TopicName),
+    /// Settings changed (UpdateSubscription, DetachSubscription): re-read them from the store.
+    SubscriptionUpdated(SubscriptionName),
+    SubscriptionDeleted(SubscriptionName),
+    /// Seek: delivery restarts at this offset of the topic.
+    Seeked(SubscriptionName, u64),
+}
+
+type ChangeHook = Arc<dyn Fn(&Change) + Send + Sync>;
+
 /// Cheap to clone; all clones share one service.
 #[derive(Clone)]
 pub struct PubSub {
@@ -124,6 +138,8 @@ struct Inner {
     next_stream: AtomicU64,
     shutdown: watch::Sender<bool>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Told of every change other nodes must apply (the cluster announces it).
+    on_change: RwLock<Option<ChangeHook>>,
 }
 
 fn not_found(what: &str, name: &str) -> Error {
@@ -138,6 +154,16 @@ fn source_error(e: ReadError) -> Error {
             Error::new(Code::Unavailable, "The topic log is unavailable; retry later.")
         }
     }
+}
+
+/// A detached subscription delivers nothing more: what was read counts as done.
+fn detach_loaded(loaded: &Sub) {
+    let mut s = loaded.lock();
+    let end = s.read_next;
+    let wake = s.seek(end);
+    drop(s);
+    loaded.wake(wake);
+    loaded.reset();
 }
 
 fn closing() -> Error {
@@ -165,6 +191,7 @@ impl PubSub {
                 next_stream: AtomicU64::new(PULL + 1),
                 shutdown: watch::Sender::new(false),
                 flusher: Mutex::new(None),
+                on_change: RwLock::new(None),
             }),
         };
         let flusher = tokio::spawn(flush_loop(Arc::downgrade(&service.inner), service.inner.shutdown.subscribe()));
@@ -193,6 +220,84 @@ impl PubSub {
 
     fn loaded(&self) -> Vec<Arc<Sub>> {
         self.inner.subs.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// Calls `hook` after each change other nodes sharing the store must apply to their memory.
+    pub fn on_change(&self, hook: impl Fn(&Change) + Send + Sync + 'static) {
+        *self.inner.on_change.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
+    }
+
+    fn changed(&self, change: Change) {
+        let hook = self.inner.on_change.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(hook) = hook {
+            hook(&change);
+        }
+    }
+
+    /// Applies a change another node made (and saved in the shared store) to what this node
+    /// holds: cached topics, loaded subscriptions' settings, positions and streams.
+    pub async fn changed_elsewhere(&self, change: &Change) {
+        match change {
+            Change::TopicDeleted(name) => self.forget_topic(name),
+            Change::SubscriptionUpdated(name) => {
+                let Some(loaded) = self.inner.subs.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+                else {
+                    return;
+                };
+                match self.inner.store.get_subscription(name).await {
+                    Ok(Some((settings, _))) => {
+                        let detached = settings.detached && !loaded.lock().settings.detached;
+                        loaded.lock().set_settings(Arc::new(settings));
+                        if detached {
+                            detach_loaded(&loaded);
+                        }
+                    }
+                    Ok(None) => self.unload_deleted(name),
+                    Err(e) => {
+                        tracing::warn!(subscription = %name, error = %e, "cannot re-read a subscription another node changed")
+                    }
+                }
+            }
+            Change::SubscriptionDeleted(name) => self.unload_deleted(name),
+            Change::Seeked(name, offset) => {
+                let Some(sub) = self.inner.subs.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+                else {
+                    return;
+                };
+                let wake = {
+                    let mut s = sub.lock();
+                    let wake = s.seek(*offset);
+                    // The node that sought saved the position already.
+                    s.dirty = false;
+                    wake
+                };
+                sub.wake(wake);
+                sub.reset();
+            }
+        }
+    }
+
+    fn unload_deleted(&self, name: &SubscriptionName) {
+        let loaded = self.inner.subs.write().unwrap_or_else(PoisonError::into_inner).remove(name);
+        if let Some(sub) = loaded {
+            sub.lock().deleted = true;
+            sub.reset();
+        }
+    }
+
+    /// The topic is gone: Publish re-checks it, and loaded subscriptions on it stop reading.
+    fn forget_topic(&self, name: &TopicName) {
+        self.inner.known_topics.write().unwrap_or_else(PoisonError::into_inner).remove(name);
+        for sub in self.loaded() {
+            let mut s = sub.lock();
+            if s.settings.topic.as_ref() == Some(name) {
+                let mut settings = (*s.settings).clone();
+                settings.topic = None;
+                s.set_settings(Arc::new(settings));
+                drop(s);
+                sub.reset();
+            }
+        }
     }
 
     fn now(&self) -> Timestamp {
@@ -253,17 +358,8 @@ impl PubSub {
         if !self.inner.store.delete_topic(name).await.map_err(storage)? {
             return Err(not_found("topic", name.as_str()));
         }
-        self.inner.known_topics.write().unwrap_or_else(PoisonError::into_inner).remove(name);
-        for sub in self.loaded() {
-            let mut s = sub.lock();
-            if s.settings.topic.as_ref() == Some(name) {
-                let mut settings = (*s.settings).clone();
-                settings.topic = None;
-                s.set_settings(Arc::new(settings));
-                drop(s);
-                sub.reset();
-            }
-        }
+        self.forget_topic(name);
+        self.changed(Change::TopicDeleted(name.clone()));
         Ok(())
     }
 
@@ -383,6 +479,7 @@ impl PubSub {
         if let Some(loaded) = self.inner.subs.read().unwrap_or_else(PoisonError::into_inner).get(&sub.name) {
             loaded.lock().set_settings(Arc::new(sub.clone()));
         }
+        self.changed(Change::SubscriptionUpdated(sub.name.clone()));
         Ok(sub)
     }
 
@@ -390,11 +487,8 @@ impl PubSub {
         if !self.inner.store.delete_subscription(name).await.map_err(storage)? {
             return Err(not_found("subscription", name.as_str()));
         }
-        let loaded = self.inner.subs.write().unwrap_or_else(PoisonError::into_inner).remove(name);
-        if let Some(sub) = loaded {
-            sub.lock().deleted = true;
-            sub.reset();
-        }
+        self.unload_deleted(name);
+        self.changed(Change::SubscriptionDeleted(name.clone()));
         Ok(())
     }
 
@@ -408,14 +502,10 @@ impl PubSub {
             Err(e) => return Err(storage(e)),
         }
         if let Some(loaded) = self.inner.subs.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned() {
-            let mut s = loaded.lock();
-            s.set_settings(Arc::new(sub));
-            let end = s.read_next;
-            let wake = s.seek(end);
-            drop(s);
-            loaded.wake(wake);
-            loaded.reset();
+            loaded.lock().set_settings(Arc::new(sub));
+            detach_loaded(&loaded);
         }
+        self.changed(Change::SubscriptionUpdated(name.clone()));
         Ok(())
     }
 
@@ -612,6 +702,7 @@ impl PubSub {
         sub.reset();
         // A seek is saved before it is answered.
         self.inner.store.save_cursors(&[(name.clone(), cursor)]).await.map_err(storage)?;
+        self.changed(Change::Seeked(name.clone(), offset));
         Ok(())
     }
 

@@ -581,6 +581,72 @@ async fn one_node_forwards_each_sink_and_another_takes_over_when_it_dies() {
     remove_streams(&prefix).await;
 }
 
+#[tokio::test]
+async fn pubsub_changes_on_one_node_reach_subscriptions_loaded_on_another() {
+    let Some(db) = TestDatabase::create().await else { return };
+    if !nats_up().await {
+        return;
+    }
+    let prefix = fresh_prefix();
+    let (a, b) = (node(&db, NATS, &prefix, "node-a", |_| {}).await, node(&db, NATS, &prefix, "node-b", |_| {}).await);
+    lists_nodes(&a, 2).await;
+    lists_nodes(&b, 2).await;
+    let topic = format!("projects/{PROJECT}/topics/feed");
+    let sub = format!("projects/{PROJECT}/subscriptions/feed-sub");
+    assert_eq!(a.put(&topic, json!({})).await.0, StatusCode::OK);
+    assert_eq!(a.put(&sub, json!({"topic": topic})).await.0, StatusCode::OK);
+    let before = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let data = |t: &str| json!({"data": b64(t.as_bytes())});
+    let (st, body) = b.post(&format!("{topic}:publish"), json!({"messages": [data("x"), data("y"), data("z")]})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+
+    // Node B loads the subscription and acknowledges everything.
+    let pull_all = async |n: &TestServer| -> Vec<String> {
+        let (st, pulled) = n.post(&format!("{sub}:pull"), json!({"maxMessages": 10})).await;
+        assert_eq!(st, StatusCode::OK, "{pulled}");
+        let received = pulled["receivedMessages"].as_array().cloned().unwrap_or_default();
+        let ids: Vec<&str> = received.iter().map(|m| m["ackId"].as_str().unwrap()).collect();
+        if !ids.is_empty() {
+            assert_eq!(n.post(&format!("{sub}:acknowledge"), json!({"ackIds": ids})).await.0, StatusCode::OK);
+        }
+        received.iter().map(|m| m["message"]["data"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut got = Vec::new();
+    wait::eventually("node B to deliver the three", async || {
+        got.extend(pull_all(&b).await);
+        (got.len() == 3).then_some(())
+    })
+    .await;
+
+    // A seek through node A replays them through node B, where the subscription is loaded.
+    let (st, body) = a.post(&format!("{sub}:seek"), json!({"time": before})).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let mut again = Vec::new();
+    wait::eventually("node B to redeliver after node A's seek", async || {
+        again.extend(pull_all(&b).await);
+        (again.len() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(again, got);
+
+    // Deleting the subscription on A ends it on B; deleting the topic on A stops B's publishes.
+    assert_eq!(a.delete(&sub).await.0, StatusCode::OK);
+    wait::eventually("node B to forget the subscription", async || {
+        let (st, _) = b.post(&format!("{sub}:pull"), json!({"maxMessages": 1, "returnImmediately": true})).await;
+        (st == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert_eq!(a.delete(&topic).await.0, StatusCode::OK);
+    wait::eventually("node B to forget the topic", async || {
+        let (st, _) = b.post(&format!("{topic}:publish"), json!({"messages": [data("late")]})).await;
+        (st == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    remove_streams(&prefix).await;
+}
+
 /// Removes the topic log streams a test made under `prefix` on the machine's NATS.
 async fn remove_streams(prefix: &str) {
     let removed = ferrocore_cluster::log::JetStreamLog::remove_all(&format!("nats://{NATS}"), prefix).await;
