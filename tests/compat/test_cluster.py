@@ -13,7 +13,17 @@ all take the same admin token. The module checks, as a user would see it:
   `device_ack_time` through node 1;
 * one connection per device cluster-wide: connecting to node 3 ends the session on node 2, and
   blocking the device through node 1 ends the one on node 3;
-* `ferrocore cluster status` lists the three nodes.
+* `ferrocore cluster status` lists the three nodes;
+* telemetry lands in one topic log shared by the nodes (JetStream streams under the cluster
+  prefix, removed afterwards): devices on node 2 and node 3 each publish 25 QoS 1 events, and a
+  google-cloud-pubsub StreamingPull subscriber on node 1, subscribed before they spoke, receives
+  all 50 with IoT Core's attributes, as offsets 0-49 of one topic, each device's in publish order;
+  a message published with PublisherClient through node 3 follows them, in that stream and in a
+  second subscription (made through node 2) pulled through node 2;
+* a subscription created through node 1 and served through node 2: acks made through node 2 hold
+  there (nacked messages come back at once, acked ones neither then nor after the ack deadline);
+* a subscription created through node 2 just after node 3 published receives only what follows
+  (its start is read from the shared log, not from node 2's cached view of it).
 
 It needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth, `psql` on PATH) and NATS on
 127.0.0.1:4222; without them the module is skipped, and under CI=true it fails instead.
@@ -21,11 +31,14 @@ It needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth, `psql` on PATH
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import pathlib
 import secrets
 import shutil
 import subprocess
+import warnings
 
 import google.oauth2.credentials
 import pytest
@@ -33,9 +46,11 @@ from google.api_core.client_options import ClientOptions
 from google.cloud import iot_v1
 from google.protobuf import field_mask_pb2
 
-from compat_buses import ferrocore_cli, need, port_open
+from compat_buses import ferrocore_cli, nats_available, need, port_open
+from compat_pubsub import RECEIVE_TIMEOUT_S, Collector, PubsubTarget, ack_all, pull, pull_for
 from compat_server import Server, launch_server
 from compat_support import (
+    LOCATION,
     DeviceKey,
     MqttDevice,
     Rest,
@@ -57,6 +72,10 @@ NODE_IDS = ("node-1", "node-2", "node-3")
 MEMBERSHIP_TIMEOUT_S = 20.0
 # How long a session the cluster ends (takeover, blocking) may take to close.
 SESSION_END_TIMEOUT_S = 5.0
+# QoS 1 events each device publishes in the shared-log scenario.
+EVENTS_PER_DEVICE = 25
+# How long a subscriber may take to receive what the devices' PUBACKs already made durable.
+DELIVERY_TIMEOUT_S = 2 * RECEIVE_TIMEOUT_S
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------------
@@ -76,6 +95,9 @@ def database() -> str:
     need(shutil.which("psql") is not None, "psql is not on PATH")
     need(port_open(*POSTGRES), f"PostgreSQL is not reachable on {POSTGRES[0]}:{POSTGRES[1]}")
     need(port_open(*NATS), f"NATS is not reachable on {NATS[0]}:{NATS[1]}")
+    # The nodes keep their topic log in JetStream (crates/cluster/src/log.rs).
+    no_jetstream = nats_available(NATS)
+    need(no_jetstream is None, no_jetstream or "")
     name = f"ferrocore_cluster_{secrets.token_hex(6)}"
     created = psql(f'CREATE DATABASE "{name}"')
     need(created.returncode == 0, f"cannot create a PostgreSQL database: {created.stderr.strip()}")
@@ -137,6 +159,28 @@ def nodes(database, tmp_path_factory, request) -> list[Server]:
         for node in started:
             node.stop()
         request.config.pluginmanager.unregister(plugin)
+        try:
+            remove_log_streams(prefix)
+        except Exception as e:  # noqa: BLE001 - leftovers on NATS are no failure of a test
+            warnings.warn(f"could not remove the cluster's JetStream streams {prefix}_log_*: {e!r}")
+
+
+def remove_log_streams(prefix: str) -> None:
+    """Deletes the JetStream streams of the cluster's topic log (`{prefix}_log_*`), which outlive
+    the nodes on the shared NATS server."""
+    import nats
+
+    async def remove():
+        nc = await nats.connect(f"nats://{NATS[0]}:{NATS[1]}", connect_timeout=3, max_reconnect_attempts=0)
+        try:
+            js = nc.jetstream()
+            for info in await js.streams_info():
+                if info.config.name.startswith(f"{prefix}_log_"):
+                    await js.delete_stream(info.config.name)
+        finally:
+            await nc.close()
+
+    asyncio.run(remove())
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +225,22 @@ def registry(rest_iot, project) -> iot_v1.DeviceRegistry:
 @pytest.fixture(scope="module")
 def key_dir(tmp_path_factory) -> pathlib.Path:
     return tmp_path_factory.mktemp("cluster-keys")
+
+
+@pytest.fixture
+def pubsub(nodes, project) -> list[PubsubTarget]:
+    """google-cloud-pubsub clients for node 1, 2 and 3, made as back ends make them
+    (PUBSUB_EMULATOR_HOST), in the module's project. The nodes run without --pubsub-anonymous, so
+    every call carries the admin token as a bearer credential."""
+    targets = []
+    for node in nodes:
+        target = PubsubTarget("ferrocore", node.grpc_address, node.base_url, token=node.token,
+                              grpc_token=node.token)
+        target.project = project
+        targets.append(target)
+    yield targets
+    for target in targets:
+        target.close()
 
 
 @pytest.fixture
@@ -234,6 +294,17 @@ def connected_on(node: Server, device: iot_v1.Device) -> bool:
     """Ferrocore's `GET .../devices/D/connection` on `node`: does the device hold a session there?"""
     rest = Rest(node.base_url, node.token)
     return rest.ok(rest.get(f"v1/{device.name}/connection"))["connected"]
+
+
+def iot_attributes(project: str, registry: iot_v1.DeviceRegistry, device: iot_v1.Device) -> dict:
+    """The attributes IoT Core put on an event it forwarded to Pub/Sub (one without subfolder)."""
+    return {
+        "deviceId": device.id,
+        "deviceNumId": str(device.num_id),
+        "deviceRegistryId": registry.id,
+        "deviceRegistryLocation": LOCATION,
+        "projectId": project,
+    }
 
 
 # --- scenarios ------------------------------------------------------------------------------------
@@ -334,3 +405,118 @@ def test_cluster_status_lists_every_node(nodes):
     assert sorted(n["nodeId"] for n in listed) == list(NODE_IDS), listed
     for n in listed:
         assert n["httpAddress"] and n["mqttAddress"] and n["lastHeartbeatTime"], n
+
+
+def test_telemetry_from_every_node_reaches_a_pubsub_subscriber_on_any_node(
+        nodes, pubsub, rest_iot, project, key_dir, devices):
+    on_node1, on_node2, on_node3 = pubsub
+    # A registry of the test's own, so that its topic holds only what this test sends.
+    topic = f"projects/{project}/topics/{unique('fleet')}"
+    registry = rest_iot.create_device_registry(
+        parent=location_path(project),
+        device_registry=iot_v1.DeviceRegistry(id=unique("reg"), event_notification_configs=[
+            iot_v1.EventNotificationConfig(pubsub_topic_name=topic)]),
+    )
+    # The registry made the topic; back ends subscribe before any device speaks: one through node 1,
+    # read there, and one through node 2, pulled there at the end.
+    assert on_node1.publisher.get_topic(request={"topic": topic}).name == topic
+    backend = on_node1.create_subscription(topic, prefix="backend")
+    second = on_node2.create_subscription(topic, prefix="second")
+
+    # One device on node 2 and one on node 3 publish at the same time, each waiting for every PUBACK
+    # (MqttDevice.publish is the sample's wait_for_publish).
+    fleet = []
+    for node in (nodes[1], nodes[2]):
+        device, key = new_device(rest_iot, registry, key_dir)
+        fleet.append((device, connect(devices, node, project, device, key)))
+
+    def payload(device: iot_v1.Device, i: int) -> bytes:
+        return f"{device.id}/event-{i}".encode()
+
+    def send_all(device: iot_v1.Device, dev: MqttDevice) -> None:
+        for i in range(EVENTS_PER_DEVICE):
+            dev.publish(f"/devices/{device.id}/events", payload(device, i), qos=1)
+
+    with concurrent.futures.ThreadPoolExecutor(len(fleet)) as pool:
+        for sent in [pool.submit(send_all, device, dev) for device, dev in fleet]:
+            sent.result()
+
+    # StreamingPull through node 1, acking each message in the callback.
+    total = EVENTS_PER_DEVICE * len(fleet)
+    collector = Collector()
+    on_node1.stream(backend, collector)
+    deliveries = collector.wait_messages(total, timeout=DELIVERY_TIMEOUT_S)
+    by_id: dict = {}
+    for d in deliveries:  # at-least-once: a redelivery is the same message
+        assert d.content == by_id.setdefault(d.message_id, d).content, (d, by_id[d.message_id])
+    # One log: message ids are the topic's offsets, 0 to 49, whichever node took the event.
+    assert sorted(by_id, key=int) == [str(i) for i in range(total)]
+    for device, _ in fleet:
+        mine = sorted((d for d in by_id.values() if d.attributes.get("deviceId") == device.id),
+                      key=lambda d: int(d.message_id))
+        # Each device's events, in the order it published them, with IoT Core's attributes.
+        assert [d.data for d in mine] == [payload(device, i) for i in range(EVENTS_PER_DEVICE)], device.id
+        for d in mine:
+            assert d.attributes == iot_attributes(project, registry, device), d
+        times = [d.publish_time for d in mine]
+        assert times == sorted(times), f"{device.id}: publish times out of offset order: {times}"
+
+    # A back end publishing through node 3 appends to the same log: the second subscription, pulled
+    # through node 2, gets the devices' events and then this message.
+    [message_id] = on_node3.publish(topic, [(b"from a back end", {"origin": "node-3"})])
+    assert message_id == str(total)
+    pulled = pull(on_node2.subscriber, second, total + 1, timeout=DELIVERY_TIMEOUT_S)
+    ack_all(on_node2.subscriber, second, pulled)
+    pulled_by_id = {m.message.message_id: m.message for m in pulled}
+    assert sorted(pulled_by_id, key=int) == [str(i) for i in range(total + 1)]
+    for mid, delivery in by_id.items():
+        assert (pulled_by_id[mid].data, dict(pulled_by_id[mid].attributes)) == (delivery.data, delivery.attributes)
+    got = pulled_by_id[message_id]
+    assert (got.data, dict(got.attributes)) == (b"from a back end", {"origin": "node-3"})
+    # The stream on node 1 gets it too.
+    streamed = collector.wait_messages(total + 1, timeout=DELIVERY_TIMEOUT_S)
+    late = next(d for d in streamed if d.message_id == message_id)
+    assert (late.data, late.attributes) == (b"from a back end", {"origin": "node-3"})
+
+
+def test_a_subscription_created_on_one_node_keeps_its_acks_on_the_node_serving_it(pubsub):
+    on_node1, on_node2, _ = pubsub
+    topic = on_node1.create_topic("acks")
+    deadline_s = 10  # the shortest ack deadline Pub/Sub allows
+    subscription = on_node1.create_subscription(topic, prefix="served-by-node-2", ack_deadline_seconds=deadline_s)
+    sent = [(f"reading-{i}".encode(), {"n": str(i)}) for i in range(10)]
+    on_node1.publish(topic, sent)
+
+    # Node 2 serves it: pull everything, ack half, nack (deadline 0) the other half.
+    subscriber = on_node2.subscriber
+    first = pull(subscriber, subscription, len(sent), timeout=DELIVERY_TIMEOUT_S)
+    assert sorted(m.message.data for m in first) == sorted(data for data, _ in sent)
+    acked = [m for m in first if int(m.message.attributes["n"]) % 2 == 0]
+    nacked = [m for m in first if int(m.message.attributes["n"]) % 2 == 1]
+    ack_all(subscriber, subscription, acked)
+    subscriber.modify_ack_deadline(request={
+        "subscription": subscription, "ack_ids": [m.ack_id for m in nacked], "ack_deadline_seconds": 0})
+
+    # The nacked messages come back through node 2 at once, with their ids; the acked ones do not.
+    again = pull(subscriber, subscription, len(nacked), timeout=DELIVERY_TIMEOUT_S)
+    assert sorted(m.message.message_id for m in again) == sorted(m.message.message_id for m in nacked)
+    ack_all(subscriber, subscription, again)
+
+    # Nothing comes back, not even once the first deliveries' leases have run out: every ack made
+    # through node 2 held. (Absence has no event to wait for; the window outlasts the deadline.)
+    leftover = pull_for(subscriber, subscription, seconds=deadline_s + 2.5)
+    assert leftover == [], [(m.message.message_id, m.message.data) for m in leftover]
+
+
+def test_a_subscription_created_just_after_another_node_published_gets_only_what_follows(pubsub):
+    on_node1, on_node2, on_node3 = pubsub
+    # Three rounds, so that a refresh landing by chance between the publish and the create cannot
+    # hide a wrong start position.
+    for _ in range(3):
+        topic = on_node1.create_topic("late")
+        on_node3.publish(topic, [(f"before-{i}".encode(), {}) for i in range(5)])
+        subscription = on_node2.create_subscription(topic, prefix="late")
+        [after] = on_node3.publish(topic, [(b"after", {})])
+        received = pull(on_node2.subscriber, subscription, 1, timeout=DELIVERY_TIMEOUT_S)
+        ack_all(on_node2.subscriber, subscription, received)
+        assert [(m.message.message_id, m.message.data) for m in received] == [(after, b"after")]

@@ -641,6 +641,16 @@ impl TopicSource for JetStreamLog {
         }
     }
 
+    async fn next_offset(&self, topic: &str) -> Result<u64, ReadError> {
+        let Some(stream) = self.stream(topic, false).await? else { return Ok(0) };
+        let state = self.state(&stream).await?;
+        let fresh = extent_of(topic.to_owned(), &state);
+        let mut extents = self.inner.extents.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = extents.entry(topic.to_owned()).or_insert_with(|| fresh.clone());
+        e.next_offset = e.next_offset.max(fresh.next_offset);
+        Ok(fresh.next_offset)
+    }
+
     fn extent(&self, topic: &str) -> Option<TopicExtent> {
         self.inner
             .extents

@@ -93,8 +93,15 @@ pub trait TopicSource: Send + Sync + 'static {
     /// when there is none.
     async fn offset_at(&self, topic: &str, time: Timestamp) -> Result<u64, ReadError>;
 
-    /// The extent of one topic, `None` when it holds nothing yet.
+    /// The extent of one topic, `None` when it holds nothing yet. A shared log may answer from a
+    /// cache that lags behind appends other nodes made; [`TopicSource::next_offset`] does not.
     fn extent(&self, topic: &str) -> Option<TopicExtent>;
+
+    /// The topic's next offset as of this call (0 when it holds nothing yet): where a new
+    /// subscription starts.
+    async fn next_offset(&self, topic: &str) -> Result<u64, ReadError> {
+        Ok(self.extent(topic).map_or(0, |e| e.next_offset))
+    }
 
     /// Every topic that holds messages, sorted by name.
     fn extents(&self) -> Vec<TopicExtent>;

@@ -420,7 +420,8 @@ impl PubSub {
                 Error::invalid("dead_letter_policy.dead_letter_topic", "The dead-letter topic does not exist.")
             })?;
         }
-        let start = self.inner.source.extent(topic.as_str()).map_or(0, |e| e.next_offset);
+        // Read now, not from a cache: in a cluster other nodes append to the same log.
+        let start = self.inner.source.next_offset(topic.as_str()).await.map_err(source_error)?;
         let cursor = SubscriptionCursor { floor: start, acked: Vec::new() };
         match self.inner.store.create_subscription(&sub, &cursor).await {
             Ok(()) => Ok(sub),
@@ -532,6 +533,12 @@ impl PubSub {
         sub.spawn(self.inner.source.clone(), self.inner.shutdown.subscribe());
         self.inner.subs.write().unwrap_or_else(PoisonError::into_inner).insert(name.clone(), sub.clone());
         Ok(sub)
+    }
+
+    /// [`PubSub::end_of`] read from the log itself rather than its cached extent.
+    async fn fresh_end_of(&self, sub: &Sub) -> Option<u64> {
+        let topic = sub.lock().settings.topic.clone()?;
+        self.inner.source.next_offset(topic.as_str()).await.ok()
     }
 
     /// The topic's next offset: acks for offsets below it and not read yet are recorded.
@@ -649,7 +656,11 @@ impl PubSub {
     pub async fn acknowledge(&self, name: &SubscriptionName, ack_ids: &[String]) -> Result<()> {
         let ids = Self::parse_ack_ids(ack_ids)?;
         let sub = self.sub(name).await?;
-        let end = self.end_of(&sub);
+        let mut end = self.end_of(&sub);
+        if ids.iter().any(|id| id.offset >= end) {
+            // Delivered elsewhere (another node) past what this node knows of the log.
+            end = self.fresh_end_of(&sub).await.unwrap_or(end);
+        }
         let mut wake = subscription::Wake::default();
         {
             let mut s = sub.lock();
