@@ -337,12 +337,22 @@ impl JetStreamLog {
         Ok(Some(handle))
     }
 
+    /// Fails at once without NATS: the client would queue requests and publishes until it is
+    /// back, so a device would wait out the ack timeout for a PUBACK that is refused anyway.
+    fn connected(&self) -> Result<(), ReadError> {
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(ReadError::Unavailable("not connected to NATS".into())),
+        }
+    }
+
     /// Publishes `messages` in order and returns the acks to await.
     async fn send(
         &self,
         topic: &str,
         messages: Vec<Message>,
     ) -> Result<Vec<jetstream::context::PublishAckFuture>, ReadError> {
+        self.connected()?;
         let stream = self.stream(topic, true).await?.ok_or_else(|| unavailable("no stream", topic))?;
         let limit = self.inner.client.server_info().max_payload;
         let mut payloads = Vec::with_capacity(messages.len());
@@ -609,6 +619,7 @@ impl TopicSource for JetStreamLog {
         max_bytes: usize,
         wait: Option<Duration>,
     ) -> Result<ReadBatch, ReadError> {
+        self.connected()?;
         // A reader that will wait makes the stream, so that it sees the first message.
         let Some(stream) = self.stream(topic, wait.is_some()).await? else {
             return Ok(ReadBatch::default());
@@ -625,6 +636,7 @@ impl TopicSource for JetStreamLog {
     }
 
     async fn offset_at(&self, topic: &str, time: Timestamp) -> Result<u64, ReadError> {
+        self.connected()?;
         let Some(stream) = self.stream(topic, false).await? else { return Ok(0) };
         let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time.nanos()))
             .map_err(|_| ReadError::InvalidTopic("The time is out of range.".into()))?;
@@ -642,6 +654,7 @@ impl TopicSource for JetStreamLog {
     }
 
     async fn next_offset(&self, topic: &str) -> Result<u64, ReadError> {
+        self.connected()?;
         let Some(stream) = self.stream(topic, false).await? else { return Ok(0) };
         let state = self.state(&stream).await?;
         let fresh = extent_of(topic.to_owned(), &state);

@@ -265,14 +265,15 @@ async fn a_server_that_runs_alone_says_so() {
     s.stop().await;
 }
 
-/// A NATS server of the test's own, on a port of its own, so it can be stopped and started.
+/// A NATS server of the test's own, on a port of its own, so it can be stopped and started; its
+/// JetStream keeps its streams in `dir` across restarts.
 struct OwnNats {
     port: u16,
     child: Option<std::process::Child>,
 }
 
 impl OwnNats {
-    fn start(port: u16) -> Option<Self> {
+    fn start(port: u16, dir: &std::path::Path) -> Option<Self> {
         let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists());
@@ -282,7 +283,8 @@ impl OwnNats {
             return None;
         };
         let child = std::process::Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -314,7 +316,8 @@ impl Drop for OwnNats {
 async fn without_nats_cross_node_commands_are_unavailable_and_come_back_with_it() {
     let Some(db) = TestDatabase::create().await else { return };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let Some(mut nats) = OwnNats::start(port) else { return };
+    let nats_dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = OwnNats::start(port, nats_dir.path()) else { return };
     nats.wait_up().await;
     let nats_at = format!("127.0.0.1:{port}");
     let a = node(&db, &nats_at, "outage", "node-a", |_| {}).await;
@@ -324,6 +327,9 @@ async fn without_nats_cross_node_commands_are_unavailable_and_come_back_with_it(
     a.device(&registry, "dev-1", json!({})).await;
     let command = format!("{registry}/devices/dev-1:sendCommandToDevice");
     let mut on_a = device_on(&a, "dev-1").await;
+    a.device(&registry, "sensor", json!({})).await;
+    let mut sensor = device_on(&b, "sensor").await;
+    sensor.publish_acked("/devices/sensor/events", b"before").await;
 
     nats.stop();
     // The client notices the lost connection within a moment; from then on, UNAVAILABLE.
@@ -335,9 +341,37 @@ async fn without_nats_cross_node_commands_are_unavailable_and_come_back_with_it(
     // The node itself keeps serving what it holds.
     let (st, body) = a.get(&format!("{registry}/devices/dev-1")).await;
     assert_eq!(st, StatusCode::OK, "{body}");
+    // Telemetry cannot be made durable: no PUBACK (the session ends, so the device resends).
+    let id = sensor.publish("/devices/sensor/events", QoS::AtLeastOnce, b"during").await.unwrap();
+    match sensor.recv_within(Duration::from_secs(5)).await {
+        Some(Packet::PubAck(got)) => assert_ne!(got, id, "a PUBACK for a message the log never took"),
+        _ => {}
+    }
+    let topic = format!("projects/{PROJECT}/topics/events");
+    let (st, body) = b.get(&format!("{topic}/messages?from=earliest")).await;
+    expect_error(st, &body, 503, "UNAVAILABLE");
 
-    let Some(nats) = OwnNats::start(port) else { return };
+    let Some(nats) = OwnNats::start(port, nats_dir.path()) else { return };
     nats.wait_up().await;
+    // Telemetry is taken again once the node is back on NATS, and what was durable is still there.
+    let mut sensor = device_on(&b, "sensor").await;
+    wait::eventually("telemetry acknowledged again", async || {
+        let id = sensor.publish("/devices/sensor/events", QoS::AtLeastOnce, b"after").await?;
+        match sensor.recv_within(Duration::from_secs(3)).await {
+            Some(Packet::PubAck(got)) if got == id => Some(()),
+            Some(_) => None,
+            None => {
+                sensor = device_on(&b, "sensor").await;
+                None
+            }
+        }
+    })
+    .await;
+    let (st, body) = b.get(&format!("{topic}/messages?from=earliest")).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let data: Vec<&str> = body["messages"].as_array().unwrap().iter().map(|m| m["data"].as_str().unwrap()).collect();
+    assert_eq!(data.first(), Some(&b64(b"before").as_str()), "{body}");
+    assert_eq!(data.last(), Some(&b64(b"after").as_str()), "{body}");
     // Both nodes reconnect by themselves (each at its own pace); then B reaches the device again.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
