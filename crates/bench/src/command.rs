@@ -5,7 +5,7 @@
 
 use crate::fleet::Fleet;
 use crate::report::{Report, latency_row, opt_us, thousands};
-use crate::stats::{Histogram, Window};
+use crate::stats::Histogram;
 use crate::telemetry::{self, PublishSpec, qos_of};
 use crate::util::Errors;
 use crate::{Ctx, mqtt};
@@ -161,7 +161,7 @@ pub async fn run(ctx: &Ctx, args: CommandArgs) -> Result<Report> {
     let rest_hist = Arc::new(Mutex::new(Histogram::new()));
     let errors = Arc::new(Mutex::new(Errors::default()));
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
-    let window = Window::start(ctx.server_pid);
+    let window = ctx.cpu_window();
     let acked_at_start = acked_total.load(Ordering::Relaxed);
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
@@ -260,6 +260,9 @@ pub async fn run(ctx: &Ctx, args: CommandArgs) -> Result<Report> {
         );
     }
     r.row("server CPU per command (incl. telemetry)", opt_us(cpu.server_us_per(args.commands as u64)));
+    if cpu.other_cpu_seconds.is_some() {
+        r.row("other processes' CPU per command", opt_us(cpu.other_us_per(args.commands as u64)));
+    }
     r.set("commands", args.commands);
     r.set("received", received);
     r.set("latency", &e2e);

@@ -5,7 +5,7 @@
 
 use crate::fleet::Fleet;
 use crate::report::{Report, latency_row, opt_us, thousands};
-use crate::stats::{Histogram, Window};
+use crate::stats::Histogram;
 use crate::util::{Errors, Progress, for_each_concurrent};
 use crate::{Ctx, mqtt};
 use anyhow::Result;
@@ -37,7 +37,7 @@ pub async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<Report> {
     let endpoint = ctx.endpoint.clone();
     let keep_alive = ctx.keep_alive;
 
-    let window = Window::start(ctx.server_pid);
+    let window = ctx.cpu_window();
     let started = Instant::now();
     {
         let _progress = Progress::start("connect", ok.clone(), Some(args.devices as u64), ctx.progress);

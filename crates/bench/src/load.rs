@@ -5,7 +5,7 @@
 
 use crate::fleet::device_id;
 use crate::report::{Report, latency_row, micros, opt_us, thousands};
-use crate::stats::{Histogram, LatencySummary, Window};
+use crate::stats::{Histogram, LatencySummary};
 use crate::util::{Errors, Progress, for_each_concurrent};
 use crate::{Ctx, api::Api};
 use anyhow::Result;
@@ -70,7 +70,7 @@ where
     let errors = Arc::new(Mutex::new(Errors::default()));
     let done = Arc::new(AtomicU64::new(0));
     let op = Arc::new(op);
-    let window = Window::start(ctx.server_pid);
+    let window = ctx.cpu_window();
     let started = Instant::now();
     {
         let _p = Progress::start(label, done.clone(), Some(n as u64), ctx.progress);

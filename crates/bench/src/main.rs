@@ -89,9 +89,10 @@ struct Common {
     /// MQTT host: a loopback address.
     #[arg(long, default_value = "127.0.0.1", global = true)]
     host: IpAddr,
-    /// MQTT port; default 8883 with --tls, 1883 without.
-    #[arg(long, global = true)]
-    port: Option<u16>,
+    /// MQTT port; default 8883 with --tls, 1883 without. Several, comma-separated (the nodes of a
+    /// cluster): connection i goes to port i mod their number.
+    #[arg(long, value_delimiter = ',', global = true)]
+    port: Vec<u16>,
     /// Connect to MQTT over TLS.
     #[arg(long, global = true)]
     tls: bool,
@@ -134,9 +135,14 @@ struct Common {
     /// for RS256 (RSA key generation is slow).
     #[arg(long, default_value_t = 0, global = true)]
     key_pairs: usize,
-    /// The server's process id: its CPU time and memory are read from /proc.
-    #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    /// The server's process id: its CPU time and memory are read from /proc. Several,
+    /// comma-separated (the nodes of a cluster): summed.
+    #[arg(long, value_delimiter = ',', global = true)]
+    server_pid: Vec<u32>,
+    /// Other processes the server relies on (e.g. nats-server under a cluster), comma-separated:
+    /// their CPU time over the same window is reported apart from the server's.
+    #[arg(long, value_delimiter = ',', global = true)]
+    other_pid: Vec<u32>,
     /// Write the results here as JSON.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
@@ -162,7 +168,10 @@ pub struct Ctx {
     pub broker: Broker,
     pub endpoint: mqtt::Endpoint,
     pub api: Option<api::Api>,
+    /// The first of `server_pids` (memory curves, samplers of one process).
     pub server_pid: Option<u32>,
+    pub server_pids: Vec<u32>,
+    pub other_pids: Vec<u32>,
     pub progress: Duration,
     pub run_id: u64,
     pub alg: Alg,
@@ -186,9 +195,14 @@ impl Ctx {
                 Broker::Ferrocore => "Ferrocore",
                 Broker::Mqtt => "MQTT broker",
             },
-            self.endpoint.addr,
+            self.endpoint.addrs().iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             if self.endpoint.is_tls() { "TLS" } else { "plain TCP" }
         )
+    }
+
+    /// A CPU window over the server's processes (summed) and, apart, the other ones.
+    pub fn cpu_window(&self) -> stats::Window {
+        stats::Window::start_all(&self.server_pids, &self.other_pids)
     }
 
     /// Fails for scenarios that need Ferrocore's API.
@@ -210,7 +224,7 @@ async fn build_ctx(c: &Common) -> Result<Ctx> {
     if !c.host.is_loopback() {
         bail!("--host {} is not a loopback address; only 127.0.0.0/8 and ::1 may be targeted", c.host);
     }
-    let port = c.port.unwrap_or(if c.tls { 8883 } else { 1883 });
+    let ports = if c.port.is_empty() { vec![if c.tls { 8883 } else { 1883 }] } else { c.port.clone() };
     let ca = match (&c.ca, &c.data_dir, c.broker) {
         (Some(ca), _, _) => Some(ca.clone()),
         (None, Some(d), Broker::Ferrocore) if c.tls && !c.insecure => Some(d.join("tls").join("ca.pem")),
@@ -220,7 +234,7 @@ async fn build_ctx(c: &Common) -> Result<Ctx> {
         bail!("--tls needs --ca FILE (or --data-dir for Ferrocore's generated CA, or --insecure)");
     }
     let endpoint = mqtt::Endpoint::new(
-        SocketAddr::new(c.host, port),
+        &ports.iter().map(|&p| SocketAddr::new(c.host, p)).collect::<Vec<_>>(),
         c.tls,
         if c.insecure { None } else { ca.as_deref() },
         &c.tls_name,
@@ -247,7 +261,9 @@ async fn build_ctx(c: &Common) -> Result<Ctx> {
         broker: c.broker,
         endpoint,
         api,
-        server_pid: c.server_pid,
+        server_pid: c.server_pid.first().copied(),
+        server_pids: c.server_pid.clone(),
+        other_pids: c.other_pid.clone(),
         progress: Duration::from_secs_f64(c.progress.max(0.0)),
         run_id: run_id(),
         alg: c.alg,
@@ -281,10 +297,12 @@ fn main() -> Result<()> {
             other => other,
         };
         let ctx = build_ctx(&cli.common).await?;
-        if let Some(pid) = ctx.server_pid
-            && stats::sample(pid).is_none()
+        for (flag, pid) in
+            ctx.server_pids.iter().map(|p| ("--server-pid", p)).chain(ctx.other_pids.iter().map(|p| ("--other-pid", p)))
         {
-            bail!("--server-pid {pid}: no such process readable in /proc");
+            if stats::sample(*pid).is_none() {
+                bail!("{flag} {pid}: no such process readable in /proc");
+            }
         }
         let report = match scenario {
             Scenario::Connect(a) => connect::run(&ctx, a).await?,
@@ -301,9 +319,12 @@ fn main() -> Result<()> {
             let common = serde_json::json!({
                 "broker": ctx.broker,
                 "address": ctx.endpoint.addr.to_string(),
+                "addresses": ctx.endpoint.addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "tls": ctx.endpoint.is_tls(),
                 "alg": ctx.alg.name(),
                 "server_pid": ctx.server_pid,
+                "server_pids": ctx.server_pids,
+                "other_pids": ctx.other_pids,
                 "label": cli.common.label,
             });
             report.write_json(path, common)?;

@@ -14,7 +14,10 @@ use tokio_rustls::rustls;
 /// connections are spread over.
 #[derive(Clone)]
 pub struct Endpoint {
+    /// The first of `addrs`.
     pub addr: SocketAddr,
+    /// Where connections go, in turn (one address, or the nodes of a cluster).
+    addrs: Vec<SocketAddr>,
     tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
     sources: Vec<IpAddr>,
 }
@@ -90,17 +93,19 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 
 impl Endpoint {
     /// `sources` local addresses 127.0.0.2, 127.0.0.3, ... are used in turn (none: the kernel
-    /// picks 127.0.0.1). Each holds its own ~28,000 ephemeral ports.
+    /// picks 127.0.0.1). Each holds its own ~28,000 ephemeral ports. Connection `i` goes to
+    /// `addrs[i % addrs.len()]`.
     pub fn new(
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         tls: bool,
         ca: Option<&Path>,
         server_name: &str,
         resume: bool,
         sources: usize,
     ) -> Result<Self> {
-        if !is_loopback(addr.ip()) {
-            bail!("{addr} is not a loopback address; this tool only targets 127.0.0.0/8 and ::1");
+        let Some(&addr) = addrs.first() else { bail!("no address to connect to") };
+        if let Some(a) = addrs.iter().find(|a| !is_loopback(a.ip())) {
+            bail!("{a} is not a loopback address; this tool only targets 127.0.0.0/8 and ::1");
         }
         let tls = if tls {
             let config = tls_config(ca, resume)?;
@@ -115,22 +120,28 @@ impl Endpoint {
         } else {
             Vec::new()
         };
-        Ok(Self { addr, tls, sources })
+        Ok(Self { addr, addrs: addrs.to_vec(), tls, sources })
+    }
+
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
 
-    /// Opens connection number `i` (its source address is chosen by `i`), TLS included.
+    /// Opens connection number `i` (its source address and destination are chosen by `i`), TLS
+    /// included.
     pub async fn open(&self, i: usize) -> Result<Client> {
+        let addr = self.addrs[i % self.addrs.len()];
         let tcp = if self.sources.is_empty() {
-            tokio::net::TcpStream::connect(self.addr).await?
+            tokio::net::TcpStream::connect(addr).await?
         } else {
             let socket = tokio::net::TcpSocket::new_v4()?;
             let source = self.sources[i % self.sources.len()];
             socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("cannot bind {source}"))?;
-            socket.connect(self.addr).await?
+            socket.connect(addr).await?
         };
         tcp.set_nodelay(true)?;
         Ok(match &self.tls {

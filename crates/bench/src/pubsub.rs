@@ -15,7 +15,6 @@
 use crate::fleet::Fleet;
 use crate::grpc::{Subscriber, Target};
 use crate::report::{Report, latency_row, opt_us, thousands};
-use crate::stats::Window;
 use crate::telemetry::{self, PublishSpec, STAMPED, Seen, connect_all, publish_loop, totals, unix_nanos};
 use crate::util::Progress;
 use crate::{Broker, Ctx};
@@ -271,7 +270,7 @@ pub async fn run(ctx: &Ctx, args: PubsubArgs) -> Result<Report> {
     let pubacked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.devices as f64 / args.rate));
-    let window = Window::start(ctx.server_pid);
+    let window = ctx.cpu_window();
     let started = Instant::now();
     let spec = PublishSpec {
         run_id: ctx.run_id,

@@ -1120,7 +1120,7 @@ pub async fn forward(ctx: &Ctx, args: ForwardArgs) -> Result<Report> {
     };
     let publish_seconds = if outage { args.outage } else { args.duration };
     let acked_total = Arc::new(AtomicU64::new(0));
-    let window = Window::start(ctx.server_pid);
+    let window = ctx.cpu_window();
     let dest_window = Window::start(args.dest_pid);
     let started = Instant::now();
     let samples = Arc::new(std::sync::Mutex::new(Vec::<Sample>::new()));

@@ -178,7 +178,27 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
-/// CPU and memory of the server (when its pid is known) and of the bench itself over a window.
+/// The sum of several processes' readings (the nodes of a cluster); None when any is gone.
+pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut total = ProcSample::default();
+    for &pid in pids {
+        let s = sample(pid)?;
+        total.cpu_seconds += s.cpu_seconds;
+        total.user_seconds += s.user_seconds;
+        total.system_seconds += s.system_seconds;
+        total.rss_kib += s.rss_kib;
+        total.hwm_kib += s.hwm_kib;
+        total.threads += s.threads;
+    }
+    Some(total)
+}
+
+/// CPU and memory of the server (when its pid is known; summed over its processes when it runs
+/// as several), of other processes it relies on (NATS, a database: CPU only, apart), and of
+/// the bench itself over a window.
 #[derive(Serialize, Clone, Debug, Default)]
 pub struct CpuWindow {
     pub server_cpu_seconds: Option<f64>,
@@ -187,22 +207,38 @@ pub struct CpuWindow {
     pub bench_cpu_seconds: f64,
     pub server_rss_kib_before: Option<u64>,
     pub server_rss_kib_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_cpu_seconds: Option<f64>,
 }
 
 /// Samples taken at the start of a measured window.
 pub struct Window {
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     server: Option<ProcSample>,
+    other_pids: Vec<u32>,
+    others: Option<ProcSample>,
     bench: Option<ProcSample>,
 }
 
 impl Window {
     pub fn start(server_pid: Option<u32>) -> Self {
-        Self { server_pid, server: server_pid.and_then(sample), bench: sample(std::process::id()) }
+        Self::start_all(server_pid.as_slice(), &[])
+    }
+
+    /// A window over the server's processes `server_pids` (summed) and, apart, `other_pids`.
+    pub fn start_all(server_pids: &[u32], other_pids: &[u32]) -> Self {
+        Self {
+            server_pids: server_pids.to_vec(),
+            server: sample_all(server_pids),
+            other_pids: other_pids.to_vec(),
+            others: sample_all(other_pids),
+            bench: sample(std::process::id()),
+        }
     }
 
     pub fn finish(&self) -> CpuWindow {
-        let server_end = self.server_pid.and_then(sample);
+        let server_end = sample_all(&self.server_pids);
+        let others_end = sample_all(&self.other_pids);
         let bench_end = sample(std::process::id());
         let delta = |a: Option<ProcSample>, b: Option<ProcSample>, f: fn(&ProcSample) -> f64| match (a, b) {
             (Some(a), Some(b)) => Some(f(&b) - f(&a)),
@@ -215,6 +251,7 @@ impl Window {
             bench_cpu_seconds: delta(self.bench, bench_end, |s| s.cpu_seconds).unwrap_or(0.0),
             server_rss_kib_before: self.server.map(|s| s.rss_kib),
             server_rss_kib_after: server_end.map(|s| s.rss_kib),
+            other_cpu_seconds: delta(self.others, others_end, |s| s.cpu_seconds),
         }
     }
 }
@@ -223,6 +260,14 @@ impl CpuWindow {
     /// Server CPU microseconds per operation, when the server was sampled.
     pub fn server_us_per(&self, ops: u64) -> Option<f64> {
         match (self.server_cpu_seconds, ops) {
+            (Some(s), n) if n > 0 => Some(s * 1e6 / n as f64),
+            _ => None,
+        }
+    }
+
+    /// CPU microseconds of the other processes (`--other-pid`) per operation, when sampled.
+    pub fn other_us_per(&self, ops: u64) -> Option<f64> {
+        match (self.other_cpu_seconds, ops) {
             (Some(s), n) if n > 0 => Some(s * 1e6 / n as f64),
             _ => None,
         }

@@ -8,7 +8,7 @@
 use crate::fleet::Fleet;
 use crate::mqtt::Client;
 use crate::report::{Report, latency_row, opt_us, thousands};
-use crate::stats::{Histogram, LatencySummary, Window};
+use crate::stats::{Histogram, LatencySummary};
 use crate::util::{Errors, Progress, for_each_concurrent};
 use crate::{Broker, Ctx};
 use anyhow::{Result, bail};
@@ -624,7 +624,7 @@ pub async fn run(ctx: &Ctx, args: TelemetryArgs) -> Result<Report> {
     let acked_total = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.devices as f64 / args.rate));
-    let window = Window::start(ctx.server_pid);
+    let window = ctx.cpu_window();
     let started = Instant::now();
     let spec = PublishSpec {
         run_id: ctx.run_id,
@@ -676,6 +676,9 @@ pub async fn run(ctx: &Ctx, args: TelemetryArgs) -> Result<Report> {
         r.row("publish → PUBACK", latency_row(&t.latency));
     }
     r.row("server CPU per message", opt_us(cpu.server_us_per(t.acked)));
+    if cpu.other_cpu_seconds.is_some() {
+        r.row("other processes' CPU per message", opt_us(cpu.other_us_per(t.acked)));
+    }
     r.row("bench CPU per message", format!("{:.2} µs", cpu.bench_cpu_seconds * 1e6 / t.acked.max(1) as f64));
     r.row(
         "device errors",
@@ -729,6 +732,9 @@ pub async fn run(ctx: &Ctx, args: TelemetryArgs) -> Result<Report> {
     r.set("errors", t.errors.json());
     r.set("cpu", &cpu);
     r.set("server_cpu_us_per_message", cpu.server_us_per(t.acked));
+    if cpu.other_cpu_seconds.is_some() {
+        r.set("other_cpu_us_per_message", cpu.other_us_per(t.acked));
+    }
     r.set("verification", verification);
     r.set("provision_seconds", fleet.provision_seconds);
     r.set("devices_created", fleet.created);
