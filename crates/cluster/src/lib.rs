@@ -13,6 +13,8 @@
 //!   node is dropped from or reloaded into the others' memory, and so is a Pub/Sub topic deleted
 //!   or a subscription updated, detached, deleted or sought (its loaded state follows);
 //! * **the topic log** ([`log`]): one JetStream stream per topic, shared by every node;
+//! * **subscriptions** (`owners`): each Pub/Sub subscription is served by one node, to which
+//!   the others forward pulls, acks and deadline changes;
 //! * **membership**: each node announces itself every [`HEARTBEAT`]; `GET /v1/cluster` lists
 //!   the nodes heard from within [`NODE_TIMEOUT`].
 //!
@@ -23,6 +25,7 @@
 //! session when the device's next token check or reconnect meets the store).
 
 pub mod log;
+mod owners;
 mod wire;
 
 use async_nats::{Client, ConnectOptions};
@@ -158,6 +161,14 @@ impl Cluster {
         iam.on_change(move || me.announce("iam", &Announcement::new(&me.inner.config.node_id)));
         let me = cluster.clone();
         pubsub.on_change(move |c| me.announce("pubsub", &wire::PubsubChange::new(&me.inner.config.node_id, c)));
+        let calls = cluster
+            .inner
+            .client
+            .subscribe(owners::subject(&cluster.inner.config.prefix, &cluster.inner.config.node_id))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(cluster.clone().serve_subscriptions(calls, pubsub.clone()));
+        pubsub.served_by(Arc::new(cluster.clone()));
         core.join_peers(Arc::new(cluster.clone()));
         Ok(cluster)
     }

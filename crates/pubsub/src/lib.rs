@@ -117,6 +117,33 @@ pub enum Change {
 
 type ChangeHook = Arc<dyn Fn(&Change) + Send + Sync>;
 
+/// In a cluster, each subscription is served by one node, its owner, so subscribers reaching
+/// different nodes share its messages instead of each getting all of them; the other nodes
+/// forward Pull, Acknowledge, ModifyAckDeadline and StreamingPull's pulls to the owner.
+#[async_trait::async_trait]
+pub trait Owners: Send + Sync + 'static {
+    /// The node serving `name`, when it is not this one.
+    fn elsewhere(&self, name: &SubscriptionName) -> Option<String>;
+    async fn pull(
+        &self,
+        node: &str,
+        name: &SubscriptionName,
+        max_messages: i32,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>>;
+    async fn acknowledge(&self, node: &str, name: &SubscriptionName, ack_ids: &[String]) -> Result<()>;
+    async fn modify_ack_deadline(
+        &self,
+        node: &str,
+        name: &SubscriptionName,
+        ack_ids: &[String],
+        seconds: i32,
+    ) -> Result<()>;
+}
+
+/// How long a forwarded StreamingPull waits on the owner for messages before asking again.
+pub const FORWARDED_PULL_WAIT: Duration = Duration::from_secs(10);
+
 /// Cheap to clone; all clones share one service.
 #[derive(Clone)]
 pub struct PubSub {
@@ -140,6 +167,8 @@ struct Inner {
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Told of every change other nodes must apply (the cluster announces it).
     on_change: RwLock<Option<ChangeHook>>,
+    /// Which node serves each subscription; none on a single node.
+    owners: RwLock<Option<Arc<dyn Owners>>>,
 }
 
 fn not_found(what: &str, name: &str) -> Error {
@@ -192,6 +221,7 @@ impl PubSub {
                 shutdown: watch::Sender::new(false),
                 flusher: Mutex::new(None),
                 on_change: RwLock::new(None),
+                owners: RwLock::new(None),
             }),
         };
         let flusher = tokio::spawn(flush_loop(Arc::downgrade(&service.inner), service.inner.shutdown.subscribe()));
@@ -220,6 +250,17 @@ impl PubSub {
 
     fn loaded(&self) -> Vec<Arc<Sub>> {
         self.inner.subs.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// Serves each subscription on the node `owners` names, forwarding from this one.
+    pub fn served_by(&self, owners: Arc<dyn Owners>) {
+        *self.inner.owners.write().unwrap_or_else(PoisonError::into_inner) = Some(owners);
+    }
+
+    fn owner_elsewhere(&self, name: &SubscriptionName) -> Option<(Arc<dyn Owners>, String)> {
+        let owners = self.inner.owners.read().unwrap_or_else(PoisonError::into_inner).clone()?;
+        let node = owners.elsewhere(name)?;
+        Some((owners, node))
     }
 
     /// Calls `hook` after each change other nodes sharing the store must apply to their memory.
@@ -554,6 +595,17 @@ impl PubSub {
         if max_messages <= 0 {
             return Err(Error::invalid("max_messages", "max_messages must be a positive number."));
         }
+        if let Some((owners, node)) = self.owner_elsewhere(name) {
+            return owners.pull(&node, name, max_messages, wait).await;
+        }
+        self.pull_here(name, max_messages, wait).await
+    }
+
+    /// [`PubSub::pull`] on this node, which serves the subscription.
+    pub async fn pull_here(&self, name: &SubscriptionName, max_messages: i32, wait: Duration) -> Result<Vec<Delivery>> {
+        if max_messages <= 0 {
+            return Err(Error::invalid("max_messages", "max_messages must be a positive number."));
+        }
         let sub = self.sub(name).await?;
         let deadline = Instant::now() + wait.min(MAX_PULL_WAIT);
         let mut shutdown = self.inner.shutdown.subscribe();
@@ -654,6 +706,15 @@ impl PubSub {
 
     /// Acknowledges; unknown and stale ids are ignored, malformed ones refused.
     pub async fn acknowledge(&self, name: &SubscriptionName, ack_ids: &[String]) -> Result<()> {
+        Self::parse_ack_ids(ack_ids)?;
+        if let Some((owners, node)) = self.owner_elsewhere(name) {
+            return owners.acknowledge(&node, name, ack_ids).await;
+        }
+        self.acknowledge_here(name, ack_ids).await
+    }
+
+    /// [`PubSub::acknowledge`] on this node, which serves the subscription.
+    pub async fn acknowledge_here(&self, name: &SubscriptionName, ack_ids: &[String]) -> Result<()> {
         let ids = Self::parse_ack_ids(ack_ids)?;
         let sub = self.sub(name).await?;
         let mut end = self.end_of(&sub);
@@ -674,6 +735,26 @@ impl PubSub {
 
     /// ModifyAckDeadline: 0 nacks, 1..=600 extends the lease from now.
     pub async fn modify_ack_deadline(&self, name: &SubscriptionName, ack_ids: &[String], seconds: i32) -> Result<()> {
+        if !(0..=MAX_ACK_DEADLINE).contains(&seconds) {
+            return Err(Error::invalid(
+                "ack_deadline_seconds",
+                format!("Invalid ack deadline {seconds}: it must be between 0 and {MAX_ACK_DEADLINE} seconds."),
+            ));
+        }
+        Self::parse_ack_ids(ack_ids)?;
+        if let Some((owners, node)) = self.owner_elsewhere(name) {
+            return owners.modify_ack_deadline(&node, name, ack_ids, seconds).await;
+        }
+        self.modify_ack_deadline_here(name, ack_ids, seconds).await
+    }
+
+    /// [`PubSub::modify_ack_deadline`] on this node, which serves the subscription.
+    pub async fn modify_ack_deadline_here(
+        &self,
+        name: &SubscriptionName,
+        ack_ids: &[String],
+        seconds: i32,
+    ) -> Result<()> {
         if !(0..=MAX_ACK_DEADLINE).contains(&seconds) {
             return Err(Error::invalid(
                 "ack_deadline_seconds",
@@ -728,13 +809,36 @@ impl PubSub {
                 ),
             ));
         }
+        if *self.inner.shutdown.borrow() {
+            return Err(closing());
+        }
+        if let Some((owners, node)) = self.owner_elsewhere(name) {
+            // Served by another node: this stream asks it for messages, one pull at a time.
+            let (settings, _) = self
+                .inner
+                .store
+                .get_subscription(name)
+                .await
+                .map_err(storage)?
+                .ok_or_else(|| not_found("subscription", name.as_str()))?;
+            return Ok(MessageStream {
+                service: self.clone(),
+                source: StreamSource::Forwarded {
+                    name: name.clone(),
+                    ordering: settings.enable_message_ordering,
+                    owners,
+                    node,
+                },
+                lease: Duration::from_secs(seconds as u64),
+                shutdown: self.inner.shutdown.subscribe(),
+            });
+        }
         let sub = self.sub(name).await?;
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
         sub.lock().open_stream(id, options.max_outstanding_messages, options.max_outstanding_bytes);
         Ok(MessageStream {
             service: self.clone(),
-            sub,
-            id,
+            source: StreamSource::Here { sub, id },
             lease: Duration::from_secs(seconds as u64),
             shutdown: self.inner.shutdown.subscribe(),
         })
@@ -964,40 +1068,70 @@ fn check_publish(messages: &[OutgoingMessage]) -> Result<()> {
 /// its leases run to their deadlines.
 pub struct MessageStream {
     service: PubSub,
-    sub: Arc<Sub>,
-    id: StreamId,
+    source: StreamSource,
     lease: Duration,
     shutdown: watch::Receiver<bool>,
 }
 
+enum StreamSource {
+    /// Served by this node.
+    Here { sub: Arc<Sub>, id: StreamId },
+    /// Served by another node (a cluster's owner of the subscription), pulled from there.
+    Forwarded { name: SubscriptionName, ordering: bool, owners: Arc<dyn Owners>, node: String },
+}
+
 impl MessageStream {
     pub fn subscription(&self) -> &SubscriptionName {
-        &self.sub.name
+        match &self.source {
+            StreamSource::Here { sub, .. } => &sub.name,
+            StreamSource::Forwarded { name, .. } => name,
+        }
     }
 
     pub fn message_ordering(&self) -> bool {
-        self.sub.lock().settings.enable_message_ordering
+        match &self.source {
+            StreamSource::Here { sub, .. } => sub.lock().settings.enable_message_ordering,
+            StreamSource::Forwarded { ordering, .. } => *ordering,
+        }
     }
 
     /// Waits for up to `max` messages within the stream's window. Ends with UNAVAILABLE at
     /// shutdown (clients reconnect) and NOT_FOUND once the subscription is deleted.
     pub async fn next(&mut self, max: usize) -> Result<Vec<Delivery>> {
+        let (sub, id) = match &self.source {
+            StreamSource::Here { sub, id } => (sub.clone(), *id),
+            StreamSource::Forwarded { name, owners, node, .. } => {
+                let max = i32::try_from(max.max(1)).unwrap_or(i32::MAX);
+                loop {
+                    if *self.shutdown.borrow() {
+                        return Err(closing());
+                    }
+                    let got = tokio::select! {
+                        got = owners.pull(node, name, max, FORWARDED_PULL_WAIT) => got?,
+                        _ = self.shutdown.wait_for(|&s| s) => return Err(closing()),
+                    };
+                    if !got.is_empty() {
+                        return Ok(got);
+                    }
+                }
+            }
+        };
         loop {
-            let notified = self.sub.deliverable.notified();
+            let notified = sub.deliverable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if *self.shutdown.borrow() {
                 return Err(closing());
             }
             let deliverable = {
-                let s = self.sub.lock();
+                let s = sub.lock();
                 if s.deleted {
-                    return Err(not_found("subscription", self.sub.name.as_str()));
+                    return Err(not_found("subscription", sub.name.as_str()));
                 }
-                s.has_deliverable(self.id)
+                s.has_deliverable(id)
             };
             if deliverable {
-                let got = self.service.take(&self.sub, self.id, max, self.lease);
+                let got = self.service.take(&sub, id, max, self.lease);
                 if !got.is_empty() {
                     return Ok(got);
                 }
@@ -1011,11 +1145,11 @@ impl MessageStream {
 
     /// Acks sent inside the stream (older clients do this).
     pub async fn acknowledge(&self, ack_ids: &[String]) -> Result<()> {
-        self.service.acknowledge(&self.sub.name, ack_ids).await
+        self.service.acknowledge(self.subscription(), ack_ids).await
     }
 
     pub async fn modify_ack_deadline(&self, ack_ids: &[String], seconds: i32) -> Result<()> {
-        self.service.modify_ack_deadline(&self.sub.name, ack_ids, seconds).await
+        self.service.modify_ack_deadline(self.subscription(), ack_ids, seconds).await
     }
 
     /// A later request's `stream_ack_deadline_seconds`.
@@ -1035,7 +1169,9 @@ impl MessageStream {
 
 impl Drop for MessageStream {
     fn drop(&mut self) {
-        self.sub.lock().close_stream(self.id);
+        if let StreamSource::Here { sub, id } = &self.source {
+            sub.lock().close_stream(*id);
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use ferrocore::server::{ClusterSettings, StoreLocation};
 use ferrocore_mqtt_codec::{ConnectReturnCode, Packet, QoS};
 use ferrocore_store::postgres::testing::TestDatabase;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 const NATS: &str = "127.0.0.1:4222";
@@ -675,6 +675,53 @@ async fn pubsub_changes_on_one_node_reach_subscriptions_loaded_on_another() {
         (st == StatusCode::NOT_FOUND).then_some(())
     })
     .await;
+    a.stop().await;
+    b.stop().await;
+    remove_streams(&prefix).await;
+}
+
+#[tokio::test]
+async fn subscribers_on_different_nodes_share_one_subscription() {
+    let Some(db) = TestDatabase::create().await else { return };
+    if !nats_up().await {
+        return;
+    }
+    let prefix = fresh_prefix();
+    let (a, b) = (node(&db, NATS, &prefix, "node-a", |_| {}).await, node(&db, NATS, &prefix, "node-b", |_| {}).await);
+    lists_nodes(&a, 2).await;
+    lists_nodes(&b, 2).await;
+    let topic = format!("projects/{PROJECT}/topics/work");
+    assert_eq!(a.put(&topic, json!({})).await.0, StatusCode::OK);
+    // Several subscriptions, so that some are owned by each node.
+    let subs: Vec<String> = (0..4).map(|i| format!("projects/{PROJECT}/subscriptions/work-{i}")).collect();
+    for sub in &subs {
+        assert_eq!(a.put(sub, json!({"topic": topic})).await.0, StatusCode::OK);
+    }
+    let messages: Vec<Value> = (0..40).map(|i| json!({"data": b64(format!("job-{i}").as_bytes())})).collect();
+    let (st, body) = a.post(&format!("{topic}:publish"), json!({ "messages": messages })).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+
+    for sub in &subs {
+        // Two workers, one on each node, pull in turns and acknowledge what they got.
+        let mut seen: Vec<String> = Vec::new();
+        let started = Instant::now();
+        while seen.len() < 40 {
+            assert!(started.elapsed() < Duration::from_secs(20), "{sub}: only {} of 40", seen.len());
+            for worker in [&a, &b] {
+                let (st, pulled) = worker.post(&format!("{sub}:pull"), json!({"maxMessages": 3})).await;
+                assert_eq!(st, StatusCode::OK, "{pulled}");
+                let got = pulled["receivedMessages"].as_array().cloned().unwrap_or_default();
+                let ids: Vec<&str> = got.iter().map(|m| m["ackId"].as_str().unwrap()).collect();
+                if !ids.is_empty() {
+                    let (st, body) = worker.post(&format!("{sub}:acknowledge"), json!({ "ackIds": ids })).await;
+                    assert_eq!(st, StatusCode::OK, "{body}");
+                }
+                seen.extend(got.iter().map(|m| m["message"]["data"].as_str().unwrap().to_owned()));
+            }
+        }
+        let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+        assert_eq!((seen.len(), distinct.len()), (40, 40), "{sub}: each message to one worker, once");
+    }
     a.stop().await;
     b.stop().await;
     remove_streams(&prefix).await;
