@@ -361,8 +361,14 @@ impl Seen {
     }
 }
 
+/// How long the log reader waits for a topic's end to move when acknowledged messages are
+/// still missing.
+const END_SETTLE: Duration = Duration::from_secs(10);
+
 /// Reads topic `topic` of Ferrocore's log from `start`: tails it while `done` is false, then
-/// reads up to the end offset the server reports once `done` is set.
+/// reads up to the end offset the server reports once `done` is set, and on from there while
+/// fewer than `expected` messages of the run were found and the end moves (for up to
+/// [`END_SETTLE`]): a cluster node learns of other nodes' appends every few seconds.
 pub async fn read_log(
     api: crate::api::Api,
     topic: String,
@@ -370,6 +376,7 @@ pub async fn read_log(
     run_id: u64,
     live: bool,
     done: Arc<AtomicBool>,
+    expected: Arc<AtomicU64>,
     read_total: Arc<AtomicU64>,
 ) -> Seen {
     let mut seen = Seen::default();
@@ -432,6 +439,25 @@ pub async fn read_log(
         for part in std::mem::take(&mut *parts.lock().unwrap_or_else(|p| p.into_inner())) {
             for data in part {
                 seen.mark(run_id, &data);
+            }
+        }
+        let (mut at, settle) = (end.max(offset), Instant::now() + END_SETTLE);
+        while seen.unique() < expected.load(Ordering::Relaxed) && Instant::now() < settle {
+            let end = api.topic_end(&topic).await?;
+            if end <= at {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            while at < end {
+                let (msgs, next) = api.read_topic(&topic, at, (end - at).min(1000) as u32, 0).await?;
+                if next <= at {
+                    break;
+                }
+                read_total.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                for m in &msgs {
+                    seen.mark(run_id, &m.data);
+                }
+                at = next;
             }
         }
         Ok(())
@@ -558,6 +584,7 @@ pub async fn start_checker(
                 ctx.run_id,
                 verify == Verify::Live,
                 done,
+                expected,
                 read_total,
             )))
         }

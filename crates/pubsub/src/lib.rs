@@ -260,7 +260,35 @@ impl PubSub {
     fn owner_elsewhere(&self, name: &SubscriptionName) -> Option<(Arc<dyn Owners>, String)> {
         let owners = self.inner.owners.read().unwrap_or_else(PoisonError::into_inner).clone()?;
         let node = owners.elsewhere(name)?;
+        self.hand_over(name);
         Some((owners, node))
+    }
+
+    /// This node served `name` until the owner moved: its copy stops (tasks, streams) after
+    /// saving what its clients acknowledged, so the new owner starts from there.
+    fn hand_over(&self, name: &SubscriptionName) {
+        if !self.inner.subs.read().unwrap_or_else(PoisonError::into_inner).contains_key(name) {
+            return;
+        }
+        let Some(sub) = self.inner.subs.write().unwrap_or_else(PoisonError::into_inner).remove(name) else { return };
+        let cursor = {
+            let mut s = sub.lock();
+            s.moved = true;
+            let cursor = (s.dirty && !s.deleted).then(|| s.cursor());
+            s.dirty = false;
+            cursor
+        };
+        sub.reset();
+        sub.wake(subscription::Wake { consumers: true, fetcher: true, timers: true });
+        tracing::info!(subscription = %name, "another node serves this subscription now");
+        if let Some(cursor) = cursor {
+            let (store, name) = (self.inner.store.clone(), name.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.save_cursors(&[(name.clone(), cursor)]).await {
+                    tracing::warn!(subscription = %name, error = %e, "saving a handed-over cursor failed");
+                }
+            });
+        }
     }
 
     /// Calls `hook` after each change other nodes sharing the store must apply to their memory.
@@ -1127,6 +1155,9 @@ impl MessageStream {
                 let s = sub.lock();
                 if s.deleted {
                     return Err(not_found("subscription", sub.name.as_str()));
+                }
+                if s.moved {
+                    return Err(Error::new(Code::Unavailable, "The subscription moved to another node; reconnect."));
                 }
                 s.has_deliverable(id)
             };

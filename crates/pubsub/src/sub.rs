@@ -65,7 +65,8 @@ impl Sub {
         self.deliverable.notify_waiters();
     }
 
-    /// Starts the fetcher and the timer; both end when the subscription is deleted or at shutdown.
+    /// Starts the fetcher and the timer; both end when the subscription is deleted or moved, or at
+    /// shutdown.
     pub fn spawn(self: &Arc<Sub>, source: Arc<dyn TopicSource>, shutdown: watch::Receiver<bool>) {
         tokio::spawn(fetch_loop(self.clone(), source, shutdown.clone()));
         tokio::spawn(timer_loop(self.clone(), shutdown));
@@ -82,7 +83,7 @@ async fn fetch_loop(sub: Arc<Sub>, source: Arc<dyn TopicSource>, mut shutdown: w
         room.as_mut().enable();
         let job = {
             let s = sub.lock();
-            if s.deleted {
+            if s.deleted || s.moved {
                 return;
             }
             match (&s.settings.topic, s.has_room()) {
@@ -129,7 +130,7 @@ async fn timer_loop(sub: Arc<Sub>, mut shutdown: watch::Receiver<bool>) {
         changed.as_mut().enable();
         let next = {
             let s = sub.lock();
-            if s.deleted {
+            if s.deleted || s.moved {
                 return;
             }
             s.next_timer()

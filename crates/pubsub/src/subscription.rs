@@ -101,6 +101,9 @@ pub(crate) struct State {
     /// The cursor changed since it was last saved.
     pub dirty: bool,
     pub deleted: bool,
+    /// Another node serves the subscription now (a cluster's owner moved): this copy stops, and
+    /// its streams end with UNAVAILABLE so their clients reconnect through the owner.
+    pub moved: bool,
 }
 
 /// What an operation changed that the tasks around the state must hear about.
@@ -167,6 +170,7 @@ impl State {
             next_generation: 1,
             dirty: false,
             deleted: false,
+            moved: false,
         }
     }
 
