@@ -2,6 +2,12 @@
 //! before the first and after the last (plus a settling pause), and along the way, giving the
 //! memory one idle connection costs. Connections are spread over source addresses 127.0.0.2..,
 //! each bound before connecting, so no single address runs out of ephemeral ports.
+//!
+//! With `--barrier DIR` several bench processes (one per node of a cluster) move in step: each
+//! creates `DIR/provisioned.PID` once its devices exist and waits for `DIR/go` before connecting,
+//! then creates `DIR/held.PID` once its connections are up and its memory read, and waits for
+//! `DIR/release` before checking and closing them. Whoever started the processes creates `go` and
+//! `release` when every process got there, so all connect at once and all hold at once.
 
 use crate::fleet::Fleet;
 use crate::report::{Report, thousands};
@@ -10,9 +16,10 @@ use crate::util::{Errors, for_each_concurrent};
 use crate::{Ctx, mqtt};
 use anyhow::Result;
 use serde_json::json;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(clap::Args, Debug, serde::Serialize)]
 pub struct IdleArgs {
@@ -28,10 +35,36 @@ pub struct IdleArgs {
     /// Seconds to keep the connections open in all (at least the settling time).
     #[arg(long, default_value_t = 5.0)]
     pub hold: f64,
+    /// Move in step with other bench processes through files in this directory (see the module
+    /// documentation): connect when DIR/go exists, close when DIR/release exists.
+    #[arg(long)]
+    pub barrier: Option<PathBuf>,
+}
+
+/// Milliseconds since the Unix epoch (comparable between processes).
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Creates `dir/mark.PID`, then waits (at most 30 minutes) until `dir/wait_for` exists.
+async fn barrier(dir: &Path, mark: &str, wait_for: &str) -> Result<()> {
+    std::fs::write(dir.join(format!("{mark}.{}", std::process::id())), b"")?;
+    let go = dir.join(wait_for);
+    let started = Instant::now();
+    while !go.exists() {
+        if started.elapsed() > Duration::from_secs(1800) {
+            anyhow::bail!("{} did not appear within 30 minutes", go.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Report> {
     let fleet = Fleet::prepare(ctx, args.connections, "idle").await?;
+    if let Some(dir) = &args.barrier {
+        barrier(dir, "provisioned", "go").await?;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = ctx.server_pid.and_then(sample);
     let bench_before = sample(std::process::id());
@@ -42,6 +75,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Report> {
     let connected = Arc::new(AtomicU64::new(0));
     let curve = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
     let started = Instant::now();
+    let connect_started_unix_ms = unix_ms();
     // Samples of (connections, server RSS) for the chart, and the progress line.
     let sampler = {
         let (connected, curve, pid, every, total) =
@@ -96,6 +130,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Report> {
         .await;
     }
     let connect_seconds = started.elapsed().as_secs_f64();
+    let connect_finished_unix_ms = unix_ms();
     tokio::time::sleep(Duration::from_secs_f64(args.settle.max(0.0))).await;
     let after = ctx.server_pid.and_then(sample);
     let bench_after = sample(std::process::id());
@@ -104,6 +139,10 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Report> {
     if rest > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(rest)).await;
     }
+    if let Some(dir) = &args.barrier {
+        barrier(dir, "held", "release").await?;
+    }
+    let check_started_unix_ms = unix_ms();
     sampler.abort();
     let n = connected.load(Ordering::Relaxed);
     // Still open? A server that dropped idle connections would make the figure meaningless.
@@ -149,6 +188,9 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Report> {
     r.set("failed", errors.json());
     r.set("still_open", still_open);
     r.set("connect_seconds", connect_seconds);
+    r.set("connect_started_unix_ms", connect_started_unix_ms);
+    r.set("connect_finished_unix_ms", connect_finished_unix_ms);
+    r.set("check_started_unix_ms", check_started_unix_ms);
     r.set("server_rss_kib_before", before.map(|s| s.rss_kib));
     r.set("server_rss_kib_after", after.map(|s| s.rss_kib));
     r.set("server_bytes_per_connection", server_bytes);

@@ -353,17 +353,19 @@ async fn forward(
             cursor = first;
             progress.cursor.store(cursor, Ordering::Release);
         }
+        // Asked of the log itself, not its cached extent: a shared log's cache may lag behind
+        // what other nodes appended (and this sink already forwarded).
         if batch.messages.is_empty()
-            && let Some(extent) = shared.source.extent(topic.as_str())
-            && extent.next_offset < cursor
+            && let Ok(log_end) = shared.source.next_offset(topic.as_str()).await
+            && log_end < cursor
         {
             // The log holds less than the sink already forwarded: its directory was replaced
             // while the store was kept. What it holds now is news to the destination.
             tracing::warn!(
-                sink = %sink.spec.name, %topic, cursor, log_end = extent.next_offset,
+                sink = %sink.spec.name, %topic, cursor, log_end,
                 "the topic log ends before this sink's cursor (was it replaced?); forwarding what it holds"
             );
-            cursor = extent.earliest_offset;
+            cursor = shared.source.extent(topic.as_str()).map_or(0, |e| e.earliest_offset.min(log_end));
             progress.cursor.store(cursor, Ordering::Release);
             shared.save(&sink, &topic, cursor).await;
             hold.advance(cursor);

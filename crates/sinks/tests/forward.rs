@@ -415,3 +415,60 @@ async fn records_a_read_returns_below_its_earliest_offset_are_forwarded_not_coun
     assert_eq!((s.lost_messages, s.forwarded_messages, s.cursor[0].1), (22, 38, 60), "only 12..34 were lost");
     f.close().await;
 }
+
+/// The log as a node of a cluster sees it: reads are current, but the extent it lists lags
+/// behind what other nodes appended (here, frozen at 5 messages).
+struct LaggingExtent(Arc<LogSink>);
+
+#[async_trait]
+impl ferrocore_core::topics::TopicSource for LaggingExtent {
+    async fn read(
+        &self,
+        topic: &str,
+        from: ferrocore_core::topics::ReadFrom,
+        max_messages: usize,
+        max_bytes: usize,
+        wait: Option<Duration>,
+    ) -> Result<ferrocore_core::topics::ReadBatch, ferrocore_core::topics::ReadError> {
+        self.0.read(topic, from, max_messages, max_bytes, wait).await
+    }
+
+    async fn offset_at(&self, topic: &str, time: Timestamp) -> Result<u64, ferrocore_core::topics::ReadError> {
+        self.0.offset_at(topic, time).await
+    }
+
+    async fn next_offset(&self, topic: &str) -> Result<u64, ferrocore_core::topics::ReadError> {
+        ferrocore_core::topics::TopicSource::next_offset(&*self.0, topic).await
+    }
+
+    fn extent(&self, topic: &str) -> Option<ferrocore_core::topics::TopicExtent> {
+        self.0.extent(topic).map(|mut e| {
+            e.next_offset = e.next_offset.min(5);
+            e
+        })
+    }
+
+    fn extents(&self) -> Vec<ferrocore_core::topics::TopicExtent> {
+        self.0.extents().into_iter().filter_map(|e| self.extent(&e.name)).collect()
+    }
+
+    fn hold(&self, topic: &str, offset: u64) -> Box<dyn ferrocore_core::topics::RetentionHold> {
+        self.0.hold(topic, offset)
+    }
+}
+
+#[tokio::test]
+async fn a_lagging_extent_does_not_make_a_caught_up_sink_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::open(dir.path(), |c| c).await;
+    rig.publish(T1, 0..5).await;
+    let spec = SinkSpec::custom("rec", T1, "http://127.0.0.1:9/x", Arc::new(Rec(rig.rec.clone()))).unwrap();
+    let source = Arc::new(LaggingExtent(rig.sink.clone()));
+    let f = Forwarders::start(vec![spec], source, rig.store.clone(), Arc::new(SystemClock), fast()).await.unwrap();
+    rig.publish(T1, 5..20).await;
+    until("all arrived", || rig.rec.got().len() >= 15).await;
+    // Several empty polls later (100 ms each), the sink has sent each message once.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(rig.rec.offsets(T1), (5..20).collect::<Vec<u64>>());
+    rig.close(f).await;
+}
