@@ -155,8 +155,11 @@ pub(crate) async fn serve(
             let name = TopicName::parse("topic", &topic)?;
             // A topic nothing was written to yet is empty rather than unknown: a reader may start
             // at its nextOffset 0.
-            let (earliest, next, bytes) =
+            let (earliest, cached_next, bytes) =
                 source.extent(name.as_str()).map_or((0, 0, 0), |e| (e.earliest_offset, e.next_offset, e.bytes));
+            // The end is read from the log itself: a shared log's cached extent may lag behind
+            // what other nodes appended.
+            let next = source.next_offset(name.as_str()).await.map_err(read_error)?.max(cached_next);
             Ok(json_response(&ExtentJson {
                 name: name.to_string(),
                 earliest_offset: earliest.to_string(),
