@@ -292,12 +292,16 @@ impl JetStreamLog {
         check_topic(topic)?;
         let (name, subject) = stream_names(&self.inner.settings.prefix, topic);
         let info = if create {
-            let mut s = self
-                .inner
-                .js
-                .get_or_create_stream(self.config(topic, &name, &subject))
-                .await
-                .map_err(|e| unavailable("creating the topic's stream failed", e))?;
+            let mut s = match self.inner.js.get_or_create_stream(self.config(topic, &name, &subject)).await {
+                Ok(s) => s,
+                // Another node created it between this one's lookup and its create.
+                Err(e) => self
+                    .inner
+                    .js
+                    .get_stream(&name)
+                    .await
+                    .map_err(|_| unavailable("creating the topic's stream failed", e))?,
+            };
             let info = s.info().await.map_err(|e| unavailable("reading the topic's stream failed", e))?.clone();
             let wanted = self.config(topic, &name, &subject);
             if info.config.description.as_deref() == Some(topic)
