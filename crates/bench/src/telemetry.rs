@@ -361,6 +361,14 @@ impl Seen {
     }
 }
 
+/// What a run shares with its log reader: set once the devices stopped, how many messages were
+/// acknowledged, how many the reader has read.
+pub struct RunShared {
+    pub done: Arc<AtomicBool>,
+    pub expected: Arc<AtomicU64>,
+    pub read_total: Arc<AtomicU64>,
+}
+
 /// How long the log reader waits for a topic's end to move when acknowledged messages are
 /// still missing.
 const END_SETTLE: Duration = Duration::from_secs(10);
@@ -375,10 +383,9 @@ pub async fn read_log(
     start: u64,
     run_id: u64,
     live: bool,
-    done: Arc<AtomicBool>,
-    expected: Arc<AtomicU64>,
-    read_total: Arc<AtomicU64>,
+    run: RunShared,
 ) -> Seen {
+    let RunShared { done, expected, read_total } = run;
     let mut seen = Seen::default();
     let mut offset = start;
     let give_up = Instant::now() + Duration::from_secs(3600);
@@ -583,9 +590,7 @@ pub async fn start_checker(
                 start,
                 ctx.run_id,
                 verify == Verify::Live,
-                done,
-                expected,
-                read_total,
+                RunShared { done, expected, read_total },
             )))
         }
         Broker::Mqtt => {
