@@ -41,6 +41,7 @@ use ferrocore_model::pubsub::TopicName;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -87,6 +88,9 @@ struct Inner {
     /// Consumers standing at a known sequence, by (stream, next stream sequence).
     readers: Mutex<Readers>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// The server's max_payload, read with the extents rather than per append (reading the
+    /// client's server info clones it).
+    max_payload: AtomicUsize,
 }
 
 struct TopicStream {
@@ -199,6 +203,7 @@ impl JetStreamLog {
                 extents: Mutex::default(),
                 readers: Mutex::default(),
                 stop,
+                max_payload: AtomicUsize::new(0),
             }),
         };
         tokio::spawn(log.clone().refresh_extents());
@@ -234,6 +239,7 @@ impl JetStreamLog {
     async fn refresh_extents(self) {
         let mut stop = self.inner.stop.subscribe();
         loop {
+            self.inner.max_payload.store(self.inner.client.server_info().max_payload, Ordering::Relaxed);
             if let Err(e) = self.list_extents().await {
                 tracing::debug!(error = %e, "listing the topic log's streams failed; retrying");
             }
@@ -358,7 +364,8 @@ impl JetStreamLog {
     ) -> Result<Vec<jetstream::context::PublishAckFuture>, ReadError> {
         self.connected()?;
         let stream = self.stream(topic, true).await?.ok_or_else(|| unavailable("no stream", topic))?;
-        let limit = self.inner.client.server_info().max_payload;
+        // Every size is checked before anything is sent, so a batch is refused whole.
+        let limit = self.inner.max_payload.load(Ordering::Relaxed);
         let mut payloads = Vec::with_capacity(messages.len());
         for m in &messages {
             let payload = encode(m).map_err(ReadError::InvalidTopic)?;
@@ -385,14 +392,16 @@ impl JetStreamLog {
 
     fn appended(&self, topic: &str, last_offset: u64, count: u64, bytes: u64) {
         let mut extents = self.inner.extents.lock().unwrap_or_else(PoisonError::into_inner);
-        let e = extents.entry(topic.to_owned()).or_insert_with(|| TopicExtent {
-            name: topic.to_owned(),
-            earliest_offset: (last_offset + 1).saturating_sub(count),
-            next_offset: 0,
-            bytes: 0,
-        });
-        e.next_offset = e.next_offset.max(last_offset + 1);
-        e.bytes += bytes;
+        // Looked up before inserting: no name is allocated per append once the topic is known.
+        if !extents.contains_key(topic) {
+            let earliest = (last_offset + 1).saturating_sub(count);
+            let fresh = TopicExtent { name: topic.to_owned(), earliest_offset: earliest, next_offset: 0, bytes: 0 };
+            extents.insert(topic.to_owned(), fresh);
+        }
+        if let Some(e) = extents.get_mut(topic) {
+            e.next_offset = e.next_offset.max(last_offset + 1);
+            e.bytes += bytes;
+        }
     }
 
     fn take_reader(&self, stream: &str, seq: u64) -> Option<consumer::PullConsumer> {

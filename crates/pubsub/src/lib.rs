@@ -185,6 +185,17 @@ fn source_error(e: ReadError) -> Error {
     }
 }
 
+/// ModifyAckDeadline's seconds: 0 (nack) to [`MAX_ACK_DEADLINE`].
+fn check_ack_deadline(seconds: i32) -> Result<()> {
+    if !(0..=MAX_ACK_DEADLINE).contains(&seconds) {
+        return Err(Error::invalid(
+            "ack_deadline_seconds",
+            format!("Invalid ack deadline {seconds}: it must be between 0 and {MAX_ACK_DEADLINE} seconds."),
+        ));
+    }
+    Ok(())
+}
+
 /// A detached subscription delivers nothing more: what was read counts as done.
 fn detach_loaded(loaded: &Sub) {
     let mut s = loaded.lock();
@@ -763,12 +774,7 @@ impl PubSub {
 
     /// ModifyAckDeadline: 0 nacks, 1..=600 extends the lease from now.
     pub async fn modify_ack_deadline(&self, name: &SubscriptionName, ack_ids: &[String], seconds: i32) -> Result<()> {
-        if !(0..=MAX_ACK_DEADLINE).contains(&seconds) {
-            return Err(Error::invalid(
-                "ack_deadline_seconds",
-                format!("Invalid ack deadline {seconds}: it must be between 0 and {MAX_ACK_DEADLINE} seconds."),
-            ));
-        }
+        check_ack_deadline(seconds)?;
         Self::parse_ack_ids(ack_ids)?;
         if let Some((owners, node)) = self.owner_elsewhere(name) {
             return owners.modify_ack_deadline(&node, name, ack_ids, seconds).await;
@@ -783,12 +789,7 @@ impl PubSub {
         ack_ids: &[String],
         seconds: i32,
     ) -> Result<()> {
-        if !(0..=MAX_ACK_DEADLINE).contains(&seconds) {
-            return Err(Error::invalid(
-                "ack_deadline_seconds",
-                format!("Invalid ack deadline {seconds}: it must be between 0 and {MAX_ACK_DEADLINE} seconds."),
-            ));
-        }
+        check_ack_deadline(seconds)?;
         let ids = Self::parse_ack_ids(ack_ids)?;
         let sub = self.sub(name).await?;
         let now = Instant::now();

@@ -69,15 +69,35 @@ async fn lists_nodes(s: &TestServer, n: usize) {
     .await;
 }
 
-/// Two nodes on one database and one fresh subject prefix, each having heard the other.
-async fn two_nodes(db: &TestDatabase) -> (TestServer, TestServer) {
+/// Two nodes on one database and one fresh subject prefix (returned, for [`remove_streams`]),
+/// each having heard the other.
+async fn two_nodes(db: &TestDatabase) -> (TestServer, TestServer, String) {
     let prefix = fresh_prefix();
     let a = node(db, NATS, &prefix, "node-a", |_| {}).await;
     let b = node(db, NATS, &prefix, "node-b", |_| {}).await;
     // Each must have heard the other's heartbeat before it offers it anything.
     lists_nodes(&a, 2).await;
     lists_nodes(&b, 2).await;
-    (a, b)
+    (a, b, prefix)
+}
+
+/// One Pull of up to `max` messages through `node`, acknowledged through it; the messages.
+async fn pull_and_ack(node: &TestServer, sub: &str, max: u32) -> Vec<Value> {
+    let (st, pulled) = node.post(&format!("{sub}:pull"), json!({ "maxMessages": max })).await;
+    assert_eq!(st, StatusCode::OK, "{pulled}");
+    let received = pulled["receivedMessages"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<&str> = received.iter().map(|m| m["ackId"].as_str().unwrap()).collect();
+    if !ids.is_empty() {
+        let (st, body) = node.post(&format!("{sub}:acknowledge"), json!({ "ackIds": ids })).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+    }
+    received.into_iter().map(|m| m["message"].clone()).collect()
+}
+
+/// A message's base64 `data` as text.
+fn text(data: &Value) -> String {
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data.as_str().unwrap());
+    String::from_utf8(bytes.unwrap()).unwrap()
 }
 
 fn client_id(device: &str) -> String {
@@ -101,7 +121,7 @@ async fn commands_configs_and_takeover_cross_nodes() {
     if !nats_up().await {
         return;
     }
-    let (a, b) = two_nodes(&db).await;
+    let (a, b, _) = two_nodes(&db).await;
     let registry = a.registry(PROJECT, "reg").await;
     a.device(&registry, "dev-1", json!({})).await;
     let dev = format!("{registry}/devices/dev-1");
@@ -177,7 +197,7 @@ async fn caches_and_membership_follow_the_other_node() {
     if !nats_up().await {
         return;
     }
-    let (a, b) = two_nodes(&db).await;
+    let (a, b, _) = two_nodes(&db).await;
 
     let (st, nodes) = a.get("cluster").await;
     assert_eq!(st, StatusCode::OK, "{nodes}");
@@ -543,7 +563,7 @@ async fn unbinding_on_one_node_detaches_the_device_from_its_gateway_on_another()
     if !nats_up().await {
         return;
     }
-    let (a, b) = two_nodes(&db).await;
+    let (a, b, _) = two_nodes(&db).await;
     let reg = registry(&a).await;
     gateway(&a, &reg, "hub", "ASSOCIATION_ONLY").await;
     leaf(&a, &reg, "dev-a").await;
@@ -599,15 +619,7 @@ async fn one_node_forwards_each_sink_and_another_takes_over_when_it_dies() {
     })
     .await;
     hook.until_count(40).await;
-    let got: Vec<String> = hook
-        .got()
-        .iter()
-        .map(|(_, push)| {
-            let data = push["message"]["data"].as_str().unwrap();
-            String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data).unwrap())
-                .unwrap()
-        })
-        .collect();
+    let got: Vec<String> = hook.got().iter().map(|(_, push)| text(&push["message"]["data"])).collect();
     let want: Vec<String> = first.into_iter().chain(second).collect();
     assert_eq!(got, want, "every message once, in order, across the takeover");
     b.stop().await;
@@ -620,10 +632,7 @@ async fn pubsub_changes_on_one_node_reach_subscriptions_loaded_on_another() {
     if !nats_up().await {
         return;
     }
-    let prefix = fresh_prefix();
-    let (a, b) = (node(&db, NATS, &prefix, "node-a", |_| {}).await, node(&db, NATS, &prefix, "node-b", |_| {}).await);
-    lists_nodes(&a, 2).await;
-    lists_nodes(&b, 2).await;
+    let (a, b, prefix) = two_nodes(&db).await;
     let topic = format!("projects/{PROJECT}/topics/feed");
     let sub = format!("projects/{PROJECT}/subscriptions/feed-sub");
     assert_eq!(a.put(&topic, json!({})).await.0, StatusCode::OK);
@@ -635,14 +644,7 @@ async fn pubsub_changes_on_one_node_reach_subscriptions_loaded_on_another() {
 
     // Node B loads the subscription and acknowledges everything.
     let pull_all = async |n: &TestServer| -> Vec<String> {
-        let (st, pulled) = n.post(&format!("{sub}:pull"), json!({"maxMessages": 10})).await;
-        assert_eq!(st, StatusCode::OK, "{pulled}");
-        let received = pulled["receivedMessages"].as_array().cloned().unwrap_or_default();
-        let ids: Vec<&str> = received.iter().map(|m| m["ackId"].as_str().unwrap()).collect();
-        if !ids.is_empty() {
-            assert_eq!(n.post(&format!("{sub}:acknowledge"), json!({"ackIds": ids})).await.0, StatusCode::OK);
-        }
-        received.iter().map(|m| m["message"]["data"].as_str().unwrap().to_owned()).collect()
+        pull_and_ack(n, &sub, 10).await.iter().map(|m| text(&m["data"])).collect()
     };
     let mut got = Vec::new();
     wait::eventually("node B to deliver the three", async || {
@@ -686,10 +688,7 @@ async fn subscribers_on_different_nodes_share_one_subscription() {
     if !nats_up().await {
         return;
     }
-    let prefix = fresh_prefix();
-    let (a, b) = (node(&db, NATS, &prefix, "node-a", |_| {}).await, node(&db, NATS, &prefix, "node-b", |_| {}).await);
-    lists_nodes(&a, 2).await;
-    lists_nodes(&b, 2).await;
+    let (a, b, prefix) = two_nodes(&db).await;
     let topic = format!("projects/{PROJECT}/topics/work");
     assert_eq!(a.put(&topic, json!({})).await.0, StatusCode::OK);
     // Several subscriptions, so that some are owned by each node.
@@ -708,15 +707,7 @@ async fn subscribers_on_different_nodes_share_one_subscription() {
         while seen.len() < 40 {
             assert!(started.elapsed() < Duration::from_secs(20), "{sub}: only {} of 40", seen.len());
             for worker in [&a, &b] {
-                let (st, pulled) = worker.post(&format!("{sub}:pull"), json!({"maxMessages": 3})).await;
-                assert_eq!(st, StatusCode::OK, "{pulled}");
-                let got = pulled["receivedMessages"].as_array().cloned().unwrap_or_default();
-                let ids: Vec<&str> = got.iter().map(|m| m["ackId"].as_str().unwrap()).collect();
-                if !ids.is_empty() {
-                    let (st, body) = worker.post(&format!("{sub}:acknowledge"), json!({ "ackIds": ids })).await;
-                    assert_eq!(st, StatusCode::OK, "{body}");
-                }
-                seen.extend(got.iter().map(|m| m["message"]["data"].as_str().unwrap().to_owned()));
+                seen.extend(pull_and_ack(worker, sub, 3).await.iter().map(|m| text(&m["data"])));
             }
         }
         let distinct: std::collections::HashSet<&String> = seen.iter().collect();
@@ -741,10 +732,7 @@ async fn logged(node: &TestServer, topic: &str) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| {
-            let data = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, m["data"].as_str().unwrap());
-            (m["attributes"]["deviceId"].as_str().unwrap_or("").to_owned(), String::from_utf8(data.unwrap()).unwrap())
-        })
+        .map(|m| (m["attributes"]["deviceId"].as_str().unwrap_or("").to_owned(), text(&m["data"])))
         .collect()
 }
 
@@ -754,9 +742,7 @@ async fn telemetry_of_every_node_lands_in_one_log_that_every_node_reads() {
     if !nats_up().await {
         return;
     }
-    let prefix = fresh_prefix();
-    let (a, b) = (node(&db, NATS, &prefix, "node-a", |_| {}).await, node(&db, NATS, &prefix, "node-b", |_| {}).await);
-    lists_nodes(&a, 2).await;
+    let (a, b, prefix) = two_nodes(&db).await;
     let registry = a.registry(PROJECT, "reg").await;
     let topic = format!("projects/{PROJECT}/topics/events");
     // A Pub/Sub subscription made through node A before anything is published.
@@ -790,14 +776,8 @@ async fn telemetry_of_every_node_lands_in_one_log_that_every_node_reads() {
     // The subscription made on A delivers, through B, what devices on both nodes published.
     let mut got = Vec::new();
     wait::eventually("every message pulled through node B", async || {
-        let (st, pulled) = b.post(&format!("{sub}:pull"), json!({"maxMessages": 100})).await;
-        assert_eq!(st, StatusCode::OK, "{pulled}");
-        let received = pulled["receivedMessages"].as_array().cloned().unwrap_or_default();
-        let ids: Vec<String> = received.iter().map(|m| m["ackId"].as_str().unwrap().to_owned()).collect();
-        if !ids.is_empty() {
-            assert_eq!(b.post(&format!("{sub}:acknowledge"), json!({"ackIds": ids})).await.0, StatusCode::OK);
-        }
-        got.extend(received.iter().map(|m| m["message"]["attributes"]["deviceId"].as_str().unwrap().to_owned()));
+        let received = pull_and_ack(&b, &sub, 100).await;
+        got.extend(received.iter().map(|m| m["attributes"]["deviceId"].as_str().unwrap().to_owned()));
         (got.len() >= 60).then_some(())
     })
     .await;
@@ -888,11 +868,7 @@ async fn a_node_killed_under_telemetry_loses_nothing_it_acknowledged() {
             if msgs.is_empty() {
                 break;
             }
-            for msg in &msgs {
-                let data =
-                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, msg["data"].as_str().unwrap());
-                all.insert(String::from_utf8(data.unwrap()).unwrap());
-            }
+            all.extend(msgs.iter().map(|msg| text(&msg["data"])));
             offset = m["nextOffset"].as_str().unwrap().parse().unwrap();
         }
         all
