@@ -1237,9 +1237,11 @@ def test_end_to_end_sample_back_end_with_a_key_file(sa_server, sa_log, tmp_path)
         try:
             data = json.loads(message.data.decode("utf-8"))
             attrs = message.attributes
+            # Recorded before the config goes out: the device may see the config (and the test
+            # check this list) before this callback would get past the API call.
+            handled.append(data)
             update_device_config(attrs["projectId"], attrs["deviceRegistryLocation"], attrs["deviceRegistryId"],
                                  attrs["deviceId"], data)
-            handled.append(data)
             message.ack()
         except BaseException as e:  # noqa: BLE001 - reported by the test below
             failures.append(e)
