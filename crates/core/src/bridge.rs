@@ -158,7 +158,8 @@ impl Core {
             }
             cache.generation
         };
-        let registry = Arc::new(self.get_registry(name).await?);
+        // Boxed: a miss is rare, and its store read would make every caller's future as large.
+        let registry = Arc::new(Box::pin(self.get_registry(name)).await?);
         let mut cache = self.inner.registries.write().unwrap_or_else(|e| e.into_inner());
         // A registry write during the read may have made it stale: serve it this once, cache it not.
         if cache.generation == generation {

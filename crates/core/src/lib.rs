@@ -23,6 +23,7 @@ pub mod device_log;
 pub mod devices;
 pub mod error;
 pub mod gateways;
+pub mod mailbox;
 pub mod paging;
 pub mod peers;
 pub mod presence;

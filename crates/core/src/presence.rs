@@ -15,12 +15,14 @@
 //! connection replaces an attachment and the other way round, as a second connection replaces
 //! the first.
 
+pub use crate::mailbox::{ControlSender, SendError, Signal};
+use crate::mailbox::{Mailbox, mailbox};
 use ferrocore_model::{DeviceConfig, NumId, Status};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 
 /// What the server asks of a connected session. Each message names its device: a gateway's
 /// session serves the devices it attached as well as its own.
@@ -77,11 +79,11 @@ pub struct SessionHandle {
     /// a new one.
     pub id: u64,
     device: NumId,
-    control: mpsc::Sender<SessionControl>,
+    /// The connection's mailbox (the gateway's, for an attachment): control messages and the
+    /// order to close.
+    control: ControlSender,
     /// Set while `/devices/{id}/commands/#` is subscribed for the device.
     pub commands: Arc<AtomicBool>,
-    /// The connection's disconnect signal (the gateway's, for an attachment).
-    end: watch::Sender<Option<Disconnect>>,
     /// The gateway, when the device is attached through one.
     via: Option<NumId>,
     /// When presence took it (wall clock, so that nodes of a cluster can tell the newer of two
@@ -92,13 +94,7 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// Tells the connection to close; the first order is the one that counts.
     fn close_connection(&self, status: Option<Status>) {
-        self.end.send_if_modified(|order| {
-            if order.is_some() {
-                return false;
-            }
-            *order = Some(Disconnect { status });
-            true
-        });
+        self.control.close(status);
     }
 
     /// Ends this presence: a direct connection closes; an attachment is detached from its gateway.
@@ -115,23 +111,36 @@ impl SessionHandle {
     }
 }
 
-/// What the session itself holds: the receiving ends. It keeps no sender of its own, so its
-/// queue closes once presence forgets it.
+/// What the session itself holds: the receiving end of its mailbox. It keeps no sender of its
+/// own, so the session ends once presence forgets it.
 #[derive(Debug)]
 pub struct SessionLink {
     pub id: u64,
-    pub control: mpsc::Receiver<SessionControl>,
+    mailbox: Mailbox,
     pub commands: Arc<AtomicBool>,
-    pub ended: watch::Receiver<Option<Disconnect>>,
 }
 
 impl SessionLink {
+    /// The next thing for the session: a close order before anything else, then (when
+    /// `take_control`) the oldest control message.
+    pub async fn next(&mut self, take_control: bool) -> Signal {
+        self.mailbox.next(take_control).await
+    }
+
     /// Resolves with the order once the session is told to close (or is forgotten by presence).
     pub async fn ended(&mut self) -> Disconnect {
-        match self.ended.wait_for(Option::is_some).await {
-            Ok(order) => order.clone().unwrap_or(Disconnect { status: None }),
-            Err(_) => Disconnect { status: None },
-        }
+        self.mailbox.ended().await
+    }
+
+    /// The next control message whatever the close order says; None once the queue is empty
+    /// and presence forgot the session.
+    pub async fn recv(&mut self) -> Option<SessionControl> {
+        self.mailbox.recv().await
+    }
+
+    /// True once the session was told to close, or forgotten by presence.
+    pub fn is_ended(&self) -> bool {
+        self.mailbox.is_ended()
     }
 }
 
@@ -172,17 +181,16 @@ impl Presence {
     }
 
     fn connect(&self, device: NumId, queue: usize) -> (SessionHandle, SessionLink) {
-        let (control, control_rx) = mpsc::channel(queue);
-        let (end, ended) = watch::channel(None);
+        let (control, mailbox) = mailbox(queue);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let commands = Arc::new(AtomicBool::new(false));
         let handle =
-            SessionHandle { id, device, control, commands: commands.clone(), end, via: None, since: SystemTime::now() };
+            SessionHandle { id, device, control, commands: commands.clone(), via: None, since: SystemTime::now() };
         let old = self.sessions().insert(device, handle.clone());
         if let Some(old) = old {
             old.end(None, Reason::Replaced);
         }
-        (handle, SessionLink { id, control: control_rx, commands, ended })
+        (handle, SessionLink { id, mailbox, commands })
     }
 
     /// Registers `device` as attached through the session `gateway_session` of `gateway`,
@@ -198,7 +206,6 @@ impl Presence {
             device,
             control: gw.control.clone(),
             commands: commands.clone(),
-            end: gw.end.clone(),
             via: Some(gateway),
             since: SystemTime::now(),
         };
@@ -226,7 +233,7 @@ impl Presence {
     }
 
     /// The control queue of a connected (or attached) device subscribed to its commands topic.
-    pub fn command_channel(&self, device: NumId) -> Option<mpsc::Sender<SessionControl>> {
+    pub fn command_channel(&self, device: NumId) -> Option<ControlSender> {
         self.get(device).filter(|s| s.commands.load(Ordering::Acquire)).map(|s| s.control)
     }
 
@@ -351,9 +358,9 @@ mod tests {
         drop(handle);
         // Presence forgot the session, so the queue closes once it is drained.
         for _ in 0..CONTROL_QUEUE {
-            assert!(link.control.recv().await.is_some());
+            assert!(link.recv().await.is_some());
         }
-        assert!(link.control.recv().await.is_none(), "no sender is left once presence let go");
+        assert!(link.recv().await.is_none(), "no sender is left once presence let go");
     }
 
     /// A config push that finds the queue full ends the session instead of being lost.
@@ -385,18 +392,18 @@ mod tests {
         assert!(p.command_channel(NumId(1)).is_none(), "the gateway's own flag is apart");
 
         p.push_config(NumId(2), DeviceConfig { version: 4, ..Default::default() });
-        match gw_link.control.recv().await {
+        match gw_link.recv().await {
             Some(SessionControl::Config { device, config }) => assert_eq!((device, config.version), (NumId(2), 4)),
             other => panic!("{other:?}"),
         }
         p.kick(NumId(2), None, Reason::Blocked);
-        match gw_link.control.recv().await {
+        match gw_link.recv().await {
             Some(SessionControl::Detach { device, id, reason }) => {
                 assert_eq!((device, id, reason), (NumId(2), a.id, Reason::Blocked))
             }
             other => panic!("{other:?}"),
         }
-        assert!(gw_link.ended.borrow().is_none(), "the gateway stays connected");
+        assert!(!gw_link.is_ended(), "the gateway stays connected");
         assert!(!p.is_connected(NumId(2)) && p.is_connected(NumId(1)));
     }
 
@@ -407,7 +414,7 @@ mod tests {
         let (gw, mut gw_link) = p.attach_gateway(NumId(1));
         let a = p.attach_through(NumId(2), NumId(1), gw.id).unwrap();
         let (direct, mut direct_link) = p.attach(NumId(2));
-        match gw_link.control.recv().await {
+        match gw_link.recv().await {
             Some(SessionControl::Detach { id, reason: Reason::Replaced, .. }) => assert_eq!(id, a.id),
             other => panic!("{other:?}"),
         }
@@ -421,7 +428,7 @@ mod tests {
         assert!(p.holds(NumId(2), again.id));
         p.detach_from_gateway(NumId(2), NumId(1), Reason::Unbound);
         assert!(!p.is_connected(NumId(2)));
-        assert!(matches!(gw_link.control.recv().await, Some(SessionControl::Detach { reason: Reason::Unbound, .. })));
+        assert!(matches!(gw_link.recv().await, Some(SessionControl::Detach { reason: Reason::Unbound, .. })));
     }
 
     /// A gateway that does not drain its queue is closed when an order for one of its devices

@@ -25,7 +25,7 @@ fn credential(format: PublicKeyFormat, key: &str) -> DeviceCredential {
 
 /// True once the session was told to close.
 fn closed(link: &SessionLink) -> bool {
-    link.ended.borrow().is_some()
+    link.is_ended()
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use ferrocore_metrics::{Listener, Metrics, Refusal};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -123,10 +124,11 @@ pub async fn serve(
             device = tracing::field::Empty,
             registry = tracing::field::Empty
         );
+        let connection = serve_connection(tcp, peer, tls, core, config, stop, source);
         sessions.spawn(tracing::Instrument::instrument(
             async move {
                 let _slot = slot;
-                serve_connection(tcp, peer, tls, core, config, stop, source).await;
+                connection.await;
             },
             span,
         ));
@@ -141,44 +143,83 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
+/// A connection from accept to close. Not an `async fn`: what its arguments hold would stay in
+/// the task for the connection's whole life. What comes before the session (the TLS handshake)
+/// runs in a boxed future that is gone once done, so the task holds little beside the session.
+fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     core: Core,
     config: Arc<MqttConfig>,
-    mut stop: watch::Receiver<bool>,
-    mut source: SourceSlot,
-) {
-    let deadline = tokio::time::Instant::now() + config.connect_timeout;
-    let metrics = core.metrics().clone();
+    stop: watch::Receiver<bool>,
+    source: SourceSlot,
+) -> impl Future<Output = ()> {
     let listener = if tls.is_some() { Listener::Mqtts } else { Listener::Mqtt };
-    metrics.mqtt.connection_opened(listener);
-    let _open = OpenConnection(metrics.clone(), listener);
-    let connected = || {
-        source.authenticated();
-        metrics.mqtt.connected(listener);
-    };
-    match tls {
-        Some(acceptor) => {
-            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
-            let stream = tokio::select! {
-                done = handshake => match done {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        metrics.mqtt.refused(Refusal::TlsHandshake);
-                        return tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        metrics.mqtt.refused(Refusal::Timeout);
-                        return tracing::debug!(%peer, "TLS handshake timed out");
-                    }
-                },
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            session::run(stream, peer, core, config, deadline, stop, connected).await
+    core.metrics().mqtt.connection_opened(listener);
+    let open = OpenConnection(core.metrics().clone(), listener);
+    async move {
+        let _open = open;
+        // Held for the whole connection: it counts the connection against its source address.
+        let mut source = source;
+        let metrics = core.metrics().clone();
+        let connected = || {
+            source.authenticated();
+            metrics.mqtt.connected(listener);
+        };
+        let start = Box::pin(start_session(tcp, peer, tls, core, config, stop, connected));
+        if let Some(session) = start.await {
+            session.await;
         }
-        None => session::run(tcp, peer, core, config, deadline, stop, connected).await,
+    }
+}
+
+/// The session future of a connection, after the TLS handshake if there is one.
+async fn start_session<'a>(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    core: Core,
+    config: Arc<MqttConfig>,
+    stop: watch::Receiver<bool>,
+    connected: impl FnOnce() + Send + 'a,
+) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    Some(match tls {
+        Some(acceptor) => {
+            let stream = handshake(acceptor, tcp, peer, deadline, stop.clone(), &core).await?;
+            Box::pin(session::run(stream, peer, core, config, deadline, stop, connected))
+        }
+        None => Box::pin(session::run(tcp, peer, core, config, deadline, stop, connected)),
+    })
+}
+
+/// The TLS handshake, within the connect deadline: the stream, or None (counted and logged).
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+    mut stop: watch::Receiver<bool>,
+    core: &Core,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let metrics = core.metrics();
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+    tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                metrics.mqtt.refused(Refusal::TlsHandshake);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                metrics.mqtt.refused(Refusal::Timeout);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        },
+        _ = stop.wait_for(|s| *s) => None,
     }
 }
 

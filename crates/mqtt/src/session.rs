@@ -26,7 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Delivery, Transport};
 use ferrocore_core::device_log::EventType;
 use ferrocore_core::gateways::{GatewayRefusal, MAX_ATTACHED_DEVICES};
-use ferrocore_core::presence::{Disconnect, SessionControl, SessionLink};
+use ferrocore_core::presence::{Disconnect, SessionControl, SessionLink, Signal};
 use ferrocore_core::{Code, Core, Error};
 use ferrocore_metrics::{Bridge, Inbound, Outbound, Refusal};
 use ferrocore_model::{DeviceConfig, DeviceName, NumId, Status};
@@ -34,19 +34,21 @@ use ferrocore_mqtt_codec::{
     ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Publish, QoS, SubAck, SubAckCode, decode, encode,
 };
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-/// Buffers grown past this by a large message are given back once empty, so an idle connection
-/// does not keep the memory of its biggest message.
-const KEEP_BUFFER: usize = 16 * 1024;
+/// Bytes read from the socket in one go. They are read into a buffer on the stack and copied
+/// into the session's read buffer, which is empty (and holds no memory) between packets: an idle
+/// connection keeps no buffer at all.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Longest wait for the last bytes when a connection is closed for a reason other than its output.
 const CLOSING_WRITE: Duration = Duration::from_secs(1);
@@ -65,12 +67,11 @@ enum Close {
 enum Event {
     Io(Io),
     Delivered(ferrocore_core::Result<()>),
-    Control(Option<SessionControl>),
+    Control(SessionControl),
     Ended(Disconnect),
     Shutdown,
-    Idle,
-    TokenExpired,
-    WriteStalled,
+    /// The timer fired: one of the deadlines may be due.
+    Timer,
 }
 
 /// What the socket did.
@@ -136,12 +137,13 @@ struct Session<S> {
     unflushed: bool,
     /// Output waiting since before this instant + `write_timeout` closes the connection.
     write_deadline: Option<Instant>,
-    /// The most output buffered since it was last all out (what `wbuf` may still hold allocated:
-    /// its capacity shrinks as it is written, its allocation does not).
-    wbuf_peak: usize,
     idle_limit: Duration,
     idle_deadline: Instant,
     token_deadline: Instant,
+    /// One timer for the three deadlines (idle, token, output), armed at the earliest of them
+    /// or earlier: deadlines that move later (every packet moves the idle one) leave it be, and
+    /// when it fires early it is armed again. Cheaper than a timer per deadline per wake-up.
+    timer: Pin<Box<tokio::time::Sleep>>,
     inflight: HashMap<u16, Outgoing>,
     /// Device messages queued for delivery, in arrival order, with the packet id to acknowledge.
     /// With each, when its PUBLISH was read (for the PUBACK latency metric).
@@ -178,7 +180,42 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// Runs a connection: waits for CONNECT until `connect_deadline`, authenticates, then serves
 /// until the device leaves, the core ends the session, or `shutdown` turns true (then it
 /// drains). `on_connected` runs once the device is authenticated.
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+///
+/// The task of a connection is as large as the largest state of this future, and a connection
+/// spends nearly all its life waiting in [`Session::serve`]; so opening (CONNECT, authentication)
+/// and closing (the activity log) run in boxed futures of their own that exist only while they
+/// run.
+/// (Not an `async fn`: its arguments would stay in the future for its whole life.)
+pub fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    core: Core,
+    config: Arc<MqttConfig>,
+    connect_deadline: Instant,
+    shutdown: watch::Receiver<bool>,
+    on_connected: impl FnOnce(),
+) -> impl Future<Output = ()> {
+    let opening = Box::pin(open(stream, peer, core, config, connect_deadline, shutdown, on_connected));
+    async move {
+        let Some(Opened { mut session, mut link, attached, mut shutdown }) = opening.await else { return };
+        let close = session.serve(&mut link, &mut shutdown).await;
+        Box::pin(finish(session, close)).await;
+        drop(attached);
+    }
+}
+
+/// A connection past CONNACK.
+struct Opened<S> {
+    session: Session<S>,
+    link: SessionLink,
+    /// Keeps the session in presence until dropped.
+    attached: Attached,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Waits for CONNECT until `connect_deadline`, authenticates, registers the session in presence
+/// and answers CONNACK: the session ready to serve, or None when the connection ends here.
+async fn open<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
     core: Core,
@@ -186,8 +223,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     connect_deadline: Instant,
     mut shutdown: watch::Receiver<bool>,
     on_connected: impl FnOnce(),
-) {
-    let mut rbuf = BytesMut::with_capacity(1024);
+) -> Option<Opened<S>> {
+    let mut rbuf = BytesMut::new();
     // Before authentication only a small first packet is buffered: a CONNECT with a JWT fits.
     let first = tokio::time::timeout_at(connect_deadline, read_packet(&mut stream, &mut rbuf, config.max_connect_size));
     let connect = tokio::select! {
@@ -197,25 +234,30 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 core.metrics().mqtt.refused(Refusal::UnsupportedProtocol);
                 tracing::debug!(%peer, %name, level, "refused CONNECT for an unsupported protocol");
                 let _ = send_connack(&mut stream, ConnectReturnCode::UnacceptableProtocolVersion, &config).await;
-                return;
+                return None;
             }
             Ok(Ok(Some(_))) => {
                 core.metrics().mqtt.refused(Refusal::MalformedConnect);
-                return tracing::debug!(%peer, "first packet was not CONNECT");
+                tracing::debug!(%peer, "first packet was not CONNECT");
+                return None;
             }
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
                 core.metrics().mqtt.refused(Refusal::MalformedConnect);
-                return tracing::debug!(%peer, error = %e, "bad CONNECT");
+                tracing::debug!(%peer, error = %e, "bad CONNECT");
+                return None;
             }
             Err(_) => {
                 core.metrics().mqtt.refused(Refusal::Timeout);
-                return tracing::debug!(%peer, "no CONNECT before the deadline");
+                tracing::debug!(%peer, "no CONNECT before the deadline");
+                return None;
             }
         },
-        _ = stopped(&mut shutdown) => return,
+        _ = stopped(&mut shutdown) => return None,
     };
-    let device = match authenticate(&core, &connect).await {
+    // Boxed, as the other rare large awaits below: a future is as large as its largest state,
+    // and a connection spends its life in the small one (see the session tests).
+    let device = match Box::pin(authenticate(&core, &connect)).await {
         Ok(d) => {
             // The connection's span (see server.rs) names the device from here on.
             let span = tracing::Span::current();
@@ -232,21 +274,21 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 _ => Refusal::NotAuthorized,
             });
             let _ = send_connack(&mut stream, code, &config).await;
-            return;
+            return None;
         }
     };
-    let (handle, mut link) = if device.is_gateway {
+    let (handle, link) = if device.is_gateway {
         core.presence().attach_gateway(device.num_id)
     } else {
         core.presence().attach(device.num_id)
     };
-    let _attached = Attached { core: core.clone(), device: device.num_id, id: handle.id };
+    let attached = Attached { core: core.clone(), device: device.num_id, id: handle.id };
     // One connection per device across a cluster too: other nodes end theirs.
     core.connected_here(device.num_id);
     // Presence holds the only senders: once it forgets this session, the queue closes.
     drop(handle);
     if send_connack(&mut stream, ConnectReturnCode::Accepted, &config).await.is_err() {
-        return;
+        return None;
     }
     on_connected();
     tracing::debug!(%peer, device = %device.name(), "device connected");
@@ -258,7 +300,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let now = Instant::now();
     let token_left = device.token_deadline.saturating_sub(core.clock_now().unix_seconds());
     let gateway = device.is_gateway.then(|| Box::new(Gateway::new(core.clone(), device.id.as_str())));
-    let mut session = Session {
+    let session = Session {
         stream,
         core: core.clone(),
         config,
@@ -271,10 +313,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         wbuf: BytesMut::new(),
         unflushed: false,
         write_deadline: None,
-        wbuf_peak: 0,
         idle_limit,
         idle_deadline: now + idle_limit,
         token_deadline: now + Duration::from_secs(u64::try_from(token_left).unwrap_or(0)),
+        timer: Box::pin(tokio::time::sleep_until(now + idle_limit)),
         inflight: HashMap::new(),
         pending: VecDeque::new(),
         packet_at: now,
@@ -283,7 +325,13 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         window_count: 0,
         draining: false,
     };
-    let close = session.serve(&mut link, &mut shutdown).await;
+    Some(Opened { session, link, attached, shutdown })
+}
+
+/// Records how the session ended: the disconnect (and the detach of a gateway's devices) in the
+/// activity log, and an error or status on the device.
+async fn finish<S>(session: Session<S>, close: Close) {
+    let (core, peer) = (session.core.clone(), session.peer);
     let disconnect = match &close {
         Close::Normal if session.draining => event(EventType::Disconnect, peer)
             .field("disconnectType", "SERVER")
@@ -304,7 +352,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             .field("reason", "The gateway disconnected.");
         core.log_device_event(&d.device, detached);
     }
-    core.log_device_event_fresh(&session.device, disconnect).await;
+    Box::pin(core.log_device_event_fresh(&session.device, disconnect)).await;
     let device = session.device;
     match close {
         Close::Normal | Close::Ordered(None) => {}
@@ -326,9 +374,8 @@ async fn read_packet<S: AsyncRead + Unpin>(
         if let Some(p) = decode(rbuf, max_size)? {
             return Ok(Some(p));
         }
-        match stream.read_buf(rbuf).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(_) => {}
+        if !std::future::poll_fn(|cx| poll_read_into(cx, stream, rbuf)).await {
+            return Ok(None);
         }
     }
 }
@@ -404,20 +451,32 @@ fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
             Poll::Pending => {}
         }
     }
-    if reading {
-        // `read_buf` keeps nothing between polls, so a fresh future per poll loses no data.
-        let read = std::pin::pin!(stream.read_buf(rbuf));
-        if let Poll::Ready(r) = read.poll(cx) {
-            return Poll::Ready(Io::Read(matches!(r, Ok(n) if n > 0)));
-        }
+    if reading && let Poll::Ready(got) = poll_read_into(cx, stream, rbuf) {
+        return Poll::Ready(Io::Read(got));
     }
     Poll::Pending
+}
+
+/// Reads what the socket has (up to `READ_CHUNK` bytes) and appends it to `rbuf`: true when bytes
+/// came, false when the peer closed or the socket failed. The chunk lives on the stack of this
+/// call only, so waiting for input holds no buffer.
+fn poll_read_into<S: AsyncRead + Unpin>(cx: &mut Context<'_>, stream: &mut S, rbuf: &mut BytesMut) -> Poll<bool> {
+    let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut read = ReadBuf::uninit(&mut chunk);
+    match Pin::new(stream).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+            rbuf.extend_from_slice(read.filled());
+            Poll::Ready(true)
+        }
+        Poll::Ready(_) => Poll::Ready(false),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn serve(&mut self, link: &mut SessionLink, shutdown: &mut watch::Receiver<bool>) -> Close {
         // Packets that arrived together with CONNECT are already buffered: serve them first.
-        if let Err(close) = self.handle_buffered().await {
+        if let Err(close) = Box::pin(self.handle_buffered()).await {
             self.write_out().await;
             return close;
         }
@@ -428,11 +487,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if self.draining && self.pending.is_empty() && self.write_deadline.is_none() {
                 return Close::Normal;
             }
+            let due = self.next_deadline();
+            if due < self.timer.deadline() {
+                self.timer.as_mut().reset(due);
+            }
             let event = {
                 let (draining, max_pipeline) = (self.draining, self.config.max_pipeline);
-                let (idle, token, write) = (self.idle_deadline, self.token_deadline, self.write_deadline);
                 // Disjoint borrows, so the branches can wait side by side.
-                let Self { stream, rbuf, wbuf, unflushed, pending, .. } = self;
+                let Self { stream, rbuf, wbuf, unflushed, pending, timer, .. } = self;
                 let reading = !draining && pending.len() < max_pipeline;
                 let io = std::future::poll_fn(|cx| poll_io(cx, stream, rbuf, wbuf, unflushed, reading));
                 let front = async {
@@ -441,47 +503,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         None => std::future::pending().await,
                     }
                 };
-                let (control, ended, write_at) = (&mut link.control, &mut link.ended, write.unwrap_or(token));
-                // Orders and deadlines first: when they are due, nothing else is served.
+                // Orders and deadlines first: when they are due, nothing else is served. The
+                // mailbox gives a close order before any control message.
                 tokio::select! {
                     biased;
-                    order = async { match ended.wait_for(Option::is_some).await {
-                        Ok(o) => o.clone().unwrap_or(Disconnect { status: None }),
-                        Err(_) => Disconnect { status: None },
-                    } } => Event::Ended(order),
+                    signal = link.next(!draining) => match signal {
+                        Signal::Ended(order) => Event::Ended(order),
+                        Signal::Control(ctl) => Event::Control(ctl),
+                    },
                     _ = stopped(shutdown), if !draining => Event::Shutdown,
-                    _ = tokio::time::sleep_until(token) => Event::TokenExpired,
-                    _ = tokio::time::sleep_until(idle), if !draining => Event::Idle,
-                    _ = tokio::time::sleep_until(write_at), if write.is_some() => Event::WriteStalled,
-                    ctl = control.recv(), if !draining => Event::Control(ctl),
+                    _ = timer.as_mut() => Event::Timer,
                     done = front => Event::Delivered(done),
                     io = io => Event::Io(io),
                 }
             };
             let close = match event {
                 Event::Io(Io::Read(false)) => Some(Close::Normal),
-                Event::Io(Io::Read(true)) => self.handle_buffered().await.err(),
+                // Boxed (one allocation per burst of input, not per packet): handling packets
+                // is the session's largest state, and an idle connection need not carry it.
+                Event::Io(Io::Read(true)) => Box::pin(self.handle_buffered()).await.err(),
                 Event::Io(Io::Wrote) => None,
                 Event::Io(Io::Failed) => return Close::Normal,
                 Event::Delivered(result) => self.acknowledge(result).await.err(),
-                Event::Control(Some(ctl)) => self.handle_control(ctl).err(),
-                Event::Control(None) => Some(Close::Ordered(None)),
+                Event::Control(ctl) => self.handle_control(ctl).err(),
                 Event::Ended(order) => Some(Close::Ordered(order.status)),
                 Event::Shutdown => {
                     self.draining = true;
                     None
                 }
-                Event::Idle => Some(violation(format!("No packet for {:?}: keep-alive expired.", self.idle_limit))),
-                Event::TokenExpired => Some(Close::Error(Error::new(
-                    Code::Unauthenticated,
-                    "mqtt: SERVER: The authorization token expired.",
-                ))),
-                // The device is not reading: there is no point in trying to write more.
-                Event::WriteStalled => {
-                    return Close::Error(Error::new(
-                        Code::DeadlineExceeded,
-                        format!("The device did not read what the server sent within {:?}.", self.config.write_timeout),
-                    ));
+                Event::Timer => {
+                    let now = Instant::now();
+                    if now >= self.token_deadline {
+                        Some(Close::Error(Error::new(
+                            Code::Unauthenticated,
+                            "mqtt: SERVER: The authorization token expired.",
+                        )))
+                    } else if self.write_deadline.is_some_and(|w| now >= w) {
+                        // The device is not reading: there is no point in trying to write more.
+                        return Close::Error(Error::new(
+                            Code::DeadlineExceeded,
+                            format!(
+                                "The device did not read what the server sent within {:?}.",
+                                self.config.write_timeout
+                            ),
+                        ));
+                    } else if !self.draining && now >= self.idle_deadline {
+                        Some(violation(format!("No packet for {:?}: keep-alive expired.", self.idle_limit)))
+                    } else {
+                        // Fired for a deadline that has moved since: wait for the next one.
+                        let due = self.next_deadline();
+                        self.timer.as_mut().reset(due);
+                        None
+                    }
                 }
             };
             if let Some(close) = close {
@@ -493,6 +566,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return close;
             }
         }
+    }
+
+    /// The earliest deadline: the token's, the output's while output waits, and the keep-alive's
+    /// unless draining.
+    fn next_deadline(&self) -> Instant {
+        let mut due = self.token_deadline;
+        if let Some(w) = self.write_deadline {
+            due = due.min(w);
+        }
+        if !self.draining {
+            due = due.min(self.idle_deadline);
+        }
+        due
     }
 
     /// Bounds the output and keeps its deadline: set when output starts waiting, cleared once
@@ -507,15 +593,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 ),
             )));
         }
-        self.wbuf_peak = self.wbuf_peak.max(self.wbuf.len());
         let waiting = !self.wbuf.is_empty() || self.unflushed;
         match (waiting, self.write_deadline) {
             (true, None) => self.write_deadline = Some(Instant::now() + self.config.write_timeout),
             (false, Some(_)) => {
                 self.write_deadline = None;
-                if std::mem::take(&mut self.wbuf_peak) > KEEP_BUFFER {
-                    self.wbuf = BytesMut::new();
-                }
+                // All out: the buffer's memory goes back until the next reply.
+                self.wbuf = BytesMut::new();
             }
             _ => {}
         }
@@ -592,8 +676,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             self.handle_packet(packet).await?;
         }
-        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
-            self.rbuf = BytesMut::with_capacity(1024);
+        if self.rbuf.is_empty() {
+            // Between packets an idle connection holds no read buffer.
+            self.rbuf = BytesMut::new();
         }
         Ok(())
     }
@@ -645,7 +730,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 Ok(())
             }
-            Packet::Subscribe(s) => self.handle_subscribe(s.packet_id, s.filters).await,
+            Packet::Subscribe(s) => Box::pin(self.handle_subscribe(s.packet_id, s.filters)).await,
             Packet::Unsubscribe(u) => {
                 for f in &u.filters {
                     match topic::parse_subscribe(f) {
@@ -726,11 +811,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Some(PublishTopic::State { device }) if device == own => {
                 self.core.metrics().devices.received(Bridge::Mqtt, Inbound::State, p.payload.len());
-                let submitted = self.core.submit_state(&self.device, p.payload).await;
+                // Boxed: states are rare (one a second at most) and their future is large.
+                let submitted = Box::pin(self.core.submit_state(&self.device, p.payload)).await;
                 log::publish(&self.core, &self.device, self.peer, &p.topic, "STATE", None, submitted)
             }
             _ if self.gateway.is_some() => {
-                self.gateway_publish(p, packet_id).await;
+                Box::pin(self.gateway_publish(p, packet_id)).await;
                 return Ok(());
             }
             Some(PublishTopic::Attach { .. } | PublishTopic::Detach { .. }) => {
@@ -790,7 +876,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 };
                 let num = dev.num_id;
                 self.core.metrics().devices.received(Bridge::Mqtt, Inbound::State, p.payload.len());
-                let submitted = self.core.submit_state(dev, p.payload).await;
+                let submitted = Box::pin(self.core.submit_state(dev, p.payload)).await;
                 let gw = Some(self.device.id.as_str());
                 let submitted = log::publish(&self.core, dev, self.peer, &p.topic, "STATE", gw, submitted);
                 self.relay(num, packet_id, submitted);

@@ -1,0 +1,307 @@
+//! A session's mailbox: the bounded queue of control messages (commands, config pushes, detach
+//! orders) and the order to close, in one small allocation.
+//!
+//! Every connected device has one, and nearly all of them stay empty for the whole connection, so
+//! an idle mailbox must cost next to nothing: the queue allocates only when a message is queued
+//! (a tokio mpsc channel preallocates a block of 32 slots, ~2 KB here), and the close order sits
+//! beside it instead of in a watch channel of its own. A single receiver (the session) waits on
+//! one `Notify`; senders waiting for room wait on another.
+
+use crate::presence::{Disconnect, SessionControl};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+struct State {
+    queue: VecDeque<SessionControl>,
+    /// The order to close; the first one given is kept.
+    ended: Option<Disconnect>,
+    /// Live senders; none left means presence forgot the session.
+    senders: usize,
+    /// The session is gone: nothing more can be delivered.
+    receiver_gone: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    capacity: usize,
+    /// Wakes the session: a message, a close order, or the last sender gone.
+    wake: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A new mailbox holding up to `capacity` control messages.
+pub(crate) fn mailbox(capacity: usize) -> (ControlSender, Mailbox) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State { queue: VecDeque::new(), ended: None, senders: 1, receiver_gone: false }),
+        capacity,
+        wake: Notify::new(),
+        room: Notify::new(),
+    });
+    (ControlSender(shared.clone()), Mailbox(shared))
+}
+
+/// Why a message could not be queued; it comes back to the caller.
+#[derive(Debug)]
+pub enum SendError {
+    /// The queue holds `capacity` messages.
+    Full(SessionControl),
+    /// The session is gone.
+    Closed(SessionControl),
+}
+
+/// The sending side, held by presence (and clones of it by whoever sends a command).
+pub struct ControlSender(Arc<Shared>);
+
+impl Clone for ControlSender {
+    fn clone(&self) -> Self {
+        self.0.lock().senders += 1;
+        Self(self.0.clone())
+    }
+}
+
+impl Drop for ControlSender {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.senders -= 1;
+        if state.senders == 0 {
+            drop(state);
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+impl std::fmt::Debug for ControlSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlSender")
+    }
+}
+
+impl ControlSender {
+    /// Queues a message if there is room.
+    pub fn try_send(&self, message: SessionControl) -> Result<(), SendError> {
+        let mut state = self.0.lock();
+        if state.receiver_gone {
+            return Err(SendError::Closed(message));
+        }
+        if state.queue.len() >= self.0.capacity {
+            return Err(SendError::Full(message));
+        }
+        state.queue.push_back(message);
+        drop(state);
+        self.0.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues a message, waiting for room; gives it back if the session is gone.
+    pub async fn send(&self, mut message: SessionControl) -> Result<(), SessionControl> {
+        loop {
+            // Registered before the check, so room made in between is not missed.
+            let room = self.0.room.notified();
+            match self.try_send(message) {
+                Ok(()) => return Ok(()),
+                Err(SendError::Closed(m)) => return Err(m),
+                Err(SendError::Full(m)) => message = m,
+            }
+            room.await;
+        }
+    }
+
+    /// Orders the session to close; the first order is the one that counts.
+    pub(crate) fn close(&self, status: Option<ferrocore_model::Status>) {
+        let mut state = self.0.lock();
+        if state.ended.is_some() {
+            return;
+        }
+        state.ended = Some(Disconnect { status });
+        drop(state);
+        self.0.wake.notify_one();
+    }
+}
+
+/// What woke the session.
+#[derive(Debug)]
+pub enum Signal {
+    /// A control message.
+    Control(SessionControl),
+    /// The session must close: ordered to, or forgotten by presence (no sender left).
+    Ended(Disconnect),
+}
+
+/// The receiving side, held by the session.
+pub struct Mailbox(Arc<Shared>);
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mailbox")
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        let queued = {
+            let mut state = self.0.lock();
+            state.receiver_gone = true;
+            std::mem::take(&mut state.queue)
+        };
+        // Dropped outside the lock: a command's answer channel wakes its caller.
+        drop(queued);
+        self.0.room.notify_waiters();
+    }
+}
+
+impl Mailbox {
+    /// The next thing for the session: a close order first, then (when `take_control`) the
+    /// oldest control message. Closed by presence counts as an order without a status.
+    pub async fn next(&mut self, take_control: bool) -> Signal {
+        loop {
+            let wake = self.0.wake.notified();
+            if let Some(signal) = self.poll_state(take_control) {
+                return signal;
+            }
+            wake.await;
+        }
+    }
+
+    fn poll_state(&self, take_control: bool) -> Option<Signal> {
+        let mut state = self.0.lock();
+        if let Some(order) = &state.ended {
+            return Some(Signal::Ended(order.clone()));
+        }
+        if state.senders == 0 {
+            return Some(Signal::Ended(Disconnect { status: None }));
+        }
+        if take_control && let Some(m) = state.queue.pop_front() {
+            drop(state);
+            self.0.room.notify_one();
+            return Some(Signal::Control(m));
+        }
+        None
+    }
+
+    /// Resolves with the order once the session is told to close (or is forgotten by presence).
+    pub async fn ended(&mut self) -> Disconnect {
+        match self.next(false).await {
+            Signal::Ended(order) => order,
+            Signal::Control(_) => unreachable!("control messages are not taken"),
+        }
+    }
+
+    /// The next control message, whatever the close order says; None once the queue is empty
+    /// and no sender is left.
+    pub async fn recv(&mut self) -> Option<SessionControl> {
+        loop {
+            let wake = self.0.wake.notified();
+            {
+                let mut state = self.0.lock();
+                if let Some(m) = state.queue.pop_front() {
+                    drop(state);
+                    self.0.room.notify_one();
+                    return Some(m);
+                }
+                if state.senders == 0 {
+                    return None;
+                }
+            }
+            wake.await;
+        }
+    }
+
+    /// True once the session was told to close, or forgotten.
+    pub fn is_ended(&self) -> bool {
+        let state = self.0.lock();
+        state.ended.is_some() || state.senders == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrocore_model::{DeviceConfig, NumId};
+    use std::time::Duration;
+
+    fn config(v: i64) -> SessionControl {
+        SessionControl::Config { device: NumId(1), config: DeviceConfig { version: v, ..Default::default() } }
+    }
+
+    fn version(s: Signal) -> i64 {
+        match s {
+            Signal::Control(SessionControl::Config { config, .. }) => config.version,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_arrive_in_order_and_the_bound_holds() {
+        let (tx, mut rx) = mailbox(2);
+        tx.try_send(config(1)).unwrap();
+        tx.try_send(config(2)).unwrap();
+        assert!(matches!(tx.try_send(config(3)), Err(SendError::Full(_))));
+        assert_eq!(version(rx.next(true).await), 1);
+        assert_eq!(version(rx.next(true).await), 2);
+        // Nothing queued: the session waits.
+        assert!(tokio::time::timeout(Duration::from_millis(50), rx.next(true)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sender_waiting_for_room_gets_in_when_the_session_takes_one() {
+        let (tx, mut rx) = mailbox(1);
+        tx.try_send(config(1)).unwrap();
+        let waiting = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(config(2)).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "no room yet");
+        assert_eq!(version(rx.next(true).await), 1);
+        assert!(waiting.await.unwrap());
+        assert_eq!(version(rx.next(true).await), 2);
+    }
+
+    #[tokio::test]
+    async fn a_close_order_comes_first_and_the_first_one_counts() {
+        let (tx, mut rx) = mailbox(4);
+        tx.try_send(config(1)).unwrap();
+        let status = ferrocore_model::Status { code: 9, message: "blocked".into() };
+        tx.close(Some(status.clone()));
+        tx.close(None);
+        assert!(rx.is_ended());
+        match rx.next(true).await {
+            Signal::Ended(order) => assert_eq!(order.status, Some(status)),
+            other => panic!("{other:?}"),
+        }
+        // The queued message is still there for whoever drains it.
+        assert!(rx.recv().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_last_sender_gone_ends_the_session_and_a_waiting_one_is_woken() {
+        let (tx, mut rx) = mailbox(4);
+        let session =
+            tokio::spawn(async move { matches!(rx.next(true).await, Signal::Ended(Disconnect { status: None })) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(tx);
+        assert!(tokio::time::timeout(Duration::from_secs(1), session).await.expect("woken").unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_gone_session_refuses_messages_and_frees_waiting_senders() {
+        let (tx, rx) = mailbox(1);
+        tx.try_send(config(1)).unwrap();
+        let waiting = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(config(2)).await.is_err() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(rx);
+        assert!(tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("woken").unwrap());
+        assert!(matches!(tx.try_send(config(3)), Err(SendError::Closed(_))));
+    }
+}
