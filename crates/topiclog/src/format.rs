@@ -26,9 +26,6 @@ pub(crate) const MAX_ATTRIBUTES: usize = u16::MAX as usize;
 const MAGIC: [u8; 8] = *b"FCTOPLOG";
 const FORMAT_VERSION: u16 = 1;
 
-/// Castagnoli CRC with a 16-lane table, computed at compile time (several GB/s without SIMD).
-static CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
-
 /// What the first 32 bytes of a segment say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegmentHeader {
@@ -73,11 +70,15 @@ impl SegmentHeader {
     }
 }
 
+/// CRC-32C (Castagnoli, reflected, init and xor-out all ones: the iSCSI CRC) over `parts` in
+/// order. `crc32c` uses the SSE 4.2 / ARMv8 instruction when the CPU has it (chosen at run time)
+/// and a table otherwise; the value is the same either way, and the same the log always wrote.
+fn crc32c(parts: &[&[u8]]) -> u32 {
+    parts.iter().fold(0, |crc, part| crc32c::crc32c_append(crc, part))
+}
+
 fn header_crc(buf: &[u8; HEADER_LEN as usize]) -> u32 {
-    let mut digest = CRC.digest();
-    digest.update(&buf[0..12]);
-    digest.update(&buf[16..32]);
-    digest.finalize()
+    crc32c(&[&buf[0..12], &buf[16..32]])
 }
 
 /// The size `max_record_bytes` limits: payload plus attribute keys and values, which is what the
@@ -117,10 +118,7 @@ pub(crate) fn encode_frame(buf: &mut Vec<u8>, offset: u64, rec: &NewRecord) {
 }
 
 fn frame_crc(len: &[u8], body: &[u8]) -> u32 {
-    let mut digest = CRC.digest();
-    digest.update(len);
-    digest.update(body);
-    digest.finalize()
+    crc32c(&[len, body])
 }
 
 /// The two fields in front of every body.
@@ -248,6 +246,43 @@ mod tests {
                 assert!(!prefix.matches(&damaged[8..]), "byte {i} bit {bit}");
             }
         }
+    }
+
+    /// The CRC is the one every existing segment was written with: the standard CRC-32C check
+    /// value, and the table-driven `crc` crate's CRC_32_ISCSI (what the log used before) on
+    /// inputs of every length around the hardware path's 8-byte steps, split anywhere.
+    #[test]
+    fn crc_is_the_castagnoli_crc_logs_were_written_with() {
+        assert_eq!(crc32c(&[b"123456789"]), 0xE306_9283);
+        let table = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for len in 0..data.len() {
+            let want = table.checksum(&data[..len]);
+            assert_eq!(crc32c(&[&data[..len]]), want, "length {len}");
+            let split = len / 3;
+            assert_eq!(crc32c(&[&data[..split], &data[split..len]]), want, "length {len} split at {split}");
+        }
+    }
+
+    /// A frame and a header as this format has always written them (bytes fixed in the test,
+    /// computed bit by bit outside this code): it still reads, so
+    /// logs written before the CRC changed implementation open as they did.
+    #[test]
+    fn a_frame_written_before_still_matches() {
+        let rec = NewRecord {
+            timestamp_nanos: 1_700_000_000_000_000_000,
+            attributes: vec![("deviceId".into(), "d1".into())],
+            payload: Bytes::from_static(b"hi"),
+        };
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, 5, &rec);
+        let golden: [u8; 8] = [0x28, 0, 0, 0, 0xf7, 0x93, 0x0d, 0x8a];
+        assert_eq!(buf[..8], golden, "frame prefix (body length, CRC)");
+        let prefix = FramePrefix::parse(&golden);
+        assert!(prefix.matches(&buf[8..]));
+        let header = SegmentHeader { base_offset: 5, created_nanos: 7 }.encode();
+        assert_eq!(header[12..16], [0x37, 0xfb, 0xe0, 0x64], "header CRC");
+        assert_eq!(SegmentHeader::decode(&header), Ok(SegmentHeader { base_offset: 5, created_nanos: 7 }));
     }
 
     #[test]
