@@ -138,6 +138,7 @@ fn load_topic(name: String, dir: PathBuf, syncs: &AtomicU64) -> Result<LoadedTop
             first_ts: None,
             scanned: false,
             index: SparseIndex::default(),
+            recent_ends: Default::default(),
         });
     }
     let (segment, active, next_offset) = recover_last(last_base, last_path, syncs)?;
@@ -187,7 +188,7 @@ fn recover_last(base: u64, path: PathBuf, syncs: &AtomicU64) -> Result<(Segment,
     }
     tracing::debug!(path = %path.display(), records = scan.records, next_offset = scan.end, "recovered last segment");
     let last_indexed = scan.index.last_position();
-    let segment = Segment {
+    let mut segment = Segment {
         base,
         path: path.clone(),
         size: scan.valid_len,
@@ -195,7 +196,10 @@ fn recover_last(base: u64, path: PathBuf, syncs: &AtomicU64) -> Result<(Segment,
         first_ts: scan.first_ts,
         scanned: true,
         index: scan.index,
+        recent_ends: Default::default(),
     };
+    // Consumers resume at the end of what was recovered: read from there, not from the index.
+    segment.note_commit_end(scan.end, scan.valid_len);
     let active = ActiveSegment { base, path, file, size: scan.valid_len, created_nanos, last_indexed };
     Ok((segment, active, scan.end))
 }

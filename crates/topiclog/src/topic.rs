@@ -113,7 +113,10 @@ impl Topic {
     pub(crate) fn apply(&self, commit: &Commit) {
         let next = {
             let mut st = self.lock();
-            for delta in &commit.segments {
+            for (i, delta) in commit.segments.iter().enumerate() {
+                // The record after this segment's part of the batch: the next segment's first, or
+                // the batch's next offset.
+                let end = commit.segments.get(i + 1).map_or(commit.next_offset, |d| d.base);
                 let grown = match st.by_base(delta.base) {
                     Some(seg) => {
                         let grown = delta.size - seg.size;
@@ -121,10 +124,15 @@ impl Topic {
                         seg.index.entries.extend_from_slice(&delta.index);
                         seg.max_ts = max_opt(seg.max_ts, delta.max_ts);
                         seg.first_ts = seg.first_ts.or(delta.first_ts);
+                        seg.note_commit_end(end, delta.size);
                         grown
                     }
                     None => {
-                        st.segments.push_back(Segment {
+                        // Only the active segment is read at its tail: the others forget theirs.
+                        for older in st.segments.iter_mut() {
+                            older.recent_ends = VecDeque::new();
+                        }
+                        let mut seg = Segment {
                             base: delta.base,
                             path: delta.path.clone(),
                             size: delta.size,
@@ -132,7 +140,10 @@ impl Topic {
                             first_ts: delta.first_ts,
                             scanned: true,
                             index: segment::SparseIndex { entries: delta.index.clone() },
-                        });
+                            recent_ends: VecDeque::new(),
+                        };
+                        seg.note_commit_end(end, delta.size);
+                        st.segments.push_back(seg);
                         delta.size
                     }
                 };
