@@ -65,15 +65,21 @@ impl AuthenticatedDevice {
 }
 
 /// Attribute names IoT Core set on every forwarded message.
+///
+/// Runs per message: the values are copied straight from the device's ids (no formatting
+/// machinery), into a vector of exactly the right size, so the only work is the allocations
+/// the message's owned strings need.
 fn attributes(dev: &AuthenticatedDevice, subfolder: Option<&str>) -> Vec<(String, String)> {
-    let mut a = vec![
-        ("deviceId".to_owned(), dev.id.to_string()),
-        ("deviceNumId".to_owned(), dev.num_id.to_string()),
-        ("deviceRegistryId".to_owned(), dev.registry.registry.to_string()),
-        ("deviceRegistryLocation".to_owned(), dev.registry.parent.location.to_string()),
-        ("projectId".to_owned(), dev.registry.parent.project.to_string()),
-    ];
-    if let Some(s) = subfolder.filter(|s| !s.is_empty()) {
+    let subfolder = subfolder.filter(|s| !s.is_empty());
+    let mut a = Vec::with_capacity(5 + usize::from(subfolder.is_some()));
+    a.extend([
+        ("deviceId".to_owned(), dev.id.as_str().to_owned()),
+        ("deviceNumId".to_owned(), dev.num_id.0.to_string()),
+        ("deviceRegistryId".to_owned(), dev.registry.registry.as_str().to_owned()),
+        ("deviceRegistryLocation".to_owned(), dev.registry.parent.location.as_str().to_owned()),
+        ("projectId".to_owned(), dev.registry.parent.project.as_str().to_owned()),
+    ]);
+    if let Some(s) = subfolder {
         a.push(("subFolder".to_owned(), s.to_owned()));
     }
     a
@@ -361,5 +367,41 @@ fn sink_error(e: SinkError) -> Error {
             tracing::error!(%why, "telemetry sink unavailable");
             Error::new(Code::Unavailable, "The telemetry destination is unavailable; retry later.")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Fixture;
+
+    fn pairs(a: &[(String, String)]) -> Vec<(&str, &str)> {
+        a.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    /// Exactly IoT Core's attributes, in its order, `subFolder` only when there is one; no spare
+    /// capacity, so building them allocates nothing beyond the strings.
+    #[tokio::test]
+    async fn attributes_are_iot_cores() {
+        let f = Fixture::new(crate::Settings::default()).await;
+        let dev = f.authenticated();
+        let num = dev.num_id.0.to_string();
+        let base = [
+            ("deviceId", dev.id.as_str()),
+            ("deviceNumId", num.as_str()),
+            ("deviceRegistryId", "reg"),
+            ("deviceRegistryLocation", "l"),
+            ("projectId", "p"),
+        ];
+        for sub in [None, Some("")] {
+            let a = attributes(&dev, sub);
+            assert_eq!(pairs(&a), base);
+            assert_eq!(a.capacity(), 5);
+        }
+        let a = attributes(&dev, Some("alerts/high"));
+        let mut want = base.to_vec();
+        want.push(("subFolder", "alerts/high"));
+        assert_eq!(pairs(&a), want);
+        assert_eq!(a.capacity(), 6);
     }
 }
