@@ -144,7 +144,7 @@ pub async fn serve(
 }
 
 /// A connection from accept to close. Not an `async fn`: what its arguments hold would stay in
-/// the task for the connection's whole life. What comes before the session (the TLS handshake)
+/// the task for the connection's whole life. Everything up to the session (the TLS handshake)
 /// runs in a boxed future that is gone once done, so the task holds little beside the session.
 fn serve_connection(
     tcp: tokio::net::TcpStream,
@@ -153,21 +153,22 @@ fn serve_connection(
     core: Core,
     config: Arc<MqttConfig>,
     stop: watch::Receiver<bool>,
-    source: SourceSlot,
+    mut source: SourceSlot,
 ) -> impl Future<Output = ()> {
     let listener = if tls.is_some() { Listener::Mqtts } else { Listener::Mqtt };
-    core.metrics().mqtt.connection_opened(listener);
-    let open = OpenConnection(core.metrics().clone(), listener);
+    let metrics = core.metrics().clone();
+    metrics.mqtt.connection_opened(listener);
+    let open = OpenConnection(metrics.clone(), listener);
+    // The session keeps what this returns until it ends: the slot counts the connection against
+    // its source address for as long as it lasts.
+    let connected = move || {
+        source.authenticated();
+        metrics.mqtt.connected(listener);
+        source
+    };
+    let start = Box::pin(start_session(tcp, peer, tls, core, config, stop, connected));
     async move {
         let _open = open;
-        // Held for the whole connection: it counts the connection against its source address.
-        let mut source = source;
-        let metrics = core.metrics().clone();
-        let connected = || {
-            source.authenticated();
-            metrics.mqtt.connected(listener);
-        };
-        let start = Box::pin(start_session(tcp, peer, tls, core, config, stop, connected));
         if let Some(session) = start.await {
             session.await;
         }
@@ -175,15 +176,15 @@ fn serve_connection(
 }
 
 /// The session future of a connection, after the TLS handshake if there is one.
-async fn start_session<'a>(
+async fn start_session(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     core: Core,
     config: Arc<MqttConfig>,
     stop: watch::Receiver<bool>,
-    connected: impl FnOnce() + Send + 'a,
-) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+    connected: impl FnOnce() -> SourceSlot + Send + 'static,
+) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     Some(match tls {
         Some(acceptor) => {

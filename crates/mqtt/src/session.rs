@@ -179,51 +179,55 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Runs a connection: waits for CONNECT until `connect_deadline`, authenticates, then serves
 /// until the device leaves, the core ends the session, or `shutdown` turns true (then it
-/// drains). `on_connected` runs once the device is authenticated.
+/// drains). `on_connected` runs once the device is authenticated; what it returns is kept until
+/// the session ends.
 ///
 /// The task of a connection is as large as the largest state of this future, and a connection
 /// spends nearly all its life waiting in [`Session::serve`]; so opening (CONNECT, authentication)
 /// and closing (the activity log) run in boxed futures of their own that exist only while they
 /// run.
 /// (Not an `async fn`: its arguments would stay in the future for its whole life.)
-pub fn run<S: AsyncRead + AsyncWrite + Unpin>(
+pub fn run<S: AsyncRead + AsyncWrite + Unpin, G>(
     stream: S,
     peer: SocketAddr,
     core: Core,
     config: Arc<MqttConfig>,
     connect_deadline: Instant,
     shutdown: watch::Receiver<bool>,
-    on_connected: impl FnOnce(),
+    on_connected: impl FnOnce() -> G,
 ) -> impl Future<Output = ()> {
     let opening = Box::pin(open(stream, peer, core, config, connect_deadline, shutdown, on_connected));
     async move {
-        let Some(Opened { mut session, mut link, attached, mut shutdown }) = opening.await else { return };
+        let Some(Opened { mut session, mut link, attached, mut shutdown, guard }) = opening.await else { return };
         let close = session.serve(&mut link, &mut shutdown).await;
         Box::pin(finish(session, close)).await;
         drop(attached);
+        drop(guard);
     }
 }
 
 /// A connection past CONNACK.
-struct Opened<S> {
+struct Opened<S, G> {
     session: Session<S>,
     link: SessionLink,
     /// Keeps the session in presence until dropped.
     attached: Attached,
     shutdown: watch::Receiver<bool>,
+    /// What `on_connected` returned.
+    guard: G,
 }
 
 /// Waits for CONNECT until `connect_deadline`, authenticates, registers the session in presence
 /// and answers CONNACK: the session ready to serve, or None when the connection ends here.
-async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
     mut stream: S,
     peer: SocketAddr,
     core: Core,
     config: Arc<MqttConfig>,
     connect_deadline: Instant,
     mut shutdown: watch::Receiver<bool>,
-    on_connected: impl FnOnce(),
-) -> Option<Opened<S>> {
+    on_connected: impl FnOnce() -> G,
+) -> Option<Opened<S, G>> {
     let mut rbuf = BytesMut::new();
     // Before authentication only a small first packet is buffered: a CONNECT with a JWT fits.
     let first = tokio::time::timeout_at(connect_deadline, read_packet(&mut stream, &mut rbuf, config.max_connect_size));
@@ -290,7 +294,7 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin>(
     if send_connack(&mut stream, ConnectReturnCode::Accepted, &config).await.is_err() {
         return None;
     }
-    on_connected();
+    let guard = on_connected();
     tracing::debug!(%peer, device = %device.name(), "device connected");
     core.log_device_event(&device, event(EventType::Connect, peer));
     let idle_limit = match connect.keep_alive {
@@ -325,7 +329,7 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin>(
         window_count: 0,
         draining: false,
     };
-    Some(Opened { session, link, attached, shutdown })
+    Some(Opened { session, link, attached, shutdown, guard })
 }
 
 /// Records how the session ended: the disconnect (and the detach of a gateway's devices) in the
