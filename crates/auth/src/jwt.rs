@@ -24,6 +24,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::credentials::{KeyAlgorithm, check_device_key};
+use crate::keycache::CachedVerificationKey;
 
 /// The longest token accepted, in bytes, checked before anything is decoded. An RS256 token
 /// signed with an 8192-bit key is about 1.5 KiB, so honest tokens stay far below this.
@@ -88,11 +89,54 @@ impl VerificationKey {
             })
             .collect()
     }
+}
 
-    /// Whether the key may still verify tokens at `now`.
-    fn usable_at(&self, now: Timestamp) -> bool {
-        self.expires.is_none_or(|expires| expires > now)
+/// What [`verify_device_jwt`] needs of a key: its family, until when it may verify, and the
+/// check itself. Implemented by [`VerificationKey`] (raw key bytes, parsed per check) and by
+/// [`CachedVerificationKey`] (parsed once, from [`crate::keycache::KeyCache`]).
+pub trait TokenKey {
+    fn algorithm(&self) -> KeyAlgorithm;
+    /// The credential's `expirationTime`: from this instant on, the key verifies nothing.
+    fn expires(&self) -> Option<Timestamp>;
+    /// Whether `signature` is this key's signature of `message` under the key's JWT algorithm.
+    fn verifies(&self, message: &[u8], signature: &[u8]) -> bool;
+}
+
+impl TokenKey for VerificationKey {
+    fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
     }
+
+    fn expires(&self) -> Option<Timestamp> {
+        self.expires
+    }
+
+    fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        let verifier: &'static dyn VerificationAlgorithm = match self.algorithm {
+            KeyAlgorithm::Rsa => &signature::RSA_PKCS1_2048_8192_SHA256,
+            KeyAlgorithm::EcP256 => &signature::ECDSA_P256_SHA256_FIXED,
+        };
+        UnparsedPublicKey::new(verifier, &self.public_key).verify(message, signature).is_ok()
+    }
+}
+
+impl TokenKey for CachedVerificationKey {
+    fn algorithm(&self) -> KeyAlgorithm {
+        self.key.algorithm()
+    }
+
+    fn expires(&self) -> Option<Timestamp> {
+        self.expires
+    }
+
+    fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.key.verifies(message, signature)
+    }
+}
+
+/// Whether a key may still verify tokens at `now`.
+fn usable_at<K: TokenKey>(key: &K, now: Timestamp) -> bool {
+    key.expires().is_none_or(|expires| expires > now)
 }
 
 /// The time limits applied to device tokens.
@@ -195,10 +239,10 @@ pub enum JwtError {
 /// The steps run in this order, and the first failure is returned: length, segments, header,
 /// choice of keys, signature, claims, audience, times. Nothing read from the claims is trusted
 /// before the signature has been checked.
-pub fn verify_device_jwt(
+pub fn verify_device_jwt<K: TokenKey>(
     token: &str,
     audience: &str,
-    keys: &[VerificationKey],
+    keys: &[K],
     now: Timestamp,
     rules: &JwtRules,
 ) -> Result<VerifiedJwt, JwtError> {
@@ -303,30 +347,22 @@ fn check_header(json: &[u8]) -> Result<KeyAlgorithm, JwtError> {
     }
 }
 
-fn check_signature(
+fn check_signature<K: TokenKey>(
     algorithm: KeyAlgorithm,
     signed: &[u8],
     signature: &[u8],
-    keys: &[VerificationKey],
+    keys: &[K],
     now: Timestamp,
 ) -> Result<(), JwtError> {
-    let verifier: &'static dyn VerificationAlgorithm = match algorithm {
-        KeyAlgorithm::Rsa => &signature::RSA_PKCS1_2048_8192_SHA256,
-        KeyAlgorithm::EcP256 => &signature::ECDSA_P256_SHA256_FIXED,
-    };
-    let mut candidates = keys.iter().filter(|key| key.algorithm == algorithm).peekable();
+    let mut candidates = keys.iter().filter(|key| key.algorithm() == algorithm).peekable();
     if candidates.peek().is_none() {
         return Err(JwtError::NoCredentialForAlgorithm);
     }
-    let mut usable = candidates.filter(|key| key.usable_at(now)).peekable();
+    let mut usable = candidates.filter(|key| usable_at(*key, now)).peekable();
     if usable.peek().is_none() {
         return Err(JwtError::CredentialsExpired);
     }
-    if usable.any(|key| UnparsedPublicKey::new(verifier, &key.public_key).verify(signed, signature).is_ok()) {
-        Ok(())
-    } else {
-        Err(JwtError::InvalidSignature)
-    }
+    if usable.any(|key| key.verifies(signed, signature)) { Ok(()) } else { Err(JwtError::InvalidSignature) }
 }
 
 fn read_claims(json: &[u8]) -> Result<Claims, JwtError> {
@@ -520,8 +556,19 @@ mod tests {
         ])
     }
 
+    /// Verifies with the raw keys and, as a cross-check, with the same keys parsed once (as the
+    /// key cache holds them): both must give the same answer for every token of this suite.
     fn verify(token: &str, keys: &[VerificationKey]) -> Result<VerifiedJwt, JwtError> {
-        verify_device_jwt(token, PROJECT, keys, now(), &rules())
+        let raw = verify_device_jwt(token, PROJECT, keys, now(), &rules());
+        let parsed: Vec<CachedVerificationKey> = keys
+            .iter()
+            .map(|k| CachedVerificationKey {
+                key: std::sync::Arc::new(crate::keycache::ParsedKey::from_raw(k.algorithm, &k.public_key)),
+                expires: k.expires,
+            })
+            .collect();
+        assert_eq!(verify_device_jwt(token, PROJECT, &parsed, now(), &rules()), raw, "parsed keys disagree");
+        raw
     }
 
     fn verify_err(token: &str, keys: &[VerificationKey]) -> JwtError {

@@ -5,9 +5,11 @@
 //!   certificate was issued by a registry CA.
 //! * [`jwt`]: the JWTs devices present to the MQTT and HTTP bridges, verified against those
 //!   credentials with IoT Core's rules.
+//! * [`keycache`]: credential keys parsed once and kept, bounded, for the connects that follow.
 
 pub mod credentials;
 pub mod jwt;
+pub mod keycache;
 #[cfg(test)]
 mod test_fixtures;
 

@@ -9,7 +9,8 @@ use crate::error::storage;
 use crate::sink::{Message, SinkError};
 use crate::{Code, Core, Error, Result};
 use bytes::Bytes;
-use ferrocore_auth::jwt::{JwtError, JwtRules, VerificationKey, VerifiedJwt, verify_device_jwt};
+use ferrocore_auth::jwt::{JwtError, JwtRules, VerifiedJwt, verify_device_jwt};
+use ferrocore_auth::keycache::KeyCache;
 use ferrocore_model::limits::{MAX_STATE_BYTES, MAX_TELEMETRY_BYTES, check_subfolder};
 use ferrocore_model::{
     ConfigAck, Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceState, HttpState, MqttState, NumId,
@@ -138,11 +139,10 @@ impl Core {
     /// Checks a JWT against the device's unexpired credentials, with the project as audience: the
     /// rules of a device CONNECT password.
     pub(crate) fn verify_token(&self, device: &Device, token: &str) -> std::result::Result<VerifiedJwt, AuthFailure> {
-        let keys = if self.inner.settings.enforce_certificate_validity {
-            VerificationKey::from_credentials_valid_at(&device.credentials, self.now())
-        } else {
-            VerificationKey::from_credentials(&device.credentials)
-        };
+        // Parsed keys come from a cache named by the credential bytes, so a connect skips the
+        // PEM, X.509 and key parsing for a key seen recently, and a changed credential is a miss.
+        let valid_at = self.inner.settings.enforce_certificate_validity.then(|| self.now());
+        let keys = KeyCache::global().verification_keys(&device.credentials, valid_at);
         let project = device.registry.parent.project.as_str();
         verify_device_jwt(token, project, &keys, self.now(), &JwtRules::default()).map_err(|e| match e {
             JwtError::TooLong
