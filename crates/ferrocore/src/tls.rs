@@ -10,6 +10,9 @@
 //! the server certificate's names), it expires with the server certificate, and its private key is
 //! never written to disk. A certificate for other names therefore needs a new CA, which devices
 //! must then trust (remove `DATA_DIR/tls` and restart).
+//!
+//! Sessions resume with stateless tickets whose keys live only in memory: a device reconnecting
+//! to the same process skips the full handshake, one reconnecting after a restart does not.
 
 use crate::secrets::read_secret_file;
 use crate::server::TlsFiles;
@@ -216,6 +219,13 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<Arc<rustls::Ser
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not match or are unsupported")?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Stateless session tickets (keys in memory only, rotated by rustls every 6 hours), so any
+    // device that reconnects to this process may resume, however large the fleet: the default
+    // in-memory session store keeps only 256 sessions. A resumed handshake skips the server's
+    // certificate signature; the MQTT CONNECT that follows is authenticated as always. One
+    // ticket per handshake is enough for a device that reconnects once at a time.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS session tickets")?;
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 
@@ -238,6 +248,82 @@ mod tests {
         }
         assert!(!generated.join(CA_KEY_FILE).exists(), "the CA's key is not kept");
         server_config(&first, &[]).unwrap();
+    }
+
+    /// Runs a handshake between in-memory client and server connections; returns how the
+    /// client's handshake went (full or resumed).
+    fn handshake(
+        client_config: &Arc<rustls::ClientConfig>,
+        server_config: &Arc<rustls::ServerConfig>,
+    ) -> rustls::HandshakeKind {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_config.clone(), name).unwrap();
+        let mut server = rustls::ServerConnection::new(server_config.clone()).unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..20 {
+            buf.clear();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            let mut read = &buf[..];
+            while !read.is_empty() {
+                server.read_tls(&mut read).unwrap();
+            }
+            server.process_new_packets().unwrap();
+            buf.clear();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            let mut read = &buf[..];
+            while !read.is_empty() {
+                client.read_tls(&mut read).unwrap();
+            }
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.is_handshaking() && !server.wants_write() {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking(), "the handshake did not finish");
+        client.handshake_kind().unwrap()
+    }
+
+    #[test]
+    fn sessions_resume_with_tickets_beyond_the_session_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = files(dir.path(), None, &[]).unwrap();
+        let server = server_config(&generated, &[]).unwrap();
+        let ca = std::fs::read(dir.path().join(GENERATED_DIR).join("ca.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(parse_pem(&ca).remove(0)).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client = |resume: bool| {
+            let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            if !resume {
+                c.resumption = rustls::client::Resumption::disabled();
+            }
+            Arc::new(c)
+        };
+        // More devices than the 256 sessions the default in-memory store keeps: with tickets,
+        // each one's reconnect still resumes.
+        let devices: Vec<_> = (0..300).map(|_| client(true)).collect();
+        for d in &devices {
+            assert_eq!(handshake(d, &server), rustls::HandshakeKind::Full);
+        }
+        for d in &devices {
+            assert_eq!(handshake(d, &server), rustls::HandshakeKind::Resumed);
+        }
+        // A client that does not resume always gets the full handshake.
+        let fresh = client(false);
+        assert_eq!(handshake(&fresh, &server), rustls::HandshakeKind::Full);
+        assert_eq!(handshake(&fresh, &server), rustls::HandshakeKind::Full);
+        // Another server process (a restart) has other ticket keys: the device falls back to a
+        // full handshake, and gets in.
+        let restarted = server_config(&generated, &[]).unwrap();
+        assert_eq!(handshake(&devices[0], &restarted), rustls::HandshakeKind::Full);
     }
 
     fn parse_pem(pem: &[u8]) -> Vec<CertificateDer<'static>> {
