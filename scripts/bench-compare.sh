@@ -15,7 +15,7 @@
 #
 # Each scenario gets a freshly started server (and, for Ferrocore, an empty data directory), so
 # memory left over by one run does not flatter the next. Both servers use the same RSA-2048
-# certificate made here with openssl. Results: target/bench/<run>/*.json, a summary with the
+# certificate made here with openssl (RSA-2048, or ECDSA P-256 with CERT=p256). Results: target/bench/<run>/*.json, a summary with the
 # Ferrocore/Mosquitto ratios on stdout and in summary.json, and with CHARTS=1 PNG charts in
 # docs/img/ (matplotlib in target/bench-venv, from scripts/bench-requirements.txt).
 #
@@ -27,7 +27,8 @@
 # PAYLOAD (100), IDLE_N (19000), SCENARIOS ("connect telemetry idle"; add pubsub, drain), CHARTS (0),
 # FERROCORE (bench-server|stock), QUICK=1 (small counts, for a try), PUBSUB_STREAMS (1),
 # PUBSUB_RATES ("": extra pubsub runs at these fixed msg/s, the same for both servers),
-# DRAIN_N (200000), DRAIN_CLIENTS ("google tonic"), DRAIN_OUTSTANDING ("1000").
+# DRAIN_N (200000), DRAIN_CLIENTS ("google tonic"), DRAIN_OUTSTANDING ("1000"), CERT (rsa|p256: the
+# servers' certificate), TLS_RESUME=1 (TLS clients resume sessions: reconnects, not first connects).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -102,10 +103,17 @@ stop() {
   pids=("${keep[@]}")
 }
 
-log "certificates (RSA-2048, the same for both servers)"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ferrocore-bench CA" \
+# CERT=rsa: RSA-2048 (the figures in docs/benchmarks.md); CERT=p256: ECDSA P-256, the kind of
+# certificate Ferrocore generates when given none.
+case "${CERT:-rsa}" in
+  rsa) newkey=(-newkey rsa:2048) ;;
+  p256) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+  *) echo "CERT must be rsa or p256" >&2; exit 2 ;;
+esac
+log "certificates (${CERT:-rsa}, the same for both servers)"
+openssl req -x509 "${newkey[@]}" -nodes -days 2 -subj "/CN=ferrocore-bench CA" \
   -keyout "$work/ca-key.pem" -out "$work/ca.pem" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+openssl req "${newkey[@]}" -nodes -subj "/CN=localhost" \
   -keyout "$work/server-key.pem" -out "$work/server.csr" 2>/dev/null
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > "$work/ext.cnf"
 openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca-key.pem" -CAcreateserial \
@@ -199,6 +207,7 @@ bench() {
   "start_$server"
   local conn=(--port "$plain_port")
   if [[ "$tls" == tls ]]; then conn=(--tls --port "$tls_port" --ca "$work/ca.pem"); fi
+  if [[ "$tls" == tls && "${TLS_RESUME:-0}" == 1 ]]; then conn+=(--tls-resume); fi
   log "$server $name"
   "$bench" "${target_args[@]}" "${conn[@]}" --label "$server $name" --json "$out/$server-$name.json" "$@" \
     || echo "run $server $name failed" >&2

@@ -1,7 +1,7 @@
 //! `ferrocore-bench`: a load generator for Ferrocore and for any MQTT 3.1.1 broker.
 //!
-//! Scenarios: `connect`, `telemetry`, `idle`, `command`, `api` and `pubsub` (the last three
-//! Ferrocore only; `pubsub` reads telemetry back through Google's Pub/Sub gRPC API), and for
+//! Scenarios: `connect`, `telemetry`, `idle`, `storm` (a reconnect storm), `command`, `api` and
+//! `pubsub` (the last three Ferrocore only; `pubsub` reads telemetry back through Google's Pub/Sub gRPC API), and for
 //! Ferrocore's external sinks `sink-ceiling` (a destination on its own: NATS JetStream,
 //! RabbitMQ, Redis Streams, a webhook, Pub/Sub), `sink-forward` (Ferrocore forwarding device
 //! telemetry to it) and `sink-admin` (fresh streams, queues, keys, topics).
@@ -24,6 +24,7 @@ mod pubsub;
 mod report;
 mod sink;
 mod stats;
+mod storm;
 mod telemetry;
 mod util;
 
@@ -55,6 +56,9 @@ enum Scenario {
     Telemetry(telemetry::TelemetryArgs),
     /// Idle connections held open: the server's memory per connection.
     Idle(idle::IdleArgs),
+    /// A reconnect storm: devices connected, the server restarted (by the caller), every device
+    /// reconnecting with backoff: time until all are back, latencies, refusals by cause.
+    Storm(storm::StormArgs),
     /// REST sendCommandToDevice → device receipt latency, optionally under telemetry load.
     Command(command::CommandArgs),
     /// devices.create and devices.get throughput, list page latency on a large registry.
@@ -308,6 +312,7 @@ fn main() -> Result<()> {
             Scenario::Connect(a) => connect::run(&ctx, a).await?,
             Scenario::Telemetry(a) => telemetry::run(&ctx, a).await?,
             Scenario::Idle(a) => idle::run(&ctx, a).await?,
+            Scenario::Storm(a) => storm::run(&ctx, a).await?,
             Scenario::Command(a) => command::run(&ctx, a).await?,
             Scenario::Api(a) => load::run(&ctx, a).await?,
             Scenario::Pubsub(a) => pubsub::run(&ctx, a).await?,
