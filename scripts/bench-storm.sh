@@ -12,7 +12,7 @@
 # Knobs (environment): STORM_N (19000), TLS (1; 0 for plain MQTT), ALG (rs256|es256), CERT
 # (p256: the certificate Ferrocore generates; rsa: an RSA-2048 one made with openssl),
 # DOWN_SECONDS (1: how long the server stays down), FIRST_JITTER_MS (0: every device tries at
-# once), BACKOFF_MIN_MS (500), BACKOFF_MAX_MS (30000), ATTEMPT_TIMEOUT (10 s), STOP (term: the
+# once), NO_BUILD=1 and BIN_DIR (use binaries already built), BACKOFF_MIN_MS (500), BACKOFF_MAX_MS (30000), ATTEMPT_TIMEOUT (10 s), STOP (term: the
 # server is stopped with SIGTERM; kill: SIGKILL, as a crash).
 #
 # The server runs as examples/bench-server with the connection cap raised to 19,500 (the default
@@ -33,9 +33,10 @@ BACKOFF_MAX_MS="${BACKOFF_MAX_MS:-30000}"
 ATTEMPT_TIMEOUT="${ATTEMPT_TIMEOUT:-10}"
 
 target_dir="$(bash "$root/scripts/cargo-target-dir.sh")"
-cargo build --release -p ferrocore-bench --bins --example bench-server
-bench="$target_dir/release/ferrocore-bench"
-server_bin="$target_dir/release/examples/bench-server"
+[[ "${NO_BUILD:-0}" == 1 ]] || cargo build --release -p ferrocore-bench --bins --example bench-server
+# BIN_DIR: binaries built elsewhere (ferrocore-bench and bench-server), with NO_BUILD=1.
+bench="${BIN_DIR:-$target_dir/release}/ferrocore-bench"
+server_bin="${BIN_DIR:-$target_dir/release/examples}/bench-server"
 run="$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$root/target/bench"
 out="$root/target/bench/storm-$run.json"
@@ -86,6 +87,9 @@ trap cleanup EXIT
 
 start_server
 wait_port "$http"; wait_port "$plain"; wait_port "$tls"
+# The listeners are bound before the server writes its generated certificate.
+for _ in $(seq 1 200); do [[ -f "$data/tls/ca.pem" ]] && break; sleep 0.05; done
+sleep 0.5
 conn=(--port "$plain")
 if [[ "$TLS" == 1 ]]; then
   ca="$data/tls/ca.pem"; [[ "$CERT" == rsa ]] && ca="$work/ca.pem"

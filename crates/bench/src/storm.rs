@@ -97,6 +97,9 @@ fn backoff(args: &StormArgs, failures: u32, random: u64) -> Duration {
 
 /// The cause of a failed attempt, as counted in the report.
 fn cause(e: &anyhow::Error) -> String {
+    // `Endpoint::open` names the TLS stage; a socket error there means the server gave up on
+    // the handshake (or never answered it), not on the device.
+    let stage = if e.chain().any(|c| c.to_string() == "TLS handshake") { "TLS handshake, " } else { "" };
     for c in e.chain() {
         if let Some(m) = c.downcast_ref::<MqttError>() {
             return match m {
@@ -110,7 +113,7 @@ fn cause(e: &anyhow::Error) -> String {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             return match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => "TCP connect refused (server not listening)".into(),
-                kind => format!("I/O: {kind:?}"),
+                kind => format!("{stage}I/O: {kind:?}"),
             };
         }
     }
