@@ -8,6 +8,7 @@ mod device_logs;
 mod iam;
 pub mod migrate;
 mod pubsub;
+mod readers;
 mod sinks;
 
 use crate::rows::{DEVICE_SELECT, device_from_row, num, registry_from_row, to_json, ts};
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 pub struct SqliteStore {
     writer: SqlitePool,
-    readers: SqlitePool,
+    readers: readers::Readers,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -53,8 +54,7 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         migrate::run(&writer).await?;
-        let readers =
-            SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await.map_err(backend)?;
+        let readers = readers::Readers::open(&options.read_only(true), 4).await.map_err(backend)?;
         Ok(Self { writer, readers })
     }
 
@@ -112,7 +112,7 @@ impl Store for SqliteStore {
             .bind(name.parent.project.as_str().to_owned())
             .bind(name.parent.location.as_str().to_owned())
             .bind(name.registry.as_str().to_owned())
-            .fetch_optional(&self.readers)
+            .fetch_optional(&mut *self.readers.get().await.map_err(backend)?)
             .await
             .map_err(backend)?;
         row.map(|r| registry_from_row(&name.parent, &r)).transpose()
@@ -130,7 +130,7 @@ impl Store for SqliteStore {
                 .bind(parent.location.as_str().to_owned())
                 .bind(after.map(|a| a.as_str().to_owned()).unwrap_or_default())
                 .bind(i64::from(limit))
-                .fetch_all(&self.readers)
+                .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
                 .await
                 .map_err(backend)?;
         rows.iter().map(|r| registry_from_row(parent, r)).collect()
@@ -257,7 +257,7 @@ impl Store for SqliteStore {
             .bind(reg.parent.location.as_str().to_owned())
             .bind(reg.registry.as_str().to_owned()),
         };
-        let row = query.fetch_optional(&self.readers).await.map_err(backend)?;
+        let row = query.fetch_optional(&mut *self.readers.get().await.map_err(backend)?).await.map_err(backend)?;
         row.map(|r| device_from_row(reg, &r)).transpose()
     }
 
@@ -298,7 +298,7 @@ impl Store for SqliteStore {
         .bind(other)
         .bind(i64::from(q.limit))
         .bind(upper)
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
         .await
         .map_err(backend)?;
         rows.iter().map(|r| device_from_row(reg, r)).collect()
@@ -385,7 +385,7 @@ impl Store for SqliteStore {
         )
         .bind(num(num_id))
         .bind(limit as i64)
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
         .await
         .map_err(backend)?;
         Ok(rows
@@ -455,7 +455,7 @@ impl Store for SqliteStore {
         )
         .bind(num(num_id))
         .bind(limit as i64)
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
         .await
         .map_err(backend)?;
         Ok(rows.iter().map(|r| DeviceState { update_time: Timestamp(r.get(0)), binary_data: r.get(1) }).collect())
