@@ -2,6 +2,10 @@
 //! `--concurrency` requests in flight, then device list pages on a registry of
 //! `--list-devices` devices: every page timed while walking the registry, then the first and the
 //! last page fetched `--list-samples` times each, alternately.
+//!
+//! The gets are spread over the whole registry (the devices created and those the list fill
+//! added, or those `--prefilled` says are there), so a lookup that grows with a device's
+//! position in the registry shows.
 
 use crate::fleet::device_id;
 use crate::report::{Report, latency_row, micros, opt_us, thousands};
@@ -20,7 +24,7 @@ pub struct ApiArgs {
     /// devices.create calls (each a new device with an ES256 key).
     #[arg(long, default_value_t = 5000)]
     pub creates: usize,
-    /// devices.get calls, on the devices created.
+    /// devices.get calls, spread over every device of the registry (created, filled or prefilled).
     #[arg(long, default_value_t = 50_000)]
     pub gets: usize,
     /// Requests in flight.
@@ -36,6 +40,10 @@ pub struct ApiArgs {
     /// Times the first and the last page are fetched for the comparison.
     #[arg(long, default_value_t = 20)]
     pub list_samples: usize,
+    /// The registry (`--registry`) already holds the devices `d0000000` up to `--list-devices`
+    /// (written straight into the database by scripts/bench-api-registry.sh): no fill.
+    #[arg(long, requires = "list_devices")]
+    pub prefilled: bool,
 }
 
 struct Phase {
@@ -128,23 +136,8 @@ pub async fn run(ctx: &Ctx, args: ApiArgs) -> Result<Report> {
     phase_rows(&mut r, "devices.create", &create);
     r.results["create"] = create.json();
 
-    if args.creates > 0 && args.gets > 0 {
-        let get = {
-            let (api, registry, n) = (api.clone(), registry.clone(), args.creates);
-            timed(ctx, "devices.get", args.gets, args.concurrency, move |i| {
-                let (api, registry) = (api.clone(), registry.clone());
-                // A spread of ids without a random generator: a multiplicative hash of i.
-                let id = device_id(((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16) as usize % n);
-                async move { api.get_device(&registry, &id).await }
-            })
-            .await
-        };
-        phase_rows(&mut r, "devices.get", &get);
-        r.results["get"] = get.json();
-    }
-
     let list_n = args.list_devices.max(args.creates);
-    if list_n > args.creates {
+    if list_n > args.creates && !args.prefilled {
         let fill_started = Instant::now();
         let fill = {
             let (api, registry, from) = (api.clone(), registry.clone(), args.creates);
@@ -167,6 +160,23 @@ pub async fn run(ctx: &Ctx, args: ApiArgs) -> Result<Report> {
             ),
         );
         r.results["fill"] = fill.json();
+    }
+    // Every device the registry holds: d0000000 up to list_n.
+    if list_n > 0 && args.gets > 0 {
+        let get = {
+            let (api, registry, n) = (api.clone(), registry.clone(), list_n);
+            timed(ctx, "devices.get", args.gets, args.concurrency, move |i| {
+                let (api, registry) = (api.clone(), registry.clone());
+                // A spread of ids over the whole registry without a random generator: a
+                // multiplicative hash of i.
+                let id = device_id(((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16) as usize % n);
+                async move { api.get_device(&registry, &id).await }
+            })
+            .await
+        };
+        phase_rows(&mut r, "devices.get", &get);
+        r.row("devices.get spread over", format!("{} devices", thousands(list_n as f64)));
+        r.results["get"] = get.json();
     }
     if list_n > 0 {
         let list = list_pages(ctx, &api, &registry, &args).await?;
