@@ -398,7 +398,7 @@ def test_one_session_per_device_across_the_cluster(nodes, rest_iot, registry, pr
 
 def test_cluster_status_lists_every_node(nodes):
     node1 = nodes[0]
-    result = ferrocore_cli("cluster", "status", "--server", node1.base_url, "--token", node1.token,
+    result = ferrocore_cli("cluster", "status", "--server", node1.base_url, f"--token={node1.token}",
                            "--format", "json")
     assert result.returncode == 0, f"ferrocore cluster status failed:\n{result.stdout}\n{result.stderr}"
     listed = json.loads(result.stdout)

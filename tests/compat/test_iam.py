@@ -146,7 +146,9 @@ def cli(srv, *args: str, project: str | None = None, check: bool = True) -> subp
     Settings from the caller's shell (FERROCORE_*) are not passed on: only the flags count.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERROCORE_")}
-    argv = [str(_server_binary()), *args, "--server", srv.base_url, "--token", srv.token]
+    # `--token=VALUE`: a random token may begin with '-', which a separate argument would make
+    # look like a flag.
+    argv = [str(_server_binary()), *args, "--server", srv.base_url, f"--token={srv.token}"]
     if project is not None:
         argv += ["--project", project]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -472,7 +474,7 @@ def test_tokens_cli_output_and_errors(server, rest):
     viewer = create_token(server, project, "user:cli@example.com", "roles/cloudiot.viewer")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERROCORE_")}
     base = [str(_server_binary()), "registries"]
-    flags = ["--server", server.base_url, "--token", viewer, "--project", project, "--format", "json"]
+    flags = ["--server", server.base_url, f"--token={viewer}", "--project", project, "--format", "json"]
     listed = subprocess.run([*base, "list", *flags], env=env, capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert [r["name"] for r in json.loads(listed.stdout)] == [registry]

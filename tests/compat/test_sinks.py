@@ -395,11 +395,11 @@ def check_sink_status(srv, bus: Bus, project: str, log: dict[str, list[dict]], f
     for secret in ("guest:guest", getattr(bus, "token", "never-in-a-url")):
         assert secret not in json.dumps(sink), f"{secret!r} shows in /v1/sinks: {sink}"
 
-    cli = ferrocore_cli("sinks", "list", "--format", "json", "--server", srv.base_url, "--token", srv.token)
+    cli = ferrocore_cli("sinks", "list", "--format", "json", "--server", srv.base_url, f"--token={srv.token}")
     assert cli.returncode == 0, cli.stderr
     listed = json.loads(cli.stdout)
     assert listed == [sink], f"ferrocore sinks list --format json: {cli.stdout}\n/v1/sinks: {sink}"
-    table = ferrocore_cli("sinks", "list", "--server", srv.base_url, "--token", srv.token)
+    table = ferrocore_cli("sinks", "list", "--server", srv.base_url, f"--token={srv.token}")
     assert table.returncode == 0, table.stderr
     assert sink["name"] in table.stdout and " ok " in f" {table.stdout} ", table.stdout
     return sink
