@@ -48,20 +48,7 @@ start
 "$bench" "${common[@]}" api --creates 1 --gets 0 >/dev/null
 stop
 fill_started=$(date +%s.%N)
-sqlite3 "$work/data/ferrocore.db" <<SQL
-BEGIN;
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $devices - 1)
-INSERT INTO devices (num_id, registry_pk, id, credentials, blocked, log_level, metadata, gateway_type,
-                     gateway_auth_method, config_version)
-SELECT 1000000000000000 + i, d.registry_pk, printf('d%07d', i),
-       d.credentials, d.blocked, d.log_level, d.metadata, d.gateway_type, d.gateway_auth_method, d.config_version
-FROM n, devices d WHERE d.id = 'd0000000';
-INSERT INTO device_configs (num_id, version, cloud_update_time, device_ack_time, data)
-SELECT d.num_id, c.version, c.cloud_update_time, NULL, c.data
-FROM devices d, device_configs c, devices t
-WHERE t.id = 'd0000000' AND c.num_id = t.num_id AND d.num_id <> t.num_id;
-COMMIT;
-SQL
+bash "$root/scripts/fill-devices.sh" "$work/data/ferrocore.db" d0000000 1 "$((devices - 1))" "printf('d%07d', i)"
 echo "filled $(sqlite3 "$work/data/ferrocore.db" 'SELECT count(*) FROM devices') devices in $(python3 -c "import time; print(round(time.time() - $fill_started))") s"
 start
 mkdir -p "$root/target/bench"

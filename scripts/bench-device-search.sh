@@ -33,21 +33,8 @@ api="http://127.0.0.1:$port/v1/projects/p/locations/l/registries"
 curl -sf -H "Authorization: Bearer $token" -X POST "$api" -d '{"id":"big"}' >/dev/null
 curl -sf -H "Authorization: Bearer $token" -X POST "$api/big/devices" -d '{"id":"template-0"}' >/dev/null
 stop
-sqlite3 "$dir/data/ferrocore.db" <<'SQL'
-BEGIN;
-WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 999999)
-INSERT INTO devices (num_id, registry_pk, id, credentials, blocked, log_level, metadata, gateway_type,
-                     gateway_auth_method, config_version)
-SELECT 1000000000000000 + i, d.registry_pk,
-       CASE WHEN i % 10 = 0 THEN printf('valve-%07d', i) ELSE printf('meter-%07d', i) END,
-       d.credentials, d.blocked, d.log_level, d.metadata, d.gateway_type, d.gateway_auth_method, d.config_version
-FROM n, devices d WHERE d.id = 'template-0';
-INSERT INTO device_configs (num_id, version, cloud_update_time, device_ack_time, data)
-SELECT d.num_id, c.version, c.cloud_update_time, NULL, c.data
-FROM devices d, device_configs c, devices t
-WHERE t.id = 'template-0' AND c.num_id = t.num_id AND d.num_id <> t.num_id;
-COMMIT;
-SQL
+bash "$root/scripts/fill-devices.sh" "$dir/data/ferrocore.db" template-0 0 999999 \
+    "CASE WHEN i % 10 = 0 THEN printf('valve-%07d', i) ELSE printf('meter-%07d', i) END"
 serve
 echo "binary: $bin; devices in the registry: $(sqlite3 "$dir/data/ferrocore.db" 'SELECT count(*) FROM devices')"
 PORT="$port" TOKEN="$token" python3 - <<'PY'

@@ -112,11 +112,15 @@ impl TokenKey for VerificationKey {
     }
 
     fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        let verifier: &'static dyn VerificationAlgorithm = match self.algorithm {
-            KeyAlgorithm::Rsa => &signature::RSA_PKCS1_2048_8192_SHA256,
-            KeyAlgorithm::EcP256 => &signature::ECDSA_P256_SHA256_FIXED,
-        };
-        UnparsedPublicKey::new(verifier, &self.public_key).verify(message, signature).is_ok()
+        UnparsedPublicKey::new(signature_algorithm(self.algorithm), &self.public_key).verify(message, signature).is_ok()
+    }
+}
+
+/// The signature scheme of a key family's JWT algorithm (RS256, ES256).
+pub(crate) fn signature_algorithm(algorithm: KeyAlgorithm) -> &'static dyn VerificationAlgorithm {
+    match algorithm {
+        KeyAlgorithm::Rsa => &signature::RSA_PKCS1_2048_8192_SHA256,
+        KeyAlgorithm::EcP256 => &signature::ECDSA_P256_SHA256_FIXED,
     }
 }
 

@@ -17,10 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use aws_lc_rs::digest;
-use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
+use aws_lc_rs::signature::ParsedPublicKey;
 use ferrocore_model::{DeviceCredential, PublicKeyFormat, Timestamp};
 
 use crate::credentials::{KeyAlgorithm, check_device_key};
+use crate::jwt::signature_algorithm;
 
 /// Entries the process-wide cache holds at most: the keys of recently reconnecting devices and
 /// of keys shared by many devices, in at most ~2 MB (an RSA-2048 entry is about 2 KB, a P-256
@@ -50,26 +51,16 @@ impl ParsedKey {
     /// Parses a credential key, or `None` when it does not pass [`check_device_key`].
     fn parse(format: PublicKeyFormat, pem: &str) -> Option<ParsedKey> {
         let key = check_device_key(format, pem).ok()?;
-        let algorithm: &'static dyn VerificationAlgorithm = match key.algorithm {
-            KeyAlgorithm::Rsa => &signature::RSA_PKCS1_2048_8192_SHA256,
-            KeyAlgorithm::EcP256 => &signature::ECDSA_P256_SHA256_FIXED,
-        };
-        Some(ParsedKey {
-            algorithm: key.algorithm,
-            validity: key.certificate.map(|c| (c.details.start_time, c.details.expiry_time)),
-            verifier: ParsedPublicKey::new(algorithm, &key.public_key).ok(),
-        })
+        let mut parsed = ParsedKey::from_raw(key.algorithm, &key.public_key);
+        parsed.validity = key.certificate.map(|c| (c.details.start_time, c.details.expiry_time));
+        Some(parsed)
     }
 
-    /// A key from raw bytes (as [`crate::jwt::VerificationKey`] holds them), for tests that run
-    /// the same checks through both kinds of key.
-    #[cfg(test)]
+    /// A key from raw bytes (as [`crate::jwt::VerificationKey`] holds them), with no
+    /// certificate dates.
     pub(crate) fn from_raw(algorithm: KeyAlgorithm, public_key: &[u8]) -> ParsedKey {
-        let verification: &'static dyn VerificationAlgorithm = match algorithm {
-            KeyAlgorithm::Rsa => &signature::RSA_PKCS1_2048_8192_SHA256,
-            KeyAlgorithm::EcP256 => &signature::ECDSA_P256_SHA256_FIXED,
-        };
-        ParsedKey { algorithm, validity: None, verifier: ParsedPublicKey::new(verification, public_key).ok() }
+        let verifier = ParsedPublicKey::new(signature_algorithm(algorithm), public_key).ok();
+        ParsedKey { algorithm, validity: None, verifier }
     }
 
     pub fn algorithm(&self) -> KeyAlgorithm {
@@ -204,7 +195,7 @@ mod tests {
     use crate::jwt::{JwtError, JwtRules, VerificationKey, verify_device_jwt};
     use crate::test_fixtures::*;
     use aws_lc_rs::rand::SystemRandom;
-    use aws_lc_rs::signature::{EcdsaKeyPair, RsaKeyPair};
+    use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaKeyPair};
     use base64::Engine as _;
     use ferrocore_model::PublicKey;
 

@@ -180,3 +180,48 @@ where
     }
     Ok(out)
 }
+
+impl Fleet {
+    /// Connects the first `n` devices (device i over `ctx.endpoint.open(i)`), `concurrency` at a
+    /// time, counting each success in `connected` as it comes (so a sampler can follow): the
+    /// connections, each with its device's index, and the failures.
+    pub async fn connect_all(
+        &self,
+        ctx: &Ctx,
+        n: usize,
+        concurrency: usize,
+        connected: Arc<AtomicU64>,
+    ) -> (Vec<(usize, crate::mqtt::Client)>, Errors) {
+        let held = Arc::new(Mutex::new(Vec::with_capacity(n)));
+        let errors = Arc::new(Mutex::new(Errors::default()));
+        {
+            let devices = Arc::new(self.devices.clone());
+            let (endpoint, keep_alive) = (ctx.endpoint.clone(), ctx.keep_alive);
+            let (held, errors) = (held.clone(), errors.clone());
+            for_each_concurrent(n, concurrency, move |i| {
+                let (devices, endpoint, held, errors, connected) =
+                    (devices.clone(), endpoint.clone(), held.clone(), errors.clone(), connected.clone());
+                async move {
+                    let d = &devices[i];
+                    let r = async {
+                        let mut c = endpoint.open(i).await?;
+                        c.connect(&d.client_id, d.password.as_deref(), keep_alive).await?;
+                        anyhow::Ok(c)
+                    }
+                    .await;
+                    match r {
+                        Ok(c) => {
+                            held.lock().unwrap_or_else(|p| p.into_inner()).push((i, c));
+                            connected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.lock().unwrap_or_else(|p| p.into_inner()).add(e),
+                    }
+                }
+            })
+            .await;
+        }
+        let held = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
+        let errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
+        (held, errors)
+    }
+}

@@ -12,7 +12,7 @@
 use crate::fleet::Fleet;
 use crate::report::{Report, thousands};
 use crate::stats::{Window, sample};
-use crate::util::{Errors, for_each_concurrent};
+use crate::util::for_each_concurrent;
 use crate::{Ctx, mqtt};
 use anyhow::Result;
 use serde_json::json;
@@ -70,8 +70,6 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Report> {
     let bench_before = sample(std::process::id());
     let window = Window::start(ctx.server_pid);
 
-    let clients: Arc<Mutex<Vec<mqtt::Client>>> = Arc::new(Mutex::new(Vec::with_capacity(args.connections)));
-    let errors = Arc::new(Mutex::new(Errors::default()));
     let connected = Arc::new(AtomicU64::new(0));
     let curve = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
     let started = Instant::now();
@@ -103,32 +101,7 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Report> {
             }
         })
     };
-    {
-        let devices = Arc::new(fleet.devices.clone());
-        let (endpoint, keep_alive) = (ctx.endpoint.clone(), ctx.keep_alive);
-        let (clients, errors, connected) = (clients.clone(), errors.clone(), connected.clone());
-        for_each_concurrent(args.connections, args.concurrency, move |i| {
-            let (devices, endpoint, clients, errors, connected) =
-                (devices.clone(), endpoint.clone(), clients.clone(), errors.clone(), connected.clone());
-            async move {
-                let d = &devices[i];
-                let r = async {
-                    let mut c = endpoint.open(i).await?;
-                    c.connect(&d.client_id, d.password.as_deref(), keep_alive).await?;
-                    anyhow::Ok(c)
-                }
-                .await;
-                match r {
-                    Ok(c) => {
-                        clients.lock().unwrap_or_else(|p| p.into_inner()).push(c);
-                        connected.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => errors.lock().unwrap_or_else(|p| p.into_inner()).add(e),
-                }
-            }
-        })
-        .await;
-    }
+    let (clients, errors) = fleet.connect_all(ctx, args.connections, args.concurrency, connected.clone()).await;
     let connect_seconds = started.elapsed().as_secs_f64();
     let connect_finished_unix_ms = unix_ms();
     tokio::time::sleep(Duration::from_secs_f64(args.settle.max(0.0))).await;
@@ -146,10 +119,8 @@ pub async fn run(ctx: &Ctx, args: IdleArgs) -> Result<Report> {
     sampler.abort();
     let n = connected.load(Ordering::Relaxed);
     // Still open? A server that dropped idle connections would make the figure meaningless.
-    let clients = std::mem::take(&mut *clients.lock().unwrap_or_else(|p| p.into_inner()));
-    let still_open = count_open(clients).await;
+    let still_open = count_open(clients.into_iter().map(|(_, c)| c).collect()).await;
 
-    let errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
     let per_conn = |a: Option<crate::stats::ProcSample>, b: Option<crate::stats::ProcSample>| match (a, b) {
         (Some(a), Some(b)) if n > 0 => Some((b.rss_kib as f64 - a.rss_kib as f64) * 1024.0 / n as f64),
         _ => None,

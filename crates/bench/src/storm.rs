@@ -16,7 +16,7 @@
 use crate::fleet::Fleet;
 use crate::report::{Report, latency_row, micros, thousands};
 use crate::stats::{Histogram, sample};
-use crate::util::{Progress, for_each_concurrent};
+use crate::util::Progress;
 use crate::{Ctx, mqtt};
 use anyhow::{Result, bail};
 use ferrocore_device::mqtt::Error as MqttError;
@@ -138,56 +138,19 @@ pub async fn run(ctx: &Ctx, args: StormArgs) -> Result<Report> {
     });
     // 1. The fleet connects (not measured).
     let connected = Arc::new(AtomicU64::new(0));
-    let initial_errors = Arc::new(AtomicU64::new(0));
-    let sample_error = Arc::new(Mutex::new(None::<String>));
-    let held: Arc<Mutex<Vec<(usize, mqtt::Client)>>> = Arc::new(Mutex::new(Vec::with_capacity(args.devices)));
     let initial_started = Instant::now();
-    {
+    let (held, errors) = {
         let _progress = Progress::start("connect", connected.clone(), Some(args.devices as u64), ctx.progress);
-        let (devices, endpoint, keep_alive) = (devices.clone(), ctx.endpoint.clone(), ctx.keep_alive);
-        let (connected, initial_errors, sample_error, held) =
-            (connected.clone(), initial_errors.clone(), sample_error.clone(), held.clone());
-        for_each_concurrent(args.devices, args.concurrency, move |i| {
-            let (devices, endpoint, connected, initial_errors, sample_error, held) = (
-                devices.clone(),
-                endpoint.clone(),
-                connected.clone(),
-                initial_errors.clone(),
-                sample_error.clone(),
-                held.clone(),
-            );
-            async move {
-                let d = &devices[i];
-                let r = async {
-                    let mut c = endpoint.open(i).await?;
-                    c.connect(&d.client_id, d.password.as_deref(), keep_alive).await?;
-                    anyhow::Ok(c)
-                }
-                .await;
-                match r {
-                    Ok(c) => {
-                        held.lock().unwrap_or_else(|p| p.into_inner()).push((i, c));
-                        connected.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        initial_errors.fetch_add(1, Ordering::Relaxed);
-                        sample_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(format!("{e:#}"));
-                    }
-                }
-            }
-        })
-        .await;
-    }
-    let failed = initial_errors.load(Ordering::Relaxed);
-    if failed > 0 {
-        let sample = sample_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
-        bail!("{failed} of {} devices could not connect before the storm, e.g. {sample}", args.devices);
+        fleet.connect_all(ctx, args.devices, args.concurrency, connected.clone()).await
+    };
+    if errors.count > 0 {
+        let sample = errors.samples.first().cloned().unwrap_or_default();
+        bail!("{} of {} devices could not connect before the storm, e.g. {sample}", errors.count, args.devices);
     }
     let initial_seconds = initial_started.elapsed().as_secs_f64();
     eprintln!("[storm] {} devices connected in {initial_seconds:.1} s", thousands(args.devices as f64));
 
     // 2. Every device waits for its connection to drop, then reconnects until it is back.
-    let held = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
     let seed = ctx.run_id;
     let args = Arc::new(args);
     let mut tasks = tokio::task::JoinSet::new();

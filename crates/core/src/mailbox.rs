@@ -161,29 +161,16 @@ impl Mailbox {
     /// The next thing for the session: a close order first, then (when `take_control`) the
     /// oldest control message. Closed by presence counts as an order without a status.
     pub async fn next(&mut self, take_control: bool) -> Signal {
-        loop {
-            let wake = self.0.wake.notified();
-            if let Some(signal) = self.poll_state(take_control) {
-                return signal;
+        self.wait(|state| {
+            if let Some(order) = &state.ended {
+                return Some(Signal::Ended(order.clone()));
             }
-            wake.await;
-        }
-    }
-
-    fn poll_state(&self, take_control: bool) -> Option<Signal> {
-        let mut state = self.0.lock();
-        if let Some(order) = &state.ended {
-            return Some(Signal::Ended(order.clone()));
-        }
-        if state.senders == 0 {
-            return Some(Signal::Ended(Disconnect { status: None }));
-        }
-        if take_control && let Some(m) = state.queue.pop_front() {
-            drop(state);
-            self.0.room.notify_one();
-            return Some(Signal::Control(m));
-        }
-        None
+            if state.senders == 0 {
+                return Some(Signal::Ended(Disconnect { status: None }));
+            }
+            if take_control { self.take(state).map(Signal::Control) } else { None }
+        })
+        .await
     }
 
     /// Resolves with the order once the session is told to close (or is forgotten by presence).
@@ -197,21 +184,31 @@ impl Mailbox {
     /// The next control message, whatever the close order says; None once the queue is empty
     /// and no sender is left.
     pub async fn recv(&mut self) -> Option<SessionControl> {
+        self.wait(|state| match self.take(state) {
+            Some(m) => Some(Some(m)),
+            None if state.senders == 0 => Some(None),
+            None => None,
+        })
+        .await
+    }
+
+    /// Waits until `ready` finds what it looks for in the state. The wake-up is registered before
+    /// each look, so a change made in between is not missed.
+    async fn wait<T>(&self, mut ready: impl FnMut(&mut State) -> Option<T>) -> T {
         loop {
             let wake = self.0.wake.notified();
-            {
-                let mut state = self.0.lock();
-                if let Some(m) = state.queue.pop_front() {
-                    drop(state);
-                    self.0.room.notify_one();
-                    return Some(m);
-                }
-                if state.senders == 0 {
-                    return None;
-                }
+            if let Some(found) = ready(&mut self.0.lock()) {
+                return found;
             }
             wake.await;
         }
+    }
+
+    /// Takes the oldest control message, making room for a waiting sender.
+    fn take(&self, state: &mut State) -> Option<SessionControl> {
+        let m = state.queue.pop_front()?;
+        self.0.room.notify_one();
+        Some(m)
     }
 
     /// True once the session was told to close, or forgotten.

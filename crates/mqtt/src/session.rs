@@ -491,8 +491,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if self.draining && self.pending.is_empty() && self.write_deadline.is_none() {
                 return Close::Normal;
             }
+            // Re-armed when a deadline moved earlier, or when it fired for one that has moved
+            // later since (then nothing was due).
             let due = self.next_deadline();
-            if due < self.timer.deadline() {
+            if due < self.timer.deadline() || self.timer.is_elapsed() {
                 self.timer.as_mut().reset(due);
             }
             let event = {
@@ -554,9 +556,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     } else if !self.draining && now >= self.idle_deadline {
                         Some(violation(format!("No packet for {:?}: keep-alive expired.", self.idle_limit)))
                     } else {
-                        // Fired for a deadline that has moved since: wait for the next one.
-                        let due = self.next_deadline();
-                        self.timer.as_mut().reset(due);
+                        // Fired for a deadline that has moved since: re-armed at the loop's top.
                         None
                     }
                 }

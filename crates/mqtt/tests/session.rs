@@ -274,6 +274,26 @@ async fn the_keep_alive_holds_while_a_write_is_stalled() {
     assert!(message.contains("keep-alive expired"), "{code} {message}");
 }
 
+/// The session arms one timer for its deadlines and moves it lazily: a device that keeps talking
+/// outlives many keep-alive periods, and is cut one period after it falls silent.
+#[tokio::test]
+async fn the_keep_alive_follows_the_last_packet() {
+    let rig = Rig::new().await;
+    let (mut client, mut running) = rig.session(MqttConfig { max_idle: Duration::from_millis(300), ..config() }, 4096);
+    assert_eq!(client.connect(&jwt(T0, T0 + 3600), 0).await, ConnectReturnCode::Accepted);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.send(Packet::PingReq).await;
+        assert_eq!(client.recv().await, Some(Packet::PingResp), "still served after {:?}", Duration::from_millis(100));
+    }
+    assert!(!running.task.is_finished(), "a device that talks is kept past the first deadlines");
+    let silent = tokio::time::Instant::now();
+    assert!(running.ends_within(Duration::from_secs(2)).await, "closed once silent");
+    assert!(silent.elapsed() >= Duration::from_millis(250), "not before the keep-alive: {:?}", silent.elapsed());
+    let (code, message) = rig.last_error().await.expect("recorded");
+    assert!(message.contains("keep-alive expired"), "{code} {message}");
+}
+
 /// Finding 3, with the token: the test clock puts the token one second before its deadline.
 #[tokio::test]
 async fn the_token_expiry_holds_while_a_write_is_stalled() {

@@ -30,7 +30,7 @@ impl SqliteStore {
 
     pub(super) async fn list_logs(&self, query: &DeviceLogQuery) -> Result<Vec<DeviceLogEntry>> {
         let mut q = crate::rows::list_device_logs::<Sqlite>(query);
-        let rows = q.build().fetch_all(&mut *self.readers.get().await.map_err(backend)?).await.map_err(backend)?;
+        let rows = q.build().fetch_all(&mut *self.reader().await?).await.map_err(backend)?;
         rows.iter().map(|row| crate::rows::device_log_from_row(&query.registry, row)).collect()
     }
 

@@ -29,7 +29,7 @@ impl IamStore for SqliteStore {
 
     async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>> {
         let rows = sqlx::query("SELECT * FROM api_tokens ORDER BY create_time, id")
-            .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(backend)?;
         rows.iter().map(token_from_row).collect()
@@ -66,7 +66,7 @@ impl IamStore for SqliteStore {
 
     async fn list_service_accounts(&self) -> Result<Vec<ServiceAccountRecord>> {
         let rows = sqlx::query("SELECT * FROM service_accounts ORDER BY email")
-            .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(backend)?;
         rows.iter().map(account_from_row).collect()
@@ -122,7 +122,7 @@ impl IamStore for SqliteStore {
 
     async fn list_service_account_keys(&self) -> Result<Vec<ServiceAccountKeyRecord>> {
         let rows = sqlx::query("SELECT * FROM service_account_keys ORDER BY email, create_time, key_id")
-            .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(backend)?;
         Ok(rows.iter().map(key_from_row).collect())

@@ -38,6 +38,11 @@ fn backend(e: sqlx::Error) -> StoreError {
 }
 
 impl SqliteStore {
+    /// A read connection (see [`readers`]).
+    async fn reader(&self) -> Result<readers::Reader<'_>> {
+        self.readers.get().await.map_err(backend)
+    }
+
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Self> {
         let options = SqliteConnectOptions::new()
@@ -112,7 +117,7 @@ impl Store for SqliteStore {
             .bind(name.parent.project.as_str().to_owned())
             .bind(name.parent.location.as_str().to_owned())
             .bind(name.registry.as_str().to_owned())
-            .fetch_optional(&mut *self.readers.get().await.map_err(backend)?)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(backend)?;
         row.map(|r| registry_from_row(&name.parent, &r)).transpose()
@@ -130,7 +135,7 @@ impl Store for SqliteStore {
                 .bind(parent.location.as_str().to_owned())
                 .bind(after.map(|a| a.as_str().to_owned()).unwrap_or_default())
                 .bind(i64::from(limit))
-                .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+                .fetch_all(&mut *self.reader().await?)
                 .await
                 .map_err(backend)?;
         rows.iter().map(|r| registry_from_row(parent, r)).collect()
@@ -257,7 +262,7 @@ impl Store for SqliteStore {
             .bind(reg.parent.location.as_str().to_owned())
             .bind(reg.registry.as_str().to_owned()),
         };
-        let row = query.fetch_optional(&mut *self.readers.get().await.map_err(backend)?).await.map_err(backend)?;
+        let row = query.fetch_optional(&mut *self.reader().await?).await.map_err(backend)?;
         row.map(|r| device_from_row(reg, &r)).transpose()
     }
 
@@ -298,7 +303,7 @@ impl Store for SqliteStore {
         .bind(other)
         .bind(i64::from(q.limit))
         .bind(upper)
-        .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+        .fetch_all(&mut *self.reader().await?)
         .await
         .map_err(backend)?;
         rows.iter().map(|r| device_from_row(reg, r)).collect()
@@ -385,7 +390,7 @@ impl Store for SqliteStore {
         )
         .bind(num(num_id))
         .bind(limit as i64)
-        .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+        .fetch_all(&mut *self.reader().await?)
         .await
         .map_err(backend)?;
         Ok(rows
@@ -455,7 +460,7 @@ impl Store for SqliteStore {
         )
         .bind(num(num_id))
         .bind(limit as i64)
-        .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+        .fetch_all(&mut *self.reader().await?)
         .await
         .map_err(backend)?;
         Ok(rows.iter().map(|r| DeviceState { update_time: Timestamp(r.get(0)), binary_data: r.get(1) }).collect())

@@ -53,7 +53,7 @@ impl PubsubStore for SqliteStore {
     async fn get_topic(&self, name: &TopicName) -> Result<Option<Topic>> {
         let row = sqlx::query("SELECT * FROM pubsub_topics WHERE name = ?")
             .bind(name.as_str().to_owned())
-            .fetch_optional(&mut *self.readers.get().await.map_err(backend)?)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(backend)?;
         row.as_ref().map(topic_from_row).transpose()
@@ -64,7 +64,7 @@ impl PubsubStore for SqliteStore {
             .bind(page.project.to_owned())
             .bind(page.after.map(|a| a.as_str().to_owned()).unwrap_or_default())
             .bind(i64::from(page.limit))
-            .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+            .fetch_all(&mut *self.reader().await?)
             .await
             .map_err(backend)?;
         rows.iter().map(topic_from_row).collect()
@@ -140,7 +140,7 @@ impl PubsubStore for SqliteStore {
     async fn get_subscription(&self, name: &SubscriptionName) -> Result<Option<(Subscription, SubscriptionCursor)>> {
         let row = sqlx::query("SELECT * FROM pubsub_subscriptions WHERE name = ?")
             .bind(name.as_str().to_owned())
-            .fetch_optional(&mut *self.readers.get().await.map_err(backend)?)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(backend)?;
         row.as_ref().map(subscription_from_row).transpose()
@@ -152,7 +152,7 @@ impl PubsubStore for SqliteStore {
                 .bind(page.project.to_owned())
                 .bind(page.after.map(|a| a.as_str().to_owned()).unwrap_or_default())
                 .bind(i64::from(page.limit))
-                .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+                .fetch_all(&mut *self.reader().await?)
                 .await
                 .map_err(backend)?;
         rows.iter().map(|r| subscription_from_row(r).map(|(s, _)| s)).collect()
@@ -169,7 +169,7 @@ impl PubsubStore for SqliteStore {
                 .bind(topic.as_str().to_owned())
                 .bind(after.map(|a| a.as_str().to_owned()).unwrap_or_default())
                 .bind(i64::from(limit))
-                .fetch_all(&mut *self.readers.get().await.map_err(backend)?)
+                .fetch_all(&mut *self.reader().await?)
                 .await
                 .map_err(backend)?;
         rows.iter()
@@ -226,7 +226,7 @@ impl PubsubStore for SqliteStore {
     async fn get_iam_policy(&self, resource: &str) -> Result<Option<IamPolicy>> {
         let row = sqlx::query("SELECT policy FROM iam_policies WHERE resource = ?")
             .bind(resource.to_owned())
-            .fetch_optional(&mut *self.readers.get().await.map_err(backend)?)
+            .fetch_optional(&mut *self.reader().await?)
             .await
             .map_err(backend)?;
         row.map(|r| from_json(r.get(0))).transpose()
