@@ -28,7 +28,9 @@
 # FERROCORE (bench-server|stock), QUICK=1 (small counts, for a try), PUBSUB_STREAMS (1),
 # PUBSUB_RATES ("": extra pubsub runs at these fixed msg/s, the same for both servers),
 # DRAIN_N (200000), DRAIN_CLIENTS ("google tonic"), DRAIN_OUTSTANDING ("1000"), CERT (rsa|p256: the
-# servers' certificate), TLS_RESUME=1 (TLS clients resume sessions: reconnects, not first connects).
+# servers' certificate), TLS_RESUME=1 (TLS clients resume sessions: reconnects, not first connects),
+# FERROCORE_BIN=PATH (measure this prebuilt server instead of the fresh build, e.g. a copy of an
+# earlier build for a before/after in one run), SERVERS ("mosquitto ferrocore": which to run).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -64,7 +66,9 @@ if [[ " $SCENARIOS " == *" drain "* ]]; then
   cargo build --release -p ferrocore-bench --features google-client --example pubsub-drain
 fi
 bench="$target_dir/release/ferrocore-bench"
-if [[ "$FERROCORE" == stock ]]; then
+if [[ -n "${FERROCORE_BIN:-}" ]]; then
+  server_bin="$FERROCORE_BIN"
+elif [[ "$FERROCORE" == stock ]]; then
   server_bin="$target_dir/release/ferrocore"
 else
   server_bin="$target_dir/release/examples/bench-server"
@@ -214,7 +218,7 @@ bench() {
   stop "$server_pid"
 }
 
-for server in mosquitto ferrocore; do
+for server in ${SERVERS:-mosquitto ferrocore}; do
   for s in $SCENARIOS; do
     case "$s" in
       connect)

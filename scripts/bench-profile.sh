@@ -3,19 +3,20 @@
 # and prints the hottest functions (self time) and the inclusive cost of the main subsystems.
 #
 #   scripts/bench-profile.sh telemetry-plain|telemetry-tls|connect-plain|connect-tls [SECONDS]
-#   scripts/bench-profile.sh sink-nats|sink-nats-catchup [SECONDS]
+#   scripts/bench-profile.sh sink-nats|sink-nats-catchup|sink-redis|sink-redis-catchup [SECONDS]
 #
 # sink-nats: the server forwards to NATS JetStream (`--sink 'projects/*/topics/*=nats://…'`, a
 # fresh stream on NATS_URL's server, 127.0.0.1:4222 by default) while 50 devices publish at full
 # speed; sink-nats-catchup: the same, profiled once devices stopped, while the sink works off the
-# backlog alone (forwarding only).
+# backlog alone (forwarding only). sink-redis[-catchup]: the same toward Redis Streams (a fresh
+# stream key on REDIS_URL's server, redis://127.0.0.1:6379 by default).
 #
 # Needs perf (Debian: linux-perf; installed here if missing) and root or perf_event_paranoid <= 1.
 # Writes target/bench/profile-<scenario>.{data,txt}.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-scenario="${1:?scenario: telemetry-plain|telemetry-tls|connect-plain|connect-tls|sink-nats|sink-nats-catchup}"
+scenario="${1:?scenario: telemetry-plain|telemetry-tls|connect-plain|connect-tls|sink-nats|sink-nats-catchup|sink-redis|sink-redis-catchup}"
 seconds="${2:-5}"
 # Where cargo puts its output (CARGO_TARGET_DIR, .cargo/config.toml), not necessarily target/.
 target_dir="$(bash "$root/scripts/cargo-target-dir.sh")"
@@ -32,7 +33,10 @@ sink=()
 case "$scenario" in
   sink-*)
     tag="FCPROF$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
-    sink_url="${NATS_URL:-nats://127.0.0.1:4222}/ferrocore.profile.$tag?stream=$tag"
+    case "$scenario" in
+      sink-redis*) sink_url="${REDIS_URL:-redis://127.0.0.1:6379}?stream=$tag" ;;
+      *) sink_url="${NATS_URL:-nats://127.0.0.1:4222}/ferrocore.profile.$tag?stream=$tag" ;;
+    esac
     "$bench" sink-admin setup --dest "$sink_url"
     sink=(--sink "projects/*/topics/*=$sink_url" --topic-retention-mb 8192)
     ;;
@@ -57,10 +61,10 @@ case "$scenario" in
   telemetry-tls) args=(--tls --data-dir "$work/data" --port "$tls" telemetry --devices 50 --duration $((seconds + 6))) ;;
   connect-plain) args=(--alg rs256 --port "$plain" connect --devices 40000) ;;
   connect-tls) args=(--alg rs256 --tls --data-dir "$work/data" --port "$tls" connect --devices 12000) ;;
-  sink-nats) args=(--port "$plain" sink-forward --dest "$sink_url" --keep --duration $((seconds + 4))) ;;
+  sink-nats|sink-redis) args=(--port "$plain" sink-forward --dest "$sink_url" --keep --duration $((seconds + 4))) ;;
   # Devices publish for 10 s (a backlog of several hundred thousand messages), then the profile
   # covers the sink working it off alone.
-  sink-nats-catchup) args=(--port "$plain" sink-forward --dest "$sink_url" --keep --duration 10) ;;
+  sink-nats-catchup|sink-redis-catchup) args=(--port "$plain" sink-forward --dest "$sink_url" --keep --duration 10) ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
 esac
 "$bench" "${common[@]}" "${args[@]}" > "$work/bench.out" 2>&1 &
@@ -69,8 +73,8 @@ bench_pid=$!
 case "$scenario" in
   connect-*) until grep -q '^' <(ss -Htn state established "( sport = :$plain or sport = :$tls )" 2>/dev/null | head -1); do sleep 0.05; done ;;
   # The sink scenario prints a line per second once devices publish.
-  sink-nats) until grep -q '^\[sink\]' "$work/bench.out" 2>/dev/null; do sleep 0.1; done ;;
-  sink-nats-catchup) until grep -q '^\[sink\]' "$work/bench.out" 2>/dev/null; do sleep 0.1; done; sleep 10 ;;
+  sink-nats|sink-redis) until grep -q '^\[sink\]' "$work/bench.out" 2>/dev/null; do sleep 0.1; done ;;
+  sink-*-catchup) until grep -q '^\[sink\]' "$work/bench.out" 2>/dev/null; do sleep 0.1; done; sleep 10 ;;
   *) sleep 3 ;;
 esac
 sleep 1

@@ -13,3 +13,8 @@ mod net;
 pub mod secrets;
 pub mod server;
 pub mod tls;
+
+/// Every program linking the server (the `ferrocore` binary, the bench server, the tests) allocates
+/// through mimalloc: per-thread free lists instead of glibc's arenas and consolidation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -170,7 +170,7 @@ impl Target for StreamTarget {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(batch.len());
         // Each XADD gets its own reply, errors included, so a failed entry ends the confirmed
         // prefix instead of hiding the ones before it.
         pipe.ignore_errors();
@@ -205,17 +205,24 @@ impl Target for StreamTarget {
     }
 }
 
-/// `XADD KEY [MAXLEN ~ N] * data PAYLOAD name value …`
+/// `XADD KEY [MAXLEN ~ N] * data PAYLOAD name value …`, built with one allocation for its
+/// arguments and one for their bytes (this runs once per forwarded message).
 fn xadd(settings: &Settings, source: &Source<'_>, message: &StoredMessage) -> redis::Cmd {
-    let offset = message.offset.to_string();
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(&settings.stream);
+    let mut offset_text = itoa::Buffer::new();
+    let offset = offset_text.format(message.offset);
+    let (mut args, mut bytes) = (10, settings.stream.len() + 32 + message.data.len());
+    for (name, value) in attributes(source, message, offset) {
+        args += 2;
+        bytes += name.len() + value.len();
+    }
+    let mut cmd = redis::Cmd::with_capacity(args, bytes);
+    cmd.arg("XADD").arg(&settings.stream);
     if let Some(n) = settings.maxlen {
         // `~` lets Redis trim whole macro nodes, which is much cheaper than an exact MAXLEN.
         cmd.arg("MAXLEN").arg("~").arg(n);
     }
     cmd.arg("*").arg("data").arg(message.data.as_ref());
-    for (name, value) in attributes(source, message, &offset) {
+    for (name, value) in attributes(source, message, offset) {
         // The payload owns the `data` field.
         if name != "data" {
             cmd.arg(name).arg(value);
