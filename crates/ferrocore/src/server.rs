@@ -459,8 +459,8 @@ async fn serve_on<B: ferrocore_store::Backend>(
     let mut mqtt_tasks = Vec::new();
     if let Some(listener) = listeners.mqtts {
         let files = crate::tls::files(&config.data_dir, config.tls.as_ref(), &config.tls_names)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&files, &[])?);
-        let serve = ferrocore_mqtt::serve(listener, Some(acceptor), core.clone(), config.mqtt.clone(), stopped());
+        let tls = crate::tls::server_config(&files, &[])?;
+        let serve = ferrocore_mqtt::serve(listener, Some(tls), core.clone(), config.mqtt.clone(), stopped());
         mqtt_tasks.push(tokio::spawn(serve));
     }
     if let Some(listener) = listeners.mqtt {

@@ -6,6 +6,8 @@
 //!   write deadlines, and the control messages (commands, config pushes, disconnects) the core
 //!   sends it.
 //! * [`gateway`]: what a gateway's session adds: the devices it attached, and its errors topic.
+//! * [`tls`]: the TLS stream of the MQTT listener, which holds no buffer while a connection is
+//!   idle.
 //! * [`topic`]: Cloud IoT Core's topic layout, parsed into typed values.
 //! * [`activity_log`]: the device activity log entries the sessions write.
 //!
@@ -16,6 +18,7 @@ pub mod activity_log;
 pub mod gateway;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod topic;
 
 pub use server::{MqttConfig, serve};

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 
 /// Limits of the MQTT bridge.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ impl Default for MqttConfig {
 /// aborted: nothing of a session outlives this future.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
     core: Core,
     config: MqttConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -149,7 +149,7 @@ pub async fn serve(
 fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
     core: Core,
     config: Arc<MqttConfig>,
     stop: watch::Receiver<bool>,
@@ -179,7 +179,7 @@ fn serve_connection(
 async fn start_session(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
     core: Core,
     config: Arc<MqttConfig>,
     stop: watch::Receiver<bool>,
@@ -187,8 +187,8 @@ async fn start_session(
 ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     Some(match tls {
-        Some(acceptor) => {
-            let stream = handshake(acceptor, tcp, peer, deadline, stop.clone(), &core).await?;
+        Some(tls) => {
+            let stream = handshake(tls, tcp, peer, deadline, stop.clone(), &core).await?;
             Box::pin(session::run(stream, peer, core, config, deadline, stop, connected))
         }
         None => Box::pin(session::run(tcp, peer, core, config, deadline, stop, connected)),
@@ -197,15 +197,15 @@ async fn start_session(
 
 /// The TLS handshake, within the connect deadline: the stream, or None (counted and logged).
 async fn handshake(
-    acceptor: TlsAcceptor,
+    tls: Arc<ServerConfig>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     deadline: tokio::time::Instant,
     mut stop: watch::Receiver<bool>,
     core: &Core,
-) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+) -> Option<crate::tls::TlsStream<tokio::net::TcpStream>> {
     let metrics = core.metrics();
-    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+    let handshake = tokio::time::timeout_at(deadline, crate::tls::accept(tls, tcp));
     tokio::select! {
         done = handshake => match done {
             Ok(Ok(stream)) => Some(stream),
