@@ -104,24 +104,20 @@ async fn read_exact_chunked<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Vec<
 /// Sends `data` from the client and reads it on the server, then sends it back the other way,
 /// each side writing while the other reads.
 async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(server: &mut TlsStream<S>, client: &mut Client, data: &[u8]) {
-    let (sent, got) = tokio::join!(
+    one_way(client, server, data, "the server got other bytes than the client sent").await;
+    one_way(server, client, data, "the client got other bytes than the server sent").await;
+}
+
+/// Writes `data` on `from` while `to` reads it, and checks what arrived.
+async fn one_way<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(from: &mut W, to: &mut R, data: &[u8], mismatch: &str) {
+    let ((), got) = tokio::join!(
         async {
-            client.write_all(data).await.unwrap();
-            client.flush().await.unwrap();
+            from.write_all(data).await.unwrap();
+            from.flush().await.unwrap();
         },
-        read_exact_chunked(server, data.len())
+        read_exact_chunked(to, data.len())
     );
-    let () = sent;
-    assert!(got == data, "the server got other bytes than the client sent ({} bytes)", data.len());
-    let (sent, got) = tokio::join!(
-        async {
-            server.write_all(data).await.unwrap();
-            server.flush().await.unwrap();
-        },
-        read_exact_chunked(client, data.len())
-    );
-    let () = sent;
-    assert!(got == data, "the client got other bytes than the server sent ({} bytes)", data.len());
+    assert!(got == data, "{mismatch} ({} bytes)", data.len());
 }
 
 #[tokio::test]
