@@ -29,6 +29,8 @@
 # PUBSUB_RATES ("": extra pubsub runs at these fixed msg/s, the same for both servers),
 # DRAIN_N (200000), DRAIN_CLIENTS ("google tonic"), DRAIN_OUTSTANDING ("1000"), CERT (rsa|p256: the
 # servers' certificate), TLS_RESUME=1 (TLS clients resume sessions: reconnects, not first connects),
+# TLS_GROUPS (default|classic: the key exchanges TLS clients offer; classic = X25519, P-256, P-384
+# without the hybrid post-quantum group, as device TLS stacks offer),
 # FERROCORE_BIN=PATH (measure this prebuilt server instead of the fresh build, e.g. a copy of an
 # earlier build for a before/after in one run), SERVERS ("mosquitto ferrocore": which to run).
 set -euo pipefail
@@ -212,6 +214,7 @@ bench() {
   local conn=(--port "$plain_port")
   if [[ "$tls" == tls ]]; then conn=(--tls --port "$tls_port" --ca "$work/ca.pem"); fi
   if [[ "$tls" == tls && "${TLS_RESUME:-0}" == 1 ]]; then conn+=(--tls-resume); fi
+  if [[ "$tls" == tls && -n "${TLS_GROUPS:-}" ]]; then conn+=(--tls-groups "$TLS_GROUPS"); fi
   log "$server $name"
   "$bench" "${target_args[@]}" "${conn[@]}" --label "$server $name" --json "$out/$server-$name.json" "$@" \
     || echo "run $server $name failed" >&2

@@ -112,6 +112,9 @@ struct Common {
     /// Let TLS sessions resume (off: every connect is a full handshake).
     #[arg(long, global = true)]
     tls_resume: bool,
+    /// Key exchanges the TLS client offers.
+    #[arg(long, value_enum, default_value_t = mqtt::TlsGroups::Default, global = true)]
+    tls_groups: mqtt::TlsGroups,
     /// Ferrocore's REST base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
     api: String,
@@ -243,6 +246,7 @@ async fn build_ctx(c: &Common) -> Result<Ctx> {
         if c.insecure { None } else { ca.as_deref() },
         &c.tls_name,
         c.tls_resume,
+        c.tls_groups,
         c.source_ips,
     )?;
     let api = match c.broker {

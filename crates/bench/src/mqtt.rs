@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 
 /// Where and how to connect: the broker's address, TLS settings, and the local addresses that
 /// connections are spread over.
@@ -22,24 +23,46 @@ pub struct Endpoint {
     sources: Vec<IpAddr>,
 }
 
+/// The key exchanges the bench's TLS client offers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsGroups {
+    /// rustls' own list: the hybrid post-quantum X25519MLKEM768 first (as OpenSSL 3.5 and
+    /// current browsers offer), then X25519, P-256, P-384.
+    #[default]
+    Default,
+    /// X25519, P-256 and P-384 only: what device TLS stacks such as mbedTLS offer.
+    Classic,
+}
+
 /// Builds a rustls client configuration trusting the CA in `ca_pem` (or, with none, any server
 /// certificate: loopback benchmarks only). Resumption is off unless asked for: each connect
 /// then pays a full handshake, as a fleet of devices coming back after an outage does.
-fn tls_config(ca: Option<&Path>, resume: bool) -> Result<rustls::ClientConfig> {
+fn tls_config(ca: Option<&Path>, resume: bool, groups: TlsGroups) -> Result<rustls::ClientConfig> {
+    let mut provider = (*ferrocore_device::tls::provider()).clone();
+    if groups == TlsGroups::Classic {
+        use rustls::NamedGroup::{X25519, secp256r1, secp384r1};
+        provider.kx_groups.retain(|g| matches!(g.name(), X25519 | secp256r1 | secp384r1));
+    }
+    let provider = Arc::new(provider);
     let mut config = match ca {
         Some(path) => {
             let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
-            ferrocore_device::tls::client_config(&pem).map_err(|e| anyhow!("{} {e}", path.display()))?
-        }
-        None => {
-            let provider = ferrocore_device::tls::provider();
-            rustls::ClientConfig::builder_with_provider(provider.clone())
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                roots.add(cert.map_err(|e| anyhow!("{}: {e}", path.display()))?)?;
+            }
+            rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .context("TLS protocol versions")?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+                .with_root_certificates(roots)
                 .with_no_client_auth()
         }
+        None => rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth(),
     };
     if !resume {
         config.resumption = rustls::client::Resumption::disabled();
@@ -101,6 +124,7 @@ impl Endpoint {
         ca: Option<&Path>,
         server_name: &str,
         resume: bool,
+        groups: TlsGroups,
         sources: usize,
     ) -> Result<Self> {
         let Some(&addr) = addrs.first() else { bail!("no address to connect to") };
@@ -108,7 +132,7 @@ impl Endpoint {
             bail!("{a} is not a loopback address; this tool only targets 127.0.0.0/8 and ::1");
         }
         let tls = if tls {
-            let config = tls_config(ca, resume)?;
+            let config = tls_config(ca, resume, groups)?;
             let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
                 .map_err(|_| anyhow!("'{server_name}' is not a valid TLS server name"))?;
             Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))

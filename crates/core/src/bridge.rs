@@ -13,8 +13,8 @@ use ferrocore_auth::jwt::{JwtError, JwtRules, VerifiedJwt, verify_device_jwt};
 use ferrocore_auth::keycache::KeyCache;
 use ferrocore_model::limits::{MAX_STATE_BYTES, MAX_TELEMETRY_BYTES, check_subfolder};
 use ferrocore_model::{
-    ConfigAck, Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceState, HttpState, MqttState, NumId,
-    Registry, RegistryName, Status, Timestamp,
+    ConfigAck, DeviceActivity, DeviceConfig, DeviceCredential, DeviceId, DeviceName, DeviceState, HttpState, MqttState,
+    NumId, Registry, RegistryName, Status, Timestamp,
 };
 use std::sync::Arc;
 
@@ -102,7 +102,7 @@ impl Core {
         token: &str,
         transport: Transport,
     ) -> std::result::Result<AuthenticatedDevice, AuthFailure> {
-        let device = match self.inner.store.get_device(name).await {
+        let device = match self.inner.store.get_device_login(name).await {
             Ok(Some(d)) => d,
             Ok(None) => return Err(AuthFailure::NotAuthorized(format!("no device {name}"))),
             Err(e) => {
@@ -124,11 +124,11 @@ impl Core {
         if device.blocked {
             return Err(AuthFailure::NotAuthorized("the device is blocked".into()));
         }
-        let verified = self.verify_token(&device, token)?;
+        let verified = self.verify_token(&name.registry, &device.credentials, token)?;
         self.inner.device_log.note_level(device.num_id, device.log_level);
         Ok(AuthenticatedDevice {
             registry: name.registry.clone(),
-            is_gateway: device.gateway_config.gateway_type.is_gateway(),
+            is_gateway: device.gateway_type.is_gateway(),
             id: device.id,
             num_id: device.num_id,
             token_deadline: verified.deadline(&JwtRules::default()),
@@ -138,12 +138,17 @@ impl Core {
 
     /// Checks a JWT against the device's unexpired credentials, with the project as audience: the
     /// rules of a device CONNECT password.
-    pub(crate) fn verify_token(&self, device: &Device, token: &str) -> std::result::Result<VerifiedJwt, AuthFailure> {
+    pub(crate) fn verify_token(
+        &self,
+        registry: &RegistryName,
+        credentials: &[DeviceCredential],
+        token: &str,
+    ) -> std::result::Result<VerifiedJwt, AuthFailure> {
         // Parsed keys come from a cache named by the credential bytes, so a connect skips the
         // PEM, X.509 and key parsing for a key seen recently, and a changed credential is a miss.
         let valid_at = self.inner.settings.enforce_certificate_validity.then(|| self.now());
-        let keys = KeyCache::global().verification_keys(&device.credentials, valid_at);
-        let project = device.registry.parent.project.as_str();
+        let keys = KeyCache::global().verification_keys(credentials, valid_at);
+        let project = registry.parent.project.as_str();
         verify_device_jwt(token, project, &keys, self.now(), &JwtRules::default()).map_err(|e| match e {
             JwtError::TooLong
             | JwtError::NotCompact

@@ -179,12 +179,14 @@ impl Core {
                     method_name(method)
                 )));
             }
-            (true, Proof::Token(t)) => Some(self.verify_token(&dev, t).map_err(|e| match e {
-                AuthFailure::Malformed(why) | AuthFailure::NotAuthorized(why) => {
-                    refused(format!("The JWT of device '{}' was refused: {why}", dev.id))
-                }
-                AuthFailure::Unavailable => GatewayRefusal::Unavailable,
-            })?),
+            (true, Proof::Token(t)) => {
+                Some(self.verify_token(&dev.registry, &dev.credentials, t).map_err(|e| match e {
+                    AuthFailure::Malformed(why) | AuthFailure::NotAuthorized(why) => {
+                        refused(format!("The JWT of device '{}' was refused: {why}", dev.id))
+                    }
+                    AuthFailure::Unavailable => GatewayRefusal::Unavailable,
+                })?)
+            }
         };
         let access = GatewayAccess { gateway_id: gw.id.clone(), time: self.now() };
         self.inner.activity.record(dev.num_id, &DeviceActivity { gateway_access: Some(access), ..Default::default() });

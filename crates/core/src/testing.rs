@@ -91,6 +91,9 @@ impl Store for GatedStore {
     async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>> {
         self.inner.get_device(name).await
     }
+    async fn get_device_login(&self, name: &DeviceName) -> Result<Option<ferrocore_store::DeviceLogin>> {
+        self.inner.get_device_login(name).await
+    }
     async fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<Device>> {
         self.inner.list_devices(query).await
     }

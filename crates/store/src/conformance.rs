@@ -121,6 +121,11 @@ async fn devices(store: &dyn Store) {
     assert_eq!(by_id, created, "read back equals what create returned");
     let by_num = store.get_device(&r.name.device(DeviceRef::Num(created.num_id))).await.unwrap().unwrap();
     assert_eq!(by_num, created, "numeric id resolves");
+    for how in [name(&r.name, "dev-1"), r.name.device(DeviceRef::Num(created.num_id))] {
+        let login = store.get_device_login(&how).await.unwrap();
+        assert_eq!(login, Some(crate::DeviceLogin::from(created.clone())), "login read of {how}");
+    }
+    assert!(store.get_device_login(&name(&r.name, "dev-absent")).await.unwrap().is_none());
 
     // Numeric ids are unique across registries, and a device is only found in its own registry.
     let r2 = registry("conf-dev", "reg-two");
@@ -128,6 +133,7 @@ async fn devices(store: &dyn Store) {
     let d2 = store.create_device(new_device(&r2.name, "dev-1", false)).await.unwrap();
     assert_ne!(d2.num_id, created.num_id);
     assert!(store.get_device(&r2.name.device(DeviceRef::Num(created.num_id))).await.unwrap().is_none());
+    assert!(store.get_device_login(&r2.name.device(DeviceRef::Num(created.num_id))).await.unwrap().is_none());
 
     let update = DeviceUpdate {
         credentials: vec![],
@@ -139,6 +145,8 @@ async fn devices(store: &dyn Store) {
     store.update_device(created.num_id, &update).await.unwrap();
     let d = store.get_device(&name(&r.name, "dev-1")).await.unwrap().unwrap();
     assert!(d.blocked && d.credentials.is_empty() && d.metadata.is_empty());
+    let login = store.get_device_login(&name(&r.name, "dev-1")).await.unwrap().unwrap();
+    assert_eq!(login, crate::DeviceLogin::from(d.clone()), "the login read sees the update");
     assert_eq!(
         (d.log_level, d.gateway_config.gateway_auth_method),
         (LogLevel::Debug, GatewayAuthMethod::AssociationOnly)

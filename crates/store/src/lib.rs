@@ -35,6 +35,31 @@ use ferrocore_model::{
 };
 use std::collections::BTreeMap;
 
+/// The part of a device that checks its connects: who it is, its keys, and whether it may
+/// connect at all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceLogin {
+    pub id: DeviceId,
+    pub num_id: NumId,
+    pub credentials: Vec<DeviceCredential>,
+    pub blocked: bool,
+    pub gateway_type: GatewayType,
+    pub log_level: LogLevel,
+}
+
+impl From<Device> for DeviceLogin {
+    fn from(d: Device) -> Self {
+        Self {
+            id: d.id,
+            num_id: d.num_id,
+            credentials: d.credentials,
+            blocked: d.blocked,
+            gateway_type: d.gateway_config.gateway_type,
+            log_level: d.log_level,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the resource already exists")]
@@ -182,6 +207,11 @@ pub trait Store: Send + Sync + 'static {
     async fn create_device(&self, device: NewDevice) -> Result<Device>;
     /// Resolves the device by string or numeric id within its registry.
     async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>>;
+    /// What authenticating the device needs, resolved as [`Store::get_device`] does. Every
+    /// device connect makes this read, so a backend may answer it from the device row alone.
+    async fn get_device_login(&self, name: &DeviceName) -> Result<Option<DeviceLogin>> {
+        Ok(self.get_device(name).await?.map(DeviceLogin::from))
+    }
     /// Devices ordered by id.
     async fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<Device>>;
     async fn update_device(&self, num_id: NumId, update: &DeviceUpdate) -> Result<()>;

@@ -6,7 +6,9 @@ use crate::device_logs::{DeviceLogEntry, DeviceLogQuery};
 use crate::iam::{ApiTokenRecord, IamStore, ServiceAccountKeyRecord, ServiceAccountRecord};
 use crate::pubsub::{Page, PubsubStore};
 use crate::sinks::{SinkCursor, SinkStore};
-use crate::{BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, NewDevice, RegistryDelete, Result, Store};
+use crate::{
+    BindOutcome, ConfigUpdate, DeviceLogin, DeviceQuery, DeviceUpdate, NewDevice, RegistryDelete, Result, Store,
+};
 use async_trait::async_trait;
 use ferrocore_metrics::Metrics;
 use ferrocore_model::pubsub::{IamPolicy, Subscription, SubscriptionCursor, SubscriptionName, Topic, TopicName};
@@ -58,6 +60,7 @@ metered!(Store {
     fn delete_registry(&self, name: &RegistryName) -> Result<RegistryDelete>;
     fn create_device(&self, device: NewDevice) -> Result<Device>;
     fn get_device(&self, name: &DeviceName) -> Result<Option<Device>>;
+    fn get_device_login(&self, name: &DeviceName) -> Result<Option<DeviceLogin>>;
     fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<Device>>;
     fn update_device(&self, num_id: NumId, update: &DeviceUpdate) -> Result<()>;
     fn delete_device(&self, num_id: NumId) -> Result<()>;

@@ -89,6 +89,39 @@ macro_rules! columns {
 
 columns!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
 
+/// SQLite rows read on the caller's thread (`sqlite::points`). As with sqlx's `Row::get`, a
+/// column missing from the schema or of another type is a bug in this crate, not bad input.
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, column: &str) -> String {
+        self.get(column).unwrap_or_else(|e| unreadable(column, e))
+    }
+    fn opt_text(&self, column: &str) -> Option<String> {
+        self.get(column).unwrap_or_else(|e| unreadable(column, e))
+    }
+    fn int(&self, column: &str) -> i32 {
+        self.get(column).unwrap_or_else(|e| unreadable(column, e))
+    }
+    fn big(&self, column: &str) -> i64 {
+        self.get(column).unwrap_or_else(|e| unreadable(column, e))
+    }
+    fn opt_big(&self, column: &str) -> Option<i64> {
+        self.get(column).unwrap_or_else(|e| unreadable(column, e))
+    }
+    fn flag(&self, column: &str) -> bool {
+        self.get(column).unwrap_or_else(|e| unreadable(column, e))
+    }
+    fn bytes(&self, column: &str) -> Vec<u8> {
+        self.get(column).unwrap_or_else(|e| unreadable(column, e))
+    }
+    fn opt_bytes(&self, column: &str) -> Option<Vec<u8>> {
+        self.get(column).unwrap_or_else(|e| unreadable(column, e))
+    }
+}
+
+fn unreadable(column: &str, e: rusqlite::Error) -> ! {
+    panic!("column {column} does not match the schema: {e}")
+}
+
 pub(crate) fn registry_from_row(parent: &LocationName, row: &impl Columns) -> Result<Registry> {
     let id = row.text("id");
     Ok(Registry {

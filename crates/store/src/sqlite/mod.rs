@@ -7,35 +7,81 @@
 mod device_logs;
 mod iam;
 pub mod migrate;
+mod points;
 mod pubsub;
 mod readers;
 mod sinks;
 
 use crate::rows::{DEVICE_SELECT, device_from_row, num, registry_from_row, to_json, ts};
 use crate::{
-    BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
+    BindOutcome, ConfigUpdate, DeviceLogin, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
     MAX_GATEWAYS_PER_DEVICE, NewDevice, RegistryDelete, Result, Store, StoreError,
 };
 use async_trait::async_trait;
 use ferrocore_model::limits::HISTORY_KEPT;
 use ferrocore_model::{
-    Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceRef, DeviceState, LocationName, NumId, Registry,
-    RegistryId, RegistryName, Timestamp,
+    Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceRef, DeviceState, GatewayType, LocationName,
+    LogLevel, NumId, Registry, RegistryId, RegistryName, Timestamp,
 };
 use rand::Rng;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: readers::Readers,
+    points: points::PointReads,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
+
+fn point(e: points::PointError) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// [`DeviceLogin`]'s columns of a device by registry and id.
+const LOGIN_BY_ID: &str = "SELECT num_id, id, credentials, blocked, gateway_type, log_level FROM devices \
+     WHERE registry_pk = (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3) AND id = ?4";
+
+/// [`DeviceLogin`]'s columns of a device by numeric id, if it is in the registry.
+const LOGIN_BY_NUM: &str = "SELECT num_id, id, credentials, blocked, gateway_type, log_level FROM devices \
+     WHERE num_id = ?4 AND registry_pk = (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3)";
+
+/// A row of `LOGIN_BY_*`, read by position.
+fn login_from_row(row: &rusqlite::Row<'_>) -> Result<DeviceLogin> {
+    let read = |e: rusqlite::Error| StoreError::Backend(format!("stored device: {e}"));
+    let id: String = row.get(1).map_err(read)?;
+    let credentials: String = row.get(2).map_err(read)?;
+    Ok(DeviceLogin {
+        num_id: NumId(row.get::<_, i64>(0).map_err(read)? as u64),
+        id: DeviceId::parse_field("id", &id).map_err(|e| StoreError::Backend(e.message))?,
+        credentials: crate::rows::from_json(&credentials)?,
+        blocked: row.get(3).map_err(read)?,
+        gateway_type: GatewayType::from_number(row.get(4).map_err(read)?).unwrap_or_default(),
+        log_level: LogLevel::from_number(row.get(5).map_err(read)?).unwrap_or_default(),
+    })
+}
+
+/// A device by registry and id, answered from the (registry_pk, id) index.
+static DEVICE_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{DEVICE_SELECT} WHERE d.registry_pk = \
+         (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3) AND d.id = ?4"
+    )
+});
+
+/// A device by numeric id (the primary key), if it is in the registry.
+static DEVICE_BY_NUM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{DEVICE_SELECT} WHERE d.num_id = ?4 AND d.registry_pk = \
+         (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3)"
+    )
+});
 
 impl SqliteStore {
     /// A read connection (see [`readers`]).
@@ -60,13 +106,41 @@ impl SqliteStore {
             .map_err(backend)?;
         migrate::run(&writer).await?;
         let readers = readers::Readers::open(&options.read_only(true), 4).await.map_err(backend)?;
-        Ok(Self { writer, readers })
+        let points = points::PointReads::open(path).map_err(point)?;
+        Ok(Self { writer, readers, points })
     }
 
     /// Flushes and closes both pools.
     pub async fn close(&self) {
+        self.points.close();
         self.readers.close().await;
         self.writer.close().await;
+    }
+
+    /// One device's row by one of two statements (by id, by numeric id), each with the registry's
+    /// project, location and id as ?1..?3 and the device as ?4. On this thread: every device
+    /// connect makes such a read.
+    fn device_row<T>(
+        &self,
+        name: &DeviceName,
+        (by_id, by_num): (&str, &str),
+        decode: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let reg = &name.registry;
+        let key = (reg.parent.project.as_str(), reg.parent.location.as_str(), reg.registry.as_str());
+        self.points
+            .read(|c| {
+                let (mut statement, device) = match &name.device {
+                    DeviceRef::Id(id) => {
+                        (c.prepare_cached(by_id)?, rusqlite::types::Value::Text(id.as_str().to_owned()))
+                    }
+                    DeviceRef::Num(n) => (c.prepare_cached(by_num)?, rusqlite::types::Value::Integer(num(*n))),
+                };
+                let mut rows = statement.query((key.0, key.1, key.2, device))?;
+                Ok(rows.next()?.map(&decode))
+            })
+            .map_err(point)?
+            .transpose()
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
@@ -113,14 +187,17 @@ impl Store for SqliteStore {
     }
 
     async fn get_registry(&self, name: &RegistryName) -> Result<Option<Registry>> {
-        let row = sqlx::query("SELECT * FROM registries WHERE project = ? AND location = ? AND id = ?")
-            .bind(name.parent.project.as_str().to_owned())
-            .bind(name.parent.location.as_str().to_owned())
-            .bind(name.registry.as_str().to_owned())
-            .fetch_optional(&mut *self.reader().await?)
-            .await
-            .map_err(backend)?;
-        row.map(|r| registry_from_row(&name.parent, &r)).transpose()
+        let p = &name.parent;
+        let key = (p.project.as_str(), p.location.as_str(), name.registry.as_str());
+        self.points
+            .read(|c| {
+                let mut statement =
+                    c.prepare_cached("SELECT * FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3")?;
+                let mut rows = statement.query(key)?;
+                Ok(rows.next()?.map(|r| registry_from_row(p, r)))
+            })
+            .map_err(point)?
+            .transpose()
     }
 
     async fn list_registries(
@@ -240,30 +317,15 @@ impl Store for SqliteStore {
     }
 
     async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>> {
-        let reg = &name.registry;
         // Two plain statements rather than one with a CASE: each is answered from an index
         // (the numeric id is the primary key; (registry_pk, id) is unique), whatever the
         // registry's size.
-        let query = match &name.device {
-            DeviceRef::Id(id) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{DEVICE_SELECT} WHERE d.registry_pk = \
-                 (SELECT pk FROM registries WHERE project = ? AND location = ? AND id = ?) AND d.id = ?"
-            )))
-            .bind(reg.parent.project.as_str().to_owned())
-            .bind(reg.parent.location.as_str().to_owned())
-            .bind(reg.registry.as_str().to_owned())
-            .bind(id.as_str().to_owned()),
-            DeviceRef::Num(n) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{DEVICE_SELECT} WHERE d.num_id = ? AND d.registry_pk = \
-                 (SELECT pk FROM registries WHERE project = ? AND location = ? AND id = ?)"
-            )))
-            .bind(num(*n))
-            .bind(reg.parent.project.as_str().to_owned())
-            .bind(reg.parent.location.as_str().to_owned())
-            .bind(reg.registry.as_str().to_owned()),
-        };
-        let row = query.fetch_optional(&mut *self.reader().await?).await.map_err(backend)?;
-        row.map(|r| device_from_row(reg, &r)).transpose()
+        self.device_row(name, (&DEVICE_BY_ID, &DEVICE_BY_NUM), |row| device_from_row(&name.registry, row))
+    }
+
+    async fn get_device_login(&self, name: &DeviceName) -> Result<Option<DeviceLogin>> {
+        // The device row alone: no config or state join, and only the credentials parsed.
+        self.device_row(name, (LOGIN_BY_ID, LOGIN_BY_NUM), login_from_row)
     }
 
     async fn list_devices(&self, q: &DeviceQuery) -> Result<Vec<Device>> {
