@@ -32,7 +32,8 @@
 # TLS_GROUPS (default|classic: the key exchanges TLS clients offer; classic = X25519, P-256, P-384
 # without the hybrid post-quantum group, as device TLS stacks offer),
 # FERROCORE_BIN=PATH (measure this prebuilt server instead of the fresh build, e.g. a copy of an
-# earlier build for a before/after in one run), SERVERS ("mosquitto ferrocore": which to run).
+# earlier build for a before/after in one run), SERVERS ("mosquitto ferrocore": which to run),
+# SERVER_LOG (warn: Ferrocore's FERROCORE_LOG; info is `ferrocore serve`'s default).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -172,7 +173,7 @@ start_ferrocore() {
   fi
   local cert=(--tls-cert "$work/server.pem" --tls-key "$work/server-key.pem") scheme=https
   if [[ "${GRPC_PLAIN:-0}" == 1 ]]; then cert=(); scheme=http; fi
-  FERROCORE_ADMIN_TOKEN="$token" FERROCORE_LOG=warn "$server_bin" "${extra[@]}" --data-dir "$data" \
+  FERROCORE_ADMIN_TOKEN="$token" FERROCORE_LOG="${SERVER_LOG:-warn}" "$server_bin" "${extra[@]}" --data-dir "$data" \
     --http "127.0.0.1:$http_port" --mqtt "127.0.0.1:$plain_port" "${cert[@]}" > "$work/ferrocore.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")

@@ -106,7 +106,7 @@ impl Core {
             Ok(Some(d)) => d,
             Ok(None) => return Err(AuthFailure::NotAuthorized(format!("no device {name}"))),
             Err(e) => {
-                tracing::error!(error = %e, "device lookup failed during authentication");
+                tracing::error!(error = %e, device = %name, "device lookup failed during authentication");
                 return Err(AuthFailure::Unavailable);
             }
         };
@@ -279,7 +279,7 @@ impl Core {
             // State notifications are best effort: the state is stored all the same.
             match self.inner.sink.submit(topic, vec![message]).await {
                 Ok(ticket) => notified = Some(ticket),
-                Err(e) => tracing::warn!(error = %e, %topic, "state notification not delivered"),
+                Err(e) => tracing::warn!(error = %e, %topic, device = %dev.name(), "state notification not delivered"),
             }
         }
         let (core, device) = (self.clone(), dev.num_id);
@@ -289,7 +289,7 @@ impl Core {
                 Some(ticket) => Some(ticket.await),
                 None => None,
             } {
-                tracing::warn!(error = %e, "state notification not delivered");
+                tracing::warn!(error = %e, %device, "state notification not delivered");
             }
             core.inner.activity.record(device, &DeviceActivity { last_state_time: Some(now), ..Default::default() });
             Ok(())

