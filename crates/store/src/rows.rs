@@ -6,7 +6,7 @@
 
 use crate::device_logs::{DeviceLogEntry, DeviceLogQuery, LogSeverity};
 use crate::iam::{ApiTokenRecord, ServiceAccountKeyRecord, ServiceAccountRecord};
-use crate::{Result, StoreError};
+use crate::{DeviceLogin, Result, StoreError};
 use ferrocore_model::pubsub::{Subscription, SubscriptionCursor, Topic, TopicName, TopicOrigin};
 use ferrocore_model::{
     Device, DeviceActivity, DeviceConfig, DeviceId, DeviceState, GatewayAuthMethod, GatewayConfig, GatewayType,
@@ -137,6 +137,22 @@ pub(crate) fn registry_from_row(parent: &LocationName, row: &impl Columns) -> Re
         http_state: HttpState::from_number(row.int("http_state")).unwrap_or_default(),
         log_level: LogLevel::from_number(row.int("log_level")).unwrap_or_default(),
         credentials: from_json(&row.text("credentials"))?,
+    })
+}
+
+/// The columns of a [`DeviceLogin`], from the devices table alone.
+pub(crate) const LOGIN_COLUMNS: &str = "num_id, id, credentials, blocked, gateway_type, log_level";
+
+/// A row of [`LOGIN_COLUMNS`].
+pub(crate) fn login_from_row(row: &impl Columns) -> Result<DeviceLogin> {
+    let id = row.text("id");
+    Ok(DeviceLogin {
+        id: DeviceId::parse_field("id", &id).map_err(|e| StoreError::Backend(e.message))?,
+        num_id: NumId(row.big("num_id") as u64),
+        credentials: from_json(&row.text("credentials"))?,
+        blocked: row.flag("blocked"),
+        gateway_type: GatewayType::from_number(row.int("gateway_type")).unwrap_or_default(),
+        log_level: LogLevel::from_number(row.int("log_level")).unwrap_or_default(),
     })
 }
 

@@ -27,9 +27,9 @@ mod sinks;
 #[doc(hidden)]
 pub mod testing;
 
-use crate::rows::{DEVICE_SELECT, device_from_row, num, registry_from_row, to_json, ts};
+use crate::rows::{DEVICE_SELECT, LOGIN_COLUMNS, device_from_row, login_from_row, num, registry_from_row, to_json, ts};
 use crate::{
-    BindOutcome, ConfigUpdate, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
+    BindOutcome, ConfigUpdate, DeviceLogin, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
     MAX_GATEWAYS_PER_DEVICE, NewDevice, RegistryDelete, Result, Store, StoreError,
 };
 use async_trait::async_trait;
@@ -302,6 +302,31 @@ impl Store for PostgresStore {
         };
         let row = query.fetch_optional(&self.pool).await.map_err(backend)?;
         row.map(|r| device_from_row(reg, &r)).transpose()
+    }
+
+    async fn get_device_login(&self, name: &DeviceName) -> Result<Option<DeviceLogin>> {
+        let reg = &name.registry;
+        // The device row alone: no config or state join, and only the credentials parsed.
+        let query = match &name.device {
+            DeviceRef::Id(id) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {LOGIN_COLUMNS} FROM devices WHERE registry_pk = \
+                 (SELECT pk FROM registries WHERE project = $1 AND location = $2 AND id = $3) AND id = $4"
+            )))
+            .bind(reg.parent.project.as_str())
+            .bind(reg.parent.location.as_str())
+            .bind(reg.registry.as_str())
+            .bind(id.as_str()),
+            DeviceRef::Num(n) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {LOGIN_COLUMNS} FROM devices WHERE registry_pk = \
+                 (SELECT pk FROM registries WHERE project = $1 AND location = $2 AND id = $3) AND num_id = $4"
+            )))
+            .bind(reg.parent.project.as_str())
+            .bind(reg.parent.location.as_str())
+            .bind(reg.registry.as_str())
+            .bind(num(*n)),
+        };
+        let row = query.fetch_optional(&self.pool).await.map_err(backend)?;
+        row.map(|r| login_from_row(&r)).transpose()
     }
 
     async fn list_devices(&self, q: &DeviceQuery) -> Result<Vec<Device>> {

@@ -12,7 +12,7 @@ mod pubsub;
 mod readers;
 mod sinks;
 
-use crate::rows::{DEVICE_SELECT, device_from_row, num, registry_from_row, to_json, ts};
+use crate::rows::{DEVICE_SELECT, LOGIN_COLUMNS, device_from_row, login_from_row, num, registry_from_row, to_json, ts};
 use crate::{
     BindOutcome, ConfigUpdate, DeviceLogin, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
     MAX_GATEWAYS_PER_DEVICE, NewDevice, RegistryDelete, Result, Store, StoreError,
@@ -20,8 +20,8 @@ use crate::{
 use async_trait::async_trait;
 use ferrocore_model::limits::HISTORY_KEPT;
 use ferrocore_model::{
-    Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceRef, DeviceState, GatewayType, LocationName,
-    LogLevel, NumId, Registry, RegistryId, RegistryName, Timestamp,
+    Device, DeviceActivity, DeviceConfig, DeviceId, DeviceName, DeviceRef, DeviceState, LocationName, NumId, Registry,
+    RegistryId, RegistryName, Timestamp,
 };
 use rand::Rng;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -45,27 +45,20 @@ fn point(e: points::PointError) -> StoreError {
 }
 
 /// [`DeviceLogin`]'s columns of a device by registry and id.
-const LOGIN_BY_ID: &str = "SELECT num_id, id, credentials, blocked, gateway_type, log_level FROM devices \
-     WHERE registry_pk = (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3) AND id = ?4";
+static LOGIN_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {LOGIN_COLUMNS} FROM devices WHERE registry_pk = \
+         (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3) AND id = ?4"
+    )
+});
 
 /// [`DeviceLogin`]'s columns of a device by numeric id, if it is in the registry.
-const LOGIN_BY_NUM: &str = "SELECT num_id, id, credentials, blocked, gateway_type, log_level FROM devices \
-     WHERE num_id = ?4 AND registry_pk = (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3)";
-
-/// A row of `LOGIN_BY_*`, read by position.
-fn login_from_row(row: &rusqlite::Row<'_>) -> Result<DeviceLogin> {
-    let read = |e: rusqlite::Error| StoreError::Backend(format!("stored device: {e}"));
-    let id: String = row.get(1).map_err(read)?;
-    let credentials: String = row.get(2).map_err(read)?;
-    Ok(DeviceLogin {
-        num_id: NumId(row.get::<_, i64>(0).map_err(read)? as u64),
-        id: DeviceId::parse_field("id", &id).map_err(|e| StoreError::Backend(e.message))?,
-        credentials: crate::rows::from_json(&credentials)?,
-        blocked: row.get(3).map_err(read)?,
-        gateway_type: GatewayType::from_number(row.get(4).map_err(read)?).unwrap_or_default(),
-        log_level: LogLevel::from_number(row.get(5).map_err(read)?).unwrap_or_default(),
-    })
-}
+static LOGIN_BY_NUM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {LOGIN_COLUMNS} FROM devices WHERE num_id = ?4 AND registry_pk = \
+         (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3)"
+    )
+});
 
 /// A device by registry and id, answered from the (registry_pk, id) index.
 static DEVICE_BY_ID: LazyLock<String> = LazyLock::new(|| {
@@ -325,7 +318,7 @@ impl Store for SqliteStore {
 
     async fn get_device_login(&self, name: &DeviceName) -> Result<Option<DeviceLogin>> {
         // The device row alone: no config or state join, and only the credentials parsed.
-        self.device_row(name, (LOGIN_BY_ID, LOGIN_BY_NUM), login_from_row)
+        self.device_row(name, (&LOGIN_BY_ID, &LOGIN_BY_NUM), |row| login_from_row(row))
     }
 
     async fn list_devices(&self, q: &DeviceQuery) -> Result<Vec<Device>> {
