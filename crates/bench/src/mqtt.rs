@@ -9,7 +9,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
 
 /// Where and how to connect: the broker's address, TLS settings, and the local addresses that
 /// connections are spread over.
@@ -47,15 +46,7 @@ fn tls_config(ca: Option<&Path>, resume: bool, groups: TlsGroups) -> Result<rust
     let mut config = match ca {
         Some(path) => {
             let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                roots.add(cert.map_err(|e| anyhow!("{}: {e}", path.display()))?)?;
-            }
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .context("TLS protocol versions")?
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            ferrocore_device::tls::client_config_with(&pem, provider).map_err(|e| anyhow!("{} {e}", path.display()))?
         }
         None => rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()

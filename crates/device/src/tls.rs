@@ -22,6 +22,14 @@ pub enum TlsError {
 /// A client configuration trusting the certificates of `ca_pem` (one or more PEM blocks),
 /// with rustls' safe default protocol versions.
 pub fn client_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_with(ca_pem, provider())
+}
+
+/// [`client_config`] with another provider (fewer key exchanges, say).
+pub fn client_config_with(
+    ca_pem: &[u8],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(cert.map_err(|e| TlsError::BadPem(e.to_string()))?)?;
@@ -29,7 +37,7 @@ pub fn client_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
     if roots.is_empty() {
         return Err(TlsError::NoCertificate);
     }
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())

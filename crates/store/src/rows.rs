@@ -72,55 +72,37 @@ pub(crate) trait Columns {
     fn opt_bytes(&self, column: &str) -> Option<Vec<u8>>;
 }
 
+/// `Columns` through `$get`, each row type's typed getter.
 macro_rules! columns {
-    ($($row:ty),+) => {$(
+    ($get:ident: $($row:ty),+) => {$(
         impl Columns for $row {
-            fn text(&self, column: &str) -> String { self.get(column) }
-            fn opt_text(&self, column: &str) -> Option<String> { self.get(column) }
-            fn int(&self, column: &str) -> i32 { self.get(column) }
-            fn big(&self, column: &str) -> i64 { self.get(column) }
-            fn opt_big(&self, column: &str) -> Option<i64> { self.get(column) }
-            fn flag(&self, column: &str) -> bool { self.get(column) }
-            fn bytes(&self, column: &str) -> Vec<u8> { self.get(column) }
-            fn opt_bytes(&self, column: &str) -> Option<Vec<u8>> { self.get(column) }
+            fn text(&self, column: &str) -> String { self.$get(column) }
+            fn opt_text(&self, column: &str) -> Option<String> { self.$get(column) }
+            fn int(&self, column: &str) -> i32 { self.$get(column) }
+            fn big(&self, column: &str) -> i64 { self.$get(column) }
+            fn opt_big(&self, column: &str) -> Option<i64> { self.$get(column) }
+            fn flag(&self, column: &str) -> bool { self.$get(column) }
+            fn bytes(&self, column: &str) -> Vec<u8> { self.$get(column) }
+            fn opt_bytes(&self, column: &str) -> Option<Vec<u8>> { self.$get(column) }
         }
     )+};
 }
 
-columns!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
+columns!(get: sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
 
 /// SQLite rows read on the caller's thread (`sqlite::points`). As with sqlx's `Row::get`, a
 /// column missing from the schema or of another type is a bug in this crate, not bad input.
-impl Columns for rusqlite::Row<'_> {
-    fn text(&self, column: &str) -> String {
-        self.get(column).unwrap_or_else(|e| unreadable(column, e))
-    }
-    fn opt_text(&self, column: &str) -> Option<String> {
-        self.get(column).unwrap_or_else(|e| unreadable(column, e))
-    }
-    fn int(&self, column: &str) -> i32 {
-        self.get(column).unwrap_or_else(|e| unreadable(column, e))
-    }
-    fn big(&self, column: &str) -> i64 {
-        self.get(column).unwrap_or_else(|e| unreadable(column, e))
-    }
-    fn opt_big(&self, column: &str) -> Option<i64> {
-        self.get(column).unwrap_or_else(|e| unreadable(column, e))
-    }
-    fn flag(&self, column: &str) -> bool {
-        self.get(column).unwrap_or_else(|e| unreadable(column, e))
-    }
-    fn bytes(&self, column: &str) -> Vec<u8> {
-        self.get(column).unwrap_or_else(|e| unreadable(column, e))
-    }
-    fn opt_bytes(&self, column: &str) -> Option<Vec<u8>> {
-        self.get(column).unwrap_or_else(|e| unreadable(column, e))
+trait Checked {
+    fn checked<T: rusqlite::types::FromSql>(&self, column: &str) -> T;
+}
+
+impl Checked for rusqlite::Row<'_> {
+    fn checked<T: rusqlite::types::FromSql>(&self, column: &str) -> T {
+        self.get(column).unwrap_or_else(|e| panic!("column {column} does not match the schema: {e}"))
     }
 }
 
-fn unreadable(column: &str, e: rusqlite::Error) -> ! {
-    panic!("column {column} does not match the schema: {e}")
-}
+columns!(checked: rusqlite::Row<'_>);
 
 pub(crate) fn registry_from_row(parent: &LocationName, row: &impl Columns) -> Result<Registry> {
     let id = row.text("id");
@@ -140,10 +122,30 @@ pub(crate) fn registry_from_row(parent: &LocationName, row: &impl Columns) -> Re
     })
 }
 
-/// The columns of a [`DeviceLogin`], from the devices table alone.
-pub(crate) const LOGIN_COLUMNS: &str = "num_id, id, credentials, blocked, gateway_type, log_level";
+/// [`DeviceLogin`]'s columns, from the devices table (as `d`) alone.
+pub(crate) const LOGIN_SELECT: &str =
+    "SELECT d.num_id, d.id, d.credentials, d.blocked, d.gateway_type, d.log_level FROM devices d ";
 
-/// A row of [`LOGIN_COLUMNS`].
+/// One device of a registry by id, after [`DEVICE_SELECT`] or [`LOGIN_SELECT`]: the registry's
+/// project, location and id are parameters 1 to 3, the device's id parameter 4, in the
+/// backend's placeholder style (`$` for PostgreSQL, `?` for SQLite). Answered from the
+/// (registry_pk, id) index whatever the registry's size.
+pub(crate) fn device_by_id(select: &str, p: char) -> String {
+    format!(
+        "{select}WHERE d.registry_pk = \
+         (SELECT pk FROM registries WHERE project = {p}1 AND location = {p}2 AND id = {p}3) AND d.id = {p}4"
+    )
+}
+
+/// As [`device_by_id`], by numeric id (the primary key) as parameter 4.
+pub(crate) fn device_by_num(select: &str, p: char) -> String {
+    format!(
+        "{select}WHERE d.num_id = {p}4 AND d.registry_pk = \
+         (SELECT pk FROM registries WHERE project = {p}1 AND location = {p}2 AND id = {p}3)"
+    )
+}
+
+/// A row of [`LOGIN_SELECT`].
 pub(crate) fn login_from_row(row: &impl Columns) -> Result<DeviceLogin> {
     let id = row.text("id");
     Ok(DeviceLogin {

@@ -27,7 +27,10 @@ mod sinks;
 #[doc(hidden)]
 pub mod testing;
 
-use crate::rows::{DEVICE_SELECT, LOGIN_COLUMNS, device_from_row, login_from_row, num, registry_from_row, to_json, ts};
+use crate::rows::{
+    DEVICE_SELECT, LOGIN_SELECT, device_by_id, device_by_num, device_from_row, login_from_row, num, registry_from_row,
+    to_json, ts,
+};
 use crate::{
     BindOutcome, ConfigUpdate, DeviceLogin, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
     MAX_GATEWAYS_PER_DEVICE, NewDevice, RegistryDelete, Result, Store, StoreError,
@@ -42,6 +45,7 @@ use rand::Rng;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Connections kept open to the server at most.
@@ -63,7 +67,34 @@ fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// The four device reads: full device or login fields, by id or by numeric id.
+static DEVICE_BY_ID: LazyLock<String> = LazyLock::new(|| device_by_id(DEVICE_SELECT, '$'));
+static DEVICE_BY_NUM: LazyLock<String> = LazyLock::new(|| device_by_num(DEVICE_SELECT, '$'));
+static LOGIN_BY_ID: LazyLock<String> = LazyLock::new(|| device_by_id(LOGIN_SELECT, '$'));
+static LOGIN_BY_NUM: LazyLock<String> = LazyLock::new(|| device_by_num(LOGIN_SELECT, '$'));
+
 impl PostgresStore {
+    /// One device's row by one of two statements (by id, by numeric id: see
+    /// `rows::device_by_id`; two plain statements rather than one with a CASE, so each is
+    /// answered from an index).
+    async fn device_row(
+        &self,
+        name: &DeviceName,
+        (by_id, by_num): (&'static str, &'static str),
+    ) -> Result<Option<sqlx::postgres::PgRow>> {
+        let reg = &name.registry;
+        let sql = if matches!(name.device, DeviceRef::Id(_)) { by_id } else { by_num };
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(reg.parent.project.as_str())
+            .bind(reg.parent.location.as_str())
+            .bind(reg.registry.as_str());
+        let query = match &name.device {
+            DeviceRef::Id(id) => query.bind(id.as_str()),
+            DeviceRef::Num(n) => query.bind(num(*n)),
+        };
+        query.fetch_optional(&self.pool).await.map_err(backend)
+    }
+
     /// Connects to the database at `url` (`postgres://user:password@host:port/db?sslmode=...`) and
     /// brings its schema up to date; a schema newer than this binary's is refused.
     pub async fn open(url: &str) -> Result<Self> {
@@ -279,53 +310,13 @@ impl Store for PostgresStore {
     }
 
     async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>> {
-        let reg = &name.registry;
-        // Two plain statements rather than one with a CASE: each is answered from an index
-        // (the numeric id is the primary key; (registry_pk, id) is unique).
-        let query = match &name.device {
-            DeviceRef::Id(id) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{DEVICE_SELECT} WHERE d.registry_pk = \
-                 (SELECT pk FROM registries WHERE project = $1 AND location = $2 AND id = $3) AND d.id = $4"
-            )))
-            .bind(reg.parent.project.as_str())
-            .bind(reg.parent.location.as_str())
-            .bind(reg.registry.as_str())
-            .bind(id.as_str()),
-            DeviceRef::Num(n) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{DEVICE_SELECT} WHERE d.registry_pk = \
-                 (SELECT pk FROM registries WHERE project = $1 AND location = $2 AND id = $3) AND d.num_id = $4"
-            )))
-            .bind(reg.parent.project.as_str())
-            .bind(reg.parent.location.as_str())
-            .bind(reg.registry.as_str())
-            .bind(num(*n)),
-        };
-        let row = query.fetch_optional(&self.pool).await.map_err(backend)?;
-        row.map(|r| device_from_row(reg, &r)).transpose()
+        let row = self.device_row(name, (&DEVICE_BY_ID, &DEVICE_BY_NUM)).await?;
+        row.map(|r| device_from_row(&name.registry, &r)).transpose()
     }
 
     async fn get_device_login(&self, name: &DeviceName) -> Result<Option<DeviceLogin>> {
-        let reg = &name.registry;
         // The device row alone: no config or state join, and only the credentials parsed.
-        let query = match &name.device {
-            DeviceRef::Id(id) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {LOGIN_COLUMNS} FROM devices WHERE registry_pk = \
-                 (SELECT pk FROM registries WHERE project = $1 AND location = $2 AND id = $3) AND id = $4"
-            )))
-            .bind(reg.parent.project.as_str())
-            .bind(reg.parent.location.as_str())
-            .bind(reg.registry.as_str())
-            .bind(id.as_str()),
-            DeviceRef::Num(n) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {LOGIN_COLUMNS} FROM devices WHERE registry_pk = \
-                 (SELECT pk FROM registries WHERE project = $1 AND location = $2 AND id = $3) AND num_id = $4"
-            )))
-            .bind(reg.parent.project.as_str())
-            .bind(reg.parent.location.as_str())
-            .bind(reg.registry.as_str())
-            .bind(num(*n)),
-        };
-        let row = query.fetch_optional(&self.pool).await.map_err(backend)?;
+        let row = self.device_row(name, (&LOGIN_BY_ID, &LOGIN_BY_NUM)).await?;
         row.map(|r| login_from_row(&r)).transpose()
     }
 

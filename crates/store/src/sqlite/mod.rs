@@ -12,7 +12,10 @@ mod pubsub;
 mod readers;
 mod sinks;
 
-use crate::rows::{DEVICE_SELECT, LOGIN_COLUMNS, device_from_row, login_from_row, num, registry_from_row, to_json, ts};
+use crate::rows::{
+    DEVICE_SELECT, LOGIN_SELECT, device_by_id, device_by_num, device_from_row, login_from_row, num, registry_from_row,
+    to_json, ts,
+};
 use crate::{
     BindOutcome, ConfigUpdate, DeviceLogin, DeviceQuery, DeviceUpdate, GatewayFilter, MAX_DEVICES_PER_GATEWAY,
     MAX_GATEWAYS_PER_DEVICE, NewDevice, RegistryDelete, Result, Store, StoreError,
@@ -44,37 +47,11 @@ fn point(e: points::PointError) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// [`DeviceLogin`]'s columns of a device by registry and id.
-static LOGIN_BY_ID: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {LOGIN_COLUMNS} FROM devices WHERE registry_pk = \
-         (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3) AND id = ?4"
-    )
-});
-
-/// [`DeviceLogin`]'s columns of a device by numeric id, if it is in the registry.
-static LOGIN_BY_NUM: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {LOGIN_COLUMNS} FROM devices WHERE num_id = ?4 AND registry_pk = \
-         (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3)"
-    )
-});
-
-/// A device by registry and id, answered from the (registry_pk, id) index.
-static DEVICE_BY_ID: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "{DEVICE_SELECT} WHERE d.registry_pk = \
-         (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3) AND d.id = ?4"
-    )
-});
-
-/// A device by numeric id (the primary key), if it is in the registry.
-static DEVICE_BY_NUM: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "{DEVICE_SELECT} WHERE d.num_id = ?4 AND d.registry_pk = \
-         (SELECT pk FROM registries WHERE project = ?1 AND location = ?2 AND id = ?3)"
-    )
-});
+/// The four device reads: full device or login fields, by id or by numeric id.
+static DEVICE_BY_ID: LazyLock<String> = LazyLock::new(|| device_by_id(DEVICE_SELECT, '?'));
+static DEVICE_BY_NUM: LazyLock<String> = LazyLock::new(|| device_by_num(DEVICE_SELECT, '?'));
+static LOGIN_BY_ID: LazyLock<String> = LazyLock::new(|| device_by_id(LOGIN_SELECT, '?'));
+static LOGIN_BY_NUM: LazyLock<String> = LazyLock::new(|| device_by_num(LOGIN_SELECT, '?'));
 
 impl SqliteStore {
     /// A read connection (see [`readers`]).
@@ -110,9 +87,9 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    /// One device's row by one of two statements (by id, by numeric id), each with the registry's
-    /// project, location and id as ?1..?3 and the device as ?4. On this thread: every device
-    /// connect makes such a read.
+    /// One device's row by one of two statements (by id, by numeric id: see `rows::device_by_id`;
+    /// two plain statements rather than one with a CASE, so each is answered from an index). On
+    /// this thread: every device connect makes such a read.
     fn device_row<T>(
         &self,
         name: &DeviceName,
@@ -123,11 +100,16 @@ impl SqliteStore {
         let key = (reg.parent.project.as_str(), reg.parent.location.as_str(), reg.registry.as_str());
         self.points
             .read(|c| {
-                let (mut statement, device) = match &name.device {
-                    DeviceRef::Id(id) => {
-                        (c.prepare_cached(by_id)?, rusqlite::types::Value::Text(id.as_str().to_owned()))
+                let (id, number);
+                let (mut statement, device): (_, &dyn rusqlite::ToSql) = match &name.device {
+                    DeviceRef::Id(d) => {
+                        id = d.as_str();
+                        (c.prepare_cached(by_id)?, &id)
                     }
-                    DeviceRef::Num(n) => (c.prepare_cached(by_num)?, rusqlite::types::Value::Integer(num(*n))),
+                    DeviceRef::Num(n) => {
+                        number = num(*n);
+                        (c.prepare_cached(by_num)?, &number)
+                    }
                 };
                 let mut rows = statement.query((key.0, key.1, key.2, device))?;
                 Ok(rows.next()?.map(&decode))
@@ -310,9 +292,6 @@ impl Store for SqliteStore {
     }
 
     async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>> {
-        // Two plain statements rather than one with a CASE: each is answered from an index
-        // (the numeric id is the primary key; (registry_pk, id) is unique), whatever the
-        // registry's size.
         self.device_row(name, (&DEVICE_BY_ID, &DEVICE_BY_NUM), |row| device_from_row(&name.registry, row))
     }
 
