@@ -44,6 +44,9 @@ struct Args {
     /// Connections served at once per listener (Ferrocore's default: 18,000).
     #[arg(long, default_value_t = 18_000)]
     max_connections: usize,
+    /// Seconds of quiet before a plain session is parked (`ferrocore serve`'s default: 3); 0: never.
+    #[arg(long, default_value_t = 3.0)]
+    park_after_seconds: f64,
     /// An external sink, `TOPICS=URL`, as `ferrocore serve --sink` takes it (repeatable).
     #[arg(long = "sink", value_name = "TOPICS=URL")]
     sinks: Vec<String>,
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         mqtt: ferrocore_mqtt::MqttConfig {
             max_messages_per_second: args.max_messages_per_second,
             max_connections: args.max_connections,
+            park_after: (args.park_after_seconds > 0.0).then(|| Duration::from_secs_f64(args.park_after_seconds)),
             ..Default::default()
         },
         core: Default::default(),

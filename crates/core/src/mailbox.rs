@@ -5,11 +5,13 @@
 //! an idle mailbox must cost next to nothing: the queue allocates only when a message is queued
 //! (a tokio mpsc channel preallocates a block of 32 slots, ~2 KB here), and the close order sits
 //! beside it instead of in a watch channel of its own. A single receiver (the session) waits on
-//! one `Notify`; senders waiting for room wait on another.
+//! one `Notify`; senders waiting for room wait on another. A session parked without a task (see
+//! the MQTT bridge's parking) leaves a waker instead, woken by the same events.
 
 use crate::presence::{Disconnect, SessionControl};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use tokio::sync::Notify;
 
 struct State {
@@ -20,6 +22,8 @@ struct State {
     senders: usize,
     /// The session is gone: nothing more can be delivered.
     receiver_gone: bool,
+    /// Woken (once) by whatever would wake the session, while the session is parked.
+    watcher: Option<Waker>,
 }
 
 struct Shared {
@@ -35,12 +39,28 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Wakes the session after a change to `state`, which this releases first.
+    fn wake_session(&self, mut state: MutexGuard<'_, State>) {
+        let watcher = state.watcher.take();
+        drop(state);
+        self.wake.notify_one();
+        if let Some(w) = watcher {
+            w.wake();
+        }
+    }
 }
 
 /// A new mailbox holding up to `capacity` control messages.
 pub(crate) fn mailbox(capacity: usize) -> (ControlSender, Mailbox) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { queue: VecDeque::new(), ended: None, senders: 1, receiver_gone: false }),
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            ended: None,
+            senders: 1,
+            receiver_gone: false,
+            watcher: None,
+        }),
         capacity,
         wake: Notify::new(),
         room: Notify::new(),
@@ -72,8 +92,7 @@ impl Drop for ControlSender {
         let mut state = self.0.lock();
         state.senders -= 1;
         if state.senders == 0 {
-            drop(state);
-            self.0.wake.notify_one();
+            self.0.wake_session(state);
         }
     }
 }
@@ -95,8 +114,7 @@ impl ControlSender {
             return Err(SendError::Full(message));
         }
         state.queue.push_back(message);
-        drop(state);
-        self.0.wake.notify_one();
+        self.0.wake_session(state);
         Ok(())
     }
 
@@ -121,8 +139,7 @@ impl ControlSender {
             return;
         }
         state.ended = Some(Disconnect { status });
-        drop(state);
-        self.0.wake.notify_one();
+        self.0.wake_session(state);
     }
 }
 
@@ -211,6 +228,22 @@ impl Mailbox {
         Some(m)
     }
 
+    /// For a session parked without a task: true when there is something for it now (a message,
+    /// a close order, no sender left); otherwise `waker` is kept and woken once there is.
+    pub fn watch(&self, waker: &Waker) -> bool {
+        let mut state = self.0.lock();
+        if !state.queue.is_empty() || state.ended.is_some() || state.senders == 0 {
+            return true;
+        }
+        state.watcher = Some(waker.clone());
+        false
+    }
+
+    /// Forgets the waker `watch` kept: the session runs again.
+    pub fn unwatch(&self) {
+        self.0.lock().watcher = None;
+    }
+
     /// True once the session was told to close, or forgotten.
     pub fn is_ended(&self) -> bool {
         let state = self.0.lock();
@@ -286,6 +319,46 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(tx);
         assert!(tokio::time::timeout(Duration::from_secs(1), session).await.expect("woken").unwrap());
+    }
+
+    /// A parked session's waker: counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_parked_session_is_woken_by_a_message_a_close_order_and_the_last_sender_gone() {
+        let woken = |count: &Arc<Count>| count.0.load(std::sync::atomic::Ordering::SeqCst);
+        // A message.
+        let (tx, rx) = mailbox(4);
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        assert!(!rx.watch(&waker), "nothing there yet");
+        tx.try_send(config(1)).unwrap();
+        assert_eq!(woken(&count), 1);
+        assert!(rx.watch(&waker), "the message is there");
+        // A close order, once.
+        let (tx, rx) = mailbox(4);
+        let count = Arc::new(Count(Default::default()));
+        assert!(!rx.watch(&Waker::from(count.clone())));
+        tx.close(None);
+        tx.close(None);
+        assert_eq!(woken(&count), 1);
+        // The last sender gone; an unwatched session is not woken.
+        let (tx, rx) = mailbox(4);
+        let count = Arc::new(Count(Default::default()));
+        assert!(!rx.watch(&Waker::from(count.clone())));
+        let second = tx.clone();
+        drop(tx);
+        assert_eq!(woken(&count), 0, "a sender is left");
+        rx.unwatch();
+        drop(second);
+        assert_eq!(woken(&count), 0, "no longer watched");
+        assert!(rx.watch(&Waker::from(count.clone())), "ended");
     }
 
     #[tokio::test]

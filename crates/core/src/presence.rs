@@ -142,6 +142,17 @@ impl SessionLink {
     pub fn is_ended(&self) -> bool {
         self.mailbox.is_ended()
     }
+
+    /// For a session parked without a task: true when something waits for it now; otherwise
+    /// `waker` is woken once something does (see [`Mailbox::watch`]).
+    pub fn watch(&self, waker: &std::task::Waker) -> bool {
+        self.mailbox.watch(waker)
+    }
+
+    /// The session runs again: forget the waker `watch` kept.
+    pub fn unwatch(&self) {
+        self.mailbox.unwatch();
+    }
 }
 
 /// A device attached through a gateway's session, as that session keeps it.

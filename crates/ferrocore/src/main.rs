@@ -121,6 +121,11 @@ struct ServeArgs {
     /// Seconds an MQTT device may leave what the server sends it unread before it is disconnected.
     #[arg(long, default_value_t = 30.0)]
     mqtt_write_timeout_seconds: f64,
+    /// Seconds a plain MQTT connection may be quiet before its session is parked (it leaves its
+    /// task and waits on the socket, its mailbox and its deadlines: a fraction of the memory).
+    /// 0: never park.
+    #[arg(long, default_value_t = 3.0)]
+    mqtt_park_after_seconds: f64,
     /// Seconds sendCommandToDevice waits for a QoS 1 acknowledgement before DEADLINE_EXCEEDED.
     #[arg(long, default_value_t = 60)]
     command_timeout_seconds: u64,
@@ -381,6 +386,9 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_connections_per_ip: args.mqtt_max_connections_per_ip,
             max_unauthenticated_per_ip: args.mqtt_max_unauthenticated_per_ip,
             write_timeout: seconds("--mqtt-write-timeout-seconds", args.mqtt_write_timeout_seconds)?,
+            park_after: (args.mqtt_park_after_seconds != 0.0)
+                .then(|| seconds("--mqtt-park-after-seconds", args.mqtt_park_after_seconds))
+                .transpose()?,
             // Sessions drain within the same deadline as HTTP and gRPC requests.
             shutdown_timeout: seconds("--shutdown-timeout-seconds", args.shutdown_timeout_seconds)?,
             ..Default::default()

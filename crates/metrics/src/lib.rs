@@ -67,6 +67,10 @@ impl Gauge {
     pub fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+    #[inline]
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -308,6 +312,8 @@ const GRPC_CODES: [&str; 17] = [
 #[derive(Debug)]
 pub struct MqttMetrics {
     connections: [Gauge; 2],
+    /// Plain connections whose session is parked (quiet, waiting without a task).
+    parked: Gauge,
     connects: [Counter; 2],
     refusals: [Counter; Refusal::ALL.len()],
     /// From a PUBLISH (QoS 1) read to its PUBACK queued for writing, the message being durable.
@@ -330,6 +336,15 @@ impl MqttMetrics {
     #[inline]
     pub fn refused(&self, r: Refusal) {
         self.refusals[r as usize].inc();
+    }
+    /// Connections parked now (the listener's lot counts them).
+    #[inline]
+    pub fn set_parked(&self, n: usize) {
+        self.parked.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    /// Connections parked now.
+    pub fn parked_connections(&self) -> i64 {
+        self.parked.get()
     }
     /// MQTT connections open now on a listener (authenticated or not yet).
     pub fn open_connections(&self, l: Listener) -> i64 {
@@ -480,6 +495,7 @@ impl Metrics {
         Self {
             mqtt: MqttMetrics {
                 connections: Default::default(),
+                parked: Gauge::default(),
                 connects: Default::default(),
                 refusals: Default::default(),
                 puback_latency: Histogram::seconds(),
@@ -502,6 +518,12 @@ impl Metrics {
         for l in Listener::ALL {
             e.sample("ferrocore_mqtt_connections", &[("protocol", l.label())], self.mqtt.connections[l as usize].get());
         }
+        e.family(
+            "ferrocore_mqtt_parked_connections",
+            "gauge",
+            "Plain MQTT connections whose quiet session waits without a task.",
+        );
+        e.sample("ferrocore_mqtt_parked_connections", &[], self.mqtt.parked.get());
         e.family("ferrocore_mqtt_connects_total", "counter", "MQTT devices let in (CONNACK 0).");
         for l in Listener::ALL {
             e.sample("ferrocore_mqtt_connects_total", &[("protocol", l.label())], self.mqtt.connects[l as usize].get());

@@ -6,6 +6,7 @@
 //!   write deadlines, and the control messages (commands, config pushes, disconnects) the core
 //!   sends it.
 //! * [`gateway`]: what a gateway's session adds: the devices it attached, and its errors topic.
+//! * `park`: the lot where quiet plain sessions wait without a task (Linux; elsewhere none park).
 //! * [`tls`]: the TLS stream of the MQTT listener, which holds no buffer while a connection is
 //!   idle.
 //! * [`topic`]: Cloud IoT Core's topic layout, parsed into typed values.
@@ -16,6 +17,11 @@
 
 pub mod activity_log;
 pub mod gateway;
+#[cfg(target_os = "linux")]
+mod park;
+#[cfg(not(target_os = "linux"))]
+#[path = "park_unsupported.rs"]
+mod park;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -155,6 +155,88 @@ struct Session<S> {
     window_count: u32,
     /// Shutting down: no more reading, only finishing what was taken.
     draining: bool,
+    /// Whether, and how soon, the session leaves its task when quiet (see [`Parked`]).
+    parking: Parking,
+}
+
+/// When a quiet session parks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parking {
+    /// TLS sessions (rustls' state would go with them) and gateways.
+    Never,
+    /// Just connected: after [`FIRST_PARK`] at most. A device sets itself up (subscriptions, its
+    /// first state) within a round trip or two of CONNACK, then is usually quiet for long; after a
+    /// restart, a whole fleet connecting at once would otherwise hold running sessions for
+    /// `park_after`, and the allocator keeps that peak.
+    First,
+    /// Ran again after parking: after `park_after`.
+    Again,
+}
+
+/// Longest quiet before a just-connected session parks.
+const FIRST_PARK: Duration = Duration::from_millis(250);
+
+/// What a session ended its run with.
+enum Served {
+    Closed(Close),
+    /// Quiet for `park_after`: the session leaves its task (see [`Parked`]).
+    Park,
+}
+
+/// A quiet session out of its task: what it must remember until its socket, its mailbox or a
+/// deadline calls it back (see `crate::park`), a few hundred bytes where a running session costs
+/// kilobytes. Nothing of it is lost if it is dropped instead: it still detaches from presence and
+/// releases what `on_connected` returned, and the socket closes.
+pub struct Parked<S, G> {
+    stream: S,
+    guard: G,
+    quiet: Quiet,
+}
+
+/// What a parked session remembers beside its socket and guard.
+struct Quiet {
+    device: AuthenticatedDevice,
+    peer: SocketAddr,
+    link: SessionLink,
+    attached: Attached,
+    subs: Subscriptions,
+    idle_limit: Duration,
+    idle_deadline: Instant,
+    token_deadline: Instant,
+    next_packet_id: u16,
+}
+
+impl<S, G> Parked<S, G> {
+    /// The connection's socket.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// When the session must run again even if nothing happens: keep-alive or token expiry.
+    pub fn deadline(&self) -> Instant {
+        self.quiet.idle_deadline.min(self.quiet.token_deadline)
+    }
+
+    /// The session's presence link: its mailbox wakes it (see [`SessionLink::watch`]).
+    pub fn link(&self) -> &SessionLink {
+        &self.quiet.link
+    }
+
+    /// The device connected.
+    pub fn device(&self) -> &AuthenticatedDevice {
+        &self.quiet.device
+    }
+
+    /// The device's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.quiet.peer
+    }
+
+    /// The same session over `f(stream)`: the socket leaves the runtime while parked and comes
+    /// back to it to run.
+    pub fn map_stream<T>(self, f: impl FnOnce(S) -> std::io::Result<T>) -> std::io::Result<Parked<T, G>> {
+        Ok(Parked { stream: f(self.stream)?, guard: self.guard, quiet: self.quiet })
+    }
 }
 
 /// Removes the session from presence when it ends, however it ends (aborted tasks included).
@@ -180,13 +262,15 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// Runs a connection: waits for CONNECT until `connect_deadline`, authenticates, then serves
 /// until the device leaves, the core ends the session, or `shutdown` turns true (then it
 /// drains). `on_connected` runs once the device is authenticated; what it returns is kept until
-/// the session ends.
+/// the session ends. With `may_park`, a quiet session ends its run early and
+/// comes out [`Parked`], to be run again by [`resume`].
 ///
 /// The task of a connection is as large as the largest state of this future, and a connection
 /// spends nearly all its life waiting in [`Session::serve`]; so opening (CONNECT, authentication)
 /// and closing (the activity log) run in boxed futures of their own that exist only while they
 /// run.
 /// (Not an `async fn`: its arguments would stay in the future for its whole life.)
+#[allow(clippy::too_many_arguments)]
 pub fn run<S: AsyncRead + AsyncWrite + Unpin, G>(
     stream: S,
     peer: SocketAddr,
@@ -194,15 +278,76 @@ pub fn run<S: AsyncRead + AsyncWrite + Unpin, G>(
     config: Arc<MqttConfig>,
     connect_deadline: Instant,
     shutdown: watch::Receiver<bool>,
+    may_park: bool,
     on_connected: impl FnOnce() -> G,
-) -> impl Future<Output = ()> {
-    let opening = Box::pin(open(stream, peer, core, config, connect_deadline, shutdown, on_connected));
+) -> impl Future<Output = Option<Parked<S, G>>> {
+    let opening = Box::pin(open(stream, peer, core, config, connect_deadline, shutdown, may_park, on_connected));
     async move {
-        let Some(Opened { mut session, mut link, attached, mut shutdown, guard }) = opening.await else { return };
-        let close = session.serve(&mut link, &mut shutdown).await;
-        Box::pin(finish(session, close)).await;
-        drop(attached);
-        drop(guard);
+        let opened = opening.await?;
+        serve_opened(opened).await
+    }
+}
+
+/// Runs a parked session again, from where it stopped: its socket, its mailbox or a deadline
+/// has something for it. `input` is what the caller already read from the socket (served first,
+/// without waiting for the runtime to report the socket readable).
+pub fn resume<S: AsyncRead + AsyncWrite + Unpin, G>(
+    parked: Parked<S, G>,
+    core: Core,
+    config: Arc<MqttConfig>,
+    shutdown: watch::Receiver<bool>,
+    input: BytesMut,
+) -> impl Future<Output = Option<Parked<S, G>>> {
+    let Parked { stream, guard, quiet } = parked;
+    let Quiet { device, peer, link, attached, subs, idle_limit, idle_deadline, token_deadline, next_packet_id } = quiet;
+    link.unwatch();
+    let now = Instant::now();
+    let session = Session {
+        stream,
+        core,
+        config,
+        device,
+        peer,
+        session_id: link.id,
+        subs,
+        gateway: None,
+        rbuf: input,
+        wbuf: BytesMut::new(),
+        unflushed: false,
+        write_deadline: None,
+        idle_limit,
+        idle_deadline,
+        token_deadline,
+        timer: Box::pin(tokio::time::sleep_until(idle_deadline.min(token_deadline))),
+        inflight: HashMap::new(),
+        pending: VecDeque::new(),
+        // Quiet again counts from now.
+        packet_at: now,
+        next_packet_id,
+        window_start: now,
+        window_count: 0,
+        draining: false,
+        parking: Parking::Again,
+    };
+    serve_opened(Opened { session, link, attached, shutdown, guard })
+}
+
+/// Serves an open session until it closes (then records how) or parks. (Not an `async fn`: its
+/// argument would be kept beside the parts taken out of it.)
+fn serve_opened<S: AsyncRead + AsyncWrite + Unpin, G>(
+    opened: Opened<S, G>,
+) -> impl Future<Output = Option<Parked<S, G>>> {
+    let Opened { mut session, mut link, attached, mut shutdown, guard } = opened;
+    async move {
+        match session.serve(&mut link, &mut shutdown).await {
+            Served::Park => Some(session.park(link, attached, guard)),
+            Served::Closed(close) => {
+                Box::pin(finish(session, close)).await;
+                drop(attached);
+                drop(guard);
+                None
+            }
+        }
     }
 }
 
@@ -219,6 +364,7 @@ struct Opened<S, G> {
 
 /// Waits for CONNECT until `connect_deadline`, authenticates, registers the session in presence
 /// and answers CONNACK: the session ready to serve, or None when the connection ends here.
+#[allow(clippy::too_many_arguments)]
 async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
     mut stream: S,
     peer: SocketAddr,
@@ -226,6 +372,7 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
     config: Arc<MqttConfig>,
     connect_deadline: Instant,
     mut shutdown: watch::Receiver<bool>,
+    may_park: bool,
     on_connected: impl FnOnce() -> G,
 ) -> Option<Opened<S, G>> {
     let mut rbuf = BytesMut::new();
@@ -303,6 +450,7 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
     };
     let now = Instant::now();
     let token_left = device.token_deadline.saturating_sub(core.clock_now().unix_seconds());
+    let device_is_gateway = device.is_gateway;
     let gateway = device.is_gateway.then(|| Box::new(Gateway::new(core.clone(), device.id.as_str())));
     let session = Session {
         stream,
@@ -328,6 +476,7 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
         window_start: now,
         window_count: 0,
         draining: false,
+        parking: if may_park && !device_is_gateway { Parking::First } else { Parking::Never },
     };
     Some(Opened { session, link, attached, shutdown, guard })
 }
@@ -478,18 +627,18 @@ fn poll_read_into<S: AsyncRead + Unpin>(cx: &mut Context<'_>, stream: &mut S, rb
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    async fn serve(&mut self, link: &mut SessionLink, shutdown: &mut watch::Receiver<bool>) -> Close {
+    async fn serve(&mut self, link: &mut SessionLink, shutdown: &mut watch::Receiver<bool>) -> Served {
         // Packets that arrived together with CONNECT are already buffered: serve them first.
         if let Err(close) = Box::pin(self.handle_buffered()).await {
             self.write_out().await;
-            return close;
+            return Served::Closed(close);
         }
         loop {
             if let Err(close) = self.check_output() {
-                return close;
+                return Served::Closed(close);
             }
             if self.draining && self.pending.is_empty() && self.write_deadline.is_none() {
-                return Close::Normal;
+                return Served::Closed(Close::Normal);
             }
             // Re-armed when a deadline moved earlier, or when it fired for one that has moved
             // later since (then nothing was due).
@@ -529,7 +678,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 // is the session's largest state, and an idle connection need not carry it.
                 Event::Io(Io::Read(true)) => Box::pin(self.handle_buffered()).await.err(),
                 Event::Io(Io::Wrote) => None,
-                Event::Io(Io::Failed) => return Close::Normal,
+                Event::Io(Io::Failed) => return Served::Closed(Close::Normal),
                 Event::Delivered(result) => self.acknowledge(result).await.err(),
                 Event::Control(ctl) => self.handle_control(ctl).err(),
                 Event::Ended(order) => Some(Close::Ordered(order.status)),
@@ -546,15 +695,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         )))
                     } else if self.write_deadline.is_some_and(|w| now >= w) {
                         // The device is not reading: there is no point in trying to write more.
-                        return Close::Error(Error::new(
+                        return Served::Closed(Close::Error(Error::new(
                             Code::DeadlineExceeded,
                             format!(
                                 "The device did not read what the server sent within {:?}.",
                                 self.config.write_timeout
                             ),
-                        ));
+                        )));
                     } else if !self.draining && now >= self.idle_deadline {
                         Some(violation(format!("No packet for {:?}: keep-alive expired.", self.idle_limit)))
+                    } else if self.park_at().is_some_and(|at| now >= at) {
+                        return Served::Park;
                     } else {
                         // Fired for a deadline that has moved since: re-armed at the loop's top.
                         None
@@ -567,13 +718,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if !matches!(close, Close::Ordered(_)) && self.write_deadline.is_none() {
                     self.write_out().await;
                 }
-                return close;
+                return Served::Closed(close);
             }
         }
     }
 
-    /// The earliest deadline: the token's, the output's while output waits, and the keep-alive's
-    /// unless draining.
+    /// When a quiet session leaves its task: `park_after` after its last packet, if it may park
+    /// and nothing is in flight, buffered or waiting to be written.
+    fn park_at(&self) -> Option<Instant> {
+        let busy = self.draining
+            || self.gateway.is_some()
+            || !self.inflight.is_empty()
+            || !self.pending.is_empty()
+            || !self.rbuf.is_empty()
+            || !self.wbuf.is_empty()
+            || self.unflushed
+            || self.write_deadline.is_some();
+        let after = match self.parking {
+            Parking::Never => return None,
+            Parking::First => self.config.park_after?.min(FIRST_PARK),
+            Parking::Again => self.config.park_after?,
+        };
+        (!busy).then(|| self.packet_at + after)
+    }
+
+    /// The session out of its task, keeping what it must remember.
+    fn park<G>(self, link: SessionLink, attached: Attached, guard: G) -> Parked<S, G> {
+        let quiet = Quiet {
+            device: self.device,
+            peer: self.peer,
+            link,
+            attached,
+            subs: self.subs,
+            idle_limit: self.idle_limit,
+            idle_deadline: self.idle_deadline,
+            token_deadline: self.token_deadline,
+            next_packet_id: self.next_packet_id,
+        };
+        Parked { stream: self.stream, guard, quiet }
+    }
+
+    /// The earliest deadline: the token's, the output's while output waits, the keep-alive's
+    /// unless draining, and the time to park when quiet.
     fn next_deadline(&self) -> Instant {
         let mut due = self.token_deadline;
         if let Some(w) = self.write_deadline {
@@ -581,6 +767,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if !self.draining {
             due = due.min(self.idle_deadline);
+        }
+        if let Some(at) = self.park_at() {
+            due = due.min(at);
         }
         due
     }
