@@ -9,6 +9,7 @@ use crate::session;
 use bytes::BytesMut;
 use ferrocore_core::Core;
 use ferrocore_metrics::{Listener, Metrics, Refusal};
+use futures_util::FutureExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -269,13 +270,10 @@ impl Spawner {
         let Ok(session) = session.map_stream(tokio::net::TcpStream::from_std) else { return };
         let span = connection_span(session.peer(), Some(session.device()));
         let run = session::resume(session, self.core.clone(), self.config.clone(), self.stop.clone(), input);
-        sessions.spawn(tracing::Instrument::instrument(
-            async move {
-                let parked = run.await?;
-                into_parked(parked, slot, open)
-            },
-            span,
-        ));
+        // Mapped, not awaited in an async block: a future captured by one is stored twice (once
+        // as the block's capture, once as what it awaits), doubling the session's task.
+        let run = run.map(move |parked| into_parked(parked?, slot, open));
+        sessions.spawn(tracing::Instrument::instrument(run, span));
     }
 }
 
@@ -335,11 +333,8 @@ async fn start_session(
         Some(tls) => {
             let stream = handshake(tls, tcp, peer, deadline, stop.clone(), &core).await?;
             // TLS sessions never park.
-            let run = session::run(stream, peer, core, config, deadline, stop, false, connected);
-            Box::pin(async move {
-                run.await;
-                None
-            })
+            // Mapped (see `Spawner::resume`).
+            Box::pin(session::run(stream, peer, core, config, deadline, stop, false, connected).map(|_| None))
         }
         None => Box::pin(session::run(tcp, peer, core, config, deadline, stop, may_park, connected)),
     })
