@@ -127,11 +127,11 @@ pub async fn serve(
                 {
                     spawner.resume(&mut sessions, parked);
                 }
-                core.metrics().mqtt.set_parked(parking.as_ref().map_or(0, Parking::len));
+                core.metrics().set_mqtt_parked(parking.as_ref().map_or(0, Parking::len));
                 continue;
             }
             Step::Woken(parked) => {
-                core.metrics().mqtt.set_parked(parking.as_ref().map_or(0, Parking::len));
+                core.metrics().set_mqtt_parked(parking.as_ref().map_or(0, Parking::len));
                 spawner.resume(&mut sessions, parked);
                 continue;
             }
@@ -164,7 +164,7 @@ pub async fn serve(
     for parked in parking.as_mut().map(Parking::take_all).unwrap_or_default() {
         spawner.resume(&mut sessions, parked);
     }
-    core.metrics().mqtt.set_parked(0);
+    core.metrics().set_mqtt_parked(0);
     let drained = tokio::time::timeout(config.shutdown_timeout, async {
         while let Some(done) = sessions.join_next().await {
             // One that parked just as the server stopped.

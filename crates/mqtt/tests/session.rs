@@ -527,7 +527,7 @@ fn parking() -> MqttConfig {
 }
 
 async fn parked(rig: &Rig, n: i64) {
-    until(|| rig.core.metrics().mqtt.parked_connections() == n, &format!("{n} parked")).await;
+    until(|| rig.core.metrics().mqtt_parked() == n, &format!("{n} parked")).await;
 }
 
 /// A quiet plain connection leaves its task; its mailbox (a command), its socket (telemetry, a
@@ -572,7 +572,7 @@ async fn a_parked_session_serves_its_device_as_a_running_one_does() {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(2), served).await.expect("serve returns once drained").unwrap();
     assert!(second.rest().await.is_empty(), "closed by the shutdown");
-    assert_eq!(rig.core.metrics().mqtt.parked_connections(), 0);
+    assert_eq!(rig.core.metrics().mqtt_parked(), 0);
     assert!(!rig.core.presence().is_connected(rig.device.num_id));
     assert_eq!(rig.core.metrics().mqtt.open_connections(ferrocore_metrics::Listener::Mqtt), 0);
 }

@@ -23,9 +23,6 @@ const KEPT: usize = 16;
 /// How long a read waits on a lock (rare in WAL mode: recovery, a checkpoint's restart).
 const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Page cache per connection, in KiB (SQLite takes a negative `cache_size` as KiB).
-const POINT_CACHE_KIB: i64 = -256;
-
 /// Statements kept prepared per connection.
 const STATEMENTS: usize = 8;
 
@@ -62,10 +59,6 @@ impl PointReads {
         let conn = Connection::open_with_flags(&self.path, flags)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
-        // A point read touches the few pages from the root to one row: a small page cache keeps
-        // the interior ones, and the rest comes from the kernel's. Each of these connections would
-        // otherwise cache up to 2 MiB of the devices table, a copy per connection.
-        conn.pragma_update(None, "cache_size", POINT_CACHE_KIB)?;
         Ok(conn)
     }
 
