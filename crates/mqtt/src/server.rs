@@ -122,9 +122,12 @@ pub async fn serve(
         let (tcp, peer) = match step {
             Step::Ended(None) => continue,
             Step::Ended(Some(parked)) => {
-                if let Some(lot) = parking.as_mut()
-                    && let Err(parked) = lot.park(parked)
-                {
+                // A socket the lot cannot watch runs on in a task.
+                let refused = match parking.as_mut() {
+                    Some(lot) => lot.park(parked).err(),
+                    None => Some(parked),
+                };
+                if let Some(parked) = refused {
                     spawner.resume(&mut sessions, parked);
                 }
                 core.metrics().set_mqtt_parked(parking.as_ref().map_or(0, Parking::len));
