@@ -115,8 +115,12 @@ pub async fn serve(
             _ = &mut shutdown => break,
             // Finished sessions are reaped as they go, so the set only holds running ones.
             Some(done) = sessions.join_next(), if !sessions.is_empty() => Step::Ended(done.ok().flatten()),
-            woken = async { parking.as_mut().expect("checked").next().await },
-                if parking.as_ref().is_some_and(|p| p.len() > 0) => Step::Woken(woken),
+            woken = async {
+                match parking.as_mut() {
+                    Some(lot) => lot.next().await,
+                    None => std::future::pending().await,
+                }
+            }, if parking.as_ref().is_some_and(|p| p.len() > 0) => Step::Woken(woken),
             accepted = listener.accept() => Step::Accepted(accepted),
         };
         let (tcp, peer) = match step {
