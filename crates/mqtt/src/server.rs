@@ -268,7 +268,7 @@ impl Spawner {
         // What the device sent is read here, so the session serves it at once instead of
         // waiting for the runtime's reactor to report the socket readable a second time.
         let mut input = BytesMut::new();
-        let mut chunk = [0u8; 8 * 1024];
+        let mut chunk = [0u8; session::READ_CHUNK];
         let mut socket = session.stream();
         if let Ok(n) = std::io::Read::read(&mut socket, &mut chunk) {
             input.extend_from_slice(&chunk[..n]);
@@ -339,8 +339,7 @@ async fn start_session(
     Some(match tls {
         Some(tls) => {
             let stream = handshake(tls, tcp, peer, deadline, stop.clone(), &core).await?;
-            // TLS sessions never park.
-            // Mapped (see `Spawner::resume`).
+            // TLS sessions never park. Mapped, not awaited in a block (see `Spawner::resume`).
             Box::pin(session::run(stream, peer, core, config, deadline, stop, false, connected).map(|_| None))
         }
         None => Box::pin(session::run(tcp, peer, core, config, deadline, stop, may_park, connected)),

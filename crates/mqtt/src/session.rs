@@ -48,7 +48,7 @@ use tokio::time::Instant;
 /// Bytes read from the socket in one go. They are read into a buffer on the stack and copied
 /// into the session's read buffer, which is empty (and holds no memory) between packets: an idle
 /// connection keeps no buffer at all.
-const READ_CHUNK: usize = 8 * 1024;
+pub(crate) const READ_CHUNK: usize = 8 * 1024;
 
 /// Longest wait for the last bytes when a connection is closed for a reason other than its output.
 const CLOSING_WRITE: Duration = Duration::from_secs(1);
@@ -162,7 +162,8 @@ struct Session<S> {
 /// When a quiet session parks.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Parking {
-    /// TLS sessions (rustls' state would go with them) and gateways.
+    /// TLS sessions: rustls' state would go with them. (Gateways never park either: their
+    /// attached devices are state a parked session does not keep, see `park_at`.)
     Never,
     /// Just connected: after [`FIRST_PARK`] at most. After a restart a whole fleet connects at
     /// once, and running sessions held for `park_after` would be a peak of memory the allocator
@@ -300,37 +301,8 @@ pub fn resume<S: AsyncRead + AsyncWrite + Unpin, G>(
     input: BytesMut,
 ) -> impl Future<Output = Option<Parked<S, G>>> {
     let Parked { stream, guard, quiet } = parked;
-    let Quiet { device, peer, link, attached, subs, idle_limit, idle_deadline, token_deadline, next_packet_id } = quiet;
-    link.unwatch();
-    let now = Instant::now();
-    let session = Session {
-        stream,
-        core,
-        config,
-        device,
-        peer,
-        session_id: link.id,
-        subs,
-        gateway: None,
-        rbuf: input,
-        wbuf: BytesMut::new(),
-        unflushed: false,
-        write_deadline: None,
-        idle_limit,
-        idle_deadline,
-        token_deadline,
-        timer: Box::pin(tokio::time::sleep_until(idle_deadline.min(token_deadline))),
-        inflight: HashMap::new(),
-        pending: VecDeque::new(),
-        // Quiet again counts from now.
-        packet_at: now,
-        next_packet_id,
-        window_start: now,
-        window_count: 0,
-        draining: false,
-        parking: Parking::Again,
-    };
-    serve_opened(Opened { session, link, attached, shutdown, guard })
+    quiet.link.unwatch();
+    serve_opened(Session::running(stream, core, config, quiet, input, None, Parking::Again, shutdown, guard))
 }
 
 /// Serves an open session until it closes (then records how) or parks. (Not an `async fn`: its
@@ -361,6 +333,54 @@ struct Opened<S, G> {
     shutdown: watch::Receiver<bool>,
     /// What `on_connected` returned.
     guard: G,
+}
+
+impl<S> Session<S> {
+    /// A session ready to serve: just opened (with `rbuf` what came after CONNECT), or parked
+    /// and run again (with `rbuf` what the socket held). Quiet counts from now.
+    #[allow(clippy::too_many_arguments)]
+    fn running<G>(
+        stream: S,
+        core: Core,
+        config: Arc<MqttConfig>,
+        quiet: Quiet,
+        rbuf: BytesMut,
+        gateway: Option<Box<Gateway>>,
+        parking: Parking,
+        shutdown: watch::Receiver<bool>,
+        guard: G,
+    ) -> Opened<S, G> {
+        let Quiet { device, peer, link, attached, subs, idle_limit, idle_deadline, token_deadline, next_packet_id } =
+            quiet;
+        let now = Instant::now();
+        let session = Session {
+            stream,
+            core,
+            config,
+            device,
+            peer,
+            session_id: link.id,
+            subs,
+            gateway,
+            rbuf,
+            wbuf: BytesMut::new(),
+            unflushed: false,
+            write_deadline: None,
+            idle_limit,
+            idle_deadline,
+            token_deadline,
+            timer: Box::pin(tokio::time::sleep_until(idle_deadline.min(token_deadline))),
+            inflight: HashMap::new(),
+            pending: VecDeque::new(),
+            packet_at: now,
+            next_packet_id,
+            window_start: now,
+            window_count: 0,
+            draining: false,
+            parking,
+        };
+        Opened { session, link, attached, shutdown, guard }
+    }
 }
 
 /// Waits for CONNECT until `connect_deadline`, authenticates, registers the session in presence
@@ -451,35 +471,20 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
     };
     let now = Instant::now();
     let token_left = device.token_deadline.saturating_sub(core.clock_now().unix_seconds());
-    let device_is_gateway = device.is_gateway;
     let gateway = device.is_gateway.then(|| Box::new(Gateway::new(core.clone(), device.id.as_str())));
-    let session = Session {
-        stream,
-        core: core.clone(),
-        config,
-        session_id: link.id,
+    let quiet = Quiet {
         subs: Subscriptions::new(link.commands.clone()),
-        gateway,
         device,
         peer,
-        rbuf,
-        wbuf: BytesMut::new(),
-        unflushed: false,
-        write_deadline: None,
+        link,
+        attached,
         idle_limit,
         idle_deadline: now + idle_limit,
         token_deadline: now + Duration::from_secs(u64::try_from(token_left).unwrap_or(0)),
-        timer: Box::pin(tokio::time::sleep_until(now + idle_limit)),
-        inflight: HashMap::new(),
-        pending: VecDeque::new(),
-        packet_at: now,
         next_packet_id: 1,
-        window_start: now,
-        window_count: 0,
-        draining: false,
-        parking: if may_park && !device_is_gateway { Parking::First } else { Parking::Never },
     };
-    Some(Opened { session, link, attached, shutdown, guard })
+    let parking = if may_park { Parking::First } else { Parking::Never };
+    Some(Session::running(stream, core.clone(), config, quiet, rbuf, gateway, parking, shutdown, guard))
 }
 
 /// Records how the session ended: the disconnect (and the detach of a gateway's devices) in the

@@ -480,3 +480,55 @@ async fn a_command_the_device_never_acknowledges_ends_in_deadline_exceeded() {
     assert_eq!(&p.payload[..], b"hello?");
     s.stop().await;
 }
+
+/// The value of an unlabelled gauge on `/metrics` (loopback needs no token).
+async fn gauge(s: &TestServer, name: &str) -> i64 {
+    let text = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("{name} in {text}"));
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// A quiet device over plain MQTT is parked (its session leaves its task), one over TLS is not;
+/// both still take a command and its QoS 1 acknowledgement reaches the API, the parked one by
+/// being woken.
+#[tokio::test]
+async fn quiet_plain_devices_park_tls_ones_do_not_and_both_are_served() {
+    let s = TestServer::start().await;
+    let (reg, plain_id) = setup(&s, "quiet-plain").await;
+    let (_, tls_id) = setup(&s, "quiet-tls").await;
+    let mut plain = MqttClient::plain(s.mqtt).await;
+    assert_eq!(plain.connect(&plain_id, Some(&es256_token(PROJECT)), 60).await, Rc::Accepted);
+    let mut tls = connected(&s, &tls_id).await;
+    for (c, dev) in [(&mut plain, "quiet-plain"), (&mut tls, "quiet-tls")] {
+        let filter = format!("/devices/{dev}/commands/#");
+        assert_eq!(c.subscribe(&[(&filter, QoS::AtLeastOnce)]).await, [SubAckCode::Granted(QoS::AtLeastOnce)]);
+    }
+    // The first park comes 0.1 s after the device's last packet.
+    eventually("the plain device parked", async || {
+        (gauge(&s, "ferrocore_mqtt_parked_connections").await == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gauge(&s, "ferrocore_mqtt_parked_connections").await, 1, "only the plain device parks");
+
+    for (c, dev) in [(&mut plain, "quiet-plain"), (&mut tls, "quiet-tls")] {
+        let base = s.base.clone();
+        let name = format!("{reg}/devices/{dev}");
+        let send = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/{name}:sendCommandToDevice"))
+                .bearer_auth(TOKEN)
+                .json(&json!({"binaryData": b64(b"wake")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        let Packet::Publish(p) = c.recv().await else { panic!("expected the command for {dev}") };
+        assert_eq!((p.topic.as_str(), &p.payload[..]), (format!("/devices/{dev}/commands").as_str(), &b"wake"[..]));
+        c.send(Packet::PubAck(p.packet_id.unwrap())).await;
+        assert_eq!(send.await.unwrap(), StatusCode::OK, "{dev}");
+    }
+    plain.publish_acked("/devices/quiet-plain/events", b"after a park").await;
+    s.stop().await;
+}
