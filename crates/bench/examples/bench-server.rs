@@ -47,6 +47,9 @@ struct Args {
     /// Seconds of quiet before a plain session is parked (`ferrocore serve`'s default: 3); 0: never.
     #[arg(long, default_value_t = 3.0)]
     park_after_seconds: f64,
+    /// Leave transparent huge pages on (`ferrocore serve --transparent-huge-pages`).
+    #[arg(long)]
+    transparent_huge_pages: bool,
     /// An external sink, `TOPICS=URL`, as `ferrocore serve --sink` takes it (repeatable).
     #[arg(long = "sink", value_name = "TOPICS=URL")]
     sinks: Vec<String>,
@@ -57,6 +60,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    ferrocore::limits::restart_without_transparent_huge_pages(args.transparent_huge_pages);
     let sinks = ferrocore_sinks::spec::parse_all(args.sinks.iter().map(String::as_str))
         .map_err(|e| anyhow::anyhow!("--sink: {e}"))?;
     let config = ferrocore::server::Config {
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         },
         core: Default::default(),
         pubsub_anonymous: args.pubsub_anonymous,
+        transparent_huge_pages: args.transparent_huge_pages,
         ..Default::default()
     };
     let runtime = tokio::runtime::Runtime::new()?;

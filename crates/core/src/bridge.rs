@@ -46,7 +46,8 @@ pub enum AuthFailure {
 /// A device that proved who it is, or that a gateway speaks for under its auth method.
 #[derive(Debug, Clone)]
 pub struct AuthenticatedDevice {
-    pub registry: RegistryName,
+    /// Shared with the registry cache and every other device of the registry.
+    pub registry: Arc<RegistryName>,
     pub id: DeviceId,
     pub num_id: NumId,
     /// The token that let it in: the device's own, or, for a device a gateway speaks for without
@@ -110,7 +111,7 @@ impl Core {
                 return Err(AuthFailure::Unavailable);
             }
         };
-        let registry = self.cached_registry(&name.registry).await.map_err(|e| match e.code {
+        let (registry_name, registry) = self.cached_registry_named(&name.registry).await.map_err(|e| match e.code {
             Code::NotFound => AuthFailure::NotAuthorized(format!("no registry {}", name.registry)),
             _ => AuthFailure::Unavailable,
         })?;
@@ -127,7 +128,7 @@ impl Core {
         let verified = self.verify_token(&name.registry, &device.credentials, token)?;
         self.inner.device_log.note_level(device.num_id, device.log_level);
         Ok(AuthenticatedDevice {
-            registry: name.registry.clone(),
+            registry: registry_name,
             is_gateway: device.gateway_type.is_gateway(),
             id: device.id,
             num_id: device.num_id,
@@ -162,21 +163,31 @@ impl Core {
     /// The registry, from a cache that registry updates invalidate, so per-message routing never
     /// reads the database.
     pub(crate) async fn cached_registry(&self, name: &RegistryName) -> Result<Arc<Registry>> {
+        Ok(self.cached_registry_named(name).await?.1)
+    }
+
+    /// As [`Core::cached_registry`], with the name shared by everything that holds it (a connected
+    /// device keeps it for as long as it stays: one copy per registry instead of one per device).
+    pub(crate) async fn cached_registry_named(
+        &self,
+        name: &RegistryName,
+    ) -> Result<(Arc<RegistryName>, Arc<Registry>)> {
         let generation = {
             let cache = self.inner.registries.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(r) = cache.entries.get(name) {
-                return Ok(r.clone());
+            if let Some((n, r)) = cache.entries.get_key_value(name) {
+                return Ok((n.clone(), r.clone()));
             }
             cache.generation
         };
         // Boxed: a miss is rare, and its store read would make every caller's future as large.
         let registry = Arc::new(Box::pin(self.get_registry(name)).await?);
+        let name = Arc::new(name.clone());
         let mut cache = self.inner.registries.write().unwrap_or_else(|e| e.into_inner());
         // A registry write during the read may have made it stale: serve it this once, cache it not.
         if cache.generation == generation {
             cache.entries.insert(name.clone(), registry.clone());
         }
-        Ok(registry)
+        Ok((name, registry))
     }
 
     /// Drops this node's cached copy of a registry and, in a cluster, every other node's; returns

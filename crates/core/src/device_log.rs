@@ -457,7 +457,7 @@ impl Core {
             seq: 0,
             time: self.now(),
             received: Timestamp(0),
-            registry: dev.registry.clone(),
+            registry: (*dev.registry).clone(),
             device_id: dev.id.clone(),
             device_num_id: dev.num_id,
             severity,

@@ -195,7 +195,7 @@ impl Core {
         Ok(AuthenticatedDevice {
             token_deadline: token.deadline(&ferrocore_auth::jwt::JwtRules::default()),
             token,
-            registry: dev.registry,
+            registry: std::sync::Arc::new(dev.registry),
             id: dev.id,
             num_id: dev.num_id,
             is_gateway: false,

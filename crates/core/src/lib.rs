@@ -80,7 +80,8 @@ struct Inner {
 #[derive(Default)]
 struct RegistryCache {
     generation: u64,
-    entries: HashMap<RegistryName, Arc<Registry>>,
+    /// Keyed by a shared name, which authenticated devices hold instead of copies of their own.
+    entries: HashMap<Arc<RegistryName>, Arc<Registry>>,
 }
 
 /// Tunables of the use cases.

@@ -4,14 +4,14 @@
 //! Every connected device has one, and nearly all of them stay empty for the whole connection, so
 //! an idle mailbox must cost next to nothing: the queue allocates only when a message is queued
 //! (a tokio mpsc channel preallocates a block of 32 slots, ~2 KB here), and the close order sits
-//! beside it instead of in a watch channel of its own. A single receiver (the session) waits on
-//! one `Notify`; senders waiting for room wait on another. A session parked without a task (see
-//! the MQTT bridge's parking) leaves a waker instead, woken by the same events.
+//! beside it instead of in a watch channel of its own. The single receiver (the session) leaves
+//! its waker in the state, whether its task waits or it is parked without a task (see the MQTT
+//! bridge's parking); senders waiting for room wait on a `Notify`.
 
 use crate::presence::{Disconnect, SessionControl};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use tokio::sync::Notify;
 
 struct State {
@@ -22,15 +22,13 @@ struct State {
     senders: usize,
     /// The session is gone: nothing more can be delivered.
     receiver_gone: bool,
-    /// Woken (once) by whatever would wake the session, while the session is parked.
-    watcher: Option<Waker>,
+    /// Woken (once) by whatever would wake the session: its task's, or the parking lot's.
+    waker: Option<Waker>,
 }
 
 struct Shared {
     state: Mutex<State>,
     capacity: usize,
-    /// Wakes the session: a message, a close order, or the last sender gone.
-    wake: Notify,
     /// Wakes senders waiting for room.
     room: Notify,
 }
@@ -42,10 +40,9 @@ impl Shared {
 
     /// Wakes the session after a change to `state`, which this releases first.
     fn wake_session(&self, mut state: MutexGuard<'_, State>) {
-        let watcher = state.watcher.take();
+        let waker = state.waker.take();
         drop(state);
-        self.wake.notify_one();
-        if let Some(w) = watcher {
+        if let Some(w) = waker {
             w.wake();
         }
     }
@@ -54,15 +51,8 @@ impl Shared {
 /// A new mailbox holding up to `capacity` control messages.
 pub(crate) fn mailbox(capacity: usize) -> (ControlSender, Mailbox) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            queue: VecDeque::new(),
-            ended: None,
-            senders: 1,
-            receiver_gone: false,
-            watcher: None,
-        }),
+        state: Mutex::new(State { queue: VecDeque::new(), ended: None, senders: 1, receiver_gone: false, waker: None }),
         capacity,
-        wake: Notify::new(),
         room: Notify::new(),
     });
     (ControlSender(shared.clone()), Mailbox(shared))
@@ -209,16 +199,23 @@ impl Mailbox {
         .await
     }
 
-    /// Waits until `ready` finds what it looks for in the state. The wake-up is registered before
-    /// each look, so a change made in between is not missed.
+    /// Waits until `ready` finds what it looks for in the state. The waker is left under the
+    /// same lock as the look, so a change made after it wakes the task.
     async fn wait<T>(&self, mut ready: impl FnMut(&mut State) -> Option<T>) -> T {
-        loop {
-            let wake = self.0.wake.notified();
-            if let Some(found) = ready(&mut self.0.lock()) {
-                return found;
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.lock();
+            match ready(&mut state) {
+                Some(found) => Poll::Ready(found),
+                None => {
+                    match &mut state.waker {
+                        Some(w) => w.clone_from(cx.waker()),
+                        none => *none = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
+                }
             }
-            wake.await;
-        }
+        })
+        .await
     }
 
     /// Takes the oldest control message, making room for a waiting sender.
@@ -235,13 +232,13 @@ impl Mailbox {
         if !state.queue.is_empty() || state.ended.is_some() || state.senders == 0 {
             return true;
         }
-        state.watcher = Some(waker.clone());
+        state.waker = Some(waker.clone());
         false
     }
 
     /// Forgets the waker `watch` kept: the session runs again.
     pub fn unwatch(&self) {
-        self.0.lock().watcher = None;
+        self.0.lock().waker = None;
     }
 
     /// True once the session was told to close, or forgotten.

@@ -78,7 +78,6 @@ pub struct SessionHandle {
     /// Unique per connection (and per attachment), so a late cleanup of an old one cannot remove
     /// a new one.
     pub id: u64,
-    device: NumId,
     /// The connection's mailbox (the gateway's, for an attachment): control messages and the
     /// order to close.
     control: ControlSender,
@@ -86,9 +85,14 @@ pub struct SessionHandle {
     pub commands: Arc<AtomicBool>,
     /// The gateway, when the device is attached through one.
     via: Option<NumId>,
-    /// When presence took it (wall clock, so that nodes of a cluster can tell the newer of two
-    /// connections of one device).
-    since: SystemTime,
+    /// When presence took it, in nanoseconds since the Unix epoch (wall clock, so that nodes of a
+    /// cluster can tell the newer of two connections of one device). Every connected device has
+    /// an entry: 8 bytes here instead of a `SystemTime`'s 16, and the device's id is the map's key.
+    since: u64,
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl SessionHandle {
@@ -97,15 +101,16 @@ impl SessionHandle {
         self.control.close(status);
     }
 
-    /// Ends this presence: a direct connection closes; an attachment is detached from its gateway.
-    fn end(&self, status: Option<Status>, reason: Reason) {
+    /// Ends this presence of `device`: a direct connection closes; an attachment is detached from
+    /// its gateway.
+    fn end(&self, device: NumId, status: Option<Status>, reason: Reason) {
         if self.via.is_none() {
             return self.close_connection(status);
         }
-        let order = SessionControl::Detach { device: self.device, id: self.id, reason };
+        let order = SessionControl::Detach { device, id: self.id, reason };
         if self.control.try_send(order).is_err() {
             // A gateway that does not drain its queue is stuck: closing it detaches everything.
-            tracing::warn!(device = %self.device, "gateway control queue full; disconnecting the gateway");
+            tracing::warn!(%device, "gateway control queue full; disconnecting the gateway");
             self.close_connection(None);
         }
     }
@@ -195,11 +200,11 @@ impl Presence {
         let (control, mailbox) = mailbox(queue);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let commands = Arc::new(AtomicBool::new(false));
-        let handle =
-            SessionHandle { id, device, control, commands: commands.clone(), via: None, since: SystemTime::now() };
+        let since = unix_nanos(SystemTime::now());
+        let handle = SessionHandle { id, control, commands: commands.clone(), via: None, since };
         let old = self.sessions().insert(device, handle.clone());
         if let Some(old) = old {
-            old.end(None, Reason::Replaced);
+            old.end(device, None, Reason::Replaced);
         }
         (handle, SessionLink { id, mailbox, commands })
     }
@@ -214,14 +219,13 @@ impl Presence {
         let commands = Arc::new(AtomicBool::new(false));
         let handle = SessionHandle {
             id,
-            device,
             control: gw.control.clone(),
             commands: commands.clone(),
             via: Some(gateway),
-            since: SystemTime::now(),
+            since: unix_nanos(SystemTime::now()),
         };
         if let Some(old) = sessions.insert(device, handle) {
-            old.end(None, Reason::Replaced);
+            old.end(device, None, Reason::Replaced);
         }
         Some(Attachment { id, commands })
     }
@@ -266,7 +270,7 @@ impl Presence {
     /// device), an attachment detached from its gateway.
     pub fn kick(&self, device: NumId, status: Option<Status>, reason: Reason) {
         if let Some(s) = self.sessions().remove(&device) {
-            s.end(status, reason);
+            s.end(device, status, reason);
         }
     }
 
@@ -275,16 +279,16 @@ impl Presence {
     /// its own announcement ends the other).
     pub fn kick_if_older(&self, device: NumId, time: SystemTime, reason: Reason) {
         let mut sessions = self.sessions();
-        if sessions.get(&device).is_some_and(|s| s.since < time)
+        if sessions.get(&device).is_some_and(|s| s.since < unix_nanos(time))
             && let Some(s) = sessions.remove(&device)
         {
-            s.end(None, reason);
+            s.end(device, None, reason);
         }
     }
 
     /// When the device's presence here began, if it is here.
     pub fn since(&self, device: NumId) -> Option<SystemTime> {
-        self.get(device).map(|s| s.since)
+        self.get(device).map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(s.since))
     }
 
     /// Detaches a device attached through `gateway`, if it is.
@@ -293,7 +297,7 @@ impl Presence {
         if sessions.get(&device).is_some_and(|s| s.via == Some(gateway))
             && let Some(s) = sessions.remove(&device)
         {
-            s.end(None, reason);
+            s.end(device, None, reason);
         }
     }
 

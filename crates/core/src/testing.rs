@@ -199,7 +199,7 @@ impl Fixture {
             expires_at: i64::MAX / 2,
         };
         crate::bridge::AuthenticatedDevice {
-            registry: self.device.registry.clone(),
+            registry: std::sync::Arc::new(self.device.registry.clone()),
             id: self.device.id.clone(),
             num_id: self.device.num_id,
             token,

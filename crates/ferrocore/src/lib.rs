@@ -16,5 +16,6 @@ pub mod tls;
 
 /// Every program linking the server (the `ferrocore` binary, the bench server, the tests) allocates
 /// through mimalloc: per-thread free lists instead of glibc's arenas and consolidation.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

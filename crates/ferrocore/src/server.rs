@@ -52,6 +52,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `--cluster`: this server is one node of several, meeting on NATS.
     pub cluster: Option<ClusterSettings>,
+    /// `--transparent-huge-pages`: leave the kernel's transparent huge pages on for the process
+    /// (off by default: see [`crate::limits::set_transparent_huge_pages`]).
+    pub transparent_huge_pages: bool,
 }
 
 /// How often a node checks the leases of the sinks it forwards, and tries those it does not:
@@ -191,6 +194,7 @@ impl Default for Config {
             device_logs: ferrocore_core::device_log::DeviceLogSettings::default(),
             metrics_listen: None,
             cluster: None,
+            transparent_huge_pages: false,
         }
     }
 }
@@ -259,6 +263,7 @@ pub async fn run(
     on_ready: impl FnOnce(Bound) + Send,
 ) -> Result<()> {
     let db = crate::datadir::prepare(&config.data_dir)?;
+    crate::limits::set_transparent_huge_pages(config.transparent_huge_pages);
     let open_files = crate::limits::raise_open_file_limit();
     warn_if_files_short(open_files, &config);
     let (token, source) = secrets::admin_token(&config.data_dir, config.admin_token.clone())?;

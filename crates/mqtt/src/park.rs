@@ -20,12 +20,17 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::{Instant, Sleep};
 
 /// Socket events taken from the epoll set in one call.
 const EVENT_BATCH: usize = 256;
+
+/// Deadlines are kept in ticks of this length (rounded up: an item runs at most this late), so
+/// that a deadline fits in 4 bytes beside its slot's index.
+const TICK: Duration = Duration::from_millis(100);
 
 /// What can wait in the lot.
 pub(crate) trait Parkable {
@@ -46,8 +51,10 @@ pub(crate) struct Parking<T> {
     /// Indexes of empty slots.
     free: Vec<u32>,
     len: usize,
-    /// Every parked item's deadline, earliest first.
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// Every parked item's deadline tick (see [`TICK`]) and slot index, earliest first.
+    deadlines: BTreeSet<(u32, u32)>,
+    /// Tick 0.
+    origin: Instant,
     /// Keys to unpark, maybe stale (an item woken twice, or already gone).
     ready: VecDeque<u64>,
     woken: Arc<Woken>,
@@ -57,7 +64,9 @@ pub(crate) struct Parking<T> {
 /// A slot's generation goes up each time its item leaves, so a stale key finds nothing.
 struct Slot<T> {
     generation: u32,
-    item: Option<(T, Instant)>,
+    /// The item's deadline tick, as in the deadline set.
+    tick: u32,
+    item: Option<T>,
 }
 
 /// Keys whose mailbox woke them, and the lot's task to wake.
@@ -116,10 +125,22 @@ impl<T: Parkable> Parking<T> {
             free: Vec::new(),
             len: 0,
             deadlines: BTreeSet::new(),
+            origin: Instant::now(),
             ready: VecDeque::new(),
             woken: Arc::default(),
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
         })
+    }
+
+    /// The tick at or after `at`.
+    fn tick(&self, at: Instant) -> u32 {
+        let since = at.saturating_duration_since(self.origin);
+        u32::try_from(since.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u32::MAX)
+    }
+
+    /// When `tick` begins.
+    fn instant(&self, tick: u32) -> Instant {
+        self.origin + TICK * tick
     }
 
     /// Items parked now.
@@ -134,7 +155,7 @@ impl<T: Parkable> Parking<T> {
             Some(i) => i,
             None => match u32::try_from(self.slots.len()) {
                 Ok(i) => {
-                    self.slots.push(Slot { generation: 0, item: None });
+                    self.slots.push(Slot { generation: 0, tick: 0, item: None });
                     i
                 }
                 Err(_) => return Err(item),
@@ -150,9 +171,11 @@ impl<T: Parkable> Parking<T> {
         if item.watch(&Waker::from(Arc::new(KeyWaker { woken: self.woken.clone(), key }))) {
             self.ready.push_back(key);
         }
-        let deadline = item.deadline();
-        self.deadlines.insert((deadline, key));
-        self.slots[index as usize].item = Some((item, deadline));
+        let tick = self.tick(item.deadline());
+        self.deadlines.insert((tick, index));
+        let slot = &mut self.slots[index as usize];
+        slot.tick = tick;
+        slot.item = Some(item);
         self.len += 1;
         Ok(())
     }
@@ -161,11 +184,12 @@ impl<T: Parkable> Parking<T> {
     fn take(&mut self, key: u64) -> Option<T> {
         let (index, generation) = ((key & u64::from(u32::MAX)) as u32, (key >> 32) as u32);
         let slot = self.slots.get_mut(index as usize).filter(|s| s.generation == generation)?;
-        let (item, deadline) = slot.item.take()?;
+        let item = slot.item.take()?;
         slot.generation = slot.generation.wrapping_add(1);
+        let tick = slot.tick;
         self.free.push(index);
         self.len -= 1;
-        self.deadlines.remove(&(deadline, key));
+        self.deadlines.remove(&(tick, index));
         // Fails only if the socket is no longer in the set, which is what this wants anyway.
         let _ = epoll::delete(self.epoll.get_ref(), item.socket());
         item.unwatch();
@@ -174,7 +198,7 @@ impl<T: Parkable> Parking<T> {
 
     /// Takes every item out (on shutdown).
     pub(crate) fn take_all(&mut self) -> Vec<T> {
-        let keys: Vec<u64> = self.deadlines.iter().map(|&(_, k)| k).collect();
+        let keys: Vec<u64> = self.deadlines.iter().map(|&(_, i)| key(i, self.slots[i as usize].generation)).collect();
         keys.into_iter().filter_map(|k| self.take(k)).collect()
     }
 
@@ -224,9 +248,10 @@ impl<T: Parkable> Parking<T> {
                     Err(e) => tracing::warn!(error = %e, "the parked connections' epoll set failed"),
                 }
             }
-            if let Some(&(due, key)) = self.deadlines.first() {
+            if let Some(&(tick, index)) = self.deadlines.first() {
+                let due = self.instant(tick);
                 if due <= Instant::now() {
-                    self.ready.push_back(key);
+                    self.ready.push_back(key(index, self.slots[index as usize].generation));
                     continue;
                 }
                 if self.timer.deadline() != due || self.timer.is_elapsed() {

@@ -195,10 +195,10 @@ pub struct Parked<S, G> {
     quiet: Quiet,
 }
 
-/// What a parked session remembers beside its socket and guard.
+/// What a parked session remembers beside its socket and guard. (Not the peer's address: the
+/// socket knows it, and a fleet of parked sessions would keep 32 bytes each for it.)
 struct Quiet {
     device: AuthenticatedDevice,
-    peer: SocketAddr,
     link: SessionLink,
     attached: Attached,
     subs: Subscriptions,
@@ -227,11 +227,6 @@ impl<S, G> Parked<S, G> {
     /// The device connected.
     pub fn device(&self) -> &AuthenticatedDevice {
         &self.quiet.device
-    }
-
-    /// The device's address.
-    pub fn peer(&self) -> SocketAddr {
-        self.quiet.peer
     }
 
     /// The same session over `f(stream)`: the socket leaves the runtime while parked and comes
@@ -295,6 +290,7 @@ pub fn run<S: AsyncRead + AsyncWrite + Unpin, G>(
 /// without waiting for the runtime to report the socket readable).
 pub fn resume<S: AsyncRead + AsyncWrite + Unpin, G>(
     parked: Parked<S, G>,
+    peer: SocketAddr,
     core: Core,
     config: Arc<MqttConfig>,
     shutdown: watch::Receiver<bool>,
@@ -302,7 +298,7 @@ pub fn resume<S: AsyncRead + AsyncWrite + Unpin, G>(
 ) -> impl Future<Output = Option<Parked<S, G>>> {
     let Parked { stream, guard, quiet } = parked;
     quiet.link.unwatch();
-    serve_opened(Session::running(stream, core, config, quiet, input, None, Parking::Again, shutdown, guard))
+    serve_opened(Session::running(stream, peer, core, config, quiet, input, None, Parking::Again, shutdown, guard))
 }
 
 /// Serves an open session until it closes (then records how) or parks. (Not an `async fn`: its
@@ -341,6 +337,7 @@ impl<S> Session<S> {
     #[allow(clippy::too_many_arguments)]
     fn running<G>(
         stream: S,
+        peer: SocketAddr,
         core: Core,
         config: Arc<MqttConfig>,
         quiet: Quiet,
@@ -350,8 +347,7 @@ impl<S> Session<S> {
         shutdown: watch::Receiver<bool>,
         guard: G,
     ) -> Opened<S, G> {
-        let Quiet { device, peer, link, attached, subs, idle_limit, idle_deadline, token_deadline, next_packet_id } =
-            quiet;
+        let Quiet { device, link, attached, subs, idle_limit, idle_deadline, token_deadline, next_packet_id } = quiet;
         let now = Instant::now();
         let session = Session {
             stream,
@@ -475,7 +471,6 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
     let quiet = Quiet {
         subs: Subscriptions::new(link.commands.clone()),
         device,
-        peer,
         link,
         attached,
         idle_limit,
@@ -484,7 +479,7 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
         next_packet_id: 1,
     };
     let parking = if may_park { Parking::First } else { Parking::Never };
-    Some(Session::running(stream, core.clone(), config, quiet, rbuf, gateway, parking, shutdown, guard))
+    Some(Session::running(stream, peer, core.clone(), config, quiet, rbuf, gateway, parking, shutdown, guard))
 }
 
 /// Records how the session ended: the disconnect (and the detach of a gateway's devices) in the
@@ -752,7 +747,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn park<G>(self, link: SessionLink, attached: Attached, guard: G) -> Parked<S, G> {
         let quiet = Quiet {
             device: self.device,
-            peer: self.peer,
             link,
             attached,
             subs: self.subs,

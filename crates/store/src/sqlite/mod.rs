@@ -37,7 +37,16 @@ pub struct SqliteStore {
     writer: SqlitePool,
     readers: readers::Readers,
     points: points::PointReads,
+    /// The device reads of connects, on connections of their own with a small page cache.
+    logins: points::PointReads,
 }
+
+/// Page cache of each login-read connection, KiB. A connect reads one device row: the cache keeps
+/// the B-tree's interior pages (all of them up to ~100,000 devices) and the rows come from the
+/// kernel's page cache. With SQLite's default of 2 MiB per connection, the connects of a large
+/// fleet fill every such connection's cache with rows read once: ~0.2 KB per idle connection at
+/// 19,000 (docs/benchmarks.md). API reads keep the default cache on the other point connections.
+const LOGIN_CACHE_KIB: u32 = 256;
 
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -76,13 +85,15 @@ impl SqliteStore {
             .map_err(backend)?;
         migrate::run(&writer).await?;
         let readers = readers::Readers::open(&options.read_only(true), 4).await.map_err(backend)?;
-        let points = points::PointReads::open(path).map_err(point)?;
-        Ok(Self { writer, readers, points })
+        let points = points::PointReads::open(path, None).map_err(point)?;
+        let logins = points::PointReads::open(path, Some(LOGIN_CACHE_KIB)).map_err(point)?;
+        Ok(Self { writer, readers, points, logins })
     }
 
     /// Flushes and closes both pools.
     pub async fn close(&self) {
         self.points.close();
+        self.logins.close();
         self.readers.close().await;
         self.writer.close().await;
     }
@@ -92,13 +103,14 @@ impl SqliteStore {
     /// this thread: every device connect makes such a read.
     fn device_row<T>(
         &self,
+        reads: &points::PointReads,
         name: &DeviceName,
         (by_id, by_num): (&str, &str),
         decode: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
     ) -> Result<Option<T>> {
         let reg = &name.registry;
         let key = (reg.parent.project.as_str(), reg.parent.location.as_str(), reg.registry.as_str());
-        self.points
+        reads
             .read(|c| {
                 let (id, number);
                 let (mut statement, device): (_, &dyn rusqlite::ToSql) = match &name.device {
@@ -292,12 +304,12 @@ impl Store for SqliteStore {
     }
 
     async fn get_device(&self, name: &DeviceName) -> Result<Option<Device>> {
-        self.device_row(name, (&DEVICE_BY_ID, &DEVICE_BY_NUM), |row| device_from_row(&name.registry, row))
+        self.device_row(&self.points, name, (&DEVICE_BY_ID, &DEVICE_BY_NUM), |row| device_from_row(&name.registry, row))
     }
 
     async fn get_device_login(&self, name: &DeviceName) -> Result<Option<DeviceLogin>> {
         // The device row alone: no config or state join, and only the credentials parsed.
-        self.device_row(name, (&LOGIN_BY_ID, &LOGIN_BY_NUM), |row| login_from_row(row))
+        self.device_row(&self.logins, name, (&LOGIN_BY_ID, &LOGIN_BY_NUM), |row| login_from_row(row))
     }
 
     async fn list_devices(&self, q: &DeviceQuery) -> Result<Vec<Device>> {

@@ -28,6 +28,8 @@ const STATEMENTS: usize = 8;
 
 pub(super) struct PointReads {
     path: PathBuf,
+    /// Page cache per connection in KiB; None: SQLite's default (2 MiB).
+    cache_kib: Option<u32>,
     idle: Mutex<Vec<Connection>>,
     closed: AtomicBool,
 }
@@ -43,8 +45,9 @@ pub(super) enum PointError {
 
 impl PointReads {
     /// Opens one connection at once, so a database that cannot be read fails here.
-    pub(super) fn open(path: &Path) -> Result<Self, PointError> {
-        let reads = Self { path: path.to_owned(), idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) };
+    pub(super) fn open(path: &Path, cache_kib: Option<u32>) -> Result<Self, PointError> {
+        let reads =
+            Self { path: path.to_owned(), cache_kib, idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) };
         let first = reads.connect()?;
         reads.idle().push(first);
         Ok(reads)
@@ -59,6 +62,10 @@ impl PointReads {
         let conn = Connection::open_with_flags(&self.path, flags)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
+        if let Some(kib) = self.cache_kib {
+            // SQLite takes a negative cache_size as KiB.
+            conn.pragma_update(None, "cache_size", -i64::from(kib))?;
+        }
         Ok(conn)
     }
 
@@ -106,7 +113,7 @@ mod tests {
     #[test]
     fn many_threads_read_at_once_and_connections_are_reused() {
         let (_dir, path) = database();
-        let reads = PointReads::open(&path).unwrap();
+        let reads = PointReads::open(&path, None).unwrap();
         std::thread::scope(|s| {
             for _ in 0..8 {
                 s.spawn(|| {
@@ -123,7 +130,7 @@ mod tests {
     #[test]
     fn reads_see_writes_committed_by_another_connection() {
         let (_dir, path) = database();
-        let reads = PointReads::open(&path).unwrap();
+        let reads = PointReads::open(&path, None).unwrap();
         assert_eq!(value(&reads).unwrap(), 7);
         Connection::open(&path).unwrap().execute("UPDATE t SET v = 9", []).unwrap();
         assert_eq!(value(&reads).unwrap(), 9);
@@ -132,7 +139,7 @@ mod tests {
     #[test]
     fn the_connections_cannot_write() {
         let (_dir, path) = database();
-        let reads = PointReads::open(&path).unwrap();
+        let reads = PointReads::open(&path, None).unwrap();
         let write = reads.read(|c| Ok(c.execute("UPDATE t SET v = 1", [])?));
         assert!(matches!(write, Err(PointError::Sqlite(_))), "{write:?}");
         assert_eq!(value(&reads).unwrap(), 7);
@@ -141,14 +148,27 @@ mod tests {
     #[test]
     fn closed_reads_refuse() {
         let (_dir, path) = database();
-        let reads = PointReads::open(&path).unwrap();
+        let reads = PointReads::open(&path, None).unwrap();
         reads.close();
         assert!(matches!(value(&reads), Err(PointError::Closed)));
     }
 
     #[test]
+    fn a_cache_size_applies_to_every_connection() {
+        let (_dir, path) = database();
+        let cache =
+            |reads: &PointReads| reads.read(|c| Ok(c.query_row("PRAGMA cache_size", [], |r| r.get::<_, i64>(0))?));
+        let small = PointReads::open(&path, Some(256)).unwrap();
+        let default = PointReads::open(&path, None).unwrap();
+        assert_eq!(cache(&small).unwrap(), -256);
+        // A second connection, opened while the first is taken, gets it too.
+        assert_eq!(small.read(|_| cache(&small)).unwrap(), -256);
+        assert_eq!(cache(&default).unwrap(), -2000);
+    }
+
+    #[test]
     fn a_missing_database_fails_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(PointReads::open(&dir.path().join("absent")).is_err());
+        assert!(PointReads::open(&dir.path().join("absent"), None).is_err());
     }
 }
