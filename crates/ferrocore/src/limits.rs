@@ -116,8 +116,12 @@ pub fn restart_without_transparent_huge_pages(allow: bool) {
         if rustix::thread::disable_transparent_huge_pages(true).is_err() {
             return;
         }
+        // The program's path rather than /proc/self/exe: under valgrind the latter is valgrind's
+        // own tool, which refuses to run alone (there, pass --transparent-huge-pages, or
+        // valgrind's --trace-children=yes).
+        let Ok(program) = std::env::current_exe() else { return };
         let mut args = std::env::args_os();
-        let mut again = std::process::Command::new("/proc/self/exe");
+        let mut again = std::process::Command::new(program);
         if let Some(name) = args.next() {
             again.arg0(name);
         }

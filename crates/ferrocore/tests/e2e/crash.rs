@@ -211,3 +211,47 @@ async fn every_acknowledged_telemetry_message_survives_kill_9() {
         );
     }
 }
+
+/// `THP_enabled` of a running server started with transparent huge pages allowed (a Python
+/// launcher clears the process's THP-disable flag, which a test process may have set, then
+/// execs the server), once it announced its listeners; None where the kernel does not report it.
+fn thp_enabled_of_server(extra: &[&str]) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let launcher = "import ctypes, os, sys\n\
+                    assert ctypes.CDLL(None, use_errno=True).prctl(41, 0, 0, 0, 0) == 0\n\
+                    os.execv(sys.argv[1], sys.argv[1:])";
+    let mut child = Command::new("python3")
+        .args(["-c", launcher, env!("CARGO_BIN_EXE_ferrocore"), "serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--http", "127.0.0.1:0", "--grpc", "off", "--mqtts", "off"])
+        .args(extra)
+        .env("FERROCORE_ADMIN_TOKEN", TOKEN)
+        .env("FERROCORE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 starts the server");
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert!(line.contains("http="), "the server did not start: {line:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id())).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_owned())
+}
+
+/// An idle fleet's memory would become resident 2 MiB at a time: the server turns transparent
+/// huge pages off for itself unless told to keep them (docs/operations.md).
+#[test]
+fn the_server_runs_without_transparent_huge_pages_unless_told_to_keep_them() {
+    if !cfg!(target_os = "linux") {
+        println!("skipped: transparent huge pages are a Linux setting");
+        return;
+    }
+    let Some(default) = thp_enabled_of_server(&[]) else {
+        println!("skipped: this kernel does not report THP_enabled in /proc/PID/status");
+        return;
+    };
+    assert_eq!(default, "0", "transparent huge pages left on by default");
+    let kept = thp_enabled_of_server(&["--transparent-huge-pages"]).unwrap();
+    assert_eq!(kept, "1", "--transparent-huge-pages did not keep them");
+}
