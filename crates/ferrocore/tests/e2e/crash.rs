@@ -44,10 +44,17 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Value {
 
 /// Starts the binary on port-0 listeners (REST and plain MQTT only), with no fixed port anywhere.
 fn spawn(data_dir: &std::path::Path) -> Spawned {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocore"))
+    start(Command::new(env!("CARGO_BIN_EXE_ferrocore")), data_dir, &[])
+}
+
+/// Runs `command` with `serve` on port-0 listeners and `extra` flags appended (the command is the
+/// binary, or a launcher given the binary as its first argument), until it announces them.
+fn start(mut command: Command, data_dir: &std::path::Path, extra: &[&str]) -> Spawned {
+    let mut child = command
         .args(["serve", "--data-dir"])
         .arg(data_dir)
         .args(["--http", "127.0.0.1:0", "--grpc", "off", "--mqtts", "off", "--mqtt", "127.0.0.1:0"])
+        .args(extra)
         .env("FERROCORE_ADMIN_TOKEN", TOKEN)
         .env("FERROCORE_LOG", "warn")
         .stdout(Stdio::piped())
@@ -220,21 +227,11 @@ fn thp_enabled_of_server(extra: &[&str]) -> Option<String> {
     let launcher = "import ctypes, os, sys\n\
                     assert ctypes.CDLL(None, use_errno=True).prctl(41, 0, 0, 0, 0) == 0\n\
                     os.execv(sys.argv[1], sys.argv[1:])";
-    let mut child = Command::new("python3")
-        .args(["-c", launcher, env!("CARGO_BIN_EXE_ferrocore"), "serve", "--data-dir"])
-        .arg(dir.path())
-        .args(["--http", "127.0.0.1:0", "--grpc", "off", "--mqtts", "off"])
-        .args(extra)
-        .env("FERROCORE_ADMIN_TOKEN", TOKEN)
-        .env("FERROCORE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 starts the server");
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    assert!(line.contains("http="), "the server did not start: {line:?}");
+    let mut launch = Command::new("python3");
+    launch.args(["-c", launcher, env!("CARGO_BIN_EXE_ferrocore")]);
+    let spawned = start(launch, dir.path(), extra);
+    assert!(spawned.line.contains("http="), "the server did not start: {:?}", spawned.line);
+    let server = &spawned.server;
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id())).ok()?;
     status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_owned())
 }
