@@ -552,7 +552,6 @@ mod tests {
     use crate::testing::Fixture;
     use crate::{Code, Settings};
     use ferrocore_model::DeviceConfig;
-    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
     /// Finding 5 of issue 10: the send into a full control queue waited outside the ack timeout,
@@ -562,8 +561,8 @@ mod tests {
         let timeout = Duration::from_millis(200);
         let f = Fixture::new(Settings { command_ack_timeout: timeout, ..Settings::default() }).await;
         let presence = f.core.presence();
-        let (handle, _link) = presence.attach(f.device.num_id);
-        handle.commands.store(true, Ordering::Release);
+        let link = presence.attach(f.device.num_id);
+        link.commands().set(true);
         let queue = presence.command_channel(f.device.num_id).unwrap();
         for _ in 0..CONTROL_QUEUE {
             queue

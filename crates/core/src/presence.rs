@@ -15,12 +15,12 @@
 //! connection replaces an attachment and the other way round, as a second connection replaces
 //! the first.
 
-pub use crate::mailbox::{ControlSender, SendError, Signal};
-use crate::mailbox::{Mailbox, mailbox};
+use crate::mailbox::{Attachment as AttachmentEntry, Entry, Mailbox, Session};
+pub use crate::mailbox::{CommandsFlag, ControlSender, Mailbox as SessionLink, SendError, Signal};
 use ferrocore_model::{DeviceConfig, NumId, Status};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockWriteGuard};
 use std::time::SystemTime;
 use tokio::sync::oneshot;
 
@@ -72,91 +72,37 @@ pub struct Disconnect {
     pub status: Option<Status>,
 }
 
-/// The part of a session the rest of the server may touch.
-#[derive(Debug, Clone)]
-pub struct SessionHandle {
-    /// Unique per connection (and per attachment), so a late cleanup of an old one cannot remove
-    /// a new one.
-    pub id: u64,
-    /// The connection's mailbox (the gateway's, for an attachment): control messages and the
-    /// order to close.
-    control: ControlSender,
-    /// Set while `/devices/{id}/commands/#` is subscribed for the device.
-    pub commands: Arc<AtomicBool>,
-    /// The gateway, when the device is attached through one.
-    via: Option<NumId>,
-    /// When presence took it, in nanoseconds since the Unix epoch (wall clock, so that nodes of a
-    /// cluster can tell the newer of two connections of one device). Every connected device has
-    /// an entry: 8 bytes here instead of a `SystemTime`'s 16, and the device's id is the map's key.
-    since: u64,
-}
-
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-impl SessionHandle {
-    /// Tells the connection to close; the first order is the one that counts.
-    fn close_connection(&self, status: Option<Status>) {
-        self.control.close(status);
-    }
+/// Presence's entry for a device: the map owns it, and dropping it (the device is replaced,
+/// kicked or detached) tells a connection that presence forgot it. 16 bytes: with every connected
+/// device in the map, its buckets are most of what presence costs.
+struct Listed(Entry);
 
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Entry::Session(s) = &self.0 {
+            s.forget();
+        }
+    }
+}
+
+impl Listed {
     /// Ends this presence of `device`: a direct connection closes; an attachment is detached from
     /// its gateway.
     fn end(&self, device: NumId, status: Option<Status>, reason: Reason) {
-        if self.via.is_none() {
-            return self.close_connection(status);
+        let control = self.0.control();
+        if self.0.via().is_none() {
+            return control.close(status);
         }
-        let order = SessionControl::Detach { device, id: self.id, reason };
-        if self.control.try_send(order).is_err() {
+        let order = SessionControl::Detach { device, id: self.0.id(), reason };
+        if control.try_send(order).is_err() {
             // A gateway that does not drain its queue is stuck: closing it detaches everything.
             tracing::warn!(%device, "gateway control queue full; disconnecting the gateway");
-            self.close_connection(None);
+            control.close(None);
         }
-    }
-}
-
-/// What the session itself holds: the receiving end of its mailbox. It keeps no sender of its
-/// own, so the session ends once presence forgets it.
-#[derive(Debug)]
-pub struct SessionLink {
-    pub id: u64,
-    mailbox: Mailbox,
-    pub commands: Arc<AtomicBool>,
-}
-
-impl SessionLink {
-    /// The next thing for the session: a close order before anything else, then (when
-    /// `take_control`) the oldest control message.
-    pub async fn next(&mut self, take_control: bool) -> Signal {
-        self.mailbox.next(take_control).await
-    }
-
-    /// Resolves with the order once the session is told to close (or is forgotten by presence).
-    pub async fn ended(&mut self) -> Disconnect {
-        self.mailbox.ended().await
-    }
-
-    /// The next control message whatever the close order says; None once the queue is empty
-    /// and presence forgot the session.
-    pub async fn recv(&mut self) -> Option<SessionControl> {
-        self.mailbox.recv().await
-    }
-
-    /// True once the session was told to close, or forgotten by presence.
-    pub fn is_ended(&self) -> bool {
-        self.mailbox.is_ended()
-    }
-
-    /// For a session parked without a task: true when something waits for it now; otherwise
-    /// `waker` is woken once something does (see [`Mailbox::watch`]).
-    pub fn watch(&self, waker: &std::task::Waker) -> bool {
-        self.mailbox.watch(waker)
-    }
-
-    /// The session runs again: forget the waker `watch` kept.
-    pub fn unwatch(&self) {
-        self.mailbox.unwatch();
     }
 }
 
@@ -166,13 +112,26 @@ pub struct Attachment {
     /// This attachment's presence id; orders for another id are stale.
     pub id: u64,
     /// Set by the gateway session while it subscribes the device's commands topic.
-    pub commands: Arc<AtomicBool>,
+    pub commands: CommandsFlag,
 }
 
-#[derive(Debug, Default)]
+impl SessionLink {
+    /// The session's commands flag.
+    pub fn commands(&self) -> CommandsFlag {
+        CommandsFlag(Entry::Session(self.0.clone()))
+    }
+}
+
+#[derive(Default)]
 pub struct Presence {
-    sessions: RwLock<HashMap<NumId, SessionHandle>>,
+    sessions: RwLock<HashMap<NumId, Listed>>,
     next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presence").field("devices", &self.len()).finish()
+    }
 }
 
 /// Control messages a session may have queued; beyond this the sender waits or gives up.
@@ -181,32 +140,31 @@ pub const CONTROL_QUEUE: usize = 32;
 pub const GATEWAY_CONTROL_QUEUE: usize = 1024;
 
 impl Presence {
-    fn sessions(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NumId, SessionHandle>> {
+    fn sessions(&self) -> RwLockWriteGuard<'_, HashMap<NumId, Listed>> {
         self.sessions.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Creates a session for a device and registers it, replacing (and ending) any older
-    /// connection or attachment of the same device: one connection per device.
-    pub fn attach(&self, device: NumId) -> (SessionHandle, SessionLink) {
+    /// connection or attachment of the same device: one connection per device. The session ends
+    /// once presence forgets it.
+    pub fn attach(&self, device: NumId) -> SessionLink {
         self.connect(device, CONTROL_QUEUE)
     }
 
     /// As [`Presence::attach`], for a gateway: its control queue has room for its devices too.
-    pub fn attach_gateway(&self, device: NumId) -> (SessionHandle, SessionLink) {
+    pub fn attach_gateway(&self, device: NumId) -> SessionLink {
         self.connect(device, GATEWAY_CONTROL_QUEUE)
     }
 
-    fn connect(&self, device: NumId, queue: usize) -> (SessionHandle, SessionLink) {
-        let (control, mailbox) = mailbox(queue);
+    fn connect(&self, device: NumId, queue: usize) -> SessionLink {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let commands = Arc::new(AtomicBool::new(false));
-        let since = unix_nanos(SystemTime::now());
-        let handle = SessionHandle { id, control, commands: commands.clone(), via: None, since };
-        let old = self.sessions().insert(device, handle.clone());
+        let session = Session::new(id, unix_nanos(SystemTime::now()), queue);
+        let old = self.sessions().insert(device, Listed(Entry::Session(session.clone())));
+        // Ended (and forgotten) outside the map's lock.
         if let Some(old) = old {
             old.end(device, None, Reason::Replaced);
         }
-        (handle, SessionLink { id, mailbox, commands })
+        Mailbox(session)
     }
 
     /// Registers `device` as attached through the session `gateway_session` of `gateway`,
@@ -214,17 +172,16 @@ impl Presence {
     /// longer registered (it is closing).
     pub fn attach_through(&self, device: NumId, gateway: NumId, gateway_session: u64) -> Option<Attachment> {
         let mut sessions = self.sessions();
-        let gw = sessions.get(&gateway).filter(|s| s.id == gateway_session && s.via.is_none())?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let commands = Arc::new(AtomicBool::new(false));
-        let handle = SessionHandle {
-            id,
-            control: gw.control.clone(),
-            commands: commands.clone(),
-            via: Some(gateway),
-            since: unix_nanos(SystemTime::now()),
+        let control = match sessions.get(&gateway) {
+            Some(Listed(gw @ Entry::Session(s))) if s.id() == gateway_session => gw.control(),
+            _ => return None,
         };
-        if let Some(old) = sessions.insert(device, handle) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry::Attachment(AttachmentEntry::new(id, unix_nanos(SystemTime::now()), gateway, control));
+        let commands = CommandsFlag(entry.clone());
+        let old = sessions.insert(device, Listed(entry));
+        drop(sessions);
+        if let Some(old) = old {
             old.end(device, None, Reason::Replaced);
         }
         Some(Attachment { id, commands })
@@ -233,43 +190,49 @@ impl Presence {
     /// Removes the session or attachment `id` of a device, unless a newer one already replaced it.
     pub fn detach(&self, device: NumId, id: u64) {
         let mut sessions = self.sessions();
-        if sessions.get(&device).is_some_and(|s| s.id == id) {
-            sessions.remove(&device);
-        }
+        let removed =
+            if sessions.get(&device).is_some_and(|s| s.0.id() == id) { sessions.remove(&device) } else { None };
+        drop(sessions);
+        drop(removed);
     }
 
     /// True while presence lists `id` for the device.
     pub fn holds(&self, device: NumId, id: u64) -> bool {
-        self.get(device).is_some_and(|s| s.id == id)
+        self.get(device).is_some_and(|s| s.id() == id)
     }
 
-    fn get(&self, device: NumId) -> Option<SessionHandle> {
-        self.sessions.read().unwrap_or_else(|e| e.into_inner()).get(&device).cloned()
+    fn get(&self, device: NumId) -> Option<Entry> {
+        self.sessions.read().unwrap_or_else(|e| e.into_inner()).get(&device).map(|l| l.0.clone())
     }
 
     /// The control queue of a connected (or attached) device subscribed to its commands topic.
     pub fn command_channel(&self, device: NumId) -> Option<ControlSender> {
-        self.get(device).filter(|s| s.commands.load(Ordering::Acquire)).map(|s| s.control)
+        self.get(device).filter(Entry::commands).map(|s| s.control())
     }
 
     /// Tells a connected device's session about a new config version.
     pub fn push_config(&self, device: NumId, config: DeviceConfig) {
-        if let Some(s) = self.get(device)
-            && s.control.try_send(SessionControl::Config { device, config }).is_err()
-        {
+        let Some(s) = self.get(device) else { return };
+        let control = s.control();
+        if control.try_send(SessionControl::Config { device, config }).is_err() {
             // A session that cannot keep up with its control queue is stuck; drop the connection
             // (the gateway's, for an attached device) so it comes back and receives the latest
             // config on subscribe.
             tracing::warn!(device = %device, "config push queue full; disconnecting the device");
-            self.sessions().remove(&device);
-            s.close_connection(None);
+            let removed = {
+                let mut sessions = self.sessions();
+                if sessions.get(&device).is_some_and(|l| l.0.id() == s.id()) { sessions.remove(&device) } else { None }
+            };
+            drop(removed);
+            control.close(None);
         }
     }
 
     /// Ends a device's presence here, if any: a connection is closed (recording `status` on the
     /// device), an attachment detached from its gateway.
     pub fn kick(&self, device: NumId, status: Option<Status>, reason: Reason) {
-        if let Some(s) = self.sessions().remove(&device) {
+        let removed = self.sessions().remove(&device);
+        if let Some(s) = removed {
             s.end(device, status, reason);
         }
     }
@@ -278,27 +241,28 @@ impl Presence {
     /// at `time`, and only the newer connection stays (one that began here later is kept, and
     /// its own announcement ends the other).
     pub fn kick_if_older(&self, device: NumId, time: SystemTime, reason: Reason) {
-        let mut sessions = self.sessions();
-        if sessions.get(&device).is_some_and(|s| s.since < unix_nanos(time))
-            && let Some(s) = sessions.remove(&device)
-        {
+        self.remove_if(device, reason, |s| s.since() < unix_nanos(time));
+    }
+
+    /// Removes and ends the device's presence if `which` says so.
+    fn remove_if(&self, device: NumId, reason: Reason, which: impl FnOnce(&Entry) -> bool) {
+        let removed = {
+            let mut sessions = self.sessions();
+            if sessions.get(&device).is_some_and(|l| which(&l.0)) { sessions.remove(&device) } else { None }
+        };
+        if let Some(s) = removed {
             s.end(device, None, reason);
         }
     }
 
     /// When the device's presence here began, if it is here.
     pub fn since(&self, device: NumId) -> Option<SystemTime> {
-        self.get(device).map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(s.since))
+        self.get(device).map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(s.since()))
     }
 
     /// Detaches a device attached through `gateway`, if it is.
     pub fn detach_from_gateway(&self, device: NumId, gateway: NumId, reason: Reason) {
-        let mut sessions = self.sessions();
-        if sessions.get(&device).is_some_and(|s| s.via == Some(gateway))
-            && let Some(s) = sessions.remove(&device)
-        {
-            s.end(device, None, reason);
-        }
+        self.remove_if(device, reason, |s| s.via() == Some(gateway));
     }
 
     /// True when the device holds a connection here, or is attached through a gateway that does.
@@ -308,7 +272,7 @@ impl Presence {
 
     /// The gateway a device is attached through, if it is.
     pub fn attached_via(&self, device: NumId) -> Option<NumId> {
-        self.get(device).and_then(|s| s.via)
+        self.get(device).and_then(|s| s.via())
     }
 
     /// Devices connected to this node, attached ones included.
@@ -330,7 +294,7 @@ mod tests {
     async fn another_nodes_newer_connection_ends_only_an_older_one_here() {
         let p = Presence::default();
         let before = SystemTime::now() - Duration::from_secs(1);
-        let (_h, mut link) = p.attach(NumId(7));
+        let mut link = p.attach(NumId(7));
         p.kick_if_older(NumId(7), before, Reason::Replaced);
         assert!(p.is_connected(NumId(7)), "a connection made here after the other node's stays");
         p.kick_if_older(NumId(7), SystemTime::now() + Duration::from_secs(1), Reason::Replaced);
@@ -342,13 +306,13 @@ mod tests {
     #[tokio::test]
     async fn a_new_connection_takes_over_and_old_cleanup_is_harmless() {
         let p = Presence::default();
-        let (first, mut first_link) = p.attach(NumId(1));
-        let (second, _second_link) = p.attach(NumId(1));
+        let mut first_link = p.attach(NumId(1));
+        let second = p.attach(NumId(1));
         assert_eq!(first_link.ended().await, Disconnect { status: None }, "the older one is told to go");
-        p.detach(NumId(1), first.id);
+        p.detach(NumId(1), first_link.id());
         assert!(p.is_connected(NumId(1)), "the old session's cleanup leaves the new one");
         assert!(p.command_channel(NumId(1)).is_none(), "not subscribed yet");
-        second.commands.store(true, Ordering::Release);
+        second.commands().set(true);
         assert!(p.command_channel(NumId(1)).is_some());
         p.kick(NumId(1), None, Reason::Blocked);
         assert!(!p.is_connected(NumId(1)));
@@ -359,18 +323,19 @@ mod tests {
     #[tokio::test]
     async fn a_kick_reaches_a_session_whose_control_queue_is_full() {
         let p = Presence::default();
-        let (handle, mut link) = p.attach(NumId(7));
+        let mut link = p.attach(NumId(7));
+        let control = p.get(NumId(7)).unwrap().control();
         for v in 0..CONTROL_QUEUE {
             let config = DeviceConfig { version: v as i64, ..Default::default() };
-            handle.control.try_send(SessionControl::Config { device: NumId(7), config }).expect("room in the queue");
+            control.try_send(SessionControl::Config { device: NumId(7), config }).expect("room in the queue");
         }
         let config = DeviceConfig::default();
-        assert!(handle.control.try_send(SessionControl::Config { device: NumId(7), config }).is_err(), "full");
+        assert!(control.try_send(SessionControl::Config { device: NumId(7), config }).is_err(), "full");
         let blocked = Status { code: 9, message: "blocked".into() };
         p.kick(NumId(7), Some(blocked.clone()), Reason::Blocked);
         let order = tokio::time::timeout(Duration::from_secs(1), link.ended()).await.expect("the order arrives");
         assert_eq!(order, Disconnect { status: Some(blocked) });
-        drop(handle);
+        drop(control);
         // Presence forgot the session, so the queue closes once it is drained.
         for _ in 0..CONTROL_QUEUE {
             assert!(link.recv().await.is_some());
@@ -382,7 +347,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_on_config_push_closes_the_session() {
         let p = Presence::default();
-        let (_handle, mut link) = p.attach(NumId(8));
+        let mut link = p.attach(NumId(8));
         for v in 0..=CONTROL_QUEUE as i64 {
             p.push_config(NumId(8), DeviceConfig { version: v, ..Default::default() });
         }
@@ -396,13 +361,13 @@ mod tests {
     #[tokio::test]
     async fn attachments_ride_on_the_gateway_session() {
         let p = Presence::default();
-        let (gw, mut gw_link) = p.attach_gateway(NumId(1));
-        assert!(p.attach_through(NumId(2), NumId(1), gw.id + 100).is_none(), "only the gateway's live session");
-        let a = p.attach_through(NumId(2), NumId(1), gw.id).expect("attached");
+        let mut gw_link = p.attach_gateway(NumId(1));
+        assert!(p.attach_through(NumId(2), NumId(1), gw_link.id() + 100).is_none(), "only the gateway's live session");
+        let a = p.attach_through(NumId(2), NumId(1), gw_link.id()).expect("attached");
         assert!(p.is_connected(NumId(2)) && p.holds(NumId(2), a.id));
         assert_eq!(p.attached_via(NumId(2)), Some(NumId(1)));
         assert!(p.command_channel(NumId(2)).is_none(), "commands not subscribed for the device yet");
-        a.commands.store(true, Ordering::Release);
+        a.commands.set(true);
         assert!(p.command_channel(NumId(2)).is_some());
         assert!(p.command_channel(NumId(1)).is_none(), "the gateway's own flag is apart");
 
@@ -426,16 +391,16 @@ mod tests {
     #[tokio::test]
     async fn the_newest_of_a_connection_and_an_attachment_wins() {
         let p = Presence::default();
-        let (gw, mut gw_link) = p.attach_gateway(NumId(1));
-        let a = p.attach_through(NumId(2), NumId(1), gw.id).unwrap();
-        let (direct, mut direct_link) = p.attach(NumId(2));
+        let mut gw_link = p.attach_gateway(NumId(1));
+        let a = p.attach_through(NumId(2), NumId(1), gw_link.id()).unwrap();
+        let mut direct_link = p.attach(NumId(2));
         match gw_link.recv().await {
             Some(SessionControl::Detach { id, reason: Reason::Replaced, .. }) => assert_eq!(id, a.id),
             other => panic!("{other:?}"),
         }
         p.detach(NumId(2), a.id);
-        assert!(p.holds(NumId(2), direct.id), "a late cleanup of the attachment leaves the connection");
-        let again = p.attach_through(NumId(2), NumId(1), gw.id).unwrap();
+        assert!(p.holds(NumId(2), direct_link.id()), "a late cleanup of the attachment leaves the connection");
+        let again = p.attach_through(NumId(2), NumId(1), gw_link.id()).unwrap();
         assert_eq!(direct_link.ended().await, Disconnect { status: None }, "the direct connection is told to go");
         assert!(p.holds(NumId(2), again.id));
         // Unbinding from another gateway leaves it; from this one detaches it.
@@ -451,8 +416,8 @@ mod tests {
     #[tokio::test]
     async fn a_stuck_gateway_is_closed_rather_than_losing_a_detach() {
         let p = Presence::default();
-        let (gw, mut gw_link) = p.attach_gateway(NumId(1));
-        let _a = p.attach_through(NumId(2), NumId(1), gw.id).unwrap();
+        let mut gw_link = p.attach_gateway(NumId(1));
+        let _a = p.attach_through(NumId(2), NumId(1), gw_link.id()).unwrap();
         for v in 0..GATEWAY_CONTROL_QUEUE as i64 {
             p.push_config(NumId(1), DeviceConfig { version: v, ..Default::default() });
         }

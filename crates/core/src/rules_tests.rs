@@ -99,7 +99,7 @@ async fn replacing_credentials_ends_the_session_and_other_patches_do_not() {
     let input = DeviceInput { credentials: creds.clone(), ..Default::default() };
     f.core.update_device(&f.name(), input.clone(), "credentials").await.unwrap();
 
-    let (_handle, link) = f.core.presence().attach(f.device.num_id);
+    let link = f.core.presence().attach(f.device.num_id);
     f.core.update_device(&f.name(), input.clone(), "credentials").await.unwrap();
     assert!(!closed(&link), "the same credentials again change nothing");
     f.core.update_device(&f.name(), input.clone(), "metadata,log_level").await.unwrap();
@@ -118,7 +118,7 @@ async fn replacing_credentials_ends_the_session_and_other_patches_do_not() {
 async fn disabling_mqtt_ends_the_registry_sessions_and_a_ca_change_does_not() {
     let f = Fixture::new(Settings::default()).await;
     let reg = f.device.registry.clone();
-    let (_handle, link) = f.core.presence().attach(f.device.num_id);
+    let link = f.core.presence().attach(f.device.num_id);
 
     let ca = RegistryCredential {
         format: PublicKeyCertificateFormat::X509CertificatePem,
@@ -150,7 +150,7 @@ async fn disabling_mqtt_ends_the_registry_sessions_and_a_ca_change_does_not() {
 #[tokio::test]
 async fn deleting_a_device_ends_its_session() {
     let f = Fixture::new(Settings::default()).await;
-    let (_handle, link) = f.core.presence().attach(f.device.num_id);
+    let link = f.core.presence().attach(f.device.num_id);
     f.core.delete_device(&f.name()).await.unwrap();
     assert!(closed(&link));
 }

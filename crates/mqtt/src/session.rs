@@ -26,7 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use ferrocore_core::bridge::{AuthFailure, AuthenticatedDevice, Delivery, Transport};
 use ferrocore_core::device_log::EventType;
 use ferrocore_core::gateways::{GatewayRefusal, MAX_ATTACHED_DEVICES};
-use ferrocore_core::presence::{Disconnect, SessionControl, SessionLink, Signal};
+use ferrocore_core::presence::{CommandsFlag, Disconnect, SessionControl, SessionLink, Signal};
 use ferrocore_core::{Code, Core, Error};
 use ferrocore_metrics::{Bridge, Inbound, Outbound, Refusal};
 use ferrocore_model::{DeviceConfig, DeviceName, NumId, Status};
@@ -38,7 +38,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -98,11 +97,11 @@ pub struct Subscriptions {
     /// The newest config version sent; older pushes that arrive late are not sent.
     config_version: i64,
     /// Set while subscribed to commands; presence reads it.
-    commands: Arc<AtomicBool>,
+    commands: CommandsFlag,
 }
 
 impl Subscriptions {
-    pub fn new(commands: Arc<AtomicBool>) -> Self {
+    pub fn new(commands: CommandsFlag) -> Self {
         Self { config_qos: None, commands_qos: None, config_version: 0, commands }
     }
 }
@@ -202,11 +201,63 @@ struct Quiet {
     link: SessionLink,
     attached: Attached,
     subs: Subscriptions,
-    idle_limit: Duration,
-    idle_deadline: Instant,
-    token_deadline: Instant,
+    times: QuietTimes,
     next_packet_id: u16,
 }
+
+/// A parked session's keep-alive and deadlines in 20 bytes instead of 48 (a `Duration` and two
+/// `Instant`s): milliseconds, the deadlines counted from an origin fixed once per process and
+/// rounded up (a session runs at most a millisecond late).
+#[derive(Clone, Copy)]
+struct QuietTimes {
+    idle_limit_ms: u32,
+    idle_deadline: u64,
+    token_deadline: u64,
+}
+
+impl QuietTimes {
+    fn origin() -> Instant {
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        // A day back, so that a clock that lags (a test runtime's paused one) still counts from it.
+        *ORIGIN.get_or_init(|| {
+            let now = Instant::now();
+            now.checked_sub(Duration::from_secs(24 * 3600)).unwrap_or(now)
+        })
+    }
+
+    fn new(idle_limit: Duration, idle_deadline: Instant, token_deadline: Instant) -> Self {
+        let origin = Self::origin();
+        let ms = |at: Instant| {
+            let ns = at.saturating_duration_since(origin).as_nanos().div_ceil(1_000_000);
+            u64::try_from(ns).unwrap_or(u64::MAX)
+        };
+        Self {
+            idle_limit_ms: u32::try_from(idle_limit.as_millis()).unwrap_or(u32::MAX),
+            idle_deadline: ms(idle_deadline),
+            token_deadline: ms(token_deadline),
+        }
+    }
+
+    fn at(ms: u64) -> Instant {
+        // Far beyond any deadline a session sets; checked so that nothing overflows.
+        Self::origin().checked_add(Duration::from_millis(ms)).unwrap_or_else(|| Self::origin() + FAR_FUTURE)
+    }
+
+    fn idle_limit(self) -> Duration {
+        Duration::from_millis(u64::from(self.idle_limit_ms))
+    }
+
+    fn idle_deadline(self) -> Instant {
+        Self::at(self.idle_deadline)
+    }
+
+    fn token_deadline(self) -> Instant {
+        Self::at(self.token_deadline)
+    }
+}
+
+/// A deadline that never comes in practice (a century).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl<S, G> Parked<S, G> {
     /// The connection's socket.
@@ -216,7 +267,7 @@ impl<S, G> Parked<S, G> {
 
     /// When the session must run again even if nothing happens: keep-alive or token expiry.
     pub fn deadline(&self) -> Instant {
-        self.quiet.idle_deadline.min(self.quiet.token_deadline)
+        QuietTimes::at(self.quiet.times.idle_deadline.min(self.quiet.times.token_deadline))
     }
 
     /// The session's presence link: its mailbox wakes it (see [`SessionLink::watch`]).
@@ -347,7 +398,9 @@ impl<S> Session<S> {
         shutdown: watch::Receiver<bool>,
         guard: G,
     ) -> Opened<S, G> {
-        let Quiet { device, link, attached, subs, idle_limit, idle_deadline, token_deadline, next_packet_id } = quiet;
+        let Quiet { device, link, attached, subs, times, next_packet_id } = quiet;
+        let (idle_limit, idle_deadline, token_deadline) =
+            (times.idle_limit(), times.idle_deadline(), times.token_deadline());
         let now = Instant::now();
         let session = Session {
             stream,
@@ -355,7 +408,7 @@ impl<S> Session<S> {
             config,
             device,
             peer,
-            session_id: link.id,
+            session_id: link.id(),
             subs,
             gateway,
             rbuf,
@@ -445,16 +498,14 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
             return None;
         }
     };
-    let (handle, link) = if device.is_gateway {
+    let link = if device.is_gateway {
         core.presence().attach_gateway(device.num_id)
     } else {
         core.presence().attach(device.num_id)
     };
-    let attached = Attached { core: core.clone(), device: device.num_id, id: handle.id };
+    let attached = Attached { core: core.clone(), device: device.num_id, id: link.id() };
     // One connection per device across a cluster too: other nodes end theirs.
     core.connected_here(device.num_id);
-    // Presence holds the only senders: once it forgets this session, the queue closes.
-    drop(handle);
     if send_connack(&mut stream, ConnectReturnCode::Accepted, &config).await.is_err() {
         return None;
     }
@@ -469,13 +520,15 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
     let token_left = device.token_deadline.saturating_sub(core.clock_now().unix_seconds());
     let gateway = device.is_gateway.then(|| Box::new(Gateway::new(core.clone(), device.id.as_str())));
     let quiet = Quiet {
-        subs: Subscriptions::new(link.commands.clone()),
+        subs: Subscriptions::new(link.commands()),
         device,
         link,
         attached,
-        idle_limit,
-        idle_deadline: now + idle_limit,
-        token_deadline: now + Duration::from_secs(u64::try_from(token_left).unwrap_or(0)),
+        times: QuietTimes::new(
+            idle_limit,
+            now + idle_limit,
+            now + Duration::from_secs(u64::try_from(token_left).unwrap_or(0)),
+        ),
         next_packet_id: 1,
     };
     let parking = if may_park { Parking::First } else { Parking::Never };
@@ -750,9 +803,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             link,
             attached,
             subs: self.subs,
-            idle_limit: self.idle_limit,
-            idle_deadline: self.idle_deadline,
-            token_deadline: self.token_deadline,
+            times: QuietTimes::new(self.idle_limit, self.idle_deadline, self.token_deadline),
             next_packet_id: self.next_packet_id,
         };
         Parked { stream: self.stream, guard, quiet }
@@ -935,7 +986,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         Some(SubscribeTopic::Commands { device }) => {
                             if let Some(subs) = self.subs_by_id(device) {
                                 subs.commands_qos = None;
-                                subs.commands.store(false, Ordering::Release);
+                                subs.commands.set(false);
                             }
                         }
                         Some(SubscribeTopic::Errors { device }) if device == self.device.id.as_str() => {
@@ -1218,7 +1269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Feed::Config => subs.config_qos = Some(granted),
                 Feed::Commands => {
                     subs.commands_qos = Some(granted);
-                    subs.commands.store(true, Ordering::Release);
+                    subs.commands.set(true);
                 }
             }
             if matches!(feed, Feed::Config) {
