@@ -127,8 +127,12 @@ impl ActivityBuffer {
         }
         self.metrics.activity.flush_devices.observe(batch.len() as u64);
         match self.store.record_activity(&batch).await {
-            // Only now do reads stop overlaying the batch: the store has it.
-            Ok(()) => lock(&self.in_flight).clear(),
+            // Only now do reads stop overlaying the batch: the store has it. The map is replaced,
+            // not cleared: a connect storm's batch would otherwise keep its capacity for good.
+            Ok(()) => {
+                let stored = std::mem::take(&mut *lock(&self.in_flight));
+                drop(stored);
+            }
             Err(e) => {
                 self.metrics.activity.flush_failures.inc();
                 tracing::warn!(error = %e, devices = batch.len(), "device activity flush failed; will retry")

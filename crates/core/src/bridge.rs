@@ -53,8 +53,6 @@ pub struct AuthenticatedDevice {
     /// The token that let it in: the device's own, or, for a device a gateway speaks for without
     /// one, the gateway's.
     pub token: VerifiedJwt,
-    /// Unix seconds after which the token no longer holds (exp + allowed skew).
-    pub token_deadline: i64,
     /// `gatewayConfig.gatewayType` is GATEWAY: it may attach devices and speak for them.
     pub is_gateway: bool,
 }
@@ -63,6 +61,12 @@ impl AuthenticatedDevice {
     /// The name as the device uses it, with the string id.
     pub fn name(&self) -> DeviceName {
         self.registry.device(ferrocore_model::DeviceRef::Id(self.id.clone()))
+    }
+
+    /// Unix seconds after which the token no longer holds (exp + allowed skew). Worked out when
+    /// asked rather than kept: every parked connection holds one of these.
+    pub fn token_deadline(&self) -> i64 {
+        self.token.deadline(&JwtRules::default())
     }
 }
 
@@ -132,7 +136,6 @@ impl Core {
             is_gateway: device.gateway_type.is_gateway(),
             id: device.id,
             num_id: device.num_id,
-            token_deadline: verified.deadline(&JwtRules::default()),
             token: verified,
         })
     }

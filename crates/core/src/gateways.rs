@@ -193,7 +193,6 @@ impl Core {
         let token = verified.unwrap_or_else(|| vouch.clone());
         self.inner.device_log.note_level(dev.num_id, dev.log_level);
         Ok(AuthenticatedDevice {
-            token_deadline: token.deadline(&ferrocore_auth::jwt::JwtRules::default()),
             token,
             registry: std::sync::Arc::new(dev.registry),
             id: dev.id,

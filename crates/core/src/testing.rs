@@ -203,7 +203,6 @@ impl Fixture {
             id: self.device.id.clone(),
             num_id: self.device.num_id,
             token,
-            token_deadline: i64::MAX / 2,
             is_gateway: false,
         }
     }

@@ -198,19 +198,20 @@ pub struct Parked<S, G> {
 /// socket knows it, and a fleet of parked sessions would keep 32 bytes each for it.)
 struct Quiet {
     device: AuthenticatedDevice,
-    link: SessionLink,
+    /// Its presence link, inside the guard that detaches it.
     attached: Attached,
     subs: Subscriptions,
     times: QuietTimes,
-    next_packet_id: u16,
 }
 
 /// A parked session's keep-alive and deadlines in 20 bytes instead of 48 (a `Duration` and two
 /// `Instant`s): milliseconds, the deadlines counted from an origin fixed once per process and
-/// rounded up (a session runs at most a millisecond late).
+/// rounded up (a session runs at most a millisecond late). The next packet id rides in what
+/// would be padding.
 #[derive(Clone, Copy)]
 struct QuietTimes {
     idle_limit_ms: u32,
+    next_packet_id: u16,
     idle_deadline: u64,
     token_deadline: u64,
 }
@@ -225,7 +226,7 @@ impl QuietTimes {
         })
     }
 
-    fn new(idle_limit: Duration, idle_deadline: Instant, token_deadline: Instant) -> Self {
+    fn new(idle_limit: Duration, idle_deadline: Instant, token_deadline: Instant, next_packet_id: u16) -> Self {
         let origin = Self::origin();
         let ms = |at: Instant| {
             let ns = at.saturating_duration_since(origin).as_nanos().div_ceil(1_000_000);
@@ -233,6 +234,7 @@ impl QuietTimes {
         };
         Self {
             idle_limit_ms: u32::try_from(idle_limit.as_millis()).unwrap_or(u32::MAX),
+            next_packet_id,
             idle_deadline: ms(idle_deadline),
             token_deadline: ms(token_deadline),
         }
@@ -272,7 +274,7 @@ impl<S, G> Parked<S, G> {
 
     /// The session's presence link: its mailbox wakes it (see [`SessionLink::watch`]).
     pub fn link(&self) -> &SessionLink {
-        &self.quiet.link
+        &self.quiet.attached.link
     }
 
     /// The device connected.
@@ -291,12 +293,12 @@ impl<S, G> Parked<S, G> {
 struct Attached {
     core: Core,
     device: NumId,
-    id: u64,
+    link: SessionLink,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.core.presence().detach(self.device, self.id);
+        self.core.presence().detach(self.device, self.link.id());
     }
 }
 
@@ -348,7 +350,7 @@ pub fn resume<S: AsyncRead + AsyncWrite + Unpin, G>(
     input: BytesMut,
 ) -> impl Future<Output = Option<Parked<S, G>>> {
     let Parked { stream, guard, quiet } = parked;
-    quiet.link.unwatch();
+    quiet.attached.link.unwatch();
     serve_opened(Session::running(stream, peer, core, config, quiet, input, None, Parking::Again, shutdown, guard))
 }
 
@@ -357,10 +359,10 @@ pub fn resume<S: AsyncRead + AsyncWrite + Unpin, G>(
 fn serve_opened<S: AsyncRead + AsyncWrite + Unpin, G>(
     opened: Opened<S, G>,
 ) -> impl Future<Output = Option<Parked<S, G>>> {
-    let Opened { mut session, mut link, attached, mut shutdown, guard } = opened;
+    let Opened { mut session, mut attached, mut shutdown, guard } = opened;
     async move {
-        match session.serve(&mut link, &mut shutdown).await {
-            Served::Park => Some(session.park(link, attached, guard)),
+        match session.serve(&mut attached.link, &mut shutdown).await {
+            Served::Park => Some(session.park(attached, guard)),
             Served::Closed(close) => {
                 Box::pin(finish(session, close)).await;
                 drop(attached);
@@ -374,8 +376,7 @@ fn serve_opened<S: AsyncRead + AsyncWrite + Unpin, G>(
 /// A connection past CONNACK.
 struct Opened<S, G> {
     session: Session<S>,
-    link: SessionLink,
-    /// Keeps the session in presence until dropped.
+    /// The presence link, kept in presence until dropped.
     attached: Attached,
     shutdown: watch::Receiver<bool>,
     /// What `on_connected` returned.
@@ -398,7 +399,7 @@ impl<S> Session<S> {
         shutdown: watch::Receiver<bool>,
         guard: G,
     ) -> Opened<S, G> {
-        let Quiet { device, link, attached, subs, times, next_packet_id } = quiet;
+        let Quiet { device, attached, subs, times } = quiet;
         let (idle_limit, idle_deadline, token_deadline) =
             (times.idle_limit(), times.idle_deadline(), times.token_deadline());
         let now = Instant::now();
@@ -408,7 +409,7 @@ impl<S> Session<S> {
             config,
             device,
             peer,
-            session_id: link.id(),
+            session_id: attached.link.id(),
             subs,
             gateway,
             rbuf,
@@ -422,13 +423,13 @@ impl<S> Session<S> {
             inflight: HashMap::new(),
             pending: VecDeque::new(),
             packet_at: now,
-            next_packet_id,
+            next_packet_id: times.next_packet_id,
             window_start: now,
             window_count: 0,
             draining: false,
             parking,
         };
-        Opened { session, link, attached, shutdown, guard }
+        Opened { session, attached, shutdown, guard }
     }
 }
 
@@ -503,7 +504,8 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
     } else {
         core.presence().attach(device.num_id)
     };
-    let attached = Attached { core: core.clone(), device: device.num_id, id: link.id() };
+    let commands = link.commands();
+    let attached = Attached { core: core.clone(), device: device.num_id, link };
     // One connection per device across a cluster too: other nodes end theirs.
     core.connected_here(device.num_id);
     if send_connack(&mut stream, ConnectReturnCode::Accepted, &config).await.is_err() {
@@ -517,19 +519,18 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin, G>(
         ka => Duration::from_millis(u64::from(ka) * 1500).min(config.max_idle),
     };
     let now = Instant::now();
-    let token_left = device.token_deadline.saturating_sub(core.clock_now().unix_seconds());
+    let token_left = device.token_deadline().saturating_sub(core.clock_now().unix_seconds());
     let gateway = device.is_gateway.then(|| Box::new(Gateway::new(core.clone(), device.id.as_str())));
     let quiet = Quiet {
-        subs: Subscriptions::new(link.commands()),
+        subs: Subscriptions::new(commands),
         device,
-        link,
         attached,
         times: QuietTimes::new(
             idle_limit,
             now + idle_limit,
             now + Duration::from_secs(u64::try_from(token_left).unwrap_or(0)),
+            1,
         ),
-        next_packet_id: 1,
     };
     let parking = if may_park { Parking::First } else { Parking::Never };
     Some(Session::running(stream, peer, core.clone(), config, quiet, rbuf, gateway, parking, shutdown, guard))
@@ -797,14 +798,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// The session out of its task, keeping what it must remember.
-    fn park<G>(self, link: SessionLink, attached: Attached, guard: G) -> Parked<S, G> {
+    fn park<G>(self, attached: Attached, guard: G) -> Parked<S, G> {
         let quiet = Quiet {
             device: self.device,
-            link,
             attached,
             subs: self.subs,
-            times: QuietTimes::new(self.idle_limit, self.idle_deadline, self.token_deadline),
-            next_packet_id: self.next_packet_id,
+            times: QuietTimes::new(self.idle_limit, self.idle_deadline, self.token_deadline, self.next_packet_id),
         };
         Parked { stream: self.stream, guard, quiet }
     }
