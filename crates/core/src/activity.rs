@@ -130,8 +130,8 @@ impl ActivityBuffer {
             // Only now do reads stop overlaying the batch: the store has it. The map is replaced,
             // not cleared: a connect storm's batch would otherwise keep its capacity for good.
             Ok(()) => {
-                let stored = std::mem::take(&mut *lock(&self.in_flight));
-                drop(stored);
+                // Freed once the lock is released.
+                let _stored = std::mem::take(&mut *lock(&self.in_flight));
             }
             Err(e) => {
                 self.metrics.activity.flush_failures.inc();
@@ -208,6 +208,27 @@ mod tests {
         let stored = store.get_device(&name).await.unwrap().unwrap();
         assert_eq!(stored.activity.last_event_time, Some(Timestamp(t.0 + 999)), "one flush writes the latest");
         assert!(core.activity().pending().is_empty());
+    }
+
+    /// A connect storm records activity for thousands of devices at once; once flushed, neither
+    /// map keeps the room it took (an idle fleet would otherwise pay for the storm for good).
+    #[tokio::test]
+    async fn a_flushed_storm_leaves_no_capacity_behind() {
+        let f = Fixture::new(Default::default()).await;
+        let beat = DeviceActivity {
+            last_heartbeat_time: Some(Timestamp::from_unix_seconds(1_800_000_000)),
+            ..Default::default()
+        };
+        for n in 0..5_000 {
+            f.core.activity().record(NumId(1_000_000 + n), &beat);
+        }
+        f.core.activity().record(f.device.num_id, &beat);
+        assert!(f.core.activity().pending().capacity() >= 5_001);
+        f.core.activity().flush().await;
+        let stored = f.sqlite.get_device(&f.name()).await.unwrap().unwrap();
+        assert!(stored.activity.last_heartbeat_time.is_some(), "the batch reached the store");
+        assert_eq!(f.core.activity().pending().capacity(), 0);
+        assert_eq!(lock(&f.core.activity().in_flight).capacity(), 0);
     }
 
     /// Finding 9 of issue 10: shutdown aborted the flusher mid-write, and the batch it had moved

@@ -92,6 +92,11 @@ fn wake_session(mut state: MutexGuard<'_, State>) {
 }
 
 impl State {
+    /// Told to close, or forgotten by presence.
+    fn is_ended(&self) -> bool {
+        !self.listed || self.busy.as_ref().is_some_and(|b| b.ended.is_some())
+    }
+
     fn ended(&self) -> Option<Disconnect> {
         match self.busy.as_ref().and_then(|b| b.ended.as_ref()) {
             Some(order) => Some(order.clone()),
@@ -231,13 +236,9 @@ impl ControlSender {
     /// Queues a message if there is room.
     pub fn try_send(&self, message: SessionControl) -> Result<(), SendError> {
         let mut state = self.0.lock();
-        match Self::push(&mut state, self.0.capacity, message) {
-            Ok(()) => {
-                wake_session(state);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        Self::push(&mut state, self.0.capacity, message)?;
+        wake_session(state);
+        Ok(())
     }
 
     fn push(state: &mut State, capacity: u32, message: SessionControl) -> Result<(), SendError> {
@@ -382,7 +383,7 @@ impl Mailbox {
     /// a close order, forgotten by presence); otherwise `waker` is kept and woken once there is.
     pub fn watch(&self, waker: &Waker) -> bool {
         let mut state = self.0.lock();
-        if state.has_messages() || state.ended().is_some() {
+        if state.has_messages() || state.is_ended() {
             return true;
         }
         state.waker = Some(waker.clone());
@@ -396,7 +397,7 @@ impl Mailbox {
 
     /// True once the session was told to close, or forgotten.
     pub fn is_ended(&self) -> bool {
-        self.0.lock().ended().is_some()
+        self.0.lock().is_ended()
     }
 }
 

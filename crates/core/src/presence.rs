@@ -189,11 +189,14 @@ impl Presence {
 
     /// Removes the session or attachment `id` of a device, unless a newer one already replaced it.
     pub fn detach(&self, device: NumId, id: u64) {
+        drop(self.take_if(device, |s| s.id() == id));
+    }
+
+    /// Removes the device's entry if `which` says so. The caller ends or drops what comes back
+    /// once the map's lock is released.
+    fn take_if(&self, device: NumId, which: impl FnOnce(&Entry) -> bool) -> Option<Listed> {
         let mut sessions = self.sessions();
-        let removed =
-            if sessions.get(&device).is_some_and(|s| s.0.id() == id) { sessions.remove(&device) } else { None };
-        drop(sessions);
-        drop(removed);
+        if sessions.get(&device).is_some_and(|l| which(&l.0)) { sessions.remove(&device) } else { None }
     }
 
     /// True while presence lists `id` for the device.
@@ -219,11 +222,7 @@ impl Presence {
             // (the gateway's, for an attached device) so it comes back and receives the latest
             // config on subscribe.
             tracing::warn!(device = %device, "config push queue full; disconnecting the device");
-            let removed = {
-                let mut sessions = self.sessions();
-                if sessions.get(&device).is_some_and(|l| l.0.id() == s.id()) { sessions.remove(&device) } else { None }
-            };
-            drop(removed);
+            drop(self.take_if(device, |l| l.id() == s.id()));
             control.close(None);
         }
     }
@@ -241,16 +240,7 @@ impl Presence {
     /// at `time`, and only the newer connection stays (one that began here later is kept, and
     /// its own announcement ends the other).
     pub fn kick_if_older(&self, device: NumId, time: SystemTime, reason: Reason) {
-        self.remove_if(device, reason, |s| s.since() < unix_nanos(time));
-    }
-
-    /// Removes and ends the device's presence if `which` says so.
-    fn remove_if(&self, device: NumId, reason: Reason, which: impl FnOnce(&Entry) -> bool) {
-        let removed = {
-            let mut sessions = self.sessions();
-            if sessions.get(&device).is_some_and(|l| which(&l.0)) { sessions.remove(&device) } else { None }
-        };
-        if let Some(s) = removed {
+        if let Some(s) = self.take_if(device, |s| s.since() < unix_nanos(time)) {
             s.end(device, None, reason);
         }
     }
@@ -262,7 +252,9 @@ impl Presence {
 
     /// Detaches a device attached through `gateway`, if it is.
     pub fn detach_from_gateway(&self, device: NumId, gateway: NumId, reason: Reason) {
-        self.remove_if(device, reason, |s| s.via() == Some(gateway));
+        if let Some(s) = self.take_if(device, |s| s.via() == Some(gateway)) {
+            s.end(device, None, reason);
+        }
     }
 
     /// True when the device holds a connection here, or is attached through a gateway that does.

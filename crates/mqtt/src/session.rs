@@ -241,8 +241,13 @@ impl QuietTimes {
     }
 
     fn at(ms: u64) -> Instant {
-        // Far beyond any deadline a session sets; checked so that nothing overflows.
-        Self::origin().checked_add(Duration::from_millis(ms)).unwrap_or_else(|| Self::origin() + FAR_FUTURE)
+        // Capped far beyond any deadline a session sets, so that the sum cannot overflow.
+        Self::origin() + Duration::from_millis(ms).min(FAR_FUTURE)
+    }
+
+    /// The earlier of the two deadlines: when a parked session must run again.
+    fn earliest(self) -> Instant {
+        Self::at(self.idle_deadline.min(self.token_deadline))
     }
 
     fn idle_limit(self) -> Duration {
@@ -269,7 +274,7 @@ impl<S, G> Parked<S, G> {
 
     /// When the session must run again even if nothing happens: keep-alive or token expiry.
     pub fn deadline(&self) -> Instant {
-        QuietTimes::at(self.quiet.times.idle_deadline.min(self.quiet.times.token_deadline))
+        self.quiet.times.earliest()
     }
 
     /// The session's presence link: its mailbox wakes it (see [`SessionLink::watch`]).

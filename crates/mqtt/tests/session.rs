@@ -577,19 +577,40 @@ async fn a_parked_session_serves_its_device_as_a_running_one_does() {
     assert_eq!(rig.core.metrics().mqtt.open_connections(ferrocore_metrics::Listener::Mqtt), 0);
 }
 
+/// Connects with `keep_alive`, waits until the session parks, and returns how long after the
+/// CONNECT the server closed the connection (having sent nothing more).
+async fn closed_while_parked(rig: &Rig, addr: std::net::SocketAddr, keep_alive: u16) -> Duration {
+    let mut client = Client::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let connected = tokio::time::Instant::now();
+    assert_eq!(client.connect(&jwt(T0, T0 + 3600), keep_alive).await, ConnectReturnCode::Accepted);
+    parked(rig, 1).await;
+    assert!(client.rest().await.is_empty());
+    connected.elapsed()
+}
+
+/// A parked session keeps its token's deadline too: with a long keep-alive, it is closed when the
+/// token expires, not before, with the reason recorded.
+#[tokio::test]
+async fn a_parked_session_is_closed_when_its_token_expires() {
+    let rig = Rig::new().await;
+    // Issued at T0, expires an hour later, allowed 10 minutes of skew: two seconds left.
+    rig.clock.set(Timestamp::from_unix_seconds(T0 + 3600 + 598));
+    let (addr, _stop, _served) = serve(&rig, parking()).await;
+    let after = closed_while_parked(&rig, addr, 60).await;
+    assert!(after >= Duration::from_millis(1500) && after < Duration::from_secs(5), "closed after {after:?}");
+    let (code, message) = rig.last_error().await.expect("the error is recorded");
+    assert_eq!(code, Code::Unauthenticated as i32);
+    assert!(message.contains("token expired"), "{message}");
+}
+
 /// A parked session keeps its deadlines: it is closed when its keep-alive runs out (not sooner),
 /// with the error recorded; and one whose device hangs up is gone at once.
 #[tokio::test]
 async fn a_parked_session_keeps_its_keep_alive_and_sees_its_device_leave() {
     let rig = Rig::new().await;
     let (addr, _stop, _served) = serve(&rig, parking()).await;
-    let mut client = Client::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     // A 1 s keep-alive: closed after 1.5 s of silence.
-    let connected = tokio::time::Instant::now();
-    assert_eq!(client.connect(&jwt(T0, T0 + 3600), 1).await, ConnectReturnCode::Accepted);
-    parked(&rig, 1).await;
-    assert!(client.rest().await.is_empty());
-    let after = connected.elapsed();
+    let after = closed_while_parked(&rig, addr, 1).await;
     assert!(after >= Duration::from_millis(1400) && after < Duration::from_secs(4), "closed after {after:?}");
     parked(&rig, 0).await;
     let (code, message) = rig.last_error().await.expect("the error is recorded");
